@@ -1,0 +1,289 @@
+"""Typed configuration: one frozen dataclass per section, loaded from TOML plus ``--set``.
+
+Every field has a type, a default and help text (``Config.describe()`` lists them for
+``--help``). Loading collects every problem (unknown section or key, wrong type, value
+out of range) into one ``ConfigError`` whose lines name the field, the value and what
+is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keisei.errors import KeiseiError
+
+
+class ConfigError(KeiseiError, ValueError):
+    """One or more configuration values are invalid; each line of the message names one."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+            choices: Sequence[str] | None = None) -> Any:
+    """A config field with its help text and allowed range (inclusive) or choices."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high,
+                                            "choices": tuple(choices) if choices else None})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = setting("runs/default", "run directory: config.toml, checkpoints/, metrics.jsonl")
+    seed: int = setting(0, "seed for weights, sampling and shuffling (a sequential CPU run "
+                        "with the same seed and threads is reproducible)", low=0)
+    device: str = setting("cpu", "torch device for the learner: cpu, cuda, cuda:N")
+    threads: int = setting(0, "torch CPU threads for the learner (0: all cores)", low=0, high=256)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    blocks: int = setting(6, "residual blocks", low=1, high=40)
+    channels: int = setting(64, "channels per convolution", low=8, high=512)
+    se_ratio: int = setting(0, "squeeze-and-excitation reduction ratio (0: no SE)", low=0, high=64)
+    value_hidden: int = setting(128, "hidden units of the value head", low=8, high=1024)
+
+
+@dataclass(frozen=True)
+class SelfPlayConfig:
+    games: int = setting(64, "games played in lock-step per collector (one forward pass each ply)",
+                         low=1, high=4096)
+    max_plies: int = setting(512, "plies after which a game is a draw", low=1, high=10_000)
+    temperature: float = setting(1.0, "softmax temperature when sampling moves (1: on-policy)",
+                                 low=0.05, high=10.0)
+    entering_king: bool = setting(True, "apply entering-king (27-point) declarations")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    total_steps: int = setting(1_000_000, "stop after this many training steps (plies)", low=1)
+    steps_per_epoch: int = setting(4096, "steps collected per PPO update", low=16)
+    ppo_epochs: int = setting(4, "passes over each epoch's data", low=1, high=100)
+    minibatch_size: int = setting(256, "samples per gradient step", low=1)
+    learning_rate: float = setting(3e-4, "initial Adam learning rate", low=0.0, high=1.0)
+    lr_schedule: str = setting("linear", "learning-rate decay over total_steps",
+                               choices=("constant", "linear", "cosine"))
+    weight_decay: float = setting(1e-4, "AdamW weight decay", low=0.0, high=1.0)
+    gamma: float = setting(1.0, "discount per own move", low=0.0, high=1.0)
+    gae_lambda: float = setting(0.95, "GAE lambda", low=0.0, high=1.0)
+    clip_coef: float = setting(0.2, "PPO ratio clip", low=0.0, high=10.0)
+    clip_value_loss: bool = setting(False, "clip the value loss around the old values")
+    vf_coef: float = setting(0.5, "value loss weight", low=0.0, high=100.0)
+    ent_coef: float = setting(0.01, "entropy bonus weight", low=0.0, high=10.0)
+    max_grad_norm: float = setting(1.0, "global gradient-norm clip", low=0.0)
+    target_kl: float = setting(0.0, "stop the update early when approx KL exceeds this (0: never)",
+                               low=0.0)
+    normalize_advantages: bool = setting(True, "normalise advantages per minibatch")
+    max_policy_lag: int = setting(16, "drop steps produced more than this many policy versions ago",
+                                  low=0)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_epochs: int = setting(10, "write a checkpoint every N epochs (and on exit)", low=1)
+    keep: int = setting(5, "checkpoints kept (oldest removed)", low=1)
+
+
+@dataclass(frozen=True)
+class DisplayConfig:
+    mode: str = setting("auto", "auto: rich dashboard on a TTY, plain log lines otherwise",
+                        choices=("auto", "rich", "plain"))
+    refresh_seconds: float = setting(1.0, "dashboard refresh / log interval", low=0.05, high=3600)
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The whole config as TOML (every key, defaults included)."""
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+            lines.append("")
+        return "\n".join(lines)
+
+    @staticmethod
+    def describe() -> str:
+        """One line per key: name, type, default and help (for ``--help``)."""
+        lines = []
+        for section_name, section_class in _section_classes().items():
+            for item in dataclasses.fields(section_class):
+                meta = item.metadata
+                allowed = _allowed_text(meta)
+                lines.append(f"  {section_name}.{item.name} ({_type_name(item)}, default "
+                             f"{_toml_value(item.default)}{allowed}): {meta['help']}")
+        return "\n".join(lines)
+
+
+def _section_classes() -> dict[str, Any]:
+    """Section name → its dataclass, in declaration order."""
+    return {item.name: item.default_factory for item in dataclasses.fields(Config)}
+
+
+def _type_name(item: dataclasses.Field[Any]) -> str:
+    return str(item.type) if isinstance(item.type, str) else item.type.__name__
+
+
+def _allowed_text(meta: Mapping[str, Any]) -> str:
+    if meta["choices"]:
+        return "; one of " + ", ".join(meta["choices"])
+    if meta["low"] is not None and meta["high"] is not None:
+        return f"; {meta['low']}..{meta['high']}"
+    if meta["low"] is not None:
+        return f"; >= {meta['low']}"
+    return ""
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def _check_value(name: str, item: dataclasses.Field[Any], value: Any) -> tuple[Any, str | None]:
+    """Coerce ``value`` to the field's type; return it, or an error naming the field."""
+    kind = _type_name(item)
+    meta = item.metadata
+    if kind == "bool":
+        if not isinstance(value, bool):
+            return None, f"{name} = {value!r}: expected true or false"
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, f"{name} = {value!r}: expected an integer{_allowed_text(meta)}"
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None, f"{name} = {value!r}: expected a finite number{_allowed_text(meta)}"
+        value = float(value)
+    elif not isinstance(value, str):
+        return None, f"{name} = {value!r}: expected a string{_allowed_text(meta)}"
+    if meta["choices"] and value not in meta["choices"]:
+        return None, f"{name} = {value!r}: allowed values are {', '.join(meta['choices'])}"
+    if kind in ("int", "float"):
+        if (meta["low"] is not None and value < meta["low"]) or (
+                meta["high"] is not None and value > meta["high"]):
+            return None, f"{name} = {value!r}: out of range{_allowed_text(meta)}"
+    return value, None
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"section.key=value"`` → (section, key, value); the value is read as TOML, or as a
+    bare string when it is not valid TOML (so ``--set run.dir=runs/x`` needs no quotes).
+
+    :raises ConfigError: if the text has no ``=`` or no dotted key.
+    """
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected section.key=value"])
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError([f"--set {text!r}: the key must be section.key, e.g. train.total_steps"])
+    try:
+        value = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts[0], parts[1], value
+
+
+def build_config(layers: Iterable[Mapping[str, Mapping[str, Any]]]) -> Config:
+    """Apply layers of ``{section: {key: value}}`` over the defaults, later layers winning.
+
+    :raises ConfigError: listing every unknown key, wrong type and out-of-range value.
+    """
+    classes = _section_classes()
+    merged: dict[str, dict[str, Any]] = {name: {} for name in classes}
+    problems: list[str] = []
+    for layer in layers:
+        for section, values in layer.items():
+            if section not in classes:
+                problems.append(f"[{section}]: unknown section; sections are {', '.join(classes)}")
+                continue
+            if not isinstance(values, Mapping):
+                problems.append(f"{section} = {values!r}: expected a table of keys")
+                continue
+            fields = {item.name: item for item in dataclasses.fields(classes[section])}
+            for key, value in values.items():
+                name = f"{section}.{key}"
+                if key not in fields:
+                    problems.append(f"{name}: unknown key; {section} has {', '.join(fields)}")
+                    continue
+                checked, problem = _check_value(name, fields[key], value)
+                if problem:
+                    problems.append(problem)
+                else:
+                    merged[section][key] = checked
+    if problems:
+        raise ConfigError(problems)
+    config = Config(**{name: classes[name](**values) for name, values in merged.items()})
+    problems = _cross_checks(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _cross_checks(config: Config) -> list[str]:
+    train = config.train
+    problems = []
+    if train.minibatch_size > train.steps_per_epoch:
+        problems.append(f"train.minibatch_size = {train.minibatch_size}: must not exceed "
+                        f"train.steps_per_epoch = {train.steps_per_epoch}")
+    device = config.run.device
+    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        problems.append(f"run.device = {device!r}: expected cpu, cuda or cuda:N")
+    return problems
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file.
+
+    :raises ConfigError: if it cannot be read or parsed (naming the file and the error).
+    """
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+
+
+def overrides_to_layer(overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
+    layer: dict[str, dict[str, Any]] = {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        layer.setdefault(section, {})[key] = value
+    return layer
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                base: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """Defaults, then ``base`` (e.g. a resumed run's saved config), then the TOML file at
+    ``path``, then ``--set`` overrides.
+
+    :raises ConfigError: listing every problem found.
+    """
+    layers: list[Mapping[str, Mapping[str, Any]]] = []
+    if base is not None:
+        layers.append(base)
+    if path is not None:
+        layers.append(read_toml(path))
+    layers.append(overrides_to_layer(overrides))
+    return build_config(layers)

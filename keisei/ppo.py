@@ -1,0 +1,111 @@
+"""PPO mathematics as pure functions, named as in the paper and CleanRL's ``ppo.py``.
+
+Credit in a two-player zero-sum game: each ply belongs to the player who made it. At
+the end the winner's plies earn +1, the loser's -1, a draw 0, and GAE runs over each
+player's own sequence of plies: the value that follows a ply is the value at that
+player's *next* turn, not the opponent's (whose value is from the other side's view).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def compute_gae(rewards: np.ndarray, values: np.ndarray, gamma: float,
+                gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+    """Advantages and returns of one episode that ends after its last step.
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` (``V`` after the last step is 0) and
+    ``A_t = delta_t + gamma * lambda * A_{t+1}``; ``returns = advantages + values``.
+    """
+    steps = len(rewards)
+    advantages = np.zeros(steps, dtype=np.float32)
+    last_advantage = 0.0
+    for t in range(steps - 1, -1, -1):
+        next_value = values[t + 1] if t + 1 < steps else 0.0
+        delta = rewards[t] + gamma * next_value - values[t]
+        last_advantage = delta + gamma * gae_lambda * last_advantage
+        advantages[t] = last_advantage
+    return advantages, advantages + values.astype(np.float32)
+
+
+def game_advantages(players: np.ndarray, values: np.ndarray, winner: int | None, gamma: float,
+                    gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-player GAE over one finished game.
+
+    ``players[t]`` is the mover of ply t (0 black, 1 white), ``values[t]`` the value the
+    network gave at ply t from the mover's view, ``winner`` 0, 1 or ``None`` for a draw.
+    Each player's last ply earns its final reward (+1, -1 or 0).
+    """
+    advantages = np.zeros(len(players), dtype=np.float32)
+    returns = np.zeros(len(players), dtype=np.float32)
+    for player in (0, 1):
+        plies = np.flatnonzero(players == player)
+        if len(plies) == 0:
+            continue
+        rewards = np.zeros(len(plies), dtype=np.float32)
+        if winner is not None:
+            rewards[-1] = 1.0 if winner == player else -1.0
+        advantages[plies], returns[plies] = compute_gae(rewards, values[plies], gamma, gae_lambda)
+    return advantages, returns
+
+
+@dataclass(frozen=True)
+class PPOLosses:
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy: torch.Tensor
+    approx_kl: torch.Tensor
+    clipfrac: torch.Tensor
+
+
+def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
+               advantages: torch.Tensor, new_values: torch.Tensor, old_values: torch.Tensor,
+               returns: torch.Tensor, entropy: torch.Tensor, *, clip_coef: float,
+               clip_value_loss: bool, vf_coef: float, ent_coef: float,
+               normalize_advantages: bool) -> PPOLosses:
+    """The clipped PPO objective for one minibatch (all arguments shaped ``(B,)``)."""
+    logratio = new_log_probs - old_log_probs
+    ratio = logratio.exp()
+    with torch.no_grad():
+        # http://joschu.net/blog/kl-approx.html
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    mb_advantages = advantages
+    if normalize_advantages and len(advantages) > 1:
+        mb_advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss1 = -mb_advantages * ratio
+    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+    policy_loss = torch.max(pg_loss1, pg_loss2).mean()
+    if clip_value_loss:
+        v_loss_unclipped = (new_values - returns) ** 2
+        v_clipped = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)
+        v_loss_clipped = (v_clipped - returns) ** 2
+        value_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    else:
+        value_loss = 0.5 * ((new_values - returns) ** 2).mean()
+    entropy_mean = entropy.mean()
+    loss = policy_loss - ent_coef * entropy_mean + vf_coef * value_loss
+    return PPOLosses(loss, policy_loss, value_loss, entropy_mean, approx_kl, clipfrac)
+
+
+def explained_variance(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """1 - Var[targets - predictions] / Var[targets]; NaN when the targets do not vary."""
+    variance = float(np.var(targets))
+    return float("nan") if variance == 0 else 1.0 - float(np.var(targets - predictions)) / variance
+
+
+def learning_rate_at(schedule: str, initial: float, progress: float) -> float:
+    """The learning rate after ``progress`` (0 to 1) of the run under ``schedule``."""
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return initial
+    if schedule == "linear":
+        return initial * (1.0 - progress)
+    if schedule == "cosine":
+        return initial * 0.5 * (1.0 + float(np.cos(np.pi * progress)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}: use constant, linear or cosine")

@@ -1,0 +1,194 @@
+"""The experience buffer: whole finished games in, fixed-size epochs out.
+
+Arrays are preallocated. ``put`` computes each game's per-player GAE (on the whole game,
+with the values recorded when it was played), drops plies produced more than
+``max_policy_lag`` policy versions ago (counted), and appends the rest. An epoch is
+ready when ``steps_per_epoch`` steps are held; ``take_epoch`` hands out exactly that
+many, first in first out, and the rest carry over to the next epoch. Every accepted
+step is handed out exactly once. ``put`` may be called from a receiving thread while
+the trainer takes epochs.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from keisei.errors import KeiseiError
+from keisei.ppo import game_advantages
+from keisei.selfplay import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame
+
+
+class BufferFullError(KeiseiError, RuntimeError):
+    """No room for a game: the caller must wait for ``take_epoch`` (back-pressure)."""
+
+
+@dataclass(frozen=True)
+class EpochBatch:
+    """One epoch of training data (row t of each array is one step)."""
+
+    observations: np.ndarray  # (N, OBSERVATION_BYTES) uint8, bit-packed
+    legal_masks: np.ndarray  # (N, MASK_BYTES) uint8, bit-packed
+    actions: np.ndarray  # (N,) int64
+    log_probs: np.ndarray  # (N,) float32, behaviour policy
+    values: np.ndarray  # (N,) float32, behaviour values
+    advantages: np.ndarray  # (N,) float32
+    returns: np.ndarray  # (N,) float32
+    policy_versions: np.ndarray  # (N,) int32
+
+    @property
+    def size(self) -> int:
+        return len(self.actions)
+
+
+@dataclass
+class GameTally:
+    """Finished games since the last ``drain_tally``."""
+
+    games: int = 0
+    plies: int = 0
+    black: int = 0
+    white: int = 0
+    draws: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+_COLUMNS = {
+    "observations": (np.uint8, (OBSERVATION_BYTES,)),
+    "legal_masks": (np.uint8, (MASK_BYTES,)),
+    "actions": (np.int64, ()),
+    "log_probs": (np.float32, ()),
+    "values": (np.float32, ()),
+    "advantages": (np.float32, ()),
+    "returns": (np.float32, ()),
+    "policy_versions": (np.int32, ()),
+}
+
+
+class ExperienceBuffer:
+    """Preallocated FIFO of steps, filled with whole games (see the module docstring)."""
+
+    def __init__(self, steps_per_epoch: int, capacity: int, *, gamma: float, gae_lambda: float,
+                 max_policy_lag: int) -> None:
+        if capacity < steps_per_epoch:
+            raise ValueError(f"capacity {capacity} is smaller than steps_per_epoch {steps_per_epoch}")
+        self.steps_per_epoch = steps_per_epoch
+        self.capacity = capacity
+        self.gamma = gamma
+        self.gae_lambda = gae_lambda
+        self.max_policy_lag = max_policy_lag
+        self.policy_version = 0
+        self.steps_accepted = 0
+        self.steps_dropped_stale = 0
+        self._size = 0
+        self._tally = GameTally()
+        self._lock = threading.Lock()
+        self._arrays = {name: np.zeros((capacity, *shape), dtype=dtype)
+                        for name, (dtype, shape) in _COLUMNS.items()}
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def ready(self) -> bool:
+        return self._size >= self.steps_per_epoch
+
+    def put(self, game: FinishedGame) -> int:
+        """Add a finished game; return the number of steps accepted (the rest were stale).
+
+        :raises BufferFullError: if the fresh steps do not fit; nothing is added.
+        """
+        winner = None if game.winner == DRAW else game.winner
+        advantages, returns = game_advantages(game.players, game.values, winner, self.gamma,
+                                              self.gae_lambda)
+        with self._lock:
+            fresh = game.policy_versions >= self.policy_version - self.max_policy_lag
+            count = int(fresh.sum())
+            if self._size + count > self.capacity:
+                raise BufferFullError(f"buffer holds {self._size} of {self.capacity} steps; "
+                                      f"a game of {count} fresh steps does not fit")
+            rows = slice(self._size, self._size + count)
+            columns = {"observations": game.observations, "legal_masks": game.legal_masks,
+                       "actions": game.actions, "log_probs": game.log_probs,
+                       "values": game.values, "advantages": advantages, "returns": returns,
+                       "policy_versions": game.policy_versions}
+            for name, column in columns.items():
+                self._arrays[name][rows] = column[fresh]
+            self._size += count
+            self.steps_accepted += count
+            self.steps_dropped_stale += game.length - count
+            self._count_game(game)
+        return count
+
+    def _count_game(self, game: FinishedGame) -> None:
+        tally = self._tally
+        tally.games += 1
+        tally.plies += game.length
+        if game.winner == DRAW:
+            tally.draws += 1
+        elif game.winner == 0:
+            tally.black += 1
+        else:
+            tally.white += 1
+        tally.reasons[str(game.reason)] = tally.reasons.get(str(game.reason), 0) + 1
+
+    def drain_tally(self) -> GameTally:
+        """Finished-game statistics since the last call."""
+        with self._lock:
+            tally, self._tally = self._tally, GameTally()
+        return tally
+
+    def take_epoch(self) -> EpochBatch:
+        """Remove and return the oldest ``steps_per_epoch`` steps.
+
+        :raises RuntimeError: if the epoch is not ready (check ``ready()`` first).
+        """
+        with self._lock:
+            count = self.steps_per_epoch
+            if self._size < count:
+                raise RuntimeError(f"take_epoch() with {self._size} of {count} steps; wait for ready()")
+            batch = EpochBatch(**{name: array[:count].copy() for name, array in self._arrays.items()})
+            remaining = self._size - count
+            for array in self._arrays.values():
+                array[:remaining] = array[count:self._size]
+            self._size = remaining
+        return batch
+
+    def restore_epoch(self, batch: EpochBatch) -> None:
+        """Put a taken epoch back at the front (after a failed update), so no step is lost.
+
+        :raises BufferFullError: if it no longer fits.
+        """
+        with self._lock:
+            count = batch.size
+            if self._size + count > self.capacity:
+                raise BufferFullError(f"cannot restore {count} steps into {self.capacity - self._size} free")
+            for name, array in self._arrays.items():
+                array[count:count + self._size] = array[:self._size].copy()
+                array[:count] = getattr(batch, name)
+            self._size += count
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The held steps (collected, not yet trained), for checkpoints."""
+        with self._lock:
+            return {name: torch.from_numpy(array[:self._size].copy())
+                    for name, array in self._arrays.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace the held steps with those of a checkpoint.
+
+        :raises ValueError: if the saved columns do not match this buffer.
+        """
+        sizes = {len(tensor) for tensor in state.values()}
+        if set(state) != set(self._arrays) or len(sizes) != 1:
+            raise ValueError(f"saved buffer has columns {sorted(state)} of sizes {sorted(sizes)}")
+        size = sizes.pop()
+        if size > self.capacity:
+            raise ValueError(f"saved buffer holds {size} steps; capacity is {self.capacity}")
+        with self._lock:
+            for name, array in self._arrays.items():
+                array[:size] = state[name].numpy()
+            self._size = size

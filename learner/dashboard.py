@@ -1,0 +1,163 @@
+"""Progress display and metrics files.
+
+``Dashboard`` is a ``rich`` live view refreshed on a time interval (it reads the
+trainer's live state, so it moves during long phases too), or plain log lines when
+stdout is not a terminal. ``MetricsWriter`` appends one JSON object per epoch to
+``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from keisei.config import DisplayConfig
+from learner.trainer import Metrics, Trainer
+
+logger = logging.getLogger(__name__)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
+
+
+class MetricsWriter:
+    """Appends each epoch's metrics as one JSON line (flushed, so a crash keeps them)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._stream: IO[str] | None = open(self.path, "a", encoding="utf-8")
+
+    def __call__(self, metrics: Metrics) -> None:
+        if self._stream is None:
+            raise RuntimeError(f"MetricsWriter for {self.path} is closed")
+        self._stream.write(json.dumps(_finite(metrics), sort_keys=True) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _format(value: Any, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return "—" if not math.isfinite(value) else f"{value:.{digits}g}"
+    return "—" if value is None else str(value)
+
+
+class Dashboard:
+    """Live view of a ``Trainer``; call it with each epoch's metrics."""
+
+    def __init__(self, trainer: Trainer, config: DisplayConfig, stream: IO[str] | None = None) -> None:
+        self.trainer = trainer
+        self.config = config
+        self.stream = stream if stream is not None else sys.stdout
+        use_rich = config.mode == "rich" or (config.mode == "auto" and self.stream.isatty())
+        self.console = Console(file=self.stream) if use_rich else None
+        self.latest: Metrics = {}
+        self.started = time.monotonic()
+        self._last_line = 0.0
+        self._live: Live | None = None
+
+    def __enter__(self) -> Dashboard:
+        if self.console is not None:
+            self._live = Live(get_renderable=self.render, console=self.console,
+                              refresh_per_second=1.0 / self.config.refresh_seconds,
+                              redirect_stderr=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def __call__(self, metrics: Metrics) -> None:
+        self.latest = metrics
+        now = time.monotonic()
+        if self.console is None and now - self._last_line >= self.config.refresh_seconds:
+            self._last_line = now
+            logger.info(self.summary_line(metrics))
+
+    @staticmethod
+    def summary_line(metrics: Metrics) -> str:
+        return (f"epoch {metrics['epoch']} step {metrics['step']} v{metrics['policy_version']} "
+                f"[{metrics['mode']}] {metrics['steps_per_second']:.0f} steps/s | "
+                f"policy {_format(metrics.get('policy_loss'))} value {_format(metrics.get('value_loss'))} "
+                f"entropy {_format(metrics.get('entropy'))} kl {_format(metrics.get('approx_kl'))} | "
+                f"games {metrics['games']} len {metrics['mean_game_length']:.0f} "
+                f"B/W/D {metrics['black_win_rate']:.2f}/{metrics['white_win_rate']:.2f}/"
+                f"{metrics['draw_rate']:.2f} | collect {metrics['collect_seconds']:.1f}s "
+                f"update {metrics['update_seconds']:.1f}s")
+
+    def render(self) -> Group:
+        trainer, metrics = self.trainer, self.latest
+        total = trainer.config.train.total_steps
+        phase = "update" if trainer.processing else "collect"
+        header = Text.assemble(
+            ("Keisei learner  ", "bold"), (f"mode {trainer.mode}  ", "cyan"),
+            f"step {trainer.step:,}/{total:,} ({100 * trainer.step / total:.1f}%)  ",
+            f"epoch {trainer.epoch}  policy v{trainer.policy_version}  ",
+            f"phase {phase}  buffer {trainer.buffer.size:,}/{trainer.buffer.steps_per_epoch:,}  ",
+            f"elapsed {time.monotonic() - self.started:.0f}s")
+        table = Table(show_header=True, header_style="bold", expand=False)
+        for column in ("throughput", "time per phase", "losses", "games"):
+            table.add_column(column)
+        rows = [
+            (f"{_format(metrics.get('steps_per_second'))} steps/s",
+             f"collect {_format(metrics.get('collect_seconds'), 3)} s",
+             f"policy {_format(metrics.get('policy_loss'))}",
+             f"finished {_format(metrics.get('games'))}"),
+            (f"lag mean {_format(metrics.get('policy_lag_mean'), 3)}",
+             f"inference {_format(metrics.get('inference_seconds'), 3)} s",
+             f"value {_format(metrics.get('value_loss'))}",
+             f"mean length {_format(metrics.get('mean_game_length'), 4)}"),
+            (f"lag max {_format(metrics.get('policy_lag_max'))}",
+             f"rules+encode {_format(_sum(metrics, 'rules_seconds', 'encode_seconds'), 3)} s",
+             f"entropy {_format(metrics.get('entropy'))}",
+             f"black {_format(metrics.get('black_win_rate'), 3)}"),
+            (f"stale dropped {_format(metrics.get('steps_dropped_stale'))}",
+             f"update {_format(metrics.get('update_seconds'), 3)} s",
+             f"kl {_format(metrics.get('approx_kl'))} clip {_format(metrics.get('clipfrac'))}",
+             f"white {_format(metrics.get('white_win_rate'), 3)}"),
+            ("", f"passes {_format(metrics.get('ppo_passes'))}",
+             f"expl. var {_format(metrics.get('explained_variance'))}",
+             f"draw {_format(metrics.get('draw_rate'), 3)}"),
+            ("", "", f"lr {_format(metrics.get('learning_rate'))}", ""),
+        ]
+        for row in rows:
+            table.add_row(*row)
+        return Group(header, table)
+
+
+def _sum(metrics: Metrics, *keys: str) -> float | None:
+    if not all(key in metrics for key in keys):
+        return None
+    return float(sum(metrics[key] for key in keys))

@@ -1,0 +1,266 @@
+"""The training loop: collect → update → publish → callbacks, and nothing else.
+
+``Trainer.collect()`` fills the buffer with one epoch of steps, ``Trainer.update()`` runs
+PPO on it, ``Trainer.publish()`` bumps the policy version. ``train()`` is the one loop;
+callbacks (metrics, checkpoints, dashboard) may be plain functions or coroutines, and
+``call_callback`` awaits a result only when it is awaitable, inside the single event
+loop that ``asyncio.run(train(...))`` starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from keisei.config import Config
+from keisei.errors import KeiseiError
+from keisei.model import PolicyValueNet, log_probs_and_entropy, masked_logits
+from keisei.ppo import explained_variance, learning_rate_at, ppo_losses
+from keisei.selfplay import Collector, unpack_masks, unpack_observations
+from learner.buffer import EpochBatch, ExperienceBuffer
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(KeiseiError):
+    """A stop was requested (SIGINT/SIGTERM); raised at the next safe point."""
+
+Metrics = dict[str, Any]
+Callback = Callable[[Metrics], "Awaitable[None] | None"]
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule and counters; the collector feeds its buffer."""
+
+    def __init__(self, config: Config, model: PolicyValueNet, buffer: ExperienceBuffer,
+                 collector: Collector, device: torch.device,
+                 stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.stop = stop if stop is not None else threading.Event()
+        self.model = model
+        self.buffer = buffer
+        self.collector = collector
+        self.device = device
+        train = config.train
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate,
+                                           weight_decay=train.weight_decay)
+        total_updates = max(1, train.total_steps // train.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda update: learning_rate_at(train.lr_schedule, 1.0, update / total_updates))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        self.shuffle_rng = np.random.default_rng(config.run.seed + 1)
+        self.step = 0
+        self.epoch = 0
+        self.policy_version = 0
+        self.processing = False  # true only while an update runs; reset in finally
+        self.mode = "sequential"
+
+    # --- the three phases ---------------------------------------------------------------
+    def collect(self) -> Metrics:
+        """Play self-play games in-process until the buffer holds an epoch."""
+        started = time.perf_counter()
+        before = copy.copy(self.collector.stats)
+        self.collector.model.eval()
+        while not self.buffer.ready():
+            self._check_stop()
+            self.collector.step()
+        after = self.collector.stats
+        return {
+            "collect_seconds": time.perf_counter() - started,
+            "collected_steps": after.steps - before.steps,
+            "inference_seconds": after.inference_seconds - before.inference_seconds,
+            "encode_seconds": after.encode_seconds - before.encode_seconds,
+            "rules_seconds": after.rules_seconds - before.rules_seconds,
+        }
+
+    def update(self) -> Metrics:
+        """One PPO update on the oldest epoch in the buffer.
+
+        If it raises, the model, optimizer, schedule and buffer are put back exactly as
+        they were before it started, the error is logged with context, and it propagates.
+        """
+        batch = self.buffer.take_epoch()
+        snapshot = self._snapshot()
+        self.processing = True
+        started = time.perf_counter()
+        try:
+            metrics = self._ppo(batch)
+        except TrainingInterrupted:
+            self._restore(snapshot)
+            self.buffer.restore_epoch(batch)
+            raise
+        except Exception:
+            self._restore(snapshot)
+            self.buffer.restore_epoch(batch)
+            logger.exception("PPO update failed at epoch %d (step %d, policy version %d); "
+                             "model, optimizer and buffer restored to their state before it",
+                             self.epoch + 1, self.step, self.policy_version)
+            raise
+        finally:
+            self.processing = False
+        self.scheduler.step()
+        self.step += batch.size
+        self.epoch += 1
+        lag = self.policy_version - batch.policy_versions
+        metrics.update(update_seconds=time.perf_counter() - started,
+                       policy_lag_mean=float(lag.mean()), policy_lag_max=int(lag.max()))
+        return metrics
+
+    def publish(self) -> None:
+        """Make the updated weights the current policy version."""
+        self.policy_version += 1
+        self.buffer.policy_version = self.policy_version
+        self.collector.policy_version = self.policy_version
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise TrainingInterrupted(f"stop requested at step {self.step}")
+
+    # --- PPO ----------------------------------------------------------------------------
+    def _ppo(self, batch: EpochBatch) -> Metrics:
+        train = self.config.train
+        self.model.train()
+        minibatch = train.minibatch_size
+        batches_per_pass = batch.size // minibatch
+        sums: dict[str, float] = {}
+        count = 0
+        passes = 0
+        for passes in range(1, train.ppo_epochs + 1):
+            order = self.shuffle_rng.permutation(batch.size)
+            approx_kl = 0.0
+            for start in range(0, batches_per_pass * minibatch, minibatch):
+                self._check_stop()
+                losses, grad_norm = self._minibatch_step(batch, order[start:start + minibatch])
+                approx_kl = float(losses["approx_kl"])
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
+                count += 1
+            if train.target_kl and approx_kl > train.target_kl:
+                break
+        metrics: Metrics = {key: value / count for key, value in sums.items()}
+        metrics.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
+                       explained_variance=explained_variance(batch.values, batch.returns))
+        return metrics
+
+    def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray) -> tuple[dict[str, float], float]:
+        train = self.config.train
+        device = self.device
+        cuda = device.type == "cuda"
+        observations = torch.from_numpy(unpack_observations(batch.observations[rows]))
+        legal = torch.from_numpy(unpack_masks(batch.legal_masks[rows]))
+        tensors = {name: torch.from_numpy(getattr(batch, name)[rows]).to(device, non_blocking=cuda)
+                   for name in ("actions", "log_probs", "values", "advantages", "returns")}
+        autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
+        with autocast:
+            logits, new_values = self.model(observations.to(device, non_blocking=cuda).float())
+        log_probs, entropy = log_probs_and_entropy(masked_logits(logits.float(), legal.to(device)))
+        new_log_probs = log_probs.gather(1, tensors["actions"][:, None]).squeeze(1)
+        losses = ppo_losses(new_log_probs, tensors["log_probs"], tensors["advantages"],
+                            new_values.float(), tensors["values"], tensors["returns"], entropy,
+                            clip_coef=train.clip_coef, clip_value_loss=train.clip_value_loss,
+                            vf_coef=train.vf_coef, ent_coef=train.ent_coef,
+                            normalize_advantages=train.normalize_advantages)
+        if not torch.isfinite(losses.loss):
+            raise FloatingPointError(f"PPO loss is {float(losses.loss)} (policy "
+                                     f"{float(losses.policy_loss)}, value {float(losses.value_loss)})")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        values = {"loss": losses.loss, "policy_loss": losses.policy_loss,
+                  "value_loss": losses.value_loss, "entropy": losses.entropy,
+                  "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac}
+        return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
+
+    # --- state --------------------------------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        return {"model": copy.deepcopy(self.model.state_dict()),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.scheduler.load_state_dict(snapshot["scheduler"])
+        self.scaler.load_state_dict(snapshot["scaler"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint needs to continue this run exactly where it stands."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "counters": {"step": self.step, "epoch": self.epoch,
+                         "policy_version": self.policy_version,
+                         "games": self.collector.stats.games,
+                         "steps_dropped_stale": self.buffer.steps_dropped_stale},
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "collector": self.collector.generator.get_state(),
+                    "shuffle": self.shuffle_rng.bit_generator.state},
+            "buffer": self.buffer.state_dict(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        counters = state["counters"]
+        self.step, self.epoch = int(counters["step"]), int(counters["epoch"])
+        self.policy_version = int(counters["policy_version"])
+        self.collector.stats.games = int(counters["games"])
+        self.buffer.steps_dropped_stale = int(counters["steps_dropped_stale"])
+        self.buffer.policy_version = self.collector.policy_version = self.policy_version
+        self.buffer.load_state_dict(state["buffer"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        self.collector.generator.set_state(rng["collector"])
+        self.shuffle_rng.bit_generator.state = rng["shuffle"]
+
+
+async def call_callback(callback: Callback, metrics: Metrics) -> None:
+    """Call ``callback``; await the result only if it is awaitable."""
+    result = callback(metrics)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def train(trainer: Trainer, callbacks: Sequence[Callback]) -> None:
+    """The one training loop: run epochs until ``train.total_steps``."""
+    total = trainer.config.train.total_steps
+    last_time, last_step = time.perf_counter(), trainer.step
+    while trainer.step < total:
+        metrics: Metrics = {}
+        metrics.update(trainer.collect())
+        metrics.update(trainer.update())
+        trainer.publish()
+        now = time.perf_counter()
+        tally = trainer.buffer.drain_tally()
+        finished = max(tally.games, 1)
+        metrics.update(
+            step=trainer.step, epoch=trainer.epoch, policy_version=trainer.policy_version,
+            mode=trainer.mode, steps_per_second=(trainer.step - last_step) / (now - last_time),
+            games=tally.games, mean_game_length=tally.plies / finished,
+            black_win_rate=tally.black / finished, white_win_rate=tally.white / finished,
+            draw_rate=tally.draws / finished, terminations=tally.reasons,
+            steps_dropped_stale=trainer.buffer.steps_dropped_stale, time=time.time())
+        last_time, last_step = now, trainer.step
+        for callback in callbacks:
+            await call_callback(callback, metrics)
