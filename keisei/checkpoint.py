@@ -104,4 +104,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [key for key in _REQUIRED if key not in state]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
-    return state
+    checked: dict[str, Any] = state
+    return checked

@@ -154,7 +154,7 @@ class Collector:
         moves = self._encoder.moves_for(actions)
         self._record(observations, masks, actions, moves, log_probs, values)
         finished = 0
-        for slot, (game, move) in enumerate(zip(self._games, moves.tolist())):
+        for slot, (game, move) in enumerate(zip(self._games, moves.tolist(), strict=True)):
             game.push(move)
             if game.outcome is not None:
                 self._finish(slot)

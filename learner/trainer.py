@@ -136,7 +136,8 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         passes = 0
-        for passes in range(1, train.ppo_epochs + 1):
+        while passes < train.ppo_epochs:
+            passes += 1
             order = self.shuffle_rng.permutation(batch.size)
             approx_kl = 0.0
             for start in range(0, batches_per_pass * minibatch, minibatch):

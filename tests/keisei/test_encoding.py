@@ -107,7 +107,7 @@ def test_batch_encoder_matches_single_encoding_and_maps_actions_back() -> None:
         assert np.array_equal(masks[index], legal_action_mask(game.board))
         chosen.append(rng.choice(np.flatnonzero(masks[index])))
     moves = encoder.moves_for(np.asarray(chosen))
-    for game, action, move in zip(games, chosen, moves):
+    for game, action, move in zip(games, chosen, moves, strict=True):
         assert move in game.legal_moves()
         assert move_to_action(game.board, int(move)) == action
     with pytest.raises(IllegalMoveError):
