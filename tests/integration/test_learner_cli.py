@@ -1,0 +1,113 @@
+"""keisei-learner as a user runs it: a real process, stopped with SIGTERM and resumed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from keisei.checkpoint import latest_checkpoint, load_checkpoint
+
+TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
+        "selfplay.max_plies=64", "train.steps_per_epoch=128", "train.minibatch_size=32",
+        "train.ppo_epochs=1", "run.threads=1", "checkpoint.every_epochs=1",
+        "display.mode=plain"]
+
+
+def learner_command(run_dir: Path, *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "learner.main", "--set", f"run.dir={run_dir}"]
+    for override in (*TINY, *extra):
+        command += ["--set", override]
+    return command
+
+
+@contextmanager
+def started(command: list[str]) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def metrics_lines(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_sigterm_checkpoints_and_resume_continues_the_counters(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with started(learner_command(run_dir, "train.total_steps=1000000")) as process:
+        deadline = time.monotonic() + 120
+        while len(metrics_lines(run_dir)) < 3:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "no progress within 120 s"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "received SIGTERM" in output
+    lines_before = len(metrics_lines(run_dir))
+    stopped = metrics_lines(run_dir)[-1]
+    checkpoint = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    counters = checkpoint["counters"]
+    assert counters["step"] == stopped["step"] and counters["policy_version"] == stopped["policy_version"]
+    assert counters["step"] == 128 * stopped["epoch"]
+
+    target = stopped["step"] + 256
+    resumed = subprocess.run([*learner_command(run_dir, f"train.total_steps={target}"), "--resume"],
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(metrics_lines(run_dir)) == lines_before + 2
+    new_lines = metrics_lines(run_dir)[-2:]
+    assert [line["epoch"] for line in new_lines] == [stopped["epoch"] + 1, stopped["epoch"] + 2]
+    assert new_lines[0]["policy_version"] == stopped["policy_version"] + 1
+    assert new_lines[-1]["step"] == target
+    final = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert final["counters"]["step"] == target
+    saved = tomllib.loads((run_dir / "config.toml").read_text())
+    assert saved["train"]["total_steps"] == target and saved["model"]["channels"] == 16
+
+
+def test_bad_config_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    run_dir = tmp_path / "never"
+    config.write_text(f'[run]\ndir = "{run_dir}"\n[train]\ntotal_stpes = 10\nsteps_per_epoch = 3\n')
+    result = subprocess.run([sys.executable, "-m", "learner.main", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "train.total_stpes: unknown key" in result.stderr
+    assert "train.steps_per_epoch = 3: out of range" in result.stderr
+    assert not run_dir.exists()
+
+
+def test_existing_run_is_not_overwritten_and_missing_run_is_not_resumed(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = subprocess.run(learner_command(run_dir, "train.total_steps=128"), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    again = subprocess.run(learner_command(run_dir, "train.total_steps=128"), capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    missing = subprocess.run([*learner_command(tmp_path / "none"), "--resume"], capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2 and "no run to resume" in missing.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_print_config_prints_the_effective_toml() -> None:
+    result = subprocess.run([sys.executable, "-m", "learner.main", "--print-config",
+                             "--set", "train.total_steps=777"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    assert tomllib.loads(result.stdout)["train"]["total_steps"] == 777

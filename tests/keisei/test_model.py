@@ -1,0 +1,73 @@
+"""The network's shapes and ranges, and masked sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from keisei.config import ModelConfig
+from keisei.encoding import NUM_ACTIONS, NUM_PLANES, encode_observation, legal_action_mask
+from keisei.model import (
+    PRESETS,
+    build_model,
+    count_parameters,
+    log_probs_and_entropy,
+    masked_logits,
+    sample_actions,
+)
+from keisei.shogi import Game
+
+
+@pytest.mark.parametrize("se_ratio", [0, 4])
+def test_outputs_have_the_action_and_value_shapes(se_ratio: int) -> None:
+    model = build_model(ModelConfig(blocks=1, channels=16, se_ratio=se_ratio, value_hidden=8)).eval()
+    logits, value = model(torch.randn(5, NUM_PLANES, 9, 9) * 3)
+    assert logits.shape == (5, NUM_ACTIONS) and value.shape == (5,)
+    assert bool(((value >= -1) & (value <= 1)).all())
+
+
+def test_presets_grow_in_size() -> None:
+    sizes = [count_parameters(build_model(PRESETS[name])) for name in ("tiny", "small", "medium")]
+    assert sizes == sorted(sizes) and sizes[0] < 200_000
+
+
+def test_masked_sampling_never_selects_an_illegal_action() -> None:
+    game = Game("4k4/9/9/9/9/9/9/9/4K4 b - 1")  # only king moves: 5 legal
+    mask = torch.from_numpy(legal_action_mask(game.board)).expand(4096, -1)
+    logits = torch.randn(4096, NUM_ACTIONS) * 5
+    logits[:, ~mask[0]] += 100.0  # illegal actions would dominate if not masked
+    masked = masked_logits(logits, mask)
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (0.1, 1.0, 5.0):
+        actions, log_probs = sample_actions(masked, temperature, generator)
+        assert bool(mask[torch.arange(4096), actions].all())
+        assert bool((log_probs <= 0).all()) and bool(torch.isfinite(log_probs).all())
+    log_probs, entropy = log_probs_and_entropy(masked)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(4096))
+    assert bool((log_probs.exp()[:, ~mask[0]] == 0).all())
+    assert bool(torch.isfinite(entropy).all()) and float(entropy.max()) <= float(torch.log(torch.tensor(5.0))) + 1e-5
+
+
+def test_sampling_follows_the_policy() -> None:
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1] + [1e-9] * (NUM_ACTIONS - 3)]))
+    mask = torch.zeros(1, NUM_ACTIONS, dtype=torch.bool)
+    mask[0, :3] = True
+    masked = masked_logits(logits.expand(20_000, -1), mask.expand(20_000, -1))
+    actions, _ = sample_actions(masked, 1.0, torch.Generator().manual_seed(1))
+    frequencies = torch.bincount(actions, minlength=3).float() / 20_000
+    assert frequencies[:3].tolist() == pytest.approx([0.7, 0.2, 0.1], abs=0.02)
+
+
+def test_mask_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="no legal action"):
+        masked_logits(torch.zeros(2, NUM_ACTIONS), torch.zeros(2, NUM_ACTIONS, dtype=torch.bool))
+    with pytest.raises(ValueError, match="shape"):
+        masked_logits(torch.zeros(2, NUM_ACTIONS), torch.ones(2, 10, dtype=torch.bool))
+
+
+def test_model_runs_on_a_real_position() -> None:
+    model = build_model(PRESETS["tiny"]).eval()
+    observation = torch.from_numpy(encode_observation(Game().board))[None]
+    with torch.inference_mode():
+        logits, value = model(observation)
+    assert torch.isfinite(logits).all() and torch.isfinite(value).all()

@@ -1,0 +1,103 @@
+"""The PPO maths against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from keisei.ppo import (
+    compute_gae,
+    explained_variance,
+    game_advantages,
+    learning_rate_at,
+    ppo_losses,
+)
+
+
+def test_gae_matches_a_hand_computed_example() -> None:
+    # gamma 0.9, lambda 0.8: deltas 0.9*0.4-0.5=-0.14, 0.9*0.8-0.4=0.32, 1-0.8=0.2
+    advantages, returns = compute_gae(np.array([0, 0, 1.0]), np.array([0.5, 0.4, 0.8]), 0.9, 0.8)
+    assert advantages == pytest.approx([-0.14 + 0.72 * 0.464, 0.32 + 0.72 * 0.2, 0.2])
+    assert returns == pytest.approx([0.69408, 0.864, 1.0])
+
+
+def test_gae_matches_a_slow_reference_on_random_episodes() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        steps = int(rng.integers(1, 30))
+        rewards, values = rng.normal(size=steps), rng.normal(size=steps)
+        gamma, lam = float(rng.uniform(0.5, 1)), float(rng.uniform(0, 1))
+        advantages, _ = compute_gae(rewards, values, gamma, lam)
+        next_values = np.append(values[1:], 0.0)
+        deltas = rewards + gamma * next_values - values
+        reference = [sum((gamma * lam) ** k * deltas[t + k] for k in range(steps - t))
+                     for t in range(steps)]
+        assert advantages == pytest.approx(reference, rel=1e-4, abs=1e-5)
+
+
+def test_each_player_is_credited_over_its_own_plies() -> None:
+    players = np.array([0, 1, 0, 1, 0], dtype=np.uint8)
+    values = np.array([0.1, 0.2, 0.3, 0.4, 0.5], dtype=np.float32)
+    advantages, returns = game_advantages(players, values, winner=0, gamma=1.0, gae_lambda=1.0)
+    # Black (plies 0, 2, 4) won: return +1 on each; White (plies 1, 3) lost: -1.
+    assert returns == pytest.approx([1, -1, 1, -1, 1])
+    assert advantages == pytest.approx([0.9, -1.2, 0.7, -1.4, 0.5])
+    _, draw_returns = game_advantages(players, values, winner=None, gamma=1.0, gae_lambda=1.0)
+    assert draw_returns == pytest.approx([0, 0, 0, 0, 0], abs=1e-6)
+    # lambda 0: one-step targets use the same player's next value, not the opponent's
+    _, td_returns = game_advantages(players, values, winner=1, gamma=1.0, gae_lambda=0.0)
+    assert td_returns == pytest.approx([0.3, 0.4, 0.5, 1.0, -1.0])
+
+
+def losses_at(ratio: float, advantage: float):
+    new = torch.tensor([math.log(ratio)], requires_grad=True)
+    result = ppo_losses(new, torch.zeros(1), torch.tensor([advantage]), torch.zeros(1),
+                        torch.zeros(1), torch.zeros(1), torch.zeros(1), clip_coef=0.2,
+                        clip_value_loss=False, vf_coef=0.0, ent_coef=0.0,
+                        normalize_advantages=False)
+    result.loss.backward()
+    return result, float(new.grad[0])
+
+
+@pytest.mark.parametrize(("ratio", "advantage", "policy_loss", "has_gradient"), [
+    (1.5, 1.0, -1.2, False),   # above 1 + clip with a good action: clipped, no push further
+    (0.5, -1.0, 0.8, False),   # below 1 - clip with a bad action: clipped
+    (1.5, -1.0, 1.5, True),    # the pessimistic (unclipped) side keeps its gradient
+    (0.5, 1.0, -0.5, True),
+    (1.1, 1.0, -1.1, True),    # inside the clip range
+])
+def test_clipped_surrogate_at_the_ratio_edges(ratio: float, advantage: float,
+                                              policy_loss: float, has_gradient: bool) -> None:
+    result, gradient = losses_at(ratio, advantage)
+    assert float(result.policy_loss.detach()) == pytest.approx(policy_loss)
+    assert (gradient != 0) == has_gradient
+    assert float(result.clipfrac) == (1.0 if abs(ratio - 1) > 0.2 else 0.0)
+
+
+def test_value_clipping_and_entropy_terms() -> None:
+    new_values, old_values, returns = torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([1.0])
+    common = dict(clip_coef=0.2, vf_coef=1.0, ent_coef=0.5, normalize_advantages=False)
+    zeros = torch.zeros(1)
+    unclipped = ppo_losses(zeros, zeros, zeros, new_values, old_values, returns, torch.tensor([2.0]),
+                           clip_value_loss=False, **common)
+    clipped = ppo_losses(zeros, zeros, zeros, new_values, old_values, returns, torch.tensor([2.0]),
+                         clip_value_loss=True, **common)
+    assert float(unclipped.value_loss) == 0.0
+    assert float(clipped.value_loss) == pytest.approx(0.5 * 0.8 ** 2)  # clipped to 0.2 from 0
+    assert float(unclipped.loss) == pytest.approx(-0.5 * 2.0)
+
+
+def test_learning_rate_schedules_and_explained_variance() -> None:
+    assert learning_rate_at("constant", 1.0, 0.7) == 1.0
+    assert learning_rate_at("linear", 2.0, 0.25) == pytest.approx(1.5)
+    assert learning_rate_at("cosine", 1.0, 0.5) == pytest.approx(0.5)
+    assert learning_rate_at("cosine", 1.0, 1.0) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate_at("step", 1.0, 0.5)
+    targets = np.array([1.0, 2.0, 3.0])
+    assert explained_variance(targets, targets) == 1.0
+    assert explained_variance(np.zeros(3), targets) == pytest.approx(1 - np.var(targets) / np.var(targets))
+    assert math.isnan(explained_variance(np.zeros(3), np.ones(3)))

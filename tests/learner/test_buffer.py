@@ -1,0 +1,93 @@
+"""Buffer contract: whole games in, exact epochs out, every step once, stale steps counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keisei.selfplay import MASK_BYTES, OBSERVATION_BYTES, FinishedGame
+from keisei.shogi import STARTING_SFEN, Termination
+from learner.buffer import BufferFullError, ExperienceBuffer
+
+
+def fake_game(length: int, first_id: int, version: int = 0, winner: int = 0) -> FinishedGame:
+    """A game whose actions are unique ids, so every step can be traced."""
+    return FinishedGame(
+        observations=np.full((length, OBSERVATION_BYTES), 1, np.uint8),
+        legal_masks=np.full((length, MASK_BYTES), 255, np.uint8),
+        actions=np.arange(first_id, first_id + length, dtype=np.int16),
+        moves=np.zeros(length, np.int32), log_probs=np.full(length, -1.0, np.float32),
+        values=np.zeros(length, np.float32), players=(np.arange(length) % 2).astype(np.uint8),
+        policy_versions=np.full(length, version, np.int32), winner=winner,
+        reason=Termination.CHECKMATE, start_sfen=STARTING_SFEN)
+
+
+def make_buffer(steps_per_epoch: int = 10, capacity: int = 40, lag: int = 2) -> ExperienceBuffer:
+    return ExperienceBuffer(steps_per_epoch, capacity, gamma=1.0, gae_lambda=1.0, max_policy_lag=lag)
+
+
+def test_epochs_are_exact_and_every_step_is_handed_out_once_in_order() -> None:
+    buffer = make_buffer()
+    next_id, seen = 0, []
+    for length in (7, 5, 9, 3, 6):
+        buffer.put(fake_game(length, next_id))
+        next_id += length
+        while buffer.ready():
+            batch = buffer.take_epoch()
+            assert batch.size == 10
+            seen.extend(batch.actions.tolist())
+    assert seen == list(range(30))  # FIFO, no loss, no duplicate; games split across epochs
+    assert buffer.size == next_id - 30 == 0
+    assert buffer.steps_accepted == 30
+
+
+def test_advantages_are_computed_on_the_whole_game() -> None:
+    buffer = make_buffer(steps_per_epoch=4)
+    buffer.put(fake_game(4, 0, winner=1))
+    batch = buffer.take_epoch()
+    assert batch.returns.tolist() == [-1, 1, -1, 1]  # white won; black moved on even plies
+
+
+def test_stale_steps_are_dropped_and_counted() -> None:
+    buffer = make_buffer(lag=2)
+    buffer.policy_version = 5
+    assert buffer.put(fake_game(4, 0, version=2)) == 0  # 3 versions old
+    assert buffer.put(fake_game(4, 10, version=3)) == 4  # exactly max_policy_lag old
+    assert buffer.steps_dropped_stale == 4 and buffer.size == 4
+
+
+def test_full_buffer_refuses_without_partial_writes() -> None:
+    buffer = make_buffer(steps_per_epoch=10, capacity=12)
+    buffer.put(fake_game(8, 0))
+    with pytest.raises(BufferFullError, match="does not fit"):
+        buffer.put(fake_game(8, 100))
+    assert buffer.size == 8 and buffer.steps_accepted == 8
+
+
+def test_restore_puts_an_epoch_back_in_front() -> None:
+    buffer = make_buffer()
+    buffer.put(fake_game(14, 0))
+    batch = buffer.take_epoch()
+    buffer.restore_epoch(batch)
+    assert buffer.size == 14
+    assert buffer.take_epoch().actions.tolist() == list(range(10))
+
+
+def test_state_dict_round_trip_keeps_held_steps() -> None:
+    buffer = make_buffer()
+    buffer.put(fake_game(6, 0))
+    other = make_buffer()
+    other.load_state_dict(buffer.state_dict())
+    other.put(fake_game(4, 6))
+    assert other.take_epoch().actions.tolist() == list(range(10))
+    with pytest.raises(ValueError, match="columns"):
+        other.load_state_dict({"actions": buffer.state_dict()["actions"]})
+
+
+def test_tally_counts_results() -> None:
+    buffer = make_buffer(capacity=100)
+    buffer.put(fake_game(3, 0, winner=0))
+    buffer.put(fake_game(3, 0, winner=-1))
+    tally = buffer.drain_tally()
+    assert (tally.games, tally.black, tally.white, tally.draws, tally.plies) == (2, 1, 0, 1, 6)
+    assert buffer.drain_tally().games == 0

@@ -1,0 +1,104 @@
+"""The one loop: phases, callbacks of both kinds, failure handling, reproducibility."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from keisei.config import Config, load_config
+from learner.main import build_trainer
+from learner.trainer import Trainer, TrainingInterrupted, train
+
+TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
+        "selfplay.max_plies=48", "train.steps_per_epoch=128", "train.minibatch_size=32",
+        "train.ppo_epochs=2", "run.threads=1"]
+
+
+def tiny_config(*extra: str) -> Config:
+    return load_config(None, [*TINY, *extra])
+
+
+def test_loop_runs_epochs_and_calls_sync_and_async_callbacks() -> None:
+    trainer = build_trainer(tiny_config("train.total_steps=256"), threading.Event())
+    seen_sync, seen_async = [], []
+
+    async def async_callback(metrics: dict) -> None:
+        await asyncio.sleep(0)
+        seen_async.append(metrics["epoch"])
+
+    asyncio.run(train(trainer, [lambda metrics: seen_sync.append(metrics), async_callback]))
+    assert [m["epoch"] for m in seen_sync] == [1, 2] and seen_async == [1, 2]
+    last = seen_sync[-1]
+    assert last["step"] == 256 and last["policy_version"] == 2 and last["mode"] == "sequential"
+    for key in ("steps_per_second", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
+                "explained_variance", "learning_rate", "mean_game_length", "black_win_rate",
+                "white_win_rate", "draw_rate", "policy_lag_mean", "policy_lag_max"):
+        assert key in last
+    assert trainer.collector.policy_version == trainer.buffer.policy_version == 2
+
+
+def test_failed_update_restores_state_and_propagates(caplog: pytest.LogCaptureFixture) -> None:
+    trainer = build_trainer(tiny_config(), threading.Event())
+    trainer.collect()
+    held = trainer.buffer.size
+    before = {key: value.clone() for key, value in trainer.model.state_dict().items()}
+    original = trainer._minibatch_step
+    calls = []
+
+    def failing(batch, rows):  # one real optimizer step, then a failure
+        calls.append(1)
+        if len(calls) > 1:
+            raise FloatingPointError("injected failure")
+        return original(batch, rows)
+
+    trainer._minibatch_step = failing  # type: ignore[method-assign]
+    with pytest.raises(FloatingPointError, match="injected"):
+        trainer.update()
+    assert trainer.processing is False
+    assert trainer.buffer.size == held and (trainer.step, trainer.epoch) == (0, 0)
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert "PPO update failed at epoch 1" in caplog.text
+    trainer._minibatch_step = original  # type: ignore[method-assign]
+    trainer.update()  # and it can carry on
+    assert trainer.epoch == 1
+
+
+def test_stop_request_interrupts_at_a_safe_point() -> None:
+    stop = threading.Event()
+    trainer = build_trainer(tiny_config(), stop)
+    trainer.collect()
+    stop.set()
+    with pytest.raises(TrainingInterrupted):
+        trainer.update()
+    assert trainer.processing is False and trainer.buffer.ready() and trainer.epoch == 0
+
+
+def run_epochs(epochs: int) -> tuple[Trainer, list[dict]]:
+    trainer = build_trainer(tiny_config(f"train.total_steps={128 * epochs}", "run.seed=11"),
+                            threading.Event())
+    metrics: list[dict] = []
+    asyncio.run(train(trainer, [metrics.append]))
+    return trainer, metrics
+
+
+def test_a_seeded_sequential_run_is_reproducible() -> None:
+    first, first_metrics = run_epochs(2)
+    second, second_metrics = run_epochs(2)
+    for key in ("policy_loss", "value_loss", "entropy", "games", "mean_game_length"):
+        assert [m[key] for m in first_metrics] == [m[key] for m in second_metrics], key
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key])
+
+
+def test_state_dict_round_trip_continues_counters() -> None:
+    trainer, _ = run_epochs(1)
+    state = trainer.state_dict()
+    fresh = build_trainer(tiny_config("train.total_steps=128", "run.seed=11"), threading.Event())
+    fresh.load_state_dict(state)
+    assert (fresh.step, fresh.epoch, fresh.policy_version) == (128, 1, 1)
+    assert fresh.buffer.size == trainer.buffer.size
+    assert fresh.collector.policy_version == 1
