@@ -41,6 +41,9 @@ class RunConfig:
                         "with the same seed and threads is reproducible)", low=0)
     device: str = setting("cpu", "torch device for the learner: cpu, cuda, cuda:N")
     threads: int = setting(0, "torch CPU threads for the learner (0: all cores)", low=0, high=256)
+    precision: str = setting("auto", "network arithmetic: auto (float16 mixed precision on CUDA, "
+                             "bfloat16 on CPUs with native bf16, else float32)",
+                             choices=("auto", "float32", "bfloat16", "float16"))
 
 
 @dataclass(frozen=True)

