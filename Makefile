@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# Each `make run` trains into a fresh run directory.
+RUN_DIR ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: setup run test bench clean
 
@@ -24,7 +26,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 run: setup
-	$(BIN)/python -m keisei.shogi play --seed 1
+	$(BIN)/keisei-learner --config configs/quick.toml --set run.dir=$(RUN_DIR)
 
 test: setup
 	$(BIN)/ruff check keisei learner workers tests bench
@@ -32,7 +34,10 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python bench/game_speed.py
+	$(BIN)/python -m bench.game_speed
+	$(BIN)/python -m bench.collector
+	$(BIN)/python -m bench.learner
+	$(BIN)/python -m bench.end_to_end
 
 clean:
 	rm -rf $(VENV) build *.egg-info

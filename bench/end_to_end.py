@@ -5,7 +5,7 @@ measured 40.6 steps/s end to end, 58.8 steps/s collection and 2.3 s per update o
 2-core machine type: a 2-block × 32-channel network, 256-step epochs, 10 PPO passes,
 minibatch 64. Goals: >= 10x end to end, >= 20x collection.
 
-Usage: python bench/end_to_end.py [--epochs N] [--games G] [--threads T]
+Usage: python -m bench.end_to_end [--epochs N] [--games G] [--threads T]
 """
 
 from __future__ import annotations

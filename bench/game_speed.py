@@ -6,7 +6,7 @@ Prints, from one process on one core:
     entering-king and ply-limit adjudication) and its cost ratio to raw (goal <= 1.3);
   * batched observation + legal-mask encoding positions/s (goal >= 50 000).
 
-Usage: python bench/game_speed.py [--plies N] [--batch G]
+Usage: python -m bench.game_speed [--plies N] [--batch G]
 """
 
 from __future__ import annotations

@@ -1,0 +1,68 @@
+"""Self-play collector speed with the default network: G=1 vs G=64 lock-step games.
+
+Prints steps/s at each G, their ratio, and where the time goes (inference, rules,
+encoding), on one torch thread (one actor per core is the deployment) and on all cores.
+
+Usage: python -m bench.collector [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from keisei.config import Config, SelfPlayConfig
+from keisei.model import build_model, resolve_precision
+from keisei.selfplay import Collector, FinishedGame
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.games = 0
+
+    def put(self, game: FinishedGame) -> None:
+        self.games += 1
+
+
+def measure(games: int, threads: int, seconds: float, precision: str) -> tuple[float, Collector]:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    collector = Collector(build_model(Config().model), SelfPlayConfig(games=games), CountingSink(),
+                          precision=precision)
+    collector.model.eval()
+    collector.collect(games * 3)  # warm-up
+    start_steps, started = collector.stats.steps, time.perf_counter()
+    start = (collector.stats.inference_seconds, collector.stats.rules_seconds,
+             collector.stats.encode_seconds)
+    while time.perf_counter() - started < seconds:
+        collector.step()
+    elapsed = time.perf_counter() - started
+    stats = collector.stats
+    shares = (stats.inference_seconds - start[0], stats.rules_seconds - start[1],
+              stats.encode_seconds - start[2])
+    print(f"  G={games:3d} threads={threads}: {(stats.steps - start_steps) / elapsed:8.0f} steps/s   "
+          f"inference {shares[0] / elapsed:4.0%}  rules+recording {shares[1] / elapsed:4.0%}  "
+          f"encoding {shares[2] / elapsed:4.0%}")
+    return (stats.steps - start_steps) / elapsed, collector
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    model = Config().model
+    for precision in ("float32", "auto"):
+        dtype = resolve_precision(precision, torch.device("cpu"))
+        print(f"default network {model.blocks}x{model.channels}, precision {precision} "
+              f"({dtype or 'float32'}):")
+        for threads in sorted({1, os.cpu_count() or 1}):
+            single, _ = measure(1, threads, args.seconds, precision)
+            batched, _ = measure(64, threads, args.seconds, precision)
+            print(f"  G=64 / G=1 at {threads} thread(s): {batched / single:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
