@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import math
 import random
 import threading
 import time
@@ -266,7 +267,7 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback]) -> None:
         trainer.publish()
         now = time.perf_counter()
         tally = trainer.buffer.drain_tally()
-        finished = max(tally.games, 1)
+        finished = tally.games or math.nan  # no game finished this epoch: rates are unknown
         metrics.update(
             step=trainer.step, epoch=trainer.epoch, policy_version=trainer.policy_version,
             mode=trainer.mode, steps_per_second=(trainer.step - last_step) / (now - last_time),
