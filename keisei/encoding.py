@@ -156,6 +156,37 @@ def encode_observation(board: cshogi.Board, repetitions: int | None = None) -> n
     return observation
 
 
+def fill_observation(planes: np.ndarray, index: int, board: cshogi.Board, repetitions: int) -> None:
+    """Write ``board``'s observation into ``planes[index]``.
+
+    :raises ValueError: unless ``planes`` is a C-contiguous float32 ``(N, *OBSERVATION_SHAPE)``
+        array with ``0 <= index < N`` (cshogi writes through raw pointers without checks).
+    """
+    if (planes.dtype != np.float32 or planes.shape[1:] != OBSERVATION_SHAPE
+            or not planes.flags.c_contiguous or not 0 <= index < len(planes)):
+        raise ValueError(f"planes must be C-contiguous float32 (N, {OBSERVATION_SHAPE}) and "
+                         f"index in range; got {planes.dtype} {planes.shape}, index {index}")
+    _fill_planes(planes, index, board, repetitions)
+
+
+def sequence_actions_and_masks(legal_lists: Sequence[Sequence[int]], turns: np.ndarray,
+                               moves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Action indices of ``moves`` and legal masks of a sequence of positions, vectorised.
+
+    ``legal_lists[t]`` are the legal moves of position t, ``turns[t]`` its side to move,
+    ``moves[t]`` the move played there (it must be among the legal ones).
+    """
+    count = len(legal_lists)
+    lengths = np.fromiter(map(len, legal_lists), dtype=np.int64, count=count)
+    legal = np.fromiter((m for moves_here in legal_lists for m in moves_here), dtype=np.int64,
+                        count=int(lengths.sum()))
+    rows = np.repeat(np.arange(count), lengths)
+    masks = np.zeros((count, NUM_ACTIONS), dtype=bool)
+    masks[rows, _LABELS[np.repeat(turns.astype(np.int64), lengths), legal & 0x7FFF]] = True
+    actions = _LABELS[turns.astype(np.int64), moves.astype(np.int64) & 0x7FFF].astype(np.int16)
+    return actions, masks
+
+
 def _fill_planes(planes: np.ndarray, index: int, board: cshogi.Board, repetitions: int) -> None:
     # cshogi writes through raw pointers with no shape or dtype check; the callers
     # allocate `planes` as C-contiguous float32 (N, NUM_PLANES, 9, 9), so these row

@@ -21,8 +21,17 @@ import torch
 from torch import nn
 
 from keisei.config import SelfPlayConfig
-from keisei.encoding import NUM_ACTIONS, NUM_PLANES, OBSERVATION_SHAPE, BatchEncoder
+from keisei.encoding import (
+    NUM_ACTIONS,
+    NUM_PLANES,
+    OBSERVATION_SHAPE,
+    BatchEncoder,
+    fill_observation,
+    sequence_actions_and_masks,
+)
+from keisei.errors import InvalidSfenError, RecordError
 from keisei.model import autocast, masked_logits, resolve_precision, sample_actions
+from keisei.protocol import GameRecord
 from keisei.shogi import Color, Game, Termination
 
 OBSERVATION_BITS = NUM_PLANES * 81
@@ -76,12 +85,58 @@ class FinishedGame:
     def winner_color(self) -> Color | None:
         return None if self.winner == DRAW else Color.from_number(self.winner)
 
+    def to_record(self) -> GameRecord:
+        """The compact wire form: start position, moves and per-ply behaviour data."""
+        return GameRecord(self.start_sfen, self.winner, self.reason, self.moves, self.log_probs,
+                          self.values, self.policy_versions)
+
     def to_game(self) -> Game:
         """Replay the moves into a ``Game`` (for KIF/CSA records)."""
         game = Game(self.start_sfen, max_plies=max(self.length, 1))
         for move in self.moves:
             game.push(int(move))
         return game
+
+
+def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) -> FinishedGame:
+    """Rebuild a ``FinishedGame`` from its wire form by replaying the moves through ``Game``.
+
+    This is the learner's check of what an actor sends: every move must be legal where it
+    was played, the game must end exactly at the last move, and with the result claimed.
+
+    :raises RecordError: naming the first problem.
+    """
+    try:
+        game = Game(record.start_sfen, max_plies=max_plies, entering_king=entering_king)
+    except InvalidSfenError as exc:
+        raise RecordError(f"start position: {exc}") from exc
+    length = record.length
+    planes = np.empty((length, *OBSERVATION_SHAPE), dtype=np.float32)
+    turns = np.empty(length, dtype=np.uint8)
+    legal_lists = []
+    for ply, move in enumerate(record.moves.tolist()):
+        if game.outcome is not None:
+            raise RecordError(f"ply {ply + 1} follows the end of the game ({game.outcome})")
+        legal = game.legal_moves()
+        if move not in legal:
+            raise RecordError(f"ply {ply + 1}: move {move} is not legal in {game.sfen()}")
+        fill_observation(planes, ply, game.board, game.repetitions)
+        turns[ply] = game.board.turn
+        legal_lists.append(legal)
+        game.push(move)
+    outcome = game.outcome
+    if outcome is None:
+        raise RecordError(f"the game is not over after its {length} plies")
+    winner = DRAW if outcome.winner is None else outcome.winner.number
+    if (winner, outcome.reason) != (record.winner, record.reason):
+        raise RecordError(f"claimed result {record.winner}/{record.reason} but the moves give {outcome}")
+    actions, masks = sequence_actions_and_masks(legal_lists, turns, record.moves)
+    return FinishedGame(
+        observations=pack_observations(planes), legal_masks=np.packbits(masks, axis=1),
+        actions=actions, moves=record.moves.astype(np.int32), log_probs=record.log_probs.astype(np.float32),
+        values=record.values.astype(np.float32), players=turns,
+        policy_versions=record.policy_versions.astype(np.int32), winner=winner, reason=outcome.reason,
+        start_sfen=game.start_sfen)
 
 
 class GameSink(Protocol):

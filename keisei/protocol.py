@@ -1,0 +1,347 @@
+"""The wire protocol between actors and the learner: every message, encoded and checked.
+
+Transport (ZeroMQ): actors talk to the learner's ROUTER from a DEALER (``hello``,
+``heartbeat``, ``games``, ``bye``); the learner answers over the ROUTER (``welcome``,
+``reject``, ``ack``, ``shutdown``) and publishes ``weights`` on a PUB socket.
+
+Each message is a multipart list of frames: frame 0 is a small msgpack header (a map
+with ``type`` and ``version``), then numpy arrays as raw frames (sent without copying).
+Nothing is ever pickled. ``decode`` checks the header size, the message type and
+protocol version, every field's type and range, and every array's dtype, shape and
+byte length against what the protocol expects (not merely what the header claims),
+and that floats are finite. Any violation raises ``ProtocolError`` naming it.
+
+A finished game crosses the wire as its start position and moves plus, per ply, the
+behaviour log-probability, value and policy version: 16 bytes a ply. The learner
+replays the moves through ``keisei.shogi.Game`` (``keisei.selfplay.replay_game``),
+which rebuilds the observation planes and legal masks and rejects any illegal move
+or misreported result. Bit-packed planes and masks would be about 1 510 bytes a ply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, cast
+
+import msgpack
+import numpy as np
+
+from keisei.errors import KeiseiError
+from keisei.shogi import Termination
+
+PROTOCOL_VERSION = 1
+ACCEPTED_VERSIONS = (1,)
+WEIGHTS_TOPIC = b"weights"
+MAX_HEADER_BYTES = 1 << 20
+MAX_GAMES_PER_MESSAGE = 4096
+MAX_PLIES_PER_GAME = 10_000
+MAX_WEIGHT_BYTES = 1 << 31
+
+Frame = bytes | memoryview
+
+
+class ProtocolError(KeiseiError, ValueError):
+    """A message is malformed, oversized, of the wrong version, or carries bad values."""
+
+
+class MessageType(StrEnum):
+    HELLO = "hello"
+    HEARTBEAT = "heartbeat"
+    GAMES = "games"
+    BYE = "bye"
+    WELCOME = "welcome"
+    REJECT = "reject"
+    ACK = "ack"
+    SHUTDOWN = "shutdown"
+    WEIGHTS = "weights"
+
+
+@dataclass(frozen=True)
+class Hello:
+    actor_id: str
+    host: str
+    pid: int
+    games: int
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    actor_id: str
+    steps_per_second: float
+    policy_version: int
+    games_sent: int = 0
+    batches_dropped: int = 0
+    steps_dropped: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class GameRecord:
+    """One finished game in wire form; arrays are per ply."""
+
+    start_sfen: str
+    winner: int  # 0 black, 1 white, -1 draw
+    reason: Termination
+    moves: np.ndarray  # int32 cshogi moves
+    log_probs: np.ndarray  # float32
+    values: np.ndarray  # float32
+    policy_versions: np.ndarray  # int32
+
+    @property
+    def length(self) -> int:
+        return len(self.moves)
+
+
+@dataclass(frozen=True, eq=False)
+class Games:
+    actor_id: str
+    games: list[GameRecord]
+
+
+@dataclass(frozen=True)
+class Bye:
+    actor_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Welcome:
+    policy_version: int
+    weights_endpoint: str
+    model: dict[str, Any]
+    selfplay: dict[str, Any]
+    heartbeat_interval: float
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str
+    accepted_versions: tuple[int, ...] = ACCEPTED_VERSIONS
+
+
+@dataclass(frozen=True)
+class Ack:
+    policy_version: int
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    reason: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Weights:
+    policy_version: int
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+Message = Hello | Heartbeat | Games | Bye | Welcome | Reject | Ack | Shutdown | Weights
+
+_TYPES: dict[type, MessageType] = {
+    Hello: MessageType.HELLO, Heartbeat: MessageType.HEARTBEAT, Games: MessageType.GAMES,
+    Bye: MessageType.BYE, Welcome: MessageType.WELCOME, Reject: MessageType.REJECT,
+    Ack: MessageType.ACK, Shutdown: MessageType.SHUTDOWN, Weights: MessageType.WEIGHTS,
+}
+_REASONS = list(Termination)
+# Per-ply arrays of a games message, in frame order, with their one allowed dtype.
+GAME_ARRAYS = (("moves", np.dtype(np.int32)), ("log_probs", np.dtype(np.float32)),
+               ("values", np.dtype(np.float32)), ("policy_versions", np.dtype(np.int32)))
+_WEIGHT_DTYPES = {"float32", "float16", "int64"}
+
+
+# --- encoding -------------------------------------------------------------------------
+def encode(message: Message) -> list[Frame]:
+    """Frames for ``message``: a msgpack header, then raw array frames (games, weights)."""
+    kind = _TYPES[type(message)]
+    header: dict[str, Any] = {"type": str(kind), "version": PROTOCOL_VERSION}
+    frames: list[Frame] = []
+    if isinstance(message, Games):
+        header["actor_id"] = message.actor_id
+        header["games"] = [[game.start_sfen, game.length, game.winner, _REASONS.index(game.reason)]
+                           for game in message.games]
+        for name, dtype in GAME_ARRAYS:
+            joined = np.concatenate([np.asarray(getattr(game, name), dtype=dtype)
+                                     for game in message.games]) if message.games else np.zeros(0, dtype)
+            frames.append(_raw(joined))
+    elif isinstance(message, Weights):
+        header["policy_version"] = message.policy_version
+        header["tensors"] = []
+        for name, array in message.tensors.items():
+            array = np.ascontiguousarray(array)
+            header["tensors"].append([name, str(array.dtype), list(array.shape)])
+            frames.append(_raw(array))
+    else:
+        header.update(_plain_fields(message))
+    return [msgpack.packb(header, use_bin_type=True), *frames]
+
+
+def _raw(array: np.ndarray) -> memoryview:
+    """The array's bytes as a frame, without copying when it is already contiguous."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+
+
+def _plain_fields(message: Message) -> dict[str, Any]:
+    values = dict(vars(message))
+    if isinstance(message, Reject):
+        values["accepted_versions"] = list(message.accepted_versions)
+    return values
+
+
+# --- decoding -------------------------------------------------------------------------
+def decode(frames: list[Frame]) -> Message:
+    """Check and decode a message's frames (without a ROUTER identity frame).
+
+    :raises ProtocolError: naming what is wrong.
+    """
+    if not frames:
+        raise ProtocolError("empty message")
+    header = _read_header(frames[0])
+    kind = header.get("type")
+    if kind not in MessageType.__members__.values():
+        raise ProtocolError(f"unknown message type {kind!r}")
+    kind = MessageType(str(kind))
+    version = header.get("version")
+    if kind is MessageType.HELLO:
+        # A hello of another version still decodes, so the learner can answer with a reject.
+        _expect(header, "version", int)
+    elif version not in ACCEPTED_VERSIONS:
+        raise ProtocolError(f"protocol version {version!r} is not accepted "
+                            f"(accepted: {', '.join(map(str, ACCEPTED_VERSIONS))})")
+    payload = frames[1:]
+    if kind is MessageType.GAMES:
+        return _decode_games(header, payload)
+    if kind is MessageType.WEIGHTS:
+        return _decode_weights(header, payload)
+    if payload:
+        raise ProtocolError(f"{kind} message has {len(payload)} unexpected extra frames")
+    return _decode_plain(kind, header)
+
+
+def _read_header(frame: Frame) -> dict[str, Any]:
+    data = bytes(frame)
+    if len(data) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"header is not valid msgpack: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header is a {type(header).__name__}, not a map")
+    return header
+
+
+def _expect(header: dict[str, Any], name: str, kind: type | tuple[type, ...],
+            low: float | None = None, high: float | None = None) -> Any:
+    value: Any = header.get(name)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ProtocolError(f"field {name!r} = {value!r} is not of the expected type")
+    value = cast(Any, value)
+    if kind is float or kind == (int, float):
+        if not np.isfinite(value):
+            raise ProtocolError(f"field {name!r} = {value!r} is not finite")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ProtocolError(f"field {name!r} = {value!r} is out of range [{low}, {high}]")
+    return value
+
+
+_TEXT = 256  # longest actor id, host name or reason accepted
+
+
+def _text(header: dict[str, Any], name: str) -> str:
+    value = _expect(header, name, str)
+    if len(value) > _TEXT:
+        raise ProtocolError(f"field {name!r} is longer than {_TEXT} characters")
+    return str(value)
+
+
+def _decode_plain(kind: MessageType, header: dict[str, Any]) -> Message:
+    number = (int, float)
+    if kind is MessageType.HELLO:
+        return Hello(_text(header, "actor_id"), _text(header, "host"),
+                     _expect(header, "pid", int, 0), _expect(header, "games", int, 1, 100_000),
+                     _expect(header, "protocol_version", int))
+    if kind is MessageType.HEARTBEAT:
+        return Heartbeat(_text(header, "actor_id"), float(_expect(header, "steps_per_second", number, 0)),
+                         _expect(header, "policy_version", int, -1),
+                         _expect(header, "games_sent", int, 0), _expect(header, "batches_dropped", int, 0),
+                         _expect(header, "steps_dropped", int, 0))
+    if kind is MessageType.BYE:
+        return Bye(_text(header, "actor_id"), _text(header, "reason"))
+    if kind is MessageType.WELCOME:
+        return Welcome(_expect(header, "policy_version", int, 0), _text(header, "weights_endpoint"),
+                       _expect(header, "model", dict), _expect(header, "selfplay", dict),
+                       float(_expect(header, "heartbeat_interval", number, 0.01, 3600)))
+    if kind is MessageType.REJECT:
+        versions = _expect(header, "accepted_versions", list)
+        return Reject(_text(header, "reason"), tuple(int(v) for v in versions))
+    if kind is MessageType.ACK:
+        return Ack(_expect(header, "policy_version", int, 0))
+    return Shutdown(_text(header, "reason"))
+
+
+def _array(frame: Frame, dtype: np.dtype, length: int, name: str) -> np.ndarray:
+    data = memoryview(frame)
+    if data.nbytes != length * dtype.itemsize:
+        raise ProtocolError(f"array {name!r}: {data.nbytes} bytes, expected {length} x {dtype} "
+                            f"= {length * dtype.itemsize}")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def _decode_games(header: dict[str, Any], payload: list[Frame]) -> Games:
+    actor_id = _text(header, "actor_id")
+    entries = _expect(header, "games", list)
+    if not 1 <= len(entries) <= MAX_GAMES_PER_MESSAGE:
+        raise ProtocolError(f"games message holds {len(entries)} games (1..{MAX_GAMES_PER_MESSAGE})")
+    if len(payload) != len(GAME_ARRAYS):
+        raise ProtocolError(f"games message has {len(payload)} array frames, expected {len(GAME_ARRAYS)}")
+    lengths = []
+    for index, entry in enumerate(entries):
+        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)
+                and all(isinstance(item, int) and not isinstance(item, bool) for item in entry[1:])):
+            raise ProtocolError(f"game {index}: entry {entry!r} is not [sfen, length, winner, reason]")
+        sfen, length, winner, reason = entry
+        if not 1 <= length <= MAX_PLIES_PER_GAME or winner not in (-1, 0, 1) \
+                or not 0 <= reason < len(_REASONS) or len(sfen) > _TEXT:
+            raise ProtocolError(f"game {index}: length {length}, winner {winner} or reason {reason} "
+                                "out of range")
+        lengths.append(length)
+    total = sum(lengths)
+    arrays = {name: _array(frame, dtype, total, name)
+              for (name, dtype), frame in zip(GAME_ARRAYS, payload, strict=True)}
+    log_probs, values = arrays["log_probs"], arrays["values"]
+    if not (np.isfinite(log_probs).all() and np.isfinite(values).all()):
+        raise ProtocolError("games message carries NaN or infinite log-probabilities or values")
+    if (log_probs > 1e-3).any() or (np.abs(values) > 1.0 + 1e-3).any():
+        raise ProtocolError("games message carries log-probabilities above 0 or values outside [-1, 1]")
+    if (arrays["policy_versions"] < 0).any():
+        raise ProtocolError("games message carries negative policy versions")
+    bounds = np.cumsum([0, *lengths])
+    games = [GameRecord(start_sfen=entry[0], winner=entry[2], reason=_REASONS[entry[3]],
+                        **{name: array[bounds[i]:bounds[i + 1]] for name, array in arrays.items()})
+             for i, entry in enumerate(entries)]
+    return Games(actor_id, games)
+
+
+def _decode_weights(header: dict[str, Any], payload: list[Frame]) -> Weights:
+    version = _expect(header, "policy_version", int, 0)
+    specs = _expect(header, "tensors", list)
+    if len(specs) != len(payload):
+        raise ProtocolError(f"weights header lists {len(specs)} tensors for {len(payload)} frames")
+    tensors: dict[str, np.ndarray] = {}
+    total = 0
+    for spec, frame in zip(specs, payload, strict=True):
+        if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)
+                and spec[1] in _WEIGHT_DTYPES and isinstance(spec[2], list)
+                and all(isinstance(size, int) and size >= 0 for size in spec[2])):
+            raise ProtocolError(f"weights: bad tensor description {spec!r}")
+        name, dtype, shape = spec
+        count = int(np.prod(shape)) if shape else 1
+        total += count
+        if total * 8 > MAX_WEIGHT_BYTES:
+            raise ProtocolError(f"weights exceed {MAX_WEIGHT_BYTES} bytes")
+        array = _array(frame, np.dtype(dtype), count, name).reshape(tuple(shape))
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ProtocolError(f"weights: tensor {name!r} is not finite")
+        tensors[name] = array
+    return Weights(version, tensors)

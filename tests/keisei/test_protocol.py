@@ -1,0 +1,152 @@
+"""Every message round-trips; every malformed message is refused with a ProtocolError."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+
+from keisei.config import SelfPlayConfig
+from keisei.errors import RecordError
+from keisei.model import PRESETS, build_model
+from keisei.protocol import (
+    Ack,
+    Bye,
+    Games,
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Reject,
+    Shutdown,
+    Weights,
+    Welcome,
+    decode,
+    encode,
+)
+from keisei.selfplay import Collector, FinishedGame, replay_game
+
+MAX_PLIES = 40
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.games: list[FinishedGame] = []
+
+    def put(self, game: FinishedGame) -> None:
+        self.games.append(game)
+
+
+@pytest.fixture(scope="module")
+def finished() -> list[FinishedGame]:
+    torch.manual_seed(0)
+    sink = ListSink()
+    collector = Collector(build_model(PRESETS["tiny"]), SelfPlayConfig(games=4, max_plies=MAX_PLIES),
+                          sink, seed=1)
+    while len(sink.games) < 4:
+        collector.step()
+    return sink.games
+
+
+@pytest.mark.parametrize("message", [
+    Hello("actor-1", "host", 123, 64), Heartbeat("actor-1", 812.5, 7, 3, 1, 90), Bye("a", "sigterm"),
+    Welcome(4, "tcp://127.0.0.1:5556", {"blocks": 2}, {"games": 8}, 1.0), Reject("old", (1,)),
+    Ack(9), Shutdown("done"),
+])
+def test_plain_messages_round_trip(message) -> None:
+    frames = encode(message)
+    assert len(frames) == 1
+    assert decode(frames) == message
+
+
+def test_games_round_trip_and_replay_to_the_same_training_data(finished) -> None:
+    frames = encode(Games("actor-1", [game.to_record() for game in finished]))
+    steps = sum(game.length for game in finished)
+    assert sum(memoryview(frame).nbytes for frame in frames[1:]) == 16 * steps  # 16 bytes a ply
+    decoded = decode([bytes(frame) for frame in frames])
+    assert isinstance(decoded, Games) and decoded.actor_id == "actor-1"
+    for original, record in zip(finished, decoded.games, strict=True):
+        rebuilt = replay_game(record, MAX_PLIES)
+        for name in ("observations", "legal_masks", "actions", "moves", "log_probs", "values",
+                     "players", "policy_versions"):
+            assert np.array_equal(getattr(rebuilt, name), getattr(original, name)), name
+        assert (rebuilt.winner, rebuilt.reason) == (original.winner, original.reason)
+
+
+def test_weights_round_trip() -> None:
+    state = {key: value.numpy() for key, value in build_model(PRESETS["tiny"]).state_dict().items()}
+    decoded = decode(encode(Weights(3, state)))
+    assert isinstance(decoded, Weights) and decoded.policy_version == 3
+    assert decoded.tensors.keys() == state.keys()
+    for key, value in state.items():
+        assert np.array_equal(decoded.tensors[key], value) and decoded.tensors[key].dtype == value.dtype
+
+
+def test_hello_of_another_version_decodes_so_it_can_be_rejected() -> None:
+    header = msgpack.unpackb(encode(Hello("a", "h", 1, 8))[0])
+    header.update(version=99, protocol_version=99)
+    hello = decode([msgpack.packb(header)])
+    assert isinstance(hello, Hello) and hello.protocol_version == 99
+    header = msgpack.unpackb(encode(Ack(1))[0])
+    header["version"] = 99
+    with pytest.raises(ProtocolError, match="version 99 is not accepted"):
+        decode([msgpack.packb(header)])
+
+
+def games_frames(finished) -> list[bytes]:
+    return [bytes(frame) for frame in encode(Games("a", [game.to_record() for game in finished[:2]]))]
+
+
+def test_malformed_messages_are_refused(finished) -> None:
+    good = games_frames(finished)
+    header = msgpack.unpackb(good[0])
+    cases = {
+        "empty": [],
+        "not msgpack": [b"\xc1\xc1\xc1"],
+        "not a map": [msgpack.packb([1, 2])],
+        "unknown type": [msgpack.packb({"type": "launch", "version": 1})],
+        "extra frame": [encode(Ack(1))[0], b"x"],
+        "missing field": [msgpack.packb({"type": "heartbeat", "version": 1, "actor_id": "a"})],
+        "bool as int": [msgpack.packb({"type": "ack", "version": 1, "policy_version": True})],
+        "missing frame": good[:-1],
+        "short frame (wrong dtype or shape)": [*good[:2], good[2][:-4], *good[3:]],
+        "wide dtype": [*good[:1], np.frombuffer(good[1], np.int32).astype(np.int64).tobytes(), *good[2:]],
+        "bad game entry": [msgpack.packb({**header, "games": [["", 0, 0, 0]]}), *good[1:]],
+        "bad reason": [msgpack.packb({**header, "games": [[g[0], g[1], g[2], 99] for g in header["games"]]}),
+                       *good[1:]],
+        "oversized header": [b"\x00" * (2 << 20)],
+    }
+    for name, frames in cases.items():
+        with pytest.raises(ProtocolError):
+            decode(frames)
+            pytest.fail(name)
+
+
+def test_nan_and_out_of_range_values_are_refused(finished) -> None:
+    good = games_frames(finished)
+    for index, bad_value in ((2, np.nan), (3, np.inf), (3, 2.5), (2, 0.5)):
+        array = np.frombuffer(good[index], np.float32).copy()
+        array[0] = bad_value
+        with pytest.raises(ProtocolError):
+            decode([*good[:index], array.tobytes(), *good[index + 1:]])
+    versions = np.frombuffer(good[4], np.int32).copy()
+    versions[0] = -1
+    with pytest.raises(ProtocolError, match="negative"):
+        decode([*good[:4], versions.tobytes()])
+
+
+def test_replay_refuses_illegal_moves_and_false_results(finished) -> None:
+    record = finished[0].to_record()
+    frames = games_frames(finished)
+    moves = np.frombuffer(frames[1], np.int32).copy()
+    moves[1] = moves[0]  # the same move again: illegal for the other side
+    bad_move = decode([frames[0], moves.tobytes(), *frames[2:]])
+    with pytest.raises(RecordError, match="ply 2"):
+        replay_game(bad_move.games[0], MAX_PLIES)
+    header = msgpack.unpackb(games_frames(finished)[0])
+    header["games"][0][2] = 1 - header["games"][0][2] if header["games"][0][2] >= 0 else 0
+    lied = decode([msgpack.packb(header), *games_frames(finished)[1:]])
+    with pytest.raises(RecordError, match="claimed result"):
+        replay_game(lied.games[0], MAX_PLIES)
+    with pytest.raises(RecordError, match="not over"):
+        replay_game(record, MAX_PLIES + 100)
