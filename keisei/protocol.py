@@ -168,7 +168,6 @@ def encode(message: Message) -> list[Frame]:
         header["policy_version"] = message.policy_version
         header["tensors"] = []
         for name, array in message.tensors.items():
-            array = np.ascontiguousarray(array)
             header["tensors"].append([name, str(array.dtype), list(array.shape)])
             frames.append(_raw(array))
     else:
