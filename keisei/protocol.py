@@ -122,7 +122,11 @@ class Reject:
 
 @dataclass(frozen=True)
 class Ack:
+    """The learner's answer to a heartbeat. ``accepting`` False asks the actor to pause
+    (its games would only wait, grow stale and take CPU from the learner)."""
+
     policy_version: int
+    accepting: bool = True
 
 
 @dataclass(frozen=True)
@@ -275,7 +279,10 @@ def _decode_plain(kind: MessageType, header: dict[str, Any]) -> Message:
         versions = _expect(header, "accepted_versions", list)
         return Reject(_text(header, "reason"), tuple(int(v) for v in versions))
     if kind is MessageType.ACK:
-        return Ack(_expect(header, "policy_version", int, 0))
+        accepting = header.get("accepting")
+        if not isinstance(accepting, bool):
+            raise ProtocolError(f"field 'accepting' = {accepting!r} is not a boolean")
+        return Ack(_expect(header, "policy_version", int, 0), accepting)
     return Shutdown(_text(header, "reason"))
 
 

@@ -86,6 +86,7 @@ class ExperienceBuffer:
         self._size = 0
         self._tally = GameTally()
         self._lock = threading.Lock()
+        self._filled = threading.Condition(self._lock)
         self._arrays = {name: np.zeros((capacity, *shape), dtype=dtype)
                         for name, (dtype, shape) in _COLUMNS.items()}
 
@@ -121,7 +122,14 @@ class ExperienceBuffer:
             self.steps_accepted += count
             self.steps_dropped_stale += game.length - count
             self._count_game(game)
+            if self._size >= self.steps_per_epoch:
+                self._filled.notify_all()
         return count
+
+    def wait_until_ready(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for an epoch to be ready; return ``ready()``."""
+        with self._filled:
+            return self._filled.wait_for(lambda: self._size >= self.steps_per_epoch, timeout)
 
     def _count_game(self, game: FinishedGame) -> None:
         tally = self._tally

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from keisei.config import DisplayConfig
+from learner.actors import ActorTable
 from learner.trainer import Metrics, Trainer
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ def _format(value: Any, digits: int = 4) -> str:
 class Dashboard:
     """Live view of a ``Trainer``; call it with each epoch's metrics."""
 
-    def __init__(self, trainer: Trainer, config: DisplayConfig, stream: IO[str] | None = None) -> None:
+    def __init__(self, trainer: Trainer, config: DisplayConfig, stream: IO[str] | None = None,
+                 actors: ActorTable | None = None) -> None:
         self.trainer = trainer
+        self.actors = actors
         self.config = config
         self.stream = stream if stream is not None else sys.stdout
         use_rich = config.mode == "rich" or (config.mode == "auto" and self.stream.isatty())
@@ -115,7 +118,9 @@ class Dashboard:
                 f"games {metrics['games']} len {metrics['mean_game_length']:.0f} "
                 f"B/W/D {metrics['black_win_rate']:.2f}/{metrics['white_win_rate']:.2f}/"
                 f"{metrics['draw_rate']:.2f} | collect {metrics['collect_seconds']:.1f}s "
-                f"update {metrics['update_seconds']:.1f}s")
+                f"update {metrics['update_seconds']:.1f}s"
+                + (f" | actors {metrics['actor_steps_per_second']:.0f} steps/s"
+                   if "actor_steps_per_second" in metrics else ""))
 
     def render(self) -> Group:
         trainer, metrics = self.trainer, self.latest
@@ -154,7 +159,18 @@ class Dashboard:
         ]
         for row in rows:
             table.add_row(*row)
-        return Group(header, table)
+        parts: list[Table | Text] = [header, table]
+        if self.actors is not None and (actors := self.actors.snapshot()):
+            now = time.monotonic()
+            actor_table = Table("actor", "state", "steps/s", "policy", "games", "steps", "invalid",
+                                "heard", header_style="bold")
+            for info in actors:
+                actor_table.add_row(info.actor_id, str(info.state), f"{info.steps_per_second:.0f}",
+                                    f"v{info.policy_version}", str(info.games_received),
+                                    f"{info.steps_received:,}", str(info.invalid_messages),
+                                    f"{now - info.last_seen:.1f}s ago")
+            parts.append(actor_table)
+        return Group(*parts)
 
 
 def _sum(metrics: Metrics, *keys: str) -> float | None:

@@ -15,8 +15,9 @@ import random
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from enum import IntEnum
 from pathlib import Path
 from types import FrameType
@@ -28,9 +29,12 @@ from keisei.checkpoint import CheckpointError, latest_checkpoint, load_checkpoin
 from keisei.config import Config, ConfigError, load_config, read_toml
 from keisei.model import build_model, count_parameters, resolve_precision
 from keisei.selfplay import Collector
+from learner.actors import ActorTable
 from learner.buffer import ExperienceBuffer
 from learner.dashboard import Dashboard, MetricsWriter
-from learner.trainer import Metrics, Trainer, TrainingInterrupted, train
+from learner.local_actors import LocalActors
+from learner.server import LearnerServer, weights_bind_address
+from learner.trainer import Callback, Metrics, Trainer, TrainingInterrupted, train
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the run in run.dir from its latest checkpoint")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective configuration as TOML and exit")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="tcp://HOST:PORT",
+                        help="ROUTER address actors connect to (weights are published one port "
+                             "above). Binding beyond 127.0.0.1 exposes the learner to the network: "
+                             "see the README's security note")
+    parser.add_argument("--local-actors", type=int, default=0, metavar="N",
+                        help="start N keisei-actor processes on this machine and reap them on exit")
+    parser.add_argument("--remote-actors", action="store_true",
+                        help="collect from actors that connect to --bind (without local ones)")
     return parser
 
 
@@ -152,8 +164,11 @@ class CheckpointEvery:
         return path
 
 
-def build_trainer(config: Config, stop: threading.Event) -> Trainer:
-    """Wire model, buffer, collector and trainer together (the one place they meet)."""
+def build_trainer(config: Config, stop: threading.Event, threads: int | None = None) -> Trainer:
+    """Wire model, buffer, collector and trainer together (the one place they meet).
+
+    ``threads`` (torch CPU threads) defaults to ``run.threads``, or all cores.
+    """
     device = torch.device(config.run.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError([f"run.device = {config.run.device!r}: CUDA is not available here"])
@@ -161,14 +176,15 @@ def build_trainer(config: Config, stop: threading.Event) -> Trainer:
         resolve_precision(config.run.precision, device)
     except ValueError as exc:
         raise ConfigError([f"run.precision = {config.run.precision!r}: {exc}"]) from exc
-    torch.set_num_threads(config.run.threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or config.run.threads or os.cpu_count() or 1)
     random.seed(config.run.seed)
     np.random.seed(config.run.seed % 2**32)
     torch.manual_seed(config.run.seed)
     model = build_model(config.model).to(device)
     selfplay, train_config = config.selfplay, config.train
-    # Room for one epoch plus every game the collector can finish while filling it.
-    capacity = train_config.steps_per_epoch + selfplay.games * selfplay.max_plies
+    # Room for two epochs plus every game the collector can finish while filling one, so
+    # actors' games keep arriving during an update.
+    capacity = 2 * train_config.steps_per_epoch + selfplay.games * selfplay.max_plies
     buffer = ExperienceBuffer(train_config.steps_per_epoch, capacity, gamma=train_config.gamma,
                               gae_lambda=train_config.gae_lambda,
                               max_policy_lag=train_config.max_policy_lag)
@@ -177,30 +193,44 @@ def build_trainer(config: Config, stop: threading.Event) -> Trainer:
     return Trainer(config, model, buffer, collector, device, stop)
 
 
-def run(config: Config, resume_from: Path | None) -> ExitCode:
+def learner_threads(config: Config, local_actors: int) -> int:
+    """Torch threads for the learner: what is configured, else the cores the local actors
+    (one thread each) leave free, so learner and actors do not oversubscribe the CPU."""
+    cores = os.cpu_count() or 1
+    return config.run.threads or max(1, cores - local_actors)
+
+
+def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> ExitCode:
     stop = threading.Event()
-    trainer = build_trainer(config, stop)
+    trainer = build_trainer(config, stop, learner_threads(config, args.local_actors))
     run_dir = Path(config.run.dir)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=trainer.device)
-        saved_model = state["config"]["model"]
-        if saved_model != config.to_dict()["model"]:
-            raise ConfigError([f"[model] {config.to_dict()['model']} differs from the checkpoint's "
-                               f"{saved_model}; a resumed run keeps its network"])
-        trainer.load_state_dict(state)
-        logger.info("resumed from %s at step %d, policy version %d", resume_from, trainer.step,
-                    trainer.policy_version)
+        resume(trainer, config, resume_from)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config.toml", config.to_toml())
-    logger.info("run %s: %s parameters, %d games in lock-step, device %s", run_dir,
-                f"{count_parameters(trainer.model):,}", config.selfplay.games, trainer.device)
+    logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads", run_dir,
+                f"{count_parameters(trainer.model):,}", config.selfplay.games, trainer.device,
+                torch.get_num_threads())
     checkpoints = CheckpointEvery(trainer, run_dir / "checkpoints", config.checkpoint.every_epochs,
                                   config.checkpoint.keep)
     status = ExitCode.FAILURE
-    with MetricsWriter(run_dir / "metrics.jsonl") as metrics, \
-            Dashboard(trainer, config.display) as dashboard, stop_on_signals(stop):
+    actors = ActorTable()
+    with ExitStack() as stack:
+        callbacks: list[Callback] = []
+        if args.local_actors or args.remote_actors:
+            server = stack.enter_context(LearnerServer(args.bind, trainer.buffer, actors, config.to_dict()))
+            server.publish(trainer.model.state_dict(), trainer.policy_version)
+            trainer.mode = "distributed"
+            callbacks.append(lambda metrics: publish_weights(server, trainer, actors, metrics))
+            if args.local_actors:
+                stack.enter_context(LocalActors(args.local_actors, args.bind.replace("*", "127.0.0.1"),
+                                                run_dir / "actors"))
+        metrics_writer = stack.enter_context(MetricsWriter(run_dir / "metrics.jsonl"))
+        dashboard = stack.enter_context(Dashboard(trainer, config.display, actors=actors))
+        stack.enter_context(stop_on_signals(stop))
+        callbacks += [metrics_writer, checkpoints, dashboard]
         try:
-            asyncio.run(train(trainer, [metrics, checkpoints, dashboard]))
+            asyncio.run(train(trainer, callbacks))
             status = ExitCode.SUCCESS
         except (TrainingInterrupted, KeyboardInterrupt):
             status = ExitCode.INTERRUPTED
@@ -211,6 +241,33 @@ def run(config: Config, resume_from: Path | None) -> ExitCode:
         finally:
             checkpoints.save()
     return status
+
+
+def resume(trainer: Trainer, config: Config, checkpoint: Path) -> None:
+    """Load a checkpoint into ``trainer``.
+
+    :raises ConfigError: if the checkpoint's network differs from ``config``'s.
+    """
+    state = load_checkpoint(checkpoint, map_location=trainer.device)
+    saved_model = state["config"]["model"]
+    if saved_model != config.to_dict()["model"]:
+        raise ConfigError([f"[model] {config.to_dict()['model']} differs from the checkpoint's "
+                           f"{saved_model}; a resumed run keeps its network"])
+    trainer.load_state_dict(state)
+    logger.info("resumed from %s at step %d, policy version %d", checkpoint, trainer.step,
+                trainer.policy_version)
+
+
+def publish_weights(server: LearnerServer, trainer: Trainer, actors: ActorTable,
+                    metrics: Metrics) -> None:
+    """Callback: send the new policy to the actors and add their figures to the metrics."""
+    server.publish(trainer.model.state_dict(), trainer.policy_version)
+    now = time.monotonic()
+    table = actors.snapshot()
+    metrics["actors"] = [info.as_dict(now) for info in table]
+    metrics["actor_steps_per_second"] = sum(info.steps_per_second for info in table
+                                            if info.state in ("healthy", "starting"))
+    metrics.update({f"wire_{key}": value for key, value in server.counters.items()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,9 +284,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     on_tty = config.display.mode == "rich" or (config.display.mode == "auto" and sys.stdout.isatty())
     setup_logging(on_tty)
+    if args.local_actors < 0:
+        print("keisei-learner: --local-actors must be 0 or more", file=sys.stderr)
+        return ExitCode.USAGE
     try:
-        return run(config, resume_from)
-    except (ConfigError, CheckpointError) as exc:
+        weights_bind_address(args.bind)
+    except ValueError as exc:
+        print(f"keisei-learner: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        return run(config, resume_from, args)
+    except (ConfigError, CheckpointError, OSError) as exc:
         logger.error("%s", exc)
         return ExitCode.USAGE
 

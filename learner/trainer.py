@@ -73,17 +73,21 @@ class Trainer:
         self.epoch = 0
         self.policy_version = 0
         self.processing = False  # true only while an update runs; reset in finally
-        self.mode = "sequential"
+        self.mode = "sequential"  # or "distributed": actors fill the buffer
 
     # --- the three phases ---------------------------------------------------------------
     def collect(self) -> Metrics:
-        """Play self-play games in-process until the buffer holds an epoch."""
+        """Fill the buffer to one epoch: in-process self-play when sequential, otherwise
+        wait for the games that actors stream in (received on the server thread)."""
         started = time.perf_counter()
         before = copy.copy(self.collector.stats)
         self.collector.model.eval()
         while not self.buffer.ready():
             self._check_stop()
-            self.collector.step()
+            if self.mode == "sequential":
+                self.collector.step()
+            else:
+                self.buffer.wait_until_ready(timeout=0.25)
         after = self.collector.stats
         return {
             "collect_seconds": time.perf_counter() - started,

@@ -51,7 +51,7 @@ def finished() -> list[FinishedGame]:
 @pytest.mark.parametrize("message", [
     Hello("actor-1", "host", 123, 64), Heartbeat("actor-1", 812.5, 7, 3, 1, 90), Bye("a", "sigterm"),
     Welcome(4, "tcp://127.0.0.1:5556", {"blocks": 2}, {"games": 8}, 1.0), Reject("old", (1,)),
-    Ack(9), Shutdown("done"),
+    Ack(9), Ack(9, accepting=False), Shutdown("done"),
 ])
 def test_plain_messages_round_trip(message) -> None:
     frames = encode(message)

@@ -1,0 +1,111 @@
+"""The learner's table of actors: who is connected, how fast, on which policy version."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+
+class ActorState(StrEnum):
+    STARTING = "starting"  # said hello, nothing delivered yet
+    HEALTHY = "healthy"
+    STALE = "stale"  # silent for a while
+    FAILED = "failed"
+    STOPPED = "stopped"  # said bye
+
+
+@dataclass
+class ActorInfo:
+    actor_id: str
+    host: str = ""
+    pid: int = 0
+    games: int = 0
+    state: ActorState = ActorState.STARTING
+    connected_at: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    last_games_at: float | None = None
+    steps_per_second: float = 0.0
+    policy_version: int = -1
+    games_received: int = 0
+    steps_received: int = 0
+    invalid_messages: int = 0
+    batches_dropped: int = 0
+    steps_dropped: int = 0
+    restarts: int = 0
+
+    def as_dict(self, now: float) -> dict[str, object]:
+        return {"actor_id": self.actor_id, "host": self.host, "pid": self.pid,
+                "state": str(self.state), "steps_per_second": round(self.steps_per_second, 1),
+                "policy_version": self.policy_version, "games_received": self.games_received,
+                "steps_received": self.steps_received, "invalid_messages": self.invalid_messages,
+                "steps_dropped": self.steps_dropped, "restarts": self.restarts,
+                "seconds_since_heard": round(now - self.last_seen, 1)}
+
+
+class ActorTable:
+    """Thread-safe record of every actor seen; the server thread writes, others read copies."""
+
+    def __init__(self) -> None:
+        self._actors: dict[str, ActorInfo] = {}
+        self._lock = threading.Lock()
+
+    def hello(self, actor_id: str, host: str, pid: int, games: int) -> None:
+        with self._lock:
+            previous = self._actors.get(actor_id)
+            info = ActorInfo(actor_id, host, pid, games)
+            if previous is not None:
+                info.restarts = previous.restarts
+                info.games_received, info.steps_received = previous.games_received, previous.steps_received
+            self._actors[actor_id] = info
+
+    def heartbeat(self, actor_id: str, steps_per_second: float, policy_version: int,
+                  batches_dropped: int, steps_dropped: int) -> bool:
+        """Record a heartbeat; False if the actor never said hello."""
+        with self._lock:
+            info = self._actors.get(actor_id)
+            if info is None:
+                return False
+            info.last_seen = time.monotonic()
+            info.steps_per_second, info.policy_version = steps_per_second, policy_version
+            info.batches_dropped, info.steps_dropped = batches_dropped, steps_dropped
+            if info.state is ActorState.STALE:
+                info.state = ActorState.HEALTHY if info.last_games_at else ActorState.STARTING
+            return True
+
+    def games(self, actor_id: str, games: int, steps: int) -> None:
+        with self._lock:
+            info = self._actors.get(actor_id)
+            if info is None:
+                return
+            now = time.monotonic()
+            info.last_seen = info.last_games_at = now
+            info.games_received += games
+            info.steps_received += steps
+            info.state = ActorState.HEALTHY
+
+    def invalid(self, actor_id: str | None) -> None:
+        with self._lock:
+            info = self._actors.get(actor_id) if actor_id else None
+            if info is not None:
+                info.invalid_messages += 1
+
+    def bye(self, actor_id: str) -> None:
+        with self._lock:
+            info = self._actors.get(actor_id)
+            if info is not None:
+                info.state = ActorState.STOPPED
+
+    def known(self, actor_id: str) -> bool:
+        with self._lock:
+            return actor_id in self._actors
+
+    def snapshot(self) -> list[ActorInfo]:
+        with self._lock:
+            return [replace(info) for info in self._actors.values()]
+
+    def mark(self, actor_id: str, state: ActorState) -> None:
+        with self._lock:
+            if actor_id in self._actors:
+                self._actors[actor_id].state = state

@@ -1,0 +1,238 @@
+"""The learner's ZeroMQ endpoints, served by one thread so receiving never waits on PPO.
+
+A ROUTER (``--bind``, default ``tcp://127.0.0.1:5555``) takes ``hello``, ``heartbeat``,
+``games`` and ``bye`` from actors and answers ``welcome``/``reject``/``ack``/``shutdown``;
+a PUB one port above it publishes weights, again every ``publish_interval`` so a late
+joiner gets the current version within that time. Games are replayed and validated
+(``keisei.selfplay.replay_game``) before they reach the buffer; anything malformed is
+dropped and counted, never raised. Only this thread touches the sockets; other threads
+call ``publish`` and ``close``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit
+
+import torch
+import zmq
+
+from keisei.errors import KeiseiError
+from keisei.protocol import (
+    ACCEPTED_VERSIONS,
+    WEIGHTS_TOPIC,
+    Ack,
+    Bye,
+    Frame,
+    Games,
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Reject,
+    Shutdown,
+    Weights,
+    Welcome,
+    decode,
+    encode,
+)
+from keisei.selfplay import FinishedGame, replay_game
+from learner.actors import ActorTable
+from learner.buffer import BufferFullError, ExperienceBuffer
+
+logger = logging.getLogger(__name__)
+
+
+def weights_bind_address(bind: str) -> str:
+    """The PUB address: the ROUTER's host, one port above it.
+
+    :raises ValueError: if ``bind`` is not ``tcp://HOST:PORT``.
+    """
+    parts = urlsplit(bind)
+    if parts.scheme != "tcp" or parts.hostname is None or parts.port is None:
+        raise ValueError(f"--bind {bind!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
+    return f"tcp://{parts.hostname}:{parts.port + 1}"
+
+
+class LearnerServer:
+    """ROUTER + PUB sockets and the thread that serves them (a context manager)."""
+
+    def __init__(self, bind: str, buffer: ExperienceBuffer, actors: ActorTable,
+                 settings: dict[str, dict[str, Any]], *, publish_interval: float = 2.0,
+                 heartbeat_interval: float = 1.0) -> None:
+        self.bind = bind
+        self.weights_endpoint = weights_bind_address(bind)
+        self.buffer = buffer
+        self.actors = actors
+        self.settings = settings
+        self.publish_interval = publish_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.max_plies = int(settings["selfplay"]["max_plies"])
+        self.entering_king = bool(settings["selfplay"]["entering_king"])
+        self.policy_version = 0
+        self.counters = {"messages": 0, "invalid_messages": 0, "rejected_hellos": 0,
+                         "games_accepted": 0, "steps_received": 0, "games_invalid": 0,
+                         "steps_dropped_backpressure": 0}
+        self._identities: dict[str, bytes] = {}
+        self._pending: deque[FinishedGame] = deque()
+        self._pending_steps = 0
+        self._weights: list[Frame] | None = None
+        self._weights_due = threading.Event()
+        self._stopping = threading.Event()
+        self._context = zmq.Context()
+        self._router = self._context.socket(zmq.ROUTER)
+        self._publisher = self._context.socket(zmq.PUB)
+        self._thread = threading.Thread(target=self._serve, name="learner-server", daemon=True)
+        for sock in (self._router, self._publisher):
+            sock.setsockopt(zmq.LINGER, 500)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._router.setsockopt(zmq.RCVHWM, 256)
+        self._publisher.setsockopt(zmq.SNDHWM, 4)
+        try:
+            self._router.bind(bind)
+            self._publisher.bind(self.weights_endpoint)
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            raise OSError(f"cannot bind {bind} and {self.weights_endpoint}: {exc}") from exc
+
+    def __enter__(self) -> LearnerServer:
+        self._thread.start()
+        logger.info("serving actors on %s, weights on %s", self.bind, self.weights_endpoint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- called from other threads -------------------------------------------------------
+    def publish(self, state_dict: dict[str, torch.Tensor], policy_version: int) -> None:
+        """Publish new weights (encoded here, sent by the server thread)."""
+        tensors = {name: tensor.detach().float().cpu().numpy() if tensor.is_floating_point()
+                   else tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
+        self._weights = [WEIGHTS_TOPIC, *encode(Weights(policy_version, tensors))]
+        self.policy_version = policy_version
+        self._weights_due.set()
+
+    def close(self) -> None:
+        """Tell every actor to shut down, stop the thread and close the sockets (idempotent)."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        self._router.close()
+        self._publisher.close()
+        self._context.term()
+
+    # --- the server thread ---------------------------------------------------------------
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        last_publish = 0.0
+        try:
+            while not self._stopping.is_set():
+                if poller.poll(50):
+                    for _ in range(64):
+                        try:
+                            frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(frames[0].bytes, [frame.buffer for frame in frames[1:]])
+                now = time.monotonic()
+                if self._weights is not None and (self._weights_due.is_set()
+                                                  or now - last_publish >= self.publish_interval):
+                    self._weights_due.clear()
+                    self._publisher.send_multipart(self._weights, copy=False)
+                    last_publish = now
+                self._flush_pending()
+            for identity in self._identities.values():
+                self._reply(identity, Shutdown("the learner is stopping"))
+        except Exception:  # the thread must never die silently
+            logger.exception("learner server thread failed")
+
+    def _handle(self, identity: bytes, frames: list[memoryview]) -> None:
+        self.counters["messages"] += 1
+        sender = next((actor for actor, known in self._identities.items() if known == identity), None)
+        try:
+            message = decode(frames)
+        except ProtocolError as exc:
+            self._invalid(sender, f"undecodable message: {exc}")
+            return
+        if isinstance(message, Hello):
+            self._hello(identity, message)
+        elif sender is None or getattr(message, "actor_id", sender) != sender:
+            self._invalid(sender, f"{type(message).__name__} from an actor that has not said hello")
+        elif isinstance(message, Heartbeat):
+            self.actors.heartbeat(sender, message.steps_per_second, message.policy_version,
+                                  message.batches_dropped, message.steps_dropped)
+            self._reply(identity, Ack(self.policy_version, self.accepting()))
+        elif isinstance(message, Games):
+            self._games(sender, message)
+        elif isinstance(message, Bye):
+            self.actors.bye(sender)
+            self._identities.pop(sender, None)
+            logger.info("actor %s said bye: %s", sender, message.reason)
+        else:
+            self._invalid(sender, f"{type(message).__name__} is not a message actors send")
+
+    def _hello(self, identity: bytes, hello: Hello) -> None:
+        if hello.protocol_version not in ACCEPTED_VERSIONS:
+            self.counters["rejected_hellos"] += 1
+            reason = f"protocol version {hello.protocol_version} is not accepted"
+            logger.warning("rejected actor %s: %s", hello.actor_id, reason)
+            self._reply(identity, Reject(reason, ACCEPTED_VERSIONS))
+            return
+        self._identities[hello.actor_id] = identity
+        self.actors.hello(hello.actor_id, hello.host, hello.pid, hello.games)
+        logger.info("actor %s joined from %s (pid %d)", hello.actor_id, hello.host, hello.pid)
+        self._reply(identity, Welcome(self.policy_version, self.weights_endpoint, self.settings["model"],
+                                      self.settings["selfplay"], self.heartbeat_interval))
+        self._weights_due.set()  # so the newcomer gets weights now, not at the next interval
+
+    def _games(self, sender: str, message: Games) -> None:
+        try:
+            games = [replay_game(record, self.max_plies, self.entering_king) for record in message.games]
+        except (KeiseiError, ValueError) as exc:
+            self.counters["games_invalid"] += len(message.games)
+            self._invalid(sender, f"games rejected: {exc}")
+            return
+        steps = sum(game.length for game in games)
+        self.counters["games_accepted"] += len(games)
+        self.counters["steps_received"] += steps
+        self.actors.games(sender, len(games), steps)
+        self._pending.extend(games)
+        self._pending_steps += steps
+        self._flush_pending()
+
+    def accepting(self) -> bool:
+        """Whether actors should keep playing: fewer than two epochs are waiting."""
+        return self.buffer.size + self._pending_steps < 2 * self.buffer.steps_per_epoch
+
+    def _flush_pending(self) -> None:
+        """Move received games into the buffer; when it is full they wait here (bounded)."""
+        while self._pending:
+            try:
+                self.buffer.put(self._pending[0])
+            except BufferFullError:
+                break
+            self._pending_steps -= self._pending.popleft().length
+        while self._pending_steps > self.buffer.capacity:
+            dropped = self._pending.popleft()
+            self._pending_steps -= dropped.length
+            self.counters["steps_dropped_backpressure"] += dropped.length
+
+    def _invalid(self, sender: str | None, reason: str) -> None:
+        self.counters["invalid_messages"] += 1
+        self.actors.invalid(sender)
+        logger.warning("dropped a message from %s: %s", sender or "an unknown peer", reason)
+
+    def _reply(self, identity: bytes, message: Welcome | Reject | Ack | Shutdown) -> None:
+        try:
+            self._router.send_multipart([identity, *encode(message)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the peer is gone or not reading; it will time out and reconnect

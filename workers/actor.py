@@ -1,0 +1,342 @@
+"""``keisei-actor``: plays self-play games and streams them to a learner over ZeroMQ.
+
+Usage: ``keisei-actor --learner tcp://HOST:PORT [--games G] [--device cpu|cuda]
+[--actor-id NAME] [--threads N]``; the learner address may also come from the
+``KEISEI_LEARNER`` environment variable.
+
+Lifecycle: connect a DEALER to the learner's ROUTER and say ``hello``; the ``welcome``
+gives the network and self-play settings and the weights endpoint (a PUB socket); wait
+for weights; then play with ``keisei.selfplay.Collector`` (the same collector the
+learner runs in-process), send finished games in batches, heartbeat every second,
+and switch to new weights as they arrive. If the learner falls silent the actor says
+so, drops its sockets and reconnects with exponential backoff, never spinning while it
+waits. ``shutdown``, SIGTERM and SIGINT end it cleanly, with a ``bye``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from types import FrameType
+from urllib.parse import urlsplit
+
+import torch
+import zmq
+
+from keisei.config import ConfigError, SelfPlayConfig, build_config
+from keisei.model import build_model
+from keisei.protocol import (
+    WEIGHTS_TOPIC,
+    Ack,
+    Bye,
+    GameRecord,
+    Games,
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Reject,
+    Shutdown,
+    Weights,
+    Welcome,
+    decode,
+    encode,
+)
+from keisei.selfplay import Collector, FinishedGame
+
+logger = logging.getLogger("keisei.actor")
+
+HEARTBEAT_SECONDS = 1.0
+LEARNER_TIMEOUT_SECONDS = 10.0
+HANDSHAKE_SECONDS = 5.0
+MAX_BACKOFF_SECONDS = 30.0
+
+
+class LearnerRejected(Exception):
+    """The learner refused this actor (a protocol version it does not accept)."""
+
+
+class Actor:
+    """One actor process: its sockets, its collector, and the loop that runs them."""
+
+    def __init__(self, learner: str, actor_id: str, games: int | None, device: str,
+                 precision: str, max_pending_batches: int, stop: threading.Event) -> None:
+        self.learner = learner
+        self.actor_id = actor_id
+        self.games_override = games
+        self.device = device
+        self.precision = precision
+        self.stop = stop
+        self.context = zmq.Context()
+        self.dealer: zmq.Socket[bytes] | None = None
+        self.subscriber: zmq.Socket[bytes] | None = None
+        self.collector: Collector | None = None
+        self.finished: list[GameRecord] = []
+        self.outbox: deque[Games] = deque()
+        self.max_pending_batches = max_pending_batches
+        self.games_sent = self.batches_dropped = self.steps_dropped = 0
+        self.last_heard = self.last_heartbeat = self.last_flush = time.monotonic()
+        self.steps_at_heartbeat = 0
+        self.accepting = True  # the learner's back-pressure signal, from its acks
+
+    # --- the sink the collector writes to ------------------------------------------------
+    def put(self, game: FinishedGame) -> None:
+        self.finished.append(game.to_record())
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def run(self) -> None:
+        """Connect (and reconnect) and play until stopped.
+
+        :raises LearnerRejected: if the learner refuses this actor.
+        """
+        backoff = 1.0
+        while not self.stop.is_set():
+            welcome = self._connect()
+            if welcome is None:
+                logger.warning("learner %s does not answer; retrying in %.0f s", self.learner, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            backoff = 1.0
+            self._play(welcome)
+            self._close_sockets()
+
+    def _connect(self) -> Welcome | None:
+        """Say hello on a fresh DEALER; return the welcome, or None when nobody answers."""
+        self._close_sockets()
+        dealer = self.context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.SNDHWM, 64)
+        dealer.connect(self.learner)
+        self.dealer = dealer
+        games = self.games_override or 0
+        self._send(Hello(self.actor_id, socket.gethostname(), os.getpid(), max(games, 1)))
+        deadline = time.monotonic() + HANDSHAKE_SECONDS
+        while time.monotonic() < deadline and not self.stop.is_set():
+            if dealer.poll(200):
+                message = self._receive()
+                if isinstance(message, Welcome):
+                    return message
+                if isinstance(message, Reject):
+                    raise LearnerRejected(f"{message.reason} (accepted versions: "
+                                          f"{', '.join(map(str, message.accepted_versions))})")
+        return None
+
+    def _play(self, welcome: Welcome) -> None:
+        """Subscribe to weights, then collect until stopped or the learner goes silent."""
+        try:
+            config = build_config([{"model": welcome.model, "selfplay": welcome.selfplay}])
+        except ConfigError as exc:
+            raise LearnerRejected(f"the learner sent settings this actor cannot use: {exc}") from exc
+        selfplay = config.selfplay
+        if self.games_override:
+            selfplay = SelfPlayConfig(**{**vars(selfplay), "games": self.games_override})
+        subscriber = self.context.socket(zmq.SUB)
+        subscriber.setsockopt(zmq.LINGER, 0)
+        subscriber.setsockopt(zmq.RCVHWM, 2)
+        subscriber.setsockopt(zmq.SUBSCRIBE, WEIGHTS_TOPIC)
+        subscriber.connect(self._weights_endpoint(welcome.weights_endpoint))
+        self.subscriber = subscriber
+        if self.collector is None or self.collector.config != selfplay:
+            model = build_model(config.model).to(self.device)
+            self.collector = Collector(model, selfplay, self, device=self.device,
+                                       seed=int.from_bytes(os.urandom(4), "little"),
+                                       precision=self.precision)
+            self.collector.policy_version = -1  # no weights yet
+        logger.info("welcomed by %s: policy version %d, %d games, weights from %s", self.learner,
+                    welcome.policy_version, selfplay.games, welcome.weights_endpoint)
+        self.last_heard = time.monotonic()
+        while not self.stop.is_set():
+            self._service()
+            if time.monotonic() - self.last_heard > LEARNER_TIMEOUT_SECONDS:
+                logger.warning("learner silent for %.0f s; reconnecting", LEARNER_TIMEOUT_SECONDS)
+                return
+            if self.collector.policy_version < 0:
+                subscriber.poll(200)  # waiting for the first weights: sleep in poll, not spin
+                continue
+            if not self.accepting:
+                self.dealer.poll(200)  # the learner has enough data: wait, leave it the CPU
+                continue
+            self.collector.step()
+        self._say_goodbye("stopped")
+
+    def _weights_endpoint(self, endpoint: str) -> str:
+        """The PUB address, with the learner's host when it bound a wildcard address."""
+        published = urlsplit(endpoint)
+        if published.hostname in (None, "", "0.0.0.0", "*"):
+            return f"tcp://{urlsplit(self.learner).hostname}:{published.port}"
+        return endpoint
+
+    # --- sockets -------------------------------------------------------------------------
+    def _service(self) -> None:
+        """Everything between two self-play steps; never blocks."""
+        assert self.dealer is not None and self.subscriber is not None and self.collector is not None
+        latest: Weights | None = None
+        while self.subscriber.poll(0):
+            frames = self.subscriber.recv_multipart(copy=False)
+            try:
+                message = decode([frame.buffer for frame in frames[1:]])
+            except ProtocolError as exc:
+                logger.error("ignored bad weights message: %s", exc)
+                continue
+            if isinstance(message, Weights):
+                latest = message
+        if latest is not None and latest.policy_version != self.collector.policy_version:
+            self._load_weights(latest)
+            self.accepting = True  # new weights: the learner has consumed an epoch
+        while self.dealer.poll(0):
+            message = self._receive()
+            if isinstance(message, Ack):
+                self.accepting = message.accepting
+            elif isinstance(message, Shutdown):
+                logger.info("learner asked to shut down: %s", message.reason or "no reason given")
+                self.stop.set()
+        now = time.monotonic()
+        if now - self.last_heartbeat >= HEARTBEAT_SECONDS:
+            self._heartbeat(now)
+        if self.finished and (now - self.last_flush >= 0.5 or len(self.finished) >= 64):
+            self.outbox.append(Games(self.actor_id, self.finished))
+            self.finished = []
+            self.last_flush = now
+        self._drain_outbox()
+
+    def _load_weights(self, weights: Weights) -> None:
+        assert self.collector is not None
+        try:
+            state = {name: torch.from_numpy(array.copy()) for name, array in weights.tensors.items()}
+            self.collector.model.load_state_dict(state, strict=True)
+        except (RuntimeError, ValueError) as exc:
+            logger.error("weights for policy version %d do not fit this network: %s",
+                         weights.policy_version, exc)
+            return
+        self.collector.model.eval()
+        self.collector.policy_version = weights.policy_version
+
+    def _drain_outbox(self) -> None:
+        """Send queued game batches without blocking; keep at most max_pending_batches."""
+        while self.outbox:
+            try:
+                self._send(self.outbox[0], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            batch = self.outbox.popleft()
+            self.games_sent += len(batch.games)
+        while len(self.outbox) > self.max_pending_batches:
+            dropped = self.outbox.popleft()
+            self.batches_dropped += 1
+            self.steps_dropped += sum(game.length for game in dropped.games)
+            logger.warning("learner not keeping up: dropped a batch of %d games (%d batches so far)",
+                           len(dropped.games), self.batches_dropped)
+
+    def _heartbeat(self, now: float) -> None:
+        assert self.collector is not None
+        steps = self.collector.stats.steps
+        rate = (steps - self.steps_at_heartbeat) / max(now - self.last_heartbeat, 1e-6)
+        self.steps_at_heartbeat, self.last_heartbeat = steps, now
+        try:
+            self._send(Heartbeat(self.actor_id, rate, max(self.collector.policy_version, -1),
+                                 self.games_sent, self.batches_dropped, self.steps_dropped),
+                       flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _send(self, message: Hello | Heartbeat | Games | Bye, flags: int = 0) -> None:
+        assert self.dealer is not None
+        self.dealer.send_multipart(encode(message), flags=flags, copy=False)
+
+    def _receive(self) -> object:
+        assert self.dealer is not None
+        frames = self.dealer.recv_multipart()
+        self.last_heard = time.monotonic()
+        try:
+            message = decode(frames)
+        except ProtocolError as exc:
+            logger.error("ignored bad message from the learner: %s", exc)
+            return None
+        if not isinstance(message, Ack | Welcome | Reject | Shutdown):
+            logger.error("ignored unexpected %s message from the learner", type(message).__name__)
+        return message
+
+    def _say_goodbye(self, reason: str) -> None:
+        if self.dealer is None:
+            return
+        self._drain_outbox()
+        try:
+            self._send(Bye(self.actor_id, reason), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        self.dealer.setsockopt(zmq.LINGER, 1000)  # let the bye (and queued games) leave
+
+    def _close_sockets(self) -> None:
+        for sock in (self.dealer, self.subscriber):
+            if sock is not None:
+                sock.close()
+        self.dealer = self.subscriber = None
+
+    def close(self) -> None:
+        self._close_sockets()
+        self.context.term()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="keisei-actor", description="Keisei self-play actor.")
+    parser.add_argument("--learner", default=os.environ.get("KEISEI_LEARNER"),
+                        help="learner address, tcp://HOST:PORT (default: $KEISEI_LEARNER)")
+    parser.add_argument("--games", type=int, default=None,
+                        help="games in lock-step (default: the learner's selfplay.games)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--actor-id", default=f"{socket.gethostname()}-{os.getpid()}")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--max-pending-batches", type=int, default=32,
+                        help="game batches kept while the learner cannot receive")
+    args = parser.parse_args(argv)
+    problems = []
+    if not args.learner or urlsplit(args.learner).scheme != "tcp" or urlsplit(args.learner).port is None:
+        problems.append(f"--learner {args.learner!r}: expected tcp://HOST:PORT")
+    if args.games is not None and not 1 <= args.games <= 4096:
+        problems.append(f"--games {args.games}: expected 1..4096")
+    if args.threads < 1 or args.max_pending_batches < 1:
+        problems.append("--threads and --max-pending-batches must be at least 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"--device {args.device}: CUDA is not available here")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    actor = Actor(args.learner, args.actor_id, args.games, args.device, args.precision,
+                  args.max_pending_batches, stop)
+    try:
+        actor.run()
+    except LearnerRejected as exc:
+        logger.error("learner %s rejected this actor: %s", args.learner, exc)
+        return 2
+    finally:
+        actor.close()
+    logger.info("actor %s stopped after sending %d games", args.actor_id, actor.games_sent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
