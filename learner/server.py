@@ -75,7 +75,7 @@ class LearnerServer:
         self.policy_version = 0
         self.counters = {"messages": 0, "invalid_messages": 0, "rejected_hellos": 0,
                          "games_accepted": 0, "steps_received": 0, "games_invalid": 0,
-                         "steps_dropped_backpressure": 0}
+                         "steps_dropped_backpressure": 0, "games_bytes": 0}
         self._identities: dict[str, bytes] = {}
         self._pending: deque[FinishedGame] = deque()
         self._pending_steps = 0
@@ -172,6 +172,7 @@ class LearnerServer:
                                   message.batches_dropped, message.steps_dropped)
             self._reply(identity, Ack(self.policy_version, self.accepting()))
         elif isinstance(message, Games):
+            self.counters["games_bytes"] += sum(frame.nbytes for frame in frames)
             self._games(sender, message)
         elif isinstance(message, Bye):
             self.actors.bye(sender)
@@ -208,6 +209,11 @@ class LearnerServer:
         self._pending.extend(games)
         self._pending_steps += steps
         self._flush_pending()
+
+    @property
+    def pending_steps(self) -> int:
+        """Steps received and validated but waiting for room in the buffer."""
+        return self._pending_steps
 
     def accepting(self) -> bool:
         """Whether actors should keep playing: fewer than two epochs are waiting."""

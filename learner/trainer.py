@@ -260,9 +260,9 @@ async def call_callback(callback: Callback, metrics: Metrics) -> None:
         await result
 
 
-async def train(trainer: Trainer, callbacks: Sequence[Callback]) -> None:
-    """The one training loop: run epochs until ``train.total_steps``."""
-    total = trainer.config.train.total_steps
+async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int | None = None) -> None:
+    """The one training loop: run epochs until ``until_step`` (default ``train.total_steps``)."""
+    total = trainer.config.train.total_steps if until_step is None else until_step
     last_time, last_step = time.perf_counter(), trainer.step
     while trainer.step < total:
         metrics: Metrics = {}

@@ -1,0 +1,156 @@
+"""Learner and real keisei-actor processes over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import zmq
+from helpers import free_port_pair, wait_for
+
+from keisei.config import load_config
+from keisei.protocol import Games, Hello, Reject, Welcome, decode, encode
+from learner.actors import ActorTable
+from learner.local_actors import LocalActors
+from learner.main import build_trainer
+from learner.server import LearnerServer
+from learner.trainer import Trainer, train
+
+TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
+        "selfplay.max_plies=64", "train.steps_per_epoch=256", "train.minibatch_size=64",
+        "train.ppo_epochs=1", "train.max_policy_lag=1000"]
+
+
+@dataclass
+class Learner:
+    trainer: Trainer
+    server: LearnerServer
+    actors: ActorTable
+    bind: str
+
+    def train_epochs(self, epochs: int, timeout: float = 120.0) -> None:
+        """Run the real training loop for ``epochs`` more epochs; fail rather than hang."""
+        trainer, server = self.trainer, self.server
+        until = trainer.step + epochs * trainer.config.train.steps_per_epoch
+        timer = threading.Timer(timeout, trainer.stop.set)
+        timer.start()
+        try:
+            asyncio.run(train(trainer, [lambda _: server.publish(trainer.model.state_dict(),
+                                                                 trainer.policy_version)],
+                              until_step=until))
+        finally:
+            timer.cancel()
+
+    def actor(self, actor_id: str):  # type: ignore[no-untyped-def]
+        return next(info for info in self.actors.snapshot() if info.actor_id == actor_id)
+
+
+@contextmanager
+def learner(tmp_path: Path) -> Iterator[Learner]:
+    config = load_config(None, [*TINY, f"run.dir={tmp_path / 'run'}"])
+    trainer = build_trainer(config, threading.Event(), threads=1)
+    trainer.mode = "distributed"
+    actors = ActorTable()
+    bind = f"tcp://127.0.0.1:{free_port_pair()}"
+    with LearnerServer(bind, trainer.buffer, actors, config.to_dict(), publish_interval=0.5) as server:
+        server.publish(trainer.model.state_dict(), trainer.policy_version)
+        yield Learner(trainer, server, actors, bind)
+
+
+def test_two_actors_train_and_every_step_is_counted_once(tmp_path: Path) -> None:
+    with learner(tmp_path) as run:
+        with LocalActors(2, run.bind, tmp_path / "logs") as local:
+            run.train_epochs(3)
+            wait_for(lambda: all(run.actor(name).policy_version >= 2 for name in ("local-0", "local-1")),
+                     15, "both actors to report the new weights")
+        wait_for(lambda: all(info.state == "stopped" for info in run.actors.snapshot()), 15,
+                 "both actors to say bye")
+        assert all(process.returncode == 0 for process in local.processes.values())
+        buffer, counters = run.trainer.buffer, run.server.counters
+        assert run.trainer.step == 3 * 256 and run.trainer.policy_version == 3
+        assert buffer.steps_accepted == run.trainer.step + buffer.size  # trained or still held
+        assert counters["steps_received"] == (buffer.steps_accepted + buffer.steps_dropped_stale
+                                              + counters["steps_dropped_backpressure"]
+                                              + run.server.pending_steps)
+        table = run.actors.snapshot()
+        assert sum(info.steps_received for info in table) == counters["steps_received"]
+        assert all(info.games_received > 0 for info in table)
+        assert counters["invalid_messages"] == 0
+
+
+def test_late_and_restarted_actors_get_current_weights_and_contribute(tmp_path: Path) -> None:
+    with learner(tmp_path) as run, LocalActors(1, run.bind, tmp_path / "logs") as local:
+        run.train_epochs(2)
+        local.start("late")
+        wait_for(lambda: run.actors.known("late") and run.actor("late").policy_version == 2, 20,
+                 "the late actor to load policy version 2")
+        first = local.processes["local-0"]
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        local.start("local-0")
+        run.train_epochs(2)
+        wait_for(lambda: run.actor("local-0").policy_version == 4 and run.actor("late").policy_version == 4,
+                 20, "both actors to load policy version 4")
+        assert run.actor("late").games_received > 0
+        before_restart = run.actor("local-0").steps_received
+        run.train_epochs(1)
+        assert run.actor("local-0").steps_received >= before_restart
+
+
+def send(dealer: zmq.Socket, frames: list) -> None:
+    dealer.send_multipart([bytes(frame) for frame in frames])
+
+
+def test_malformed_traffic_is_dropped_and_counted_while_training_goes_on(tmp_path: Path) -> None:
+    with learner(tmp_path) as run:
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(run.bind)
+        try:
+            old = msgpack.unpackb(bytes(encode(Hello("old", "h", 1, 8))[0]))
+            old.update(protocol_version=99)
+            send(dealer, [msgpack.packb(old)])
+            assert dealer.poll(5000)
+            reject = decode(dealer.recv_multipart())
+            assert isinstance(reject, Reject) and reject.accepted_versions == (1,)
+            assert "99" in reject.reason
+            send(dealer, [b"\x00garbage"])  # not msgpack, before any hello
+            send(dealer, encode(Hello("rogue", "h", 1, 8)))
+            assert dealer.poll(5000) and isinstance(decode(dealer.recv_multipart()), Welcome)
+            with LocalActors(1, run.bind, tmp_path / "logs"):
+                run.train_epochs(1)
+            good = run.trainer.collector  # an in-process game, sent as if by the rogue actor
+            sink: list = []
+            good.sink = type("Sink", (), {"put": lambda self, g: sink.append(g)})()
+            while not sink:
+                good.step()
+            frames = [bytes(f) for f in encode(Games("rogue", [sink[0].to_record()]))]
+            nan_values = np.frombuffer(frames[3], np.float32).copy()
+            nan_values[0] = np.nan
+            wide = np.frombuffer(frames[1], np.int32).astype(np.int64).tobytes()
+            illegal = np.frombuffer(frames[1], np.int32).copy()
+            illegal[1] = illegal[0]
+            invalid_before = run.server.counters["invalid_messages"]
+            for bad in ([frames[0], frames[1], frames[2], nan_values.tobytes(), frames[4]],
+                        [frames[0], wide, *frames[2:]],
+                        [frames[0], illegal.tobytes(), *frames[2:]],
+                        [frames[0], *frames[1:4]]):
+                send(dealer, bad)
+            wait_for(lambda: run.server.counters["invalid_messages"] >= invalid_before + 4, 10,
+                     "the four bad games messages to be counted")
+            assert run.server.counters["games_invalid"] >= 1
+            assert run.actor("rogue").invalid_messages >= 4
+            with LocalActors(1, run.bind, tmp_path / "logs2"):
+                run.train_epochs(1)  # still training
+            assert run.trainer.epoch == 2
+        finally:
+            dealer.close()
+            context.term()
