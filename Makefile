@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 run: setup
-	$(BIN)/keisei-learner --config configs/quick.toml --set run.dir=$(RUN_DIR)
+	$(BIN)/keisei-learner --config configs/quick.toml --set run.dir=$(RUN_DIR) --local-actors 2
 
 test: setup
 	$(BIN)/ruff check keisei learner workers tests bench
@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python -m bench.collector
 	$(BIN)/python -m bench.learner
 	$(BIN)/python -m bench.end_to_end
+	$(BIN)/python -m bench.distributed
 
 clean:
 	rm -rf $(VENV) build *.egg-info

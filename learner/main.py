@@ -193,16 +193,12 @@ def build_trainer(config: Config, stop: threading.Event, threads: int | None = N
     return Trainer(config, model, buffer, collector, device, stop)
 
 
-def learner_threads(config: Config, local_actors: int) -> int:
-    """Torch threads for the learner: what is configured, else the cores the local actors
-    (one thread each) leave free, so learner and actors do not oversubscribe the CPU."""
-    cores = os.cpu_count() or 1
-    return config.run.threads or max(1, cores - local_actors)
-
-
 def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> ExitCode:
     stop = threading.Event()
-    trainer = build_trainer(config, stop, learner_threads(config, args.local_actors))
+    # Local actors take one thread each, but they pause as soon as the next epoch is
+    # buffered (back-pressure in the heartbeat ack), so they and the PPO update take turns
+    # on the cores rather than share them: the learner keeps every core (run.threads).
+    trainer = build_trainer(config, stop)
     run_dir = Path(config.run.dir)
     if resume_from is not None:
         resume(trainer, config, resume_from)

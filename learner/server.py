@@ -216,8 +216,12 @@ class LearnerServer:
         return self._pending_steps
 
     def accepting(self) -> bool:
-        """Whether actors should keep playing: fewer than two epochs are waiting."""
-        return self.buffer.size + self._pending_steps < 2 * self.buffer.steps_per_epoch
+        """Whether actors should keep playing: the next epoch is not complete yet.
+
+        Beyond that their games would only wait and grow stale; pausing them also hands
+        the CPU to the PPO update when actors share the learner's machine.
+        """
+        return self.buffer.size + self._pending_steps < self.buffer.steps_per_epoch
 
     def _flush_pending(self) -> None:
         """Move received games into the buffer; when it is full they wait here (bounded)."""
