@@ -62,6 +62,7 @@ def through_actors(config: Config, actors: int, seconds: float, port: int) -> tu
         while not draining.is_set():
             if buffer.wait_until_ready(0.1):
                 buffer.take_epoch()
+                buffer.commit_epoch()
 
     drainer = threading.Thread(target=drain, daemon=True)
     drainer.start()

@@ -95,6 +95,24 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class SupervisorConfig:
+    heartbeat_timeout: float = setting(5.0, "seconds without a heartbeat before an actor is stale "
+                                       "(a remote one is failed after three times this)",
+                                       low=0.5, high=3600)
+    stall_timeout: float = setting(60.0, "seconds an actor may heartbeat without delivering games "
+                                   "while the learner wants data, before it counts as failed",
+                                   low=1.0, high=36_000)
+    collect_timeout: float = setting(30.0, "seconds without data from any actor, while the learner "
+                                     "waits for it, before it falls back to in-process collection",
+                                     low=1.0, high=36_000)
+    max_restarts: int = setting(5, "restarts of one local actor allowed within restart_window",
+                                low=0, high=1000)
+    restart_window: float = setting(600.0, "seconds over which max_restarts counts", low=1.0)
+    min_actors: int = setting(1, "healthy actors delivering data needed to leave sequential mode",
+                              low=1, high=10_000)
+
+
+@dataclass(frozen=True)
 class DisplayConfig:
     mode: str = setting("auto", "auto: rich dashboard on a TTY, plain log lines otherwise",
                         choices=("auto", "rich", "plain"))
@@ -108,6 +126,7 @@ class Config:
     selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

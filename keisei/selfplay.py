@@ -271,6 +271,13 @@ class Collector:
         self._ply[slot] = 0
         self.sink.put(finished)
 
+    def discard_in_flight(self) -> int:
+        """Abandon every unfinished game (new ones start); return the plies dropped."""
+        dropped = self.in_flight_steps()
+        self._games = [self._new_game() for _ in self._games]
+        self._ply[:] = 0
+        return dropped
+
     def in_flight_steps(self) -> int:
         """Plies recorded in games not finished yet (lost if the collector is dropped)."""
         return int(self._ply.sum())

@@ -105,6 +105,16 @@ class ActorTable:
         with self._lock:
             return [replace(info) for info in self._actors.values()]
 
+    def restarted(self, actor_id: str) -> None:
+        """A new process replaces the actor: count it, and give it time to say hello."""
+        with self._lock:
+            info = self._actors.get(actor_id)
+            if info is not None:
+                info.restarts += 1
+                info.state = ActorState.STARTING
+                info.last_seen = info.connected_at = time.monotonic()
+                info.last_games_at = None
+
     def mark(self, actor_id: str, state: ActorState) -> None:
         with self._lock:
             if actor_id in self._actors:

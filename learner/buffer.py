@@ -84,6 +84,7 @@ class ExperienceBuffer:
         self.steps_accepted = 0
         self.steps_dropped_stale = 0
         self._size = 0
+        self._reserved = 0  # room held for a taken epoch until its update commits
         self._tally = GameTally()
         self._lock = threading.Lock()
         self._filled = threading.Condition(self._lock)
@@ -108,9 +109,9 @@ class ExperienceBuffer:
         with self._lock:
             fresh = game.policy_versions >= self.policy_version - self.max_policy_lag
             count = int(fresh.sum())
-            if self._size + count > self.capacity:
-                raise BufferFullError(f"buffer holds {self._size} of {self.capacity} steps; "
-                                      f"a game of {count} fresh steps does not fit")
+            if self._size + self._reserved + count > self.capacity:
+                raise BufferFullError(f"buffer holds {self._size} (+{self._reserved} in training) of "
+                                      f"{self.capacity} steps; a game of {count} fresh steps does not fit")
             rows = slice(self._size, self._size + count)
             columns = {"observations": game.observations, "legal_masks": game.legal_masks,
                        "actions": game.actions, "log_probs": game.log_probs,
@@ -150,14 +151,17 @@ class ExperienceBuffer:
         return tally
 
     def take_epoch(self) -> EpochBatch:
-        """Remove and return the oldest ``steps_per_epoch`` steps.
+        """Remove and return the oldest ``steps_per_epoch`` steps, keeping their room reserved
+        until ``commit_epoch`` (the update succeeded) or ``restore_epoch`` (it did not).
 
-        :raises RuntimeError: if the epoch is not ready (check ``ready()`` first).
+        :raises RuntimeError: if the epoch is not ready, or a taken one is still pending.
         """
         with self._lock:
             count = self.steps_per_epoch
-            if self._size < count:
-                raise RuntimeError(f"take_epoch() with {self._size} of {count} steps; wait for ready()")
+            if self._size < count or self._reserved:
+                raise RuntimeError(f"take_epoch() with {self._size} of {count} steps and "
+                                   f"{self._reserved} reserved; wait for ready() and commit first")
+            self._reserved = count
             batch = EpochBatch(**{name: array[:count].copy() for name, array in self._arrays.items()})
             remaining = self._size - count
             for array in self._arrays.values():
@@ -165,19 +169,21 @@ class ExperienceBuffer:
             self._size = remaining
         return batch
 
-    def restore_epoch(self, batch: EpochBatch) -> None:
-        """Put a taken epoch back at the front (after a failed update), so no step is lost.
+    def commit_epoch(self) -> None:
+        """The taken epoch was trained on: release its reserved room."""
+        with self._lock:
+            self._reserved = 0
 
-        :raises BufferFullError: if it no longer fits.
-        """
+    def restore_epoch(self, batch: EpochBatch) -> None:
+        """Put the taken epoch back at the front (after a failed update), so no step is lost.
+        It always fits: its room was reserved."""
         with self._lock:
             count = batch.size
-            if self._size + count > self.capacity:
-                raise BufferFullError(f"cannot restore {count} steps into {self.capacity - self._size} free")
             for name, array in self._arrays.items():
                 array[count:count + self._size] = array[:self._size].copy()
                 array[:count] = getattr(batch, name)
             self._size += count
+            self._reserved = 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The held steps (collected, not yet trained), for checkpoints."""

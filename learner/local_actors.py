@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
 from types import TracebackType
+
+import psutil
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,42 @@ class LocalActors:
         logger.info("started local actor %s (pid %d)", actor_id, process.pid)
         return process
 
+    def dead_reason(self, actor_id: str) -> str | None:
+        """Why actor ``actor_id``'s process is not running (exited, zombie), or None."""
+        process = self.processes.get(actor_id)
+        if process is None:
+            return None
+        code = process.poll()
+        if code is not None:
+            return f"exited with code {code}"
+        try:
+            if psutil.Process(process.pid).status() == psutil.STATUS_ZOMBIE:
+                return "is a zombie"
+        except psutil.NoSuchProcess:
+            return "has disappeared"
+        return None
+
+    def stop(self, actor_id: str, grace_seconds: float = 3.0) -> None:
+        """Stop one actor and its children: terminate, then kill."""
+        process = self.processes.get(actor_id)
+        if process is None or process.poll() is not None:
+            return
+        try:
+            children = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        process.terminate()
+        try:
+            process.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace_seconds)
+        for child in children:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+
     def close(self, grace_seconds: float = 5.0) -> None:
         """Terminate every actor, wait, then kill what is left (idempotent)."""
         for escalate in ("terminate", "kill"):
@@ -69,3 +108,20 @@ class LocalActors:
         for actor_id, process in self.processes.items():
             if process.poll() is None:
                 logger.error("local actor %s (pid %d) survived kill", actor_id, process.pid)
+            for child in self._orphans(process.pid):
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+
+    @staticmethod
+    def _orphans(pid: int) -> list[psutil.Process]:
+        """Processes an actor started that outlived it (still in its session)."""
+        found = []
+        for candidate in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(candidate.pid) == pid and candidate.pid != pid:
+                    found.append(candidate)
+            except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+                continue
+        return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import random
@@ -34,6 +35,7 @@ from learner.buffer import ExperienceBuffer
 from learner.dashboard import Dashboard, MetricsWriter
 from learner.local_actors import LocalActors
 from learner.server import LearnerServer, weights_bind_address
+from learner.supervisor import Supervisor
 from learner.trainer import Callback, Metrics, Trainer, TrainingInterrupted, train
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start N keisei-actor processes on this machine and reap them on exit")
     parser.add_argument("--remote-actors", action="store_true",
                         help="collect from actors that connect to --bind (without local ones)")
+    parser.add_argument("--status", action="store_true",
+                        help="print the mode and actor table of the run in run.dir (from its "
+                             "status.json, refreshed each second while it runs) and exit")
     return parser
 
 
@@ -218,9 +223,14 @@ def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> E
             server.publish(trainer.model.state_dict(), trainer.policy_version)
             trainer.mode = "distributed"
             callbacks.append(lambda metrics: publish_weights(server, trainer, actors, metrics))
+            local = None
             if args.local_actors:
-                stack.enter_context(LocalActors(args.local_actors, args.bind.replace("*", "127.0.0.1"),
-                                                run_dir / "actors"))
+                local = stack.enter_context(LocalActors(args.local_actors,
+                                                        args.bind.replace("*", "127.0.0.1"),
+                                                        run_dir / "actors"))
+            supervisor = stack.enter_context(Supervisor(config.supervisor, trainer, server, actors,
+                                                        local, run_dir / "status.json"))
+            callbacks.append(supervisor.add_metrics)
         metrics_writer = stack.enter_context(MetricsWriter(run_dir / "metrics.jsonl"))
         dashboard = stack.enter_context(Dashboard(trainer, config.display, actors=actors))
         stack.enter_context(stop_on_signals(stop))
@@ -266,6 +276,29 @@ def publish_weights(server: LearnerServer, trainer: Trainer, actors: ActorTable,
     metrics.update({f"wire_{key}": value for key, value in server.counters.items()})
 
 
+def print_status(run_dir: Path) -> ExitCode:
+    """``--status``: the run's mode, counters, actors and recent mode transitions."""
+    path = run_dir / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"keisei-learner: no readable status in {path} ({exc}); it is written while a run "
+              "with actors is going", file=sys.stderr)
+        return ExitCode.USAGE
+    age = time.time() - status["time"]
+    print(f"{run_dir}: mode {status['mode']}, step {status['step']}, epoch {status['epoch']}, "
+          f"policy v{status['policy_version']}, learner pid {status['pid']} (updated {age:.0f} s ago)")
+    print(f"{'actor':<16} {'state':<9} {'steps/s':>8} {'policy':>7} {'games':>7} {'restarts':>8} heard")
+    for actor in status["actors"]:
+        print(f"{actor['actor_id']:<16} {actor['state']:<9} {actor['steps_per_second']:>8.0f} "
+              f"{'v' + str(actor['policy_version']):>7} {actor['games_received']:>7} "
+              f"{actor['restarts']:>8} {actor['seconds_since_heard']} s ago")
+    for transition in status["transitions"]:
+        when = time.strftime("%H:%M:%S", time.localtime(transition["time"]))
+        print(f"{when} -> {transition['mode']}: {transition['cause']}")
+    return ExitCode.SUCCESS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -274,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             sys.stdout.write(config.to_toml())
             return ExitCode.SUCCESS
+        if args.status:
+            return print_status(Path(config.run.dir))
         resume_from = check_run_directory(config, args.resume)
     except ConfigError as exc:
         print(f"keisei-learner: {exc}", file=sys.stderr)

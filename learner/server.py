@@ -77,6 +77,11 @@ class LearnerServer:
                          "games_accepted": 0, "steps_received": 0, "games_invalid": 0,
                          "steps_dropped_backpressure": 0, "games_bytes": 0}
         self._identities: dict[str, bytes] = {}
+        # monotonic times the supervisor reads: the last games accepted, and since when the
+        # learner has been wanting data (accepting) without a pause
+        self.last_games_at = time.monotonic()
+        self.accepting_since = time.monotonic()
+        self._was_accepting = True
         self._pending: deque[FinishedGame] = deque()
         self._pending_steps = 0
         self._weights: list[Frame] | None = None
@@ -150,6 +155,10 @@ class LearnerServer:
                     self._publisher.send_multipart(self._weights, copy=False)
                     last_publish = now
                 self._flush_pending()
+                wanting = self.accepting()
+                if wanting and not self._was_accepting:
+                    self.accepting_since = now
+                self._was_accepting = wanting
             for identity in self._identities.values():
                 self._reply(identity, Shutdown("the learner is stopping"))
         except Exception:  # the thread must never die silently
@@ -203,6 +212,7 @@ class LearnerServer:
             self._invalid(sender, f"games rejected: {exc}")
             return
         steps = sum(game.length for game in games)
+        self.last_games_at = time.monotonic()
         self.counters["games_accepted"] += len(games)
         self.counters["steps_received"] += steps
         self.actors.games(sender, len(games), steps)

@@ -73,7 +73,8 @@ class Trainer:
         self.epoch = 0
         self.policy_version = 0
         self.processing = False  # true only while an update runs; reset in finally
-        self.mode = "sequential"  # or "distributed": actors fill the buffer
+        self.mode = "sequential"  # or "distributed": actors fill the buffer (set by the supervisor)
+        self.in_flight_steps_discarded = 0
 
     # --- the three phases ---------------------------------------------------------------
     def collect(self) -> Metrics:
@@ -86,8 +87,10 @@ class Trainer:
             self._check_stop()
             if self.mode == "sequential":
                 self.collector.step()
-            else:
-                self.buffer.wait_until_ready(timeout=0.25)
+                continue
+            if self.collector.in_flight_steps():  # back to actors: drop half-played games
+                self.in_flight_steps_discarded += self.collector.discard_in_flight()
+            self.buffer.wait_until_ready(timeout=0.25)
         after = self.collector.stats
         return {
             "collect_seconds": time.perf_counter() - started,
@@ -122,6 +125,7 @@ class Trainer:
             raise
         finally:
             self.processing = False
+        self.buffer.commit_epoch()
         self.scheduler.step()
         self.step += batch.size
         self.epoch += 1

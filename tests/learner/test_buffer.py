@@ -34,6 +34,7 @@ def test_epochs_are_exact_and_every_step_is_handed_out_once_in_order() -> None:
         next_id += length
         while buffer.ready():
             batch = buffer.take_epoch()
+            buffer.commit_epoch()
             assert batch.size == 10
             seen.extend(batch.actions.tolist())
     assert seen == list(range(30))  # FIFO, no loss, no duplicate; games split across epochs
@@ -64,13 +65,18 @@ def test_full_buffer_refuses_without_partial_writes() -> None:
     assert buffer.size == 8 and buffer.steps_accepted == 8
 
 
-def test_restore_puts_an_epoch_back_in_front() -> None:
-    buffer = make_buffer()
+def test_restore_puts_an_epoch_back_in_front_even_after_refilling() -> None:
+    buffer = make_buffer(steps_per_epoch=10, capacity=24)
     buffer.put(fake_game(14, 0))
     batch = buffer.take_epoch()
+    buffer.put(fake_game(10, 100))  # arrives during the update; the epoch's room stays reserved
+    with pytest.raises(BufferFullError):
+        buffer.put(fake_game(2, 200))
     buffer.restore_epoch(batch)
-    assert buffer.size == 14
+    assert buffer.size == 24
     assert buffer.take_epoch().actions.tolist() == list(range(10))
+    with pytest.raises(RuntimeError, match="reserved"):
+        buffer.take_epoch()
 
 
 def test_state_dict_round_trip_keeps_held_steps() -> None:
@@ -80,6 +86,7 @@ def test_state_dict_round_trip_keeps_held_steps() -> None:
     other.load_state_dict(buffer.state_dict())
     other.put(fake_game(4, 6))
     assert other.take_epoch().actions.tolist() == list(range(10))
+    other.commit_epoch()
     with pytest.raises(ValueError, match="columns"):
         other.load_state_dict({"actions": buffer.state_dict()["actions"]})
 
