@@ -24,6 +24,7 @@ from rich.text import Text
 
 from keisei.config import DisplayConfig
 from learner.actors import ActorTable
+from learner.supervisor import Supervisor
 from learner.trainer import Metrics, Trainer
 
 logger = logging.getLogger(__name__)
@@ -73,9 +74,10 @@ class Dashboard:
     """Live view of a ``Trainer``; call it with each epoch's metrics."""
 
     def __init__(self, trainer: Trainer, config: DisplayConfig, stream: IO[str] | None = None,
-                 actors: ActorTable | None = None) -> None:
+                 actors: ActorTable | None = None, supervisor: Supervisor | None = None) -> None:
         self.trainer = trainer
         self.actors = actors
+        self.supervisor = supervisor
         self.config = config
         self.stream = stream if stream is not None else sys.stdout
         use_rich = config.mode == "rich" or (config.mode == "auto" and self.stream.isatty())
@@ -159,7 +161,13 @@ class Dashboard:
         ]
         for row in rows:
             table.add_row(*row)
-        parts: list[Table | Text] = [header, table]
+        parts: list[Table | Text] = [header]
+        if self.supervisor is not None and self.supervisor.transitions:
+            last = self.supervisor.transitions[-1]
+            parts.append(Text(f"mode changes {len(self.supervisor.transitions)}; last: "
+                              f"{time.strftime('%H:%M:%S', time.localtime(last.time))} -> {last.mode}: "
+                              f"{last.cause}", style="yellow"))
+        parts.append(table)
         if self.actors is not None and (actors := self.actors.snapshot()):
             now = time.monotonic()
             actor_table = Table("actor", "state", "steps/s", "policy", "games", "steps", "invalid",

@@ -216,6 +216,7 @@ def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> E
                                   config.checkpoint.keep)
     status = ExitCode.FAILURE
     actors = ActorTable()
+    supervisor: Supervisor | None = None
     with ExitStack() as stack:
         callbacks: list[Callback] = []
         if args.local_actors or args.remote_actors:
@@ -232,7 +233,8 @@ def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> E
                                                         local, run_dir / "status.json"))
             callbacks.append(supervisor.add_metrics)
         metrics_writer = stack.enter_context(MetricsWriter(run_dir / "metrics.jsonl"))
-        dashboard = stack.enter_context(Dashboard(trainer, config.display, actors=actors))
+        dashboard = stack.enter_context(Dashboard(trainer, config.display, actors=actors,
+                                                  supervisor=supervisor))
         stack.enter_context(stop_on_signals(stop))
         callbacks += [metrics_writer, checkpoints, dashboard]
         try:
