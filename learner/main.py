@@ -34,7 +34,7 @@ from learner.actors import ActorTable
 from learner.buffer import ExperienceBuffer
 from learner.dashboard import Dashboard, MetricsWriter
 from learner.local_actors import LocalActors
-from learner.server import LearnerServer, weights_bind_address
+from learner.server import LearnerServer, local_endpoint, weights_bind_address
 from learner.supervisor import Supervisor
 from learner.trainer import Callback, Metrics, Trainer, TrainingInterrupted, train
 
@@ -220,18 +220,7 @@ def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> E
     with ExitStack() as stack:
         callbacks: list[Callback] = []
         if args.local_actors or args.remote_actors:
-            server = stack.enter_context(LearnerServer(args.bind, trainer.buffer, actors, config.to_dict()))
-            server.publish(trainer.model.state_dict(), trainer.policy_version)
-            trainer.mode = "distributed"
-            callbacks.append(lambda metrics: publish_weights(server, trainer, actors, metrics))
-            local = None
-            if args.local_actors:
-                local = stack.enter_context(LocalActors(args.local_actors,
-                                                        args.bind.replace("*", "127.0.0.1"),
-                                                        run_dir / "actors"))
-            supervisor = stack.enter_context(Supervisor(config.supervisor, trainer, server, actors,
-                                                        local, run_dir / "status.json"))
-            callbacks.append(supervisor.add_metrics)
+            supervisor = wire_actors(stack, args, config, trainer, actors, callbacks)
         metrics_writer = stack.enter_context(MetricsWriter(run_dir / "metrics.jsonl"))
         dashboard = stack.enter_context(Dashboard(trainer, config.display, actors=actors,
                                                   supervisor=supervisor))
@@ -249,6 +238,26 @@ def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> E
         finally:
             checkpoints.save()
     return status
+
+
+def wire_actors(stack: ExitStack, args: argparse.Namespace, config: Config, trainer: Trainer,
+                actors: ActorTable, callbacks: list[Callback]) -> Supervisor:
+    """Everything distributed collection needs, entered on ``stack`` so it is undone in
+    reverse order on any exit: the server (sockets and their thread), then the local actor
+    processes, then the supervisor that watches both. Adds the callbacks that publish each
+    new policy and report the actors and mode."""
+    server = stack.enter_context(LearnerServer(args.bind, trainer.buffer, actors, config.to_dict()))
+    server.publish(trainer.model.state_dict(), trainer.policy_version)  # version 0, or the resumed one
+    trainer.mode = "distributed"
+    callbacks.append(lambda metrics: publish_weights(server, trainer, actors, metrics))
+    local = None
+    if args.local_actors:
+        local = stack.enter_context(LocalActors(args.local_actors, local_endpoint(args.bind),
+                                                Path(config.run.dir) / "actors"))
+    supervisor = stack.enter_context(Supervisor(config.supervisor, trainer, server, actors, local,
+                                                Path(config.run.dir) / "status.json"))
+    callbacks.append(supervisor.add_metrics)
+    return supervisor
 
 
 def resume(trainer: Trainer, config: Config, checkpoint: Path) -> None:

@@ -57,6 +57,14 @@ def weights_bind_address(bind: str) -> str:
     return f"tcp://{parts.hostname}:{parts.port + 1}"
 
 
+def local_endpoint(bind: str) -> str:
+    """Where a process on this machine reaches a learner bound to ``bind``."""
+    parts = urlsplit(bind)
+    if parts.hostname in ("*", "0.0.0.0", "::", None):
+        return f"tcp://127.0.0.1:{parts.port}"
+    return bind
+
+
 class LearnerServer:
     """ROUTER + PUB sockets and the thread that serves them (a context manager)."""
 
