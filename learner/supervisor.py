@@ -11,7 +11,8 @@ It runs on its own thread, every 0.2 s:
 * failed local actors are restarted with exponential backoff (1, 2, 4 ... 30 s), at most
   ``max_restarts`` times within ``restart_window``;
 * when no actor has delivered data for ``collect_timeout`` while the learner waits for
-  it, the supervisor **downgrades**: it stops and reaps every local actor (terminate,
+  it (actors still playing their first games hold this off, for up to ``stall_timeout``),
+  the supervisor **downgrades**: it stops and reaps every local actor (terminate,
   then kill, children included), and the trainer collects in-process (``sequential``),
   without retrying local actors;
 * while sequential the server keeps listening: once ``min_actors`` healthy actors have
@@ -179,6 +180,8 @@ class Supervisor:
     def _maybe_downgrade(self, now: float) -> None:
         if not self.server.accepting():
             return
+        if any(self._still_starting(info, now) for info in self.actors.snapshot()):
+            return  # playing its first games (a large network can take a while): wait for it
         idle = now - max(self.server.last_games_at, self.server.accepting_since, self._mode_since)
         if idle <= self.config.collect_timeout:
             return
@@ -188,6 +191,13 @@ class Supervisor:
         self.downgraded = True
         self._restart_due.clear()
         self._switch(Mode.SEQUENTIAL, cause, now)
+
+    def _still_starting(self, info: ActorInfo, now: float) -> bool:
+        """Heard from, but no game finished yet (loading weights or playing its first games),
+        for less than stall_timeout."""
+        return (info.state is ActorState.STARTING
+                and now - info.last_seen <= self.config.heartbeat_timeout
+                and now - info.connected_at <= self.config.stall_timeout)
 
     def _maybe_upgrade(self, now: float) -> None:
         delivering = [info for info in self.actors.snapshot()
