@@ -20,12 +20,17 @@ or misreported result. Bit-packed planes and masks would be about 1 510 bytes a 
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, cast
 
 import msgpack
 import numpy as np
+import zmq.auth
 
 from keisei.errors import KeiseiError
 from keisei.shogi import Termination
@@ -351,3 +356,78 @@ def _decode_weights(header: dict[str, Any], payload: list[Frame]) -> Weights:
             raise ProtocolError(f"weights: tensor {name!r} is not finite")
         tensors[name] = array
     return Weights(version, tensors)
+
+
+# --- CurveZMQ keys ----------------------------------------------------------------------
+# A key directory made by `keisei-keys DIR` holds the learner's key pair (server.key,
+# server.key_secret), one actor key pair (actor.key, actor.key_secret) and authorized/,
+# the actor public keys the learner accepts: copy more actors' *.key files there.
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """Own key pair plus, for an actor, the learner's public key (``server_public``)."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes | None = None
+    authorized: Path | None = None  # learner only: directory of accepted actor public keys
+
+
+def generate_keys(directory: str | Path) -> Path:
+    """Create a key directory for one learner and its actors; refuses to overwrite.
+
+    :raises FileExistsError: if ``directory`` already holds keys.
+    """
+    folder = Path(directory)
+    if (folder / "server.key").exists():
+        raise FileExistsError(f"{folder} already holds keys; remove it or choose another directory")
+    (folder / "authorized").mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(str(folder), "server")
+    actor_public, _ = zmq.auth.create_certificates(str(folder), "actor")
+    (folder / "authorized" / "actor.key").write_bytes(Path(actor_public).read_bytes())
+    return folder
+
+
+def load_keys(directory: str | Path, role: str) -> CurveKeys:
+    """The keys ``role`` (``"learner"`` or ``"actor"``) needs from a ``keisei-keys`` directory.
+
+    :raises ProtocolError: naming the missing or unreadable file.
+    """
+    folder = Path(directory)
+    own = folder / ("server.key_secret" if role == "learner" else "actor.key_secret")
+    try:
+        public, secret = zmq.auth.load_certificate(str(own))
+        if role == "learner":
+            return CurveKeys(public, cast(bytes, secret), authorized=folder / "authorized")
+        server_public, _ = zmq.auth.load_certificate(str(folder / "server.key"))
+    except (OSError, ValueError) as exc:
+        raise ProtocolError(f"CurveZMQ keys in {folder}: {exc}") from exc
+    return CurveKeys(public, cast(bytes, secret), server_public=server_public)
+
+
+def apply_keys(sock: zmq.Socket[Any], keys: CurveKeys) -> None:
+    """Make ``sock`` a CURVE server (learner) or client (actor); call before bind/connect."""
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    if keys.server_public is None:
+        sock.curve_server = True
+    else:
+        sock.curve_serverkey = keys.server_public
+
+
+def keys_main(argv: Sequence[str] | None = None) -> int:
+    """``keisei-keys DIR``: generate CurveZMQ keys for a learner and its actors."""
+    parser = argparse.ArgumentParser(prog="keisei-keys", description=keys_main.__doc__)
+    parser.add_argument("directory")
+    args = parser.parse_args(argv)
+    try:
+        folder = generate_keys(args.directory)
+    except FileExistsError as exc:
+        print(f"keisei-keys: {exc}", file=sys.stderr)
+        return 2
+    print(f"keys written to {folder}:\n"
+          f"  learner: keisei-learner --curve-keys {folder} (uses server.key_secret, authorized/)\n"
+          f"  actors:  keisei-actor --curve-keys DIR, where DIR holds actor.key_secret and server.key\n"
+          f"  more actors: keisei-keys another_dir, then copy its actor.key into {folder}/authorized/")
+    return 0

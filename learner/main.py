@@ -29,6 +29,7 @@ import torch
 from keisei.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from keisei.config import Config, ConfigError, load_config, read_toml
 from keisei.model import build_model, count_parameters, resolve_precision
+from keisei.protocol import ProtocolError, load_keys
 from keisei.selfplay import Collector
 from learner.actors import ActorTable
 from learner.buffer import ExperienceBuffer
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start N keisei-actor processes on this machine and reap them on exit")
     parser.add_argument("--remote-actors", action="store_true",
                         help="collect from actors that connect to --bind (without local ones)")
+    parser.add_argument("--curve-keys", default=os.environ.get("KEISEI_CURVE_KEYS"), metavar="DIR",
+                        help="accept only actors with an authorised CurveZMQ key: DIR is made by "
+                             "keisei-keys (server.key_secret, authorized/) (default: $KEISEI_CURVE_KEYS)")
     parser.add_argument("--status", action="store_true",
                         help="print the mode and actor table of the run in run.dir (from its "
                              "status.json, refreshed each second while it runs) and exit")
@@ -246,7 +250,9 @@ def wire_actors(stack: ExitStack, args: argparse.Namespace, config: Config, trai
     reverse order on any exit: the server (sockets and their thread), then the local actor
     processes, then the supervisor that watches both. Adds the callbacks that publish each
     new policy and report the actors and mode."""
-    server = stack.enter_context(LearnerServer(args.bind, trainer.buffer, actors, config.to_dict()))
+    keys = load_keys(args.curve_keys, "learner") if args.curve_keys else None
+    server = stack.enter_context(LearnerServer(args.bind, trainer.buffer, actors, config.to_dict(),
+                                               keys=keys))
     server.publish(trainer.model.state_dict(), trainer.policy_version)  # version 0, or the resumed one
     trainer.mode = "distributed"
     callbacks.append(lambda metrics: publish_weights(server, trainer, actors, metrics))
@@ -336,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     try:
         return run(config, resume_from, args)
-    except (ConfigError, CheckpointError, OSError) as exc:
+    except (ConfigError, CheckpointError, ProtocolError, OSError) as exc:
         logger.error("%s", exc)
         return ExitCode.USAGE
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import torch
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from keisei.errors import KeiseiError
 from keisei.protocol import (
@@ -27,6 +28,7 @@ from keisei.protocol import (
     WEIGHTS_TOPIC,
     Ack,
     Bye,
+    CurveKeys,
     Frame,
     Games,
     Heartbeat,
@@ -36,6 +38,7 @@ from keisei.protocol import (
     Shutdown,
     Weights,
     Welcome,
+    apply_keys,
     decode,
     encode,
 )
@@ -70,7 +73,7 @@ class LearnerServer:
 
     def __init__(self, bind: str, buffer: ExperienceBuffer, actors: ActorTable,
                  settings: dict[str, dict[str, Any]], *, publish_interval: float = 2.0,
-                 heartbeat_interval: float = 1.0) -> None:
+                 heartbeat_interval: float = 1.0, keys: CurveKeys | None = None) -> None:
         self.bind = bind
         self.weights_endpoint = weights_bind_address(bind)
         self.buffer = buffer
@@ -96,8 +99,15 @@ class LearnerServer:
         self._weights_due = threading.Event()
         self._stopping = threading.Event()
         self._context = zmq.Context()
+        self._authenticator: ThreadAuthenticator | None = None
         self._router = self._context.socket(zmq.ROUTER)
         self._publisher = self._context.socket(zmq.PUB)
+        if keys is not None:  # only actors whose public key is in keys.authorized get in
+            self._authenticator = ThreadAuthenticator(self._context)
+            self._authenticator.start()
+            self._authenticator.configure_curve(domain="*", location=str(keys.authorized))
+            apply_keys(self._router, keys)
+            apply_keys(self._publisher, keys)
         self._thread = threading.Thread(target=self._serve, name="learner-server", daemon=True)
         for sock in (self._router, self._publisher):
             sock.setsockopt(zmq.LINGER, 500)
@@ -140,6 +150,8 @@ class LearnerServer:
     def _close_sockets(self) -> None:
         self._router.close()
         self._publisher.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._context.term()
 
     # --- the server thread ---------------------------------------------------------------

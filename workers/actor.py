@@ -37,6 +37,7 @@ from keisei.protocol import (
     WEIGHTS_TOPIC,
     Ack,
     Bye,
+    CurveKeys,
     GameRecord,
     Games,
     Heartbeat,
@@ -46,8 +47,10 @@ from keisei.protocol import (
     Shutdown,
     Weights,
     Welcome,
+    apply_keys,
     decode,
     encode,
+    load_keys,
 )
 from keisei.selfplay import Collector, FinishedGame
 
@@ -67,8 +70,10 @@ class Actor:
     """One actor process: its sockets, its collector, and the loop that runs them."""
 
     def __init__(self, learner: str, actor_id: str, games: int | None, device: str,
-                 precision: str, max_pending_batches: int, stop: threading.Event) -> None:
+                 precision: str, max_pending_batches: int, stop: threading.Event,
+                 keys: CurveKeys | None = None) -> None:
         self.learner = learner
+        self.keys = keys
         self.actor_id = actor_id
         self.games_override = games
         self.device = device
@@ -114,6 +119,8 @@ class Actor:
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, 64)
+        if self.keys is not None:
+            apply_keys(dealer, self.keys)
         dealer.connect(self.learner)
         self.dealer = dealer
         games = self.games_override or 0
@@ -142,6 +149,8 @@ class Actor:
         subscriber.setsockopt(zmq.LINGER, 0)
         subscriber.setsockopt(zmq.RCVHWM, 2)
         subscriber.setsockopt(zmq.SUBSCRIBE, WEIGHTS_TOPIC)
+        if self.keys is not None:
+            apply_keys(subscriber, self.keys)
         subscriber.connect(self._weights_endpoint(welcome.weights_endpoint))
         self.subscriber = subscriber
         if self.collector is None or self.collector.config != selfplay:
@@ -295,6 +304,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--actor-id", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--curve-keys", default=os.environ.get("KEISEI_CURVE_KEYS"), metavar="DIR",
+                        help="authenticate with CurveZMQ: DIR holds actor.key_secret and the "
+                             "learner's server.key, made by keisei-keys (default: $KEISEI_CURVE_KEYS)")
     parser.add_argument("--max-pending-batches", type=int, default=32,
                         help="game batches kept while the learner cannot receive")
     args = parser.parse_args(argv)
@@ -325,8 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    try:
+        keys = load_keys(args.curve_keys, "actor") if args.curve_keys else None
+    except ProtocolError as exc:
+        logger.error("%s", exc)
+        return 2
     actor = Actor(args.learner, args.actor_id, args.games, args.device, args.precision,
-                  args.max_pending_batches, stop)
+                  args.max_pending_batches, stop, keys)
     try:
         actor.run()
     except LearnerRejected as exc:
