@@ -42,6 +42,9 @@ from learner.trainer import Callback, Metrics, Trainer, TrainingInterrupted, tra
 logger = logging.getLogger(__name__)
 
 
+STATUS_STALE_SECONDS = 15.0
+
+
 class ExitCode(IntEnum):
     SUCCESS = 0
     FAILURE = 1
@@ -54,17 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="keisei-learner", description="Train a Shogi policy by self-play PPO.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="configuration keys (set in the TOML file or with --set):\n" + Config.describe())
-    parser.add_argument("--config", metavar="FILE.toml", help="TOML configuration file")
+    parser.add_argument("--config", metavar="FILE.toml", default=os.environ.get("KEISEI_CONFIG"),
+                        help="TOML configuration file (default: $KEISEI_CONFIG)")
     parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                         dest="overrides", help="override one key (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in run.dir from its latest checkpoint")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective configuration as TOML and exit")
-    parser.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="tcp://HOST:PORT",
+    parser.add_argument("--bind", default=os.environ.get("KEISEI_BIND", "tcp://127.0.0.1:5555"),
+                        metavar="tcp://HOST:PORT",
                         help="ROUTER address actors connect to (weights are published one port "
-                             "above). Binding beyond 127.0.0.1 exposes the learner to the network: "
-                             "see the README's security note")
+                             "above; default: $KEISEI_BIND or tcp://127.0.0.1:5555). Binding beyond "
+                             "127.0.0.1 exposes the learner to the network: see the README's "
+                             "security note")
     parser.add_argument("--local-actors", type=int, default=0, metavar="N",
                         help="start N keisei-actor processes on this machine and reap them on exit")
     parser.add_argument("--remote-actors", action="store_true",
@@ -74,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "keisei-keys (server.key_secret, authorized/) (default: $KEISEI_CURVE_KEYS)")
     parser.add_argument("--status", action="store_true",
                         help="print the mode and actor table of the run in run.dir (from its "
-                             "status.json, refreshed each second while it runs) and exit")
+                             "status.json, refreshed each second while it runs) and exit; the exit "
+                             f"code is 1 when the status is older than {STATUS_STALE_SECONDS:.0f} s "
+                             "(a health check)")
     return parser
 
 
@@ -303,6 +311,7 @@ def print_status(run_dir: Path) -> ExitCode:
               "with actors is going", file=sys.stderr)
         return ExitCode.USAGE
     age = time.time() - status["time"]
+    stale = age > STATUS_STALE_SECONDS
     print(f"{run_dir}: mode {status['mode']}, step {status['step']}, epoch {status['epoch']}, "
           f"policy v{status['policy_version']}, learner pid {status['pid']} (updated {age:.0f} s ago)")
     print(f"{'actor':<16} {'state':<9} {'steps/s':>8} {'policy':>7} {'games':>7} {'restarts':>8} heard")
@@ -313,6 +322,9 @@ def print_status(run_dir: Path) -> ExitCode:
     for transition in status["transitions"]:
         when = time.strftime("%H:%M:%S", time.localtime(transition["time"]))
         print(f"{when} -> {transition['mode']}: {transition['cause']}")
+    if stale:
+        print(f"status is {age:.0f} s old: the learner is not running or not responding", file=sys.stderr)
+        return ExitCode.FAILURE
     return ExitCode.SUCCESS
 
 

@@ -1,0 +1,92 @@
+"""docker-compose.yml cannot drift from the code: its services run here as processes.
+
+Docker is not available on the test machine, so this starts the learner and the actor
+replicas with exactly the commands and environment variables the compose file gives
+them, from a directory laid out like the image's /app. The one substitution is the
+network: the compose host names (``learner``, ``0.0.0.0``) become 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def service(compose: dict, name: str) -> tuple[list[str], dict[str, str]]:
+    spec = compose["services"][name]
+    command = list(spec["command"])
+    command[0] = str(BIN / command[0])  # the console script installed beside this Python
+    environment = {key: re.sub(r"//(learner|0\.0\.0\.0):", "//127.0.0.1:", str(value))
+                   for key, value in spec.get("environment", {}).items()}
+    return command, {**os.environ, **environment}
+
+
+def metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_dockerfile_ships_every_package_and_config() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for folder in ("keisei", "learner", "workers", "configs"):
+        assert re.search(rf"^COPY {folder} ", dockerfile, re.MULTILINE), folder
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["learner"]["expose"] == ["5555", "5556"]
+    assert "ports" not in compose["services"]["learner"]  # compose network only
+    assert compose["services"]["actor"]["deploy"]["replicas"] >= 1
+
+
+@pytest.mark.slow
+def test_compose_services_train_as_processes(tmp_path: Path) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 5555)) == 0:
+            pytest.skip("port 5555, which docker-compose.yml uses, is taken on this machine")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")  # the image's /app/configs
+    learner_command, learner_env = service(compose, "learner")
+    actor_command, actor_env = service(compose, "actor")
+    replicas = compose["services"]["actor"]["deploy"]["replicas"]
+    learner = subprocess.Popen(learner_command, env=learner_env, cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    actors = [subprocess.Popen(actor_command, env=actor_env, cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+              for _ in range(replicas)]
+    run_dir = tmp_path / "runs" / "compose"
+    try:
+        deadline = time.monotonic() + 240
+        while not metrics(run_dir / "metrics.jsonl"):
+            assert learner.poll() is None, learner.stdout.read() if learner.stdout else ""
+            assert time.monotonic() < deadline, "no epoch within 240 s"
+            time.sleep(0.5)
+        first = metrics(run_dir / "metrics.jsonl")[0]
+        assert first["mode"] == "distributed" and len(first["actors"]) == replicas
+        health = compose["services"]["learner"]["healthcheck"]["test"][1:]
+        health[0] = str(BIN / health[0])
+        checked = subprocess.run(health, env=learner_env, cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+        learner.send_signal(signal.SIGTERM)  # what `docker compose stop` sends (stop_signal)
+        learner.wait(timeout=60)  # stop_grace_period
+        assert learner.returncode == 130
+        assert list((run_dir / "checkpoints").glob("checkpoint-*.pt"))
+        for process in actors:
+            process.wait(timeout=30)  # the learner's shutdown message ends them
+            assert process.returncode == 0
+    finally:
+        for process in (learner, *actors):
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
