@@ -309,3 +309,24 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         layers.append(read_toml(path))
     layers.append(overrides_to_layer(overrides))
     return build_config(layers)
+
+
+def markdown_reference() -> str:
+    """The configuration reference as Markdown (``docs/configuration.md`` is this output)."""
+    lines = ["# Configuration reference", "",
+             "Generated from `keisei/config.py` by `python -m keisei.config > docs/configuration.md`;",
+             "a test keeps this file equal to that output. Set keys in a TOML file (`--config`) or",
+             "with `--set section.key=value`.", ""]
+    for section_name, section_class in _section_classes().items():
+        lines += [f"## [{section_name}]", "", "| key | type | default | allowed | meaning |",
+                  "|---|---|---|---|---|"]
+        for item in dataclasses.fields(section_class):
+            allowed = _allowed_text(item.metadata).removeprefix("; ") or "any"
+            lines.append(f"| `{section_name}.{item.name}` | {_type_name(item)} | "
+                         f"`{_toml_value(item.default)}` | {allowed} | {item.metadata['help']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_reference(), end="")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -106,6 +107,15 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.float16
     raise ValueError(f"precision {precision!r} is not available on {device.type}; "
                      "use auto, float32 or bfloat16")
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy array as a tensor on ``device``: shared memory on CPU; on CUDA copied through
+    pinned (page-locked) memory without blocking, so the copy overlaps host work."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:

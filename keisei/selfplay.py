@@ -30,7 +30,7 @@ from keisei.encoding import (
     sequence_actions_and_masks,
 )
 from keisei.errors import InvalidSfenError, RecordError
-from keisei.model import autocast, masked_logits, resolve_precision, sample_actions
+from keisei.model import autocast, masked_logits, resolve_precision, sample_actions, to_device
 from keisei.protocol import GameRecord
 from keisei.shogi import Color, Game, Termination
 
@@ -225,10 +225,9 @@ class Collector:
 
     def _infer(self, observations: np.ndarray,
                masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cuda = self.device.type == "cuda"
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
-            inputs = torch.from_numpy(observations).to(self.device, non_blocking=cuda)
-            legal = torch.from_numpy(masks).to(self.device, non_blocking=cuda)
+            inputs = to_device(observations, self.device)
+            legal = to_device(masks, self.device)
             logits, values = self.model(inputs)
             actions, log_probs = sample_actions(masked_logits(logits, legal),
                                                 self.config.temperature, self.generator)

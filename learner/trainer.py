@@ -30,6 +30,7 @@ from keisei.model import (
     log_probs_and_entropy,
     masked_logits,
     resolve_precision,
+    to_device,
 )
 from keisei.ppo import explained_variance, learning_rate_at, ppo_losses
 from keisei.selfplay import Collector, unpack_masks, unpack_observations
@@ -175,14 +176,13 @@ class Trainer:
     def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray) -> tuple[dict[str, float], float]:
         train = self.config.train
         device = self.device
-        cuda = device.type == "cuda"
-        observations = torch.from_numpy(unpack_observations(batch.observations[rows]))
-        legal = torch.from_numpy(unpack_masks(batch.legal_masks[rows]))
-        tensors = {name: torch.from_numpy(getattr(batch, name)[rows]).to(device, non_blocking=cuda)
+        observations = to_device(unpack_observations(batch.observations[rows]), device)
+        legal = to_device(unpack_masks(batch.legal_masks[rows]), device)
+        tensors = {name: to_device(getattr(batch, name)[rows], device)
                    for name in ("actions", "log_probs", "values", "advantages", "returns")}
         with autocast(device, self.autocast_dtype):
-            logits, new_values = self.model(observations.to(device, non_blocking=cuda).float())
-        log_probs, entropy = log_probs_and_entropy(masked_logits(logits.float(), legal.to(device)))
+            logits, new_values = self.model(observations.float())
+        log_probs, entropy = log_probs_and_entropy(masked_logits(logits.float(), legal))
         new_log_probs = log_probs.gather(1, tensors["actions"][:, None]).squeeze(1)
         losses = ppo_losses(new_log_probs, tensors["log_probs"], tensors["advantages"],
                             new_values.float(), tensors["values"], tensors["returns"], entropy,

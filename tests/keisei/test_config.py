@@ -65,3 +65,13 @@ def test_describe_lists_every_key_with_help() -> None:
     for key in ("run.dir", "train.total_steps", "train.steps_per_epoch", "model.blocks",
                 "model.channels", "selfplay.games", "selfplay.max_plies", "checkpoint.every_epochs"):
         assert f"  {key} (" in text
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    from pathlib import Path
+
+    from keisei.config import markdown_reference
+
+    reference = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert reference.read_text() == markdown_reference(), (
+        "docs/configuration.md is stale: run python -m keisei.config > docs/configuration.md")
