@@ -1,0 +1,131 @@
+"""keisei-usi driven by a USI client: legal moves through whole games, garbage survived."""
+
+from __future__ import annotations
+
+import queue
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from keisei.checkpoint import save_checkpoint
+from keisei.config import build_config
+from keisei.model import build_model
+from keisei.shogi import Game
+
+BIN = Path(sys.executable).parent
+
+
+class UsiClient:
+    """A minimal USI client: every read has a timeout, a dead engine fails the test."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.process = subprocess.Popen([str(BIN / "keisei-usi"), "--checkpoint", str(checkpoint)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def until(self, prefix: str, timeout: float = 30) -> list[str]:
+        seen = []
+        while True:
+            line = self.lines.get(timeout=timeout)
+            seen.append(line)
+            if line.startswith(prefix):
+                return seen
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.send("quit")
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = build_config([{"model": {"blocks": 1, "channels": 16, "value_hidden": 16}}])
+    directory = tmp_path_factory.mktemp("usi")
+    return save_checkpoint(directory, 0, {"model": build_model(config.model).state_dict(),
+                                          "config": config.to_dict(),
+                                          "counters": {"step": 0, "policy_version": 3}}, keep=1)
+
+
+def start(checkpoint: Path) -> UsiClient:
+    client = UsiClient(checkpoint)
+    client.send("usi")
+    greeting = client.until("usiok")
+    assert any(line.startswith("id name Keisei") and "policy v3" in line for line in greeting)
+    client.send("setoption name ResignValue value 0")
+    client.send("isready")
+    client.until("readyok")
+    client.send("usinewgame")
+    return client
+
+
+def engine_move(client: UsiClient, game: Game) -> str:
+    client.send(f"position {game.to_position()}")
+    client.send("go btime 1000 wtime 1000 byoyomi 100")
+    return client.until("bestmove")[-1].split()[1]
+
+
+def test_full_game_against_random_with_only_legal_moves(checkpoint: Path) -> None:
+    client = start(checkpoint)
+    rng = random.Random(0)
+    game = Game(max_plies=160)
+    try:
+        while not game.is_over:
+            move = engine_move(client, game)
+            assert move not in ("resign", "win")  # ResignValue 0: the engine plays on
+            game.push_usi(move)  # raises if the engine's move is illegal
+            if not game.is_over:
+                game.push(rng.choice(game.legal_moves()))
+    finally:
+        client.close()
+    assert game.ply >= 2 and game.outcome is not None
+
+
+def test_two_engines_play_each_other(checkpoint: Path) -> None:
+    black, white = start(checkpoint), start(checkpoint)
+    game = Game(max_plies=60)
+    try:
+        while not game.is_over:
+            game.push_usi(engine_move(black if game.side_to_move == "black" else white, game))
+    finally:
+        black.close()
+        white.close()
+    assert game.outcome is not None and game.ply > 0
+
+
+def test_garbage_is_answered_and_survived(checkpoint: Path) -> None:
+    client = start(checkpoint)
+    try:
+        for garbage in ("hello", "position nonsense", "position startpos moves 7g7e",
+                        "setoption name Nope value 1", "setoption name Temperature"):
+            client.send(garbage)
+            assert client.until("info string")[-1].startswith("info string")
+        client.send("position startpos moves 7g7f")  # still usable afterwards
+        client.send("go infinite")
+        move = client.until("bestmove")[-1].split()[1]
+        Game.from_position(f"startpos moves 7g7f {move}")
+        client.send("position sfen 4k4/4G4/4P4/9/9/9/9/9/4K4 w - 1")  # white is mated
+        client.send("go")
+        assert client.until("bestmove")[-1] == "bestmove resign"
+        client.send("quit")
+        assert client.process.wait(timeout=10) == 0
+    finally:
+        client.close()
