@@ -83,6 +83,7 @@ class ExperienceBuffer:
         self.policy_version = 0
         self.steps_accepted = 0
         self.steps_dropped_stale = 0
+        self.last_game: FinishedGame | None = None  # the most recent game put, for records
         self._size = 0
         self._reserved = 0  # room held for a taken epoch until its update commits
         self._tally = GameTally()
@@ -123,6 +124,7 @@ class ExperienceBuffer:
             self.steps_accepted += count
             self.steps_dropped_stale += game.length - count
             self._count_game(game)
+            self.last_game = game
             if self._size >= self.steps_per_epoch:
                 self._filled.notify_all()
         return count

@@ -160,7 +160,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 class CheckpointEvery:
-    """Callback: write a checkpoint every ``every_epochs`` epochs."""
+    """Callback: write a checkpoint every ``every_epochs`` epochs, and beside it the latest
+    finished self-play game as KIF and CSA in ``games/`` (open them in a Shogi GUI)."""
 
     def __init__(self, trainer: Trainer, directory: Path, every_epochs: int, keep: int) -> None:
         self.trainer, self.directory = trainer, directory
@@ -176,9 +177,23 @@ class CheckpointEvery:
             return None
         path = save_checkpoint(self.directory, self.trainer.step, self.trainer.state_dict(), self.keep)
         self.saved_step = self.trainer.step
+        self._write_sample_game()
         logger.info("checkpoint %s (step %d, policy version %d)", path, self.trainer.step,
                     self.trainer.policy_version)
         return path
+
+
+    def _write_sample_game(self) -> None:
+        game = self.trainer.buffer.last_game
+        if game is None:
+            return
+        folder = self.directory.parent / "games"
+        folder.mkdir(exist_ok=True)
+        record = game.to_game()
+        names = (f"Keisei v{int(game.policy_versions[0])}", f"Keisei v{int(game.policy_versions[-1])}")
+        stem = folder / f"game-{self.trainer.step:012d}"
+        stem.with_suffix(".kif").write_text(record.to_kif(names), encoding="cp932")
+        stem.with_suffix(".csa").write_text(record.to_csa(names), encoding="utf-8")
 
 
 def build_trainer(config: Config, stop: threading.Event, threads: int | None = None) -> Trainer:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from keisei.checkpoint import latest_checkpoint, load_checkpoint
+from keisei.shogi import Game
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
         "selfplay.max_plies=64", "train.steps_per_epoch=128", "train.minibatch_size=32",
@@ -75,6 +76,10 @@ def test_sigterm_checkpoints_and_resume_continues_the_counters(tmp_path: Path) -
     assert new_lines[-1]["step"] == target
     final = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
     assert final["counters"]["step"] == target
+    kif = sorted((run_dir / "games").glob("game-*.kif"))[-1]  # a sample game per checkpoint
+    replayed = Game.from_kif(kif.read_text(encoding="cp932"), max_plies=64)
+    assert replayed.outcome is not None
+    assert Game.from_csa(kif.with_suffix(".csa").read_text(), max_plies=64).moves == replayed.moves
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     assert saved["train"]["total_steps"] == target and saved["model"]["channels"] == 16
 
