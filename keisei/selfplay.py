@@ -13,7 +13,7 @@ sends games to the learner, the learner's sequential fallback passes its buffer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -154,7 +154,6 @@ class CollectorStats:
     encode_seconds: float = 0.0
     inference_seconds: float = 0.0
     rules_seconds: float = 0.0
-    results: dict[str, int] = field(default_factory=lambda: {"black": 0, "white": 0, "draw": 0})
 
 
 class Collector:
@@ -265,7 +264,6 @@ class Collector:
             start_sfen=game.start_sfen,
         )
         self.stats.games += 1
-        self.stats.results[str(outcome.winner) if outcome.winner else "draw"] += 1
         self._games[slot] = self._new_game()
         self._ply[slot] = 0
         self.sink.put(finished)
