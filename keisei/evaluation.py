@@ -1,28 +1,186 @@
-"""Matches between a network and simple opponents, played many games at once.
+"""Matches between players, Elo estimates, and the opening set matches start from.
 
-``play_against_random`` plays N games (half with each colour) between a network that
-picks its most probable legal move and a uniformly random player; the network's
-positions are evaluated in one batch per ply across all games.
+A *player* answers, for a batch of games it is to move in, one decision per game: a
+move, a resignation or a forfeit. ``play_match`` runs many games in lock-step, so a
+network evaluates all its positions in one batch per ply, and plays every opening twice
+with the colours swapped: fixed-depth engines and a greedy network are deterministic,
+and the openings are what makes their games differ.
+
+Players here need no process of their own: ``RandomPlayer``, ``GreedyPlayer`` (a
+material player) and ``PolicyPlayer`` (a network). Engines that run as subprocesses
+(USI engines, GNU Shogi) live in ``workers.engines`` and follow the same protocol.
+
+Elo: ``MatchResult.elo`` is the difference implied by one match's score, with a 95%
+interval; ``fit_ratings`` fits one rating per player to many matches (Bradley-Terry
+maximum likelihood, draws as half a win) anchored on one player.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from importlib import resources
+from typing import Protocol
 
+import cshogi
 import numpy as np
 import torch
 from torch import nn
 
 from keisei.encoding import BatchEncoder
+from keisei.errors import IllegalMoveError
 from keisei.model import autocast, masked_logits
 from keisei.shogi import Color, Game
 
+ANCHOR = "random"
+"""The player every rating table is anchored on (rated 0)."""
 
+
+class Special(StrEnum):
+    """Decisions other than a move."""
+
+    RESIGN = "resign"
+    FORFEIT = "forfeit"
+    """The player cannot answer (its engine died, stalled or sent garbage): it loses."""
+
+
+Decision = int | Special
+"""A cshogi move, or a ``Special``."""
+
+
+class Player(Protocol):
+    """Anything that picks moves. ``choose`` gets every game this player is to move in
+    (none of them over) and a random generator per game (the same game always gets the
+    same generator, so play is reproducible however games are batched)."""
+
+    name: str
+
+    def choose(self, games: Sequence[Game], rngs: Sequence[random.Random]) -> list[Decision]: ...
+
+    def close(self) -> None: ...
+
+
+class RandomPlayer:
+    """Uniform over the legal moves."""
+
+    def __init__(self, name: str = "random") -> None:
+        self.name = name
+
+    def choose(self, games: Sequence[Game], rngs: Sequence[random.Random]) -> list[Decision]:
+        return [rng.choice(game.legal_moves()) for game, rng in zip(games, rngs, strict=True)]
+
+    def close(self) -> None:
+        pass
+
+
+PIECE_VALUES = {
+    cshogi.PAWN: 1, cshogi.LANCE: 3, cshogi.KNIGHT: 4, cshogi.SILVER: 5, cshogi.GOLD: 6,
+    cshogi.BISHOP: 8, cshogi.ROOK: 10, cshogi.PROM_PAWN: 7, cshogi.PROM_LANCE: 6,
+    cshogi.PROM_KNIGHT: 6, cshogi.PROM_SILVER: 6, cshogi.PROM_BISHOP: 10, cshogi.PROM_ROOK: 12,
+}
+"""Material values (pawn = 1) the greedy player captures by; the king is never captured."""
+
+
+class GreedyPlayer:
+    """Captures the most valuable piece it can (ties broken at random), preferring to
+    promote while doing so; with no capture, a random move."""
+
+    def __init__(self, name: str = "greedy") -> None:
+        self.name = name
+
+    def choose(self, games: Sequence[Game], rngs: Sequence[random.Random]) -> list[Decision]:
+        return [self._choose_one(game, rng) for game, rng in zip(games, rngs, strict=True)]
+
+    @staticmethod
+    def _choose_one(game: Game, rng: random.Random) -> Decision:
+        legal = game.legal_moves()
+        best_value, best = 0.0, []
+        for move in legal:
+            captured = cshogi.move_cap(move)
+            if not captured:
+                continue
+            value = PIECE_VALUES[captured] + (0.5 if cshogi.move_is_promotion(move) else 0.0)
+            if value > best_value:
+                best_value, best = value, [move]
+            elif value == best_value:
+                best.append(move)
+        return rng.choice(best or legal)
+
+    def close(self) -> None:
+        pass
+
+
+class PolicyPlayer:
+    """A network's policy: its most probable legal move, or a sample at ``temperature``.
+
+    All positions of one ``choose`` go through the network in one batch.
+    """
+
+    def __init__(self, model: nn.Module, name: str, *, temperature: float = 0.0,
+                 device: str | torch.device = "cpu",
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.temperature = temperature
+        self.device = torch.device(device)
+        self.autocast_dtype = autocast_dtype
+        self.encoder = BatchEncoder(1)
+
+    def choose(self, games: Sequence[Game], rngs: Sequence[random.Random]) -> list[Decision]:
+        if len(games) > self.encoder.capacity:
+            self.encoder = BatchEncoder(len(games))
+        observations, masks = self.encoder.encode(list(games))
+        with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
+            logits, _ = self.model(torch.from_numpy(observations).to(self.device))
+            masked = masked_logits(logits.float(), torch.from_numpy(masks).to(self.device))
+        if self.temperature > 0:
+            probabilities = torch.softmax(masked / self.temperature, dim=-1).cpu().numpy()
+            cumulative = np.cumsum(probabilities, axis=-1)
+            draws = np.array([[rng.random()] for rng in rngs]) * cumulative[:, -1:]
+            actions = np.minimum((cumulative < draws).sum(axis=-1), cumulative.shape[1] - 1)
+        else:
+            actions = masked.argmax(dim=-1).cpu().numpy()
+        return [int(move) for move in self.encoder.moves_for(actions)]
+
+    def close(self) -> None:
+        pass
+
+
+# --- openings ------------------------------------------------------------------------------
+def load_openings(text: str | None = None) -> list[tuple[str, ...]]:
+    """Opening lines: one per text line, USI moves from the start position (``#`` comments
+    and blank lines skipped). Without ``text``, the set shipped with Keisei
+    (``keisei/openings.txt``), each a short, roughly balanced line of real play.
+
+    :raises IllegalMoveError: if a line holds an illegal move (naming the line).
+    """
+    if text is None:
+        text = resources.files("keisei").joinpath("openings.txt").read_text(encoding="utf-8")
+    openings = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        moves = tuple(line.split())
+        game = Game()
+        for move in moves:
+            try:
+                game.push_usi(move)
+            except IllegalMoveError as exc:
+                raise IllegalMoveError(f"opening line {number}: {exc}") from exc
+        openings.append(moves)
+    if not openings:
+        raise IllegalMoveError("the opening set is empty")
+    return openings
+
+
+# --- matches -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MatchResult:
-    """Wins, draws and losses from the first player's (the network's) view."""
+    """Wins, draws and losses from the first player's view."""
 
     wins: int
     draws: int
@@ -51,7 +209,11 @@ class MatchResult:
         deviation = float(np.std(per_game)) / math.sqrt(self.games)
         low = max(score - 1.96 * deviation, 1e-6)
         high = min(score + 1.96 * deviation, 1 - 1e-6)
-        return _elo(score), (_elo(high) - _elo(low)) / 2
+        return elo_of_score(score), (elo_of_score(high) - elo_of_score(low)) / 2
+
+    def __add__(self, other: MatchResult) -> MatchResult:
+        return MatchResult(self.wins + other.wins, self.draws + other.draws,
+                           self.losses + other.losses)
 
     def __str__(self) -> str:
         elo, margin = self.elo()
@@ -59,51 +221,159 @@ class MatchResult:
                 f"Elo {elo:+.0f} ± {margin:.0f})")
 
 
-def _elo(score: float) -> float:
+def elo_of_score(score: float) -> float:
+    """The Elo difference at which the expected score is ``score`` (0 < score < 1)."""
     return -400.0 * math.log10(1.0 / score - 1.0)
+
+
+@dataclass
+class PlayedGame:
+    """One game of a match: which opening, which colour the first player had."""
+
+    index: int
+    opening: int
+    first_color: Color
+    game: Game
+    names: tuple[str, str] = ("", "")
+    """(Black's name, White's name), for records."""
+    notes: list[str] = field(default_factory=list)
+    """Why a game was forfeited, if it was."""
+
+    @property
+    def first_points(self) -> float:
+        outcome = self.game.outcome
+        assert outcome is not None, "the game is not over"
+        if outcome.winner is None:
+            return 0.5
+        return 1.0 if outcome.winner is self.first_color else 0.0
+
+
+def play_match(first: Player, second: Player, openings: Sequence[Sequence[str]],
+               pairs: Sequence[int], *, seed: int = 0, max_plies: int = 512) -> list[PlayedGame]:
+    """Play opening ``p % len(openings)`` twice for each ``p`` in ``pairs``: game ``2p``
+    with ``first`` as Black, game ``2p + 1`` with colours swapped.
+
+    A game's random generator depends only on ``seed`` and its index, so a match split
+    across processes by ``pairs`` plays the same games as one process would.
+    """
+    played: list[PlayedGame] = []
+    for pair in pairs:
+        opening = pair % len(openings)
+        for index, first_color in ((2 * pair, Color.BLACK), (2 * pair + 1, Color.WHITE)):
+            game = Game(max_plies=max_plies)
+            for move in openings[opening]:
+                game.push_usi(move)
+            names = ((first.name, second.name) if first_color is Color.BLACK
+                     else (second.name, first.name))
+            played.append(PlayedGame(index, opening, first_color, game, names))
+    rngs = [random.Random(seed * 1_000_003 + item.index) for item in played]
+    while any(not item.game.is_over for item in played):
+        for player, plays_first in ((first, True), (second, False)):
+            turn = [position for position, item in enumerate(played) if not item.game.is_over
+                    and (item.game.side_to_move is item.first_color) == plays_first]
+            if not turn:
+                continue
+            decisions = player.choose([played[position].game for position in turn],
+                                      [rngs[position] for position in turn])
+            for position, decision in zip(turn, decisions, strict=True):
+                apply_decision(played[position].game, decision)
+    return played
+
+
+def apply_decision(game: Game, decision: Decision) -> None:
+    """Play a move (an illegal one loses, as ``Game.push`` rules), resign, or forfeit."""
+    if decision is Special.RESIGN:
+        game.resign()
+    elif decision is Special.FORFEIT:
+        game.forfeit()
+    else:
+        game.push(int(decision))
+
+
+def tally(played: Sequence[PlayedGame]) -> MatchResult:
+    """The match result from the first player's view."""
+    points = [item.first_points for item in played]
+    return MatchResult(points.count(1.0), points.count(0.5), points.count(0.0))
 
 
 def play_against_random(model: nn.Module, games: int, *, seed: int = 0, max_plies: int = 512,
                         device: str | torch.device = "cpu",
                         autocast_dtype: torch.dtype | None = None) -> MatchResult:
-    """The network (greedy over its masked policy) against uniform random moves.
+    """The network (its most probable move) against uniform random moves, from the
+    shipped openings in colour-swapped pairs (``games`` is rounded up to even)."""
+    policy = PolicyPlayer(model, "policy", device=device, autocast_dtype=autocast_dtype)
+    played = play_match(policy, RandomPlayer(), load_openings(), range((games + 1) // 2),
+                        seed=seed, max_plies=max_plies)
+    return tally(played)
 
-    The network plays Black in the first half of the games and White in the rest.
+
+# --- ratings ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pairing:
+    """A match result between two named players, from ``first``'s view."""
+
+    first: str
+    second: str
+    result: MatchResult
+
+    def to_dict(self) -> dict[str, object]:
+        return {"first": self.first, "second": self.second, "wins": self.result.wins,
+                "draws": self.result.draws, "losses": self.result.losses}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Pairing:
+        return cls(str(data["first"]), str(data["second"]),
+                   MatchResult(int(data["wins"]), int(data["draws"]), int(data["losses"])))  # type: ignore[call-overload]
+
+
+def fit_ratings(pairings: Sequence[Pairing], anchor: str = ANCHOR, *,
+                prior_draws: float = 1.0, iterations: int = 10_000) -> dict[str, float]:
+    """One Elo rating per player, anchored so that ``anchor`` is 0.
+
+    Bradley-Terry maximum likelihood by minorise-maximise iteration (Hunter 2004), a draw
+    counting half a win to each side. ``prior_draws`` virtual draws are added to every
+    pairing so a perfect score gives a large but finite rating.
+
+    :raises ValueError: if ``anchor`` played no game, or a player is not connected to it.
     """
-    device = torch.device(device)
-    rng = random.Random(seed)
-    boards = [Game(max_plies=max_plies) for _ in range(games)]
-    network_color = [Color.BLACK if index < (games + 1) // 2 else Color.WHITE
-                     for index in range(games)]
-    encoder = BatchEncoder(games)
-    model.eval()
-    while True:
-        live = [index for index, game in enumerate(boards) if not game.is_over]
-        if not live:
+    players = sorted({p.first for p in pairings} | {p.second for p in pairings})
+    if anchor not in players:
+        raise ValueError(f"the anchor {anchor!r} played no rated game")
+    index = {name: position for position, name in enumerate(players)}
+    size = len(players)
+    games = np.zeros((size, size))
+    points = np.zeros(size)
+    for pairing in pairings:
+        a, b, result = index[pairing.first], index[pairing.second], pairing.result
+        if a == b or result.games == 0:
+            continue
+        total = result.games + prior_draws
+        games[a, b] += total
+        games[b, a] += total
+        points[a] += result.wins + 0.5 * (result.draws + prior_draws)
+        points[b] += result.losses + 0.5 * (result.draws + prior_draws)
+    _check_connected(players, games, index[anchor])
+    strength = np.ones(size)
+    for _ in range(iterations):
+        denominators = (games / (strength[:, None] + strength[None, :])).sum(axis=1)
+        updated = points / denominators
+        updated /= np.exp(np.log(updated).mean())
+        if np.max(np.abs(updated - strength) / strength) < 1e-10:
+            strength = updated
             break
-        to_network = [index for index in live if boards[index].side_to_move is network_color[index]]
-        for index in live:
-            if boards[index].side_to_move is not network_color[index]:
-                boards[index].push(rng.choice(boards[index].legal_moves()))
-        if to_network:
-            batch = [boards[index] for index in to_network]
-            observations, masks = encoder.encode(batch)
-            with torch.inference_mode(), autocast(device, autocast_dtype):
-                logits, _ = model(torch.from_numpy(observations).to(device))
-                choice = masked_logits(logits.float(), torch.from_numpy(masks).to(device)).argmax(-1)
-            for game, move in zip(batch, encoder.moves_for(choice.cpu().numpy()).tolist(), strict=True):
-                game.push(move)
-    return _tally(boards, network_color)
+        strength = updated
+    ratings = 400.0 * np.log10(strength / strength[index[anchor]])
+    return {name: float(ratings[index[name]]) for name in players}
 
 
-def _tally(games: list[Game], network_color: list[Color]) -> MatchResult:
-    wins = draws = losses = 0
-    for game, color in zip(games, network_color, strict=True):
-        assert game.outcome is not None
-        if game.outcome.winner is None:
-            draws += 1
-        elif game.outcome.winner is color:
-            wins += 1
-        else:
-            losses += 1
-    return MatchResult(wins, draws, losses)
+def _check_connected(players: list[str], games: np.ndarray, anchor: int) -> None:
+    reached, frontier = {anchor}, [anchor]
+    while frontier:
+        current = frontier.pop()
+        for other in np.nonzero(games[current])[0]:
+            if int(other) not in reached:
+                reached.add(int(other))
+                frontier.append(int(other))
+    missing = [players[position] for position in range(len(players)) if position not in reached]
+    if missing:
+        raise ValueError(f"no chain of games links {missing} to the anchor {players[anchor]!r}")

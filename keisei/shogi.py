@@ -86,6 +86,10 @@ class Termination(StrEnum):
     """The side to move tried an illegal move: it loses."""
     RESIGNATION = "resignation"
     """The side to move resigned (from a record, an engine, or ``Game.resign``)."""
+    FORFEIT = "forfeit"
+    """The side to move forfeited (``Game.forfeit``): its engine died, stalled past its time
+    limit, or answered with something that is not a move. Records write it as a loss on time
+    (CSA ``%TIME_UP``, KIF 切れ負け), which readers take as a resignation."""
 
 
 _DRAW_REASONS = frozenset({Termination.REPETITION, Termination.MAX_PLIES})
@@ -379,6 +383,16 @@ class Game:
         self._outcome = Outcome(self.side_to_move.opponent, Termination.RESIGNATION)
         return self._outcome
 
+    def forfeit(self) -> Outcome:
+        """The side to move forfeits (an engine that died or stalled); returns the outcome.
+
+        :raises GameOverError: if the game has already ended.
+        """
+        if self._outcome is not None:
+            raise GameOverError(f"the game is over ({self._outcome})")
+        self._outcome = Outcome(self.side_to_move.opponent, Termination.FORFEIT)
+        return self._outcome
+
     def _adjudicate(self, occurrences: int) -> Outcome | None:
         """The result of the current position, if it ends the game (rules in the module doc)."""
         board = self.board
@@ -552,6 +566,8 @@ def _csa_ending(outcome: Outcome | None, to_move: Color, illegal: int | None) ->
         return ["%MAX_MOVES"]
     if reason is Termination.ENTERING_KING:
         return ["%KACHI"]
+    if reason is Termination.FORFEIT:
+        return ["'forfeit: the engine died, stalled or did not answer with a move", "%TIME_UP"]
     if reason is Termination.ILLEGAL_MOVE:
         note = _describe(illegal) if illegal is not None else "?"
         return [f"'illegal move {note}", "%ILLEGAL_MOVE"]
@@ -576,6 +592,8 @@ def _kif_ending(outcome: Outcome | None, to_move: Color, plies: int) -> list[str
         return [f"{number:>4} 投了", f"まで{plies}手で{winner}の勝ち"]
     if reason is Termination.ENTERING_KING:
         return [f"まで{plies}手で{winner}の入玉勝ち"]
+    if reason is Termination.FORFEIT:
+        return [f"{number:>4} 切れ負け", f"まで{plies}手で{winner}の勝ち"]
     # Fouls: illegal move or perpetual check. The special move is from the side to move's view.
     if outcome.winner is to_move:
         return [f"{number:>4} 反則勝ち", f"まで{plies}手で{winner}の反則勝ち"]

@@ -171,6 +171,16 @@ def test_resign_gives_the_win_to_the_opponent() -> None:
     assert game.resign() == Outcome(Color.BLACK, Termination.RESIGNATION)
 
 
+def test_forfeit_gives_the_win_to_the_opponent_and_records_read_it_as_a_loss() -> None:
+    game = play(Game(), "7g7f", "3c3d")
+    assert game.forfeit() == Outcome(Color.WHITE, Termination.FORFEIT)
+    with pytest.raises(GameOverError):
+        game.forfeit()
+    for back in (Game.from_csa(game.to_csa()), Game.from_kif(game.to_kif())):
+        assert back.moves == game.moves
+        assert back.outcome == Outcome(Color.WHITE, Termination.RESIGNATION)  # as a loss on time
+
+
 # --- bad input ------------------------------------------------------------------------
 @pytest.mark.parametrize(("sfen", "names"), [
     ("lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1 b - 1", "8 ranks"),
