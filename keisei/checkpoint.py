@@ -54,8 +54,22 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Atomically write ``state`` as the checkpoint for ``step``; remove all but the last ``keep``."""
     folder = Path(directory)
+    target = _save_atomically(folder / checkpoint_name(step), state)
+    for old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return target
+
+
+def save_policy(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically write just the network of ``state`` (model, config, counters): a small
+    file that loads like a checkpoint wherever only the policy is needed (evaluation,
+    ``keisei-usi``), but cannot resume training."""
+    return _save_atomically(Path(path), {key: state[key] for key in ("model", "config", "counters")})
+
+
+def _save_atomically(target: Path, state: dict[str, Any]) -> Path:
+    folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / checkpoint_name(step)
     payload = {"format_version": FORMAT_VERSION, **state}
     handle, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
     try:
@@ -68,8 +82,6 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_directory(folder)
-    for old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
     return target
 
 

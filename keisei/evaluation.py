@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
+from pathlib import Path
 from typing import Protocol
 
 import cshogi
@@ -30,9 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from keisei.checkpoint import CheckpointError, load_checkpoint
+from keisei.config import build_config
 from keisei.encoding import BatchEncoder
-from keisei.errors import IllegalMoveError
-from keisei.model import autocast, masked_logits
+from keisei.errors import IllegalMoveError, KeiseiError
+from keisei.model import PolicyValueNet, autocast, build_model, masked_logits
 from keisei.shogi import Color, Game
 
 ANCHOR = "random"
@@ -149,6 +152,23 @@ class PolicyPlayer:
         pass
 
 
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[PolicyValueNet, int]:
+    """The network saved in a checkpoint (or a ``save_policy`` file), in eval mode, and
+    its policy version.
+
+    :raises CheckpointError: if the file is not a usable checkpoint.
+    """
+    state = load_checkpoint(path, map_location=device)
+    try:
+        config = build_config([{"model": state["config"]["model"]}])
+        model = build_model(config.model).to(device)
+        model.load_state_dict(state["model"])
+        version = int(state["counters"]["policy_version"])
+    except (KeiseiError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: its network cannot be loaded: {exc}") from exc
+    return model.eval(), version
+
+
 # --- openings ------------------------------------------------------------------------------
 def load_openings(text: str | None = None) -> list[tuple[str, ...]]:
     """Opening lines: one per text line, USI moves from the start position (``#`` comments
@@ -209,7 +229,25 @@ class MatchResult:
         deviation = float(np.std(per_game)) / math.sqrt(self.games)
         low = max(score - 1.96 * deviation, 1e-6)
         high = min(score + 1.96 * deviation, 1 - 1e-6)
-        return elo_of_score(score), (elo_of_score(high) - elo_of_score(low)) / 2
+        return elo_of_score(score) + 0.0, (elo_of_score(high) - elo_of_score(low)) / 2
+
+    def elo_interval(self, z: float = 1.96) -> tuple[float, float]:
+        """A 95% interval for the Elo difference from the Wilson score interval, which
+        stays sensible at extreme scores: a perfect score gives (finite low, +inf). Draws
+        narrow it (their lower per-game variance counts as more effective games)."""
+        if self.games == 0:
+            return float("nan"), float("nan")
+        score = self.score
+        games = float(self.games)
+        per_game = [1.0] * self.wins + [0.5] * self.draws + [0.0] * self.losses
+        variance = float(np.var(per_game))
+        if variance > 0:
+            games *= score * (1 - score) / variance
+        center = (score + z * z / (2 * games)) / (1 + z * z / games)
+        spread = z * math.sqrt(score * (1 - score) / games + z * z / (4 * games * games)) / (1 + z * z / games)
+        low, high = center - spread, center + spread
+        return (elo_of_score(low) if low > 0 else -math.inf,
+                elo_of_score(high) if high < 1 else math.inf)
 
     def __add__(self, other: MatchResult) -> MatchResult:
         return MatchResult(self.wins + other.wins, self.draws + other.draws,

@@ -23,11 +23,11 @@ import torch
 from cshogi import move_to_usi
 
 from keisei import __version__
-from keisei.checkpoint import CheckpointError, load_checkpoint
-from keisei.config import build_config
+from keisei.checkpoint import CheckpointError
 from keisei.encoding import BatchEncoder
 from keisei.errors import KeiseiError
-from keisei.model import PolicyValueNet, build_model, masked_logits, to_device
+from keisei.evaluation import load_policy
+from keisei.model import PolicyValueNet, masked_logits, to_device
 from keisei.shogi import Game
 
 NO_PLY_LIMIT = 100_000
@@ -131,14 +131,8 @@ def load_engine(checkpoint: str, device: str, output: TextIO) -> UsiEngine:
 
     :raises CheckpointError: if the file is not a usable checkpoint.
     """
-    state = load_checkpoint(checkpoint, map_location=device)
-    try:
-        config = build_config([{"model": state["config"]["model"]}])
-    except (KeiseiError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{checkpoint}: its [model] settings are unusable: {exc}") from exc
-    model = build_model(config.model).to(device)
-    model.load_state_dict(state["model"])
-    return UsiEngine(model, int(state["counters"]["policy_version"]), output, torch.device(device))
+    model, policy_version = load_policy(checkpoint, device)
+    return UsiEngine(model, policy_version, output, torch.device(device))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,402 @@
+"""``keisei-eval``: how strong is a checkpoint? Matches against random, greedy, other
+checkpoints and real Shogi engines, with Elo estimates.
+
+Usage::
+
+    keisei-eval --checkpoint PATH --opponent SPEC [--opponent SPEC ...] [--games N]
+                [--workers W] [--seed S] [--output DIR]
+    keisei-eval --checkpoint PATH --ladder [--games N] [--workers W]
+
+``SPEC`` is ``random``, ``greedy``, ``checkpoint:PATH``, ``usi:COMMAND`` (with
+``--depth``/``--nodes``/``--byoyomi`` and ``--usi-option NAME=VALUE``) or
+``gnushogi:DEPTH``. Every match is colour-swapped pairs from the shipped openings.
+Games are written as KIF and CSA under ``--output``, with ``results.json``.
+Exit codes: 0 done, 1 failed, 2 bad arguments, checkpoint or engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import multiprocessing.pool
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from keisei.checkpoint import CheckpointError
+from keisei.errors import IllegalMoveError, KeiseiError
+from keisei.evaluation import (
+    GreedyPlayer,
+    MatchResult,
+    Pairing,
+    PlayedGame,
+    Player,
+    PolicyPlayer,
+    RandomPlayer,
+    load_openings,
+    load_policy,
+    play_match,
+)
+from keisei.shogi import Termination
+from workers.engines import EngineError, GnuShogiPlayer, SearchLimit, UsiPlayer, UsiSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlayerSpec:
+    """A player described in plain data, so a worker process can build it."""
+
+    spec: str
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+    depth: int | None = None
+    nodes: int | None = None
+    byoyomi_ms: int | None = None
+    move_timeout: float = 30.0
+    temperature: float = 0.0
+
+
+def parse_spec(spec: str, args: argparse.Namespace | None = None, name: str | None = None,
+               **engine: object) -> PlayerSpec:
+    """A ``PlayerSpec`` for ``random``, ``greedy``, ``checkpoint:PATH``, ``usi:COMMAND``,
+    ``gnushogi:DEPTH``; engine limits come from ``engine`` or the command line ``args``.
+
+    :raises ValueError: naming what is wrong with ``spec``.
+    """
+    kind, _, argument = spec.partition(":")
+    if kind in ("random", "greedy") and not argument:
+        return PlayerSpec(spec, name or kind)
+    if kind == "checkpoint" and argument:
+        return PlayerSpec(spec, name or Path(argument).stem)
+    if kind == "gnushogi":
+        if not argument.isdigit() or not 1 <= int(argument) <= 29:
+            raise ValueError(f"{spec!r}: gnushogi:DEPTH takes a depth from 1 to 29")
+        return PlayerSpec(spec, name or f"gnushogi-d{argument}")
+    if kind == "usi" and argument.strip():
+        settings: dict[str, object] = {}
+        if args is not None:
+            settings = {"options": parse_options(args.usi_option), "depth": args.depth,
+                        "nodes": args.nodes, "byoyomi_ms": args.byoyomi,
+                        "move_timeout": args.move_timeout}
+        settings.update(engine)
+        program = Path(argument.split()[0]).name
+        limit = SearchLimit(settings.get("depth"), settings.get("nodes"),  # type: ignore[arg-type]
+                            settings.get("byoyomi_ms"))  # type: ignore[arg-type]
+        return PlayerSpec(spec, name or f"{program} ({limit.describe()})", **settings)  # type: ignore[arg-type]
+    raise ValueError(f"{spec!r} is not an opponent: use random, greedy, checkpoint:PATH, "
+                     "usi:COMMAND or gnushogi:DEPTH")
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"--usi-option {pair!r}: expected NAME=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
+    """The player ``spec`` describes (loading its checkpoint or starting its engine lazily).
+
+    :raises CheckpointError: for an unusable checkpoint.
+    :raises EngineError: for an engine program that cannot be found.
+    """
+    kind, _, argument = spec.spec.partition(":")
+    if kind == "random":
+        return RandomPlayer(spec.name)
+    if kind == "greedy":
+        return GreedyPlayer(spec.name)
+    if kind == "checkpoint":
+        model, _ = load_policy(argument, device)
+        return PolicyPlayer(model, spec.name, temperature=spec.temperature, device=device)
+    if kind == "gnushogi":
+        return GnuShogiPlayer(int(argument), move_timeout=spec.move_timeout, name=spec.name)
+    limit = SearchLimit(spec.depth, spec.nodes, spec.byoyomi_ms)
+    return UsiPlayer(UsiSettings(argument, dict(spec.options), limit, spec.move_timeout,
+                                 name=spec.name))
+
+
+# --- the ladder ------------------------------------------------------------------------------
+LADDER: tuple[tuple[str, str, dict[str, object]], ...] = (
+    ("random", "random", {}),
+    ("greedy", "greedy", {}),
+    ("fsf-skill-20-d1", "usi:fairy-stockfish", {"options": {"Skill Level": "-20"}, "depth": 1}),
+    ("fsf-d1", "usi:fairy-stockfish", {"depth": 1}),
+    ("gnushogi-d1", "gnushogi:1", {}),
+    ("sjaak-d2", "usi:sjaakii", {"depth": 2}),
+    ("fsf-d3", "usi:fairy-stockfish", {"depth": 3}),
+    ("gnushogi-d3", "gnushogi:3", {}),
+    ("fsf-d6", "usi:fairy-stockfish", {"depth": 6}),
+    ("gps-ld4-100ms", "usi:gpsusi", {"options": {"LimitDepth": "4"}, "byoyomi_ms": 100}),
+)
+"""Weak to strong, as measured here (``../SHOGI-NOTES``-style evidence: small samples)."""
+
+
+def ladder_specs() -> list[tuple[PlayerSpec, str | None]]:
+    """Each rung, with why it is skipped (its engine is not installed) or None."""
+    rungs = []
+    for name, spec, settings in LADDER:
+        player_spec = parse_spec(spec, name=name, **settings)
+        try:
+            build_player(player_spec).close()
+            skipped = None
+        except EngineError as exc:
+            skipped = str(exc)
+        rungs.append((player_spec, skipped))
+    return rungs
+
+
+# --- playing ---------------------------------------------------------------------------------
+@dataclass
+class GameRecord:
+    """What a worker sends back about one game."""
+
+    index: int
+    opening: int
+    first_color: str
+    names: tuple[str, str]
+    first_points: float
+    plies: int
+    reason: str
+    kif: str
+    csa: str
+
+
+def record_of(item: PlayedGame) -> GameRecord:
+    game = item.game
+    assert game.outcome is not None
+    return GameRecord(item.index, item.opening, str(item.first_color), item.names,
+                      item.first_points, game.ply, str(game.outcome.reason),
+                      game.to_kif(item.names), game.to_csa(item.names))
+
+
+@dataclass(frozen=True)
+class Task:
+    first: PlayerSpec
+    second: PlayerSpec
+    openings: list[tuple[str, ...]]
+    pairs: list[int]
+    seed: int
+    max_plies: int
+    device: str
+
+
+def run_task(task: Task) -> list[GameRecord]:
+    """Play ``task``'s pairs (in this process or a pool worker)."""
+    first = build_player(task.first, task.device)
+    try:
+        second = build_player(task.second, task.device)
+        try:
+            played = play_match(first, second, task.openings, task.pairs, seed=task.seed,
+                                max_plies=task.max_plies)
+        finally:
+            second.close()
+    finally:
+        first.close()
+    return [record_of(item) for item in played]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s "
+                        "%(message)s", force=True)
+
+
+def play(first: PlayerSpec, second: PlayerSpec, games: int, *, workers: int, seed: int,
+         max_plies: int, openings: list[tuple[str, ...]], device: str,
+         pool: multiprocessing.pool.Pool | None) -> list[GameRecord]:
+    """``games`` (rounded up to even) games, split by pairs over ``workers`` processes."""
+    pairs = list(range((games + 1) // 2))
+    chunks = [pairs[start::workers] for start in range(workers) if pairs[start::workers]]
+    tasks = [Task(first, second, openings, chunk, seed, max_plies, device) for chunk in chunks]
+    results = pool.map(run_task, tasks) if pool is not None else [run_task(task) for task in tasks]
+    return sorted((record for chunk in results for record in chunk), key=lambda record: record.index)
+
+
+def result_of(records: Sequence[GameRecord]) -> MatchResult:
+    points = [record.first_points for record in records]
+    return MatchResult(points.count(1.0), points.count(0.5), points.count(0.0))
+
+
+def write_games(folder: Path, records: Sequence[GameRecord]) -> None:
+    """``NNNN-BLACK-vs-WHITE.kif`` (cp932, for GUIs) and ``.csa`` (UTF-8) per game."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        stem = folder / f"{record.index:04d}-{_slug(record.names[0])}-vs-{_slug(record.names[1])}"
+        stem.with_suffix(".kif").write_text(record.kif, encoding="cp932", errors="replace")
+        stem.with_suffix(".csa").write_text(record.csa, encoding="utf-8")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "player"
+
+
+def format_elo(result: MatchResult) -> str:
+    """``+191 [+119, +282]``: the estimate and its 95% (Wilson) interval."""
+    def signed(value: float) -> str:
+        return ("+inf" if value > 0 else "-inf") if math.isinf(value) else f"{value:+.0f}"
+
+    elo, _ = result.elo()
+    if math.isnan(elo):
+        return "-"
+    low, high = result.elo_interval()
+    return f"{signed(elo)} [{signed(low)}, {signed(high)}]"
+
+
+def print_table(name: str, rows: Sequence[tuple[str, MatchResult | None, str]]) -> None:
+    """One line per opponent: games, +wins =draws -losses, score, Elo of ``name`` minus theirs."""
+    width = max([len("opponent")] + [len(opponent) for opponent, _, _ in rows])
+    print(f"{name} against:")
+    print(f"{'opponent':<{width}} {'games':>5} {'+':>4} {'=':>4} {'-':>4} {'score':>6}  Elo difference [95% interval]")
+    for opponent, result, note in rows:
+        if result is None:
+            print(f"{opponent:<{width}} {'':>5} {'':>4} {'':>4} {'':>4} {'':>6}  {note}")
+            continue
+        print(f"{opponent:<{width}} {result.games:>5} {result.wins:>4} {result.draws:>4} "
+              f"{result.losses:>4} {result.score:>6.3f}  {format_elo(result)}{'  ' + note if note else ''}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keisei-eval", description="Play a Keisei checkpoint against opponents and estimate Elo.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="opponents: random | greedy | checkpoint:PATH | usi:COMMAND | gnushogi:DEPTH\n"
+               "ladder rungs (weak to strong, those installed): "
+               + ", ".join(name for name, _, _ in LADDER))
+    parser.add_argument("--checkpoint", required=True, help="the Keisei checkpoint to evaluate")
+    parser.add_argument("--name", help="its name in records and tables (default: the file name)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--opponent", action="append", metavar="SPEC", help="repeatable")
+    target.add_argument("--ladder", action="store_true", help="play every installed ladder rung")
+    parser.add_argument("--games", type=int, default=32, help="games per opponent, rounded up to even")
+    parser.add_argument("--workers", type=int, default=1, help="processes that play in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same games")
+    parser.add_argument("--max-plies", type=int, default=320, help="a game this long is a draw")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sample the checkpoint's moves at this temperature (0: best move)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--openings", metavar="FILE",
+                        help="USI move lines from the start position (default: Keisei's set)")
+    parser.add_argument("--output", metavar="DIR",
+                        help="folder for KIF/CSA records and results.json "
+                             "(default: eval/NAME-YYYYmmdd-HHMMSS)")
+    engine = parser.add_argument_group("usi: opponents")
+    engine.add_argument("--depth", type=int, help="go depth N")
+    engine.add_argument("--nodes", type=int, help="go nodes N")
+    engine.add_argument("--byoyomi", type=int, metavar="MS", help="go byoyomi MS (default 100 "
+                        "when neither depth nor nodes is given)")
+    engine.add_argument("--usi-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="setoption (repeatable), e.g. 'Skill Level=-20'")
+    engine.add_argument("--move-timeout", type=float, default=30.0, metavar="S",
+                        help="an engine silent this long (plus byoyomi) forfeits the game")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    problems = []
+    for flag in ("games", "workers", "threads", "max_plies"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("depth", "nodes", "byoyomi"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            problems.append(f"--{flag} must be at least 1")
+    if args.temperature < 0 or args.move_timeout <= 0:
+        problems.append("--temperature must be >= 0 and --move-timeout > 0")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    problems = check_arguments(args)
+    if problems:
+        print("keisei-eval: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    name = args.name or Path(args.checkpoint).stem
+    try:
+        me = PlayerSpec(f"checkpoint:{args.checkpoint}", name, temperature=args.temperature)
+        build_player(me, args.device).close()
+        if args.ladder:
+            rungs = ladder_specs()
+        else:
+            rungs = [(parse_spec(spec, args), None) for spec in args.opponent]
+            for spec, _ in rungs:  # a wrong command or option fails here, before any game
+                opponent = build_player(spec, args.device)
+                start = getattr(opponent, "start", None)
+                try:
+                    if start is not None:
+                        start()
+                finally:
+                    opponent.close()
+        text = Path(args.openings).read_text(encoding="utf-8") if args.openings else None
+        openings = load_openings(text)
+    except (CheckpointError, EngineError, IllegalMoveError, ValueError, OSError) as exc:
+        print(f"keisei-eval: {exc}", file=sys.stderr)
+        return 2
+    random.Random(args.seed).shuffle(openings)
+    output = Path(args.output or f"eval/{_slug(name)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        return evaluate(args, me, rungs, openings, output)
+    except KeiseiError as exc:
+        logger.error("%s", exc)
+        return 1
+
+
+def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerSpec, str | None]],
+             openings: list[tuple[str, ...]], output: Path) -> int:
+    rows: list[tuple[str, MatchResult | None, str]] = []
+    pairings: list[Pairing] = []
+    context = multiprocessing.get_context("spawn")
+    pool = (context.Pool(args.workers, _init_worker, (args.threads,)) if args.workers > 1 else None)
+    try:
+        for spec, skipped in rungs:
+            if skipped is not None:
+                rows.append((spec.name, None, f"skipped: {skipped}"))
+                continue
+            started = time.monotonic()
+            records = play(me, spec, args.games, workers=args.workers, seed=args.seed,
+                           max_plies=args.max_plies, openings=openings, device=args.device, pool=pool)
+            write_games(output / _slug(spec.name), records)
+            result = result_of(records)
+            forfeits = sum(1 for record in records if record.reason == Termination.FORFEIT
+                           and record.first_points == 1.0)
+            note = f"({spec.name} forfeited {forfeits}: see the log)" if forfeits else ""
+            rows.append((spec.name, result, note))
+            pairings.append(Pairing(me.name, spec.name, result))
+            logger.info("%s vs %s: %s in %.0f s", me.name, spec.name, result,
+                        time.monotonic() - started)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    print_table(me.name, rows)
+    summary = {"player": me.name, "checkpoint": args.checkpoint, "seed": args.seed,
+               "games_per_opponent": 2 * ((args.games + 1) // 2),
+               "pairings": [pairing.to_dict() for pairing in pairings],
+               "opponents": [asdict(spec) for spec, skipped in rungs if skipped is None]}
+    output.mkdir(parents=True, exist_ok=True)
+    temporary = output / ".results.json.tmp"
+    temporary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, output / "results.json")
+    print(f"games and results.json in {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
