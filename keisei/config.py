@@ -95,6 +95,17 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    every_epochs: int = setting(10, "rate the policy every this many epochs in a separate "
+                                "process (training does not wait); 0 turns ratings off",
+                                low=0, high=1_000_000)
+    games: int = setting(32, "games against each opponent per rating (colour-swapped pairs "
+                         "from the shipped openings; rounded up to even)", low=2, high=10_000)
+    pool_size: int = setting(4, "past rated policies each new one also plays", low=0, high=100)
+    max_plies: int = setting(256, "a rating game this long is a draw", low=16, high=100_000)
+
+
+@dataclass(frozen=True)
 class SupervisorConfig:
     heartbeat_timeout: float = setting(5.0, "seconds without a heartbeat before an actor is stale "
                                        "(a remote one is failed after three times this)",
@@ -126,6 +137,7 @@ class Config:
     selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
 

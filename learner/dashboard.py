@@ -24,6 +24,7 @@ from rich.text import Text
 
 from keisei.config import DisplayConfig
 from learner.actors import ActorTable
+from learner.ratings import Ratings
 from learner.supervisor import Supervisor
 from learner.trainer import Metrics, Trainer
 
@@ -40,22 +41,50 @@ def _finite(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends each epoch's metrics as one JSON line (flushed, so a crash keeps them)."""
+    """Appends each epoch's metrics as one JSON line (flushed, so a crash keeps them), and
+    writes their numeric fields as TensorBoard scalars under ``tensorboard_dir`` when the
+    ``tensorboard`` package is installed."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, tensorboard_dir: str | Path | None = None) -> None:
         self.path = Path(path)
         self._stream: IO[str] | None = open(self.path, "a", encoding="utf-8")
+        self._tensorboard: Any = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                logger.info("TensorBoard scalars off: pip install tensorboard to get them")
+            else:
+                self._tensorboard = SummaryWriter(str(tensorboard_dir))
+                logger.info("TensorBoard scalars in %s (tensorboard --logdir %s)", tensorboard_dir,
+                            tensorboard_dir)
 
     def __call__(self, metrics: Metrics) -> None:
         if self._stream is None:
             raise RuntimeError(f"MetricsWriter for {self.path} is closed")
         self._stream.write(json.dumps(_finite(metrics), sort_keys=True) + "\n")
         self._stream.flush()
+        if self._tensorboard is not None:
+            self._write_scalars(metrics)
+
+    def _write_scalars(self, metrics: Metrics) -> None:
+        step = int(metrics.get("step", 0))
+        for key, value in metrics.items():
+            if key in ("step", "elo", "elo_step") or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float) and math.isfinite(value):
+                self._tensorboard.add_scalar(key, value, step)
+        if isinstance(metrics.get("elo"), int | float):
+            self._tensorboard.add_scalar("elo", metrics["elo"], int(metrics.get("elo_step", step)))
+        self._tensorboard.flush()
 
     def close(self) -> None:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -74,8 +103,10 @@ class Dashboard:
     """Live view of a ``Trainer``; call it with each epoch's metrics."""
 
     def __init__(self, trainer: Trainer, config: DisplayConfig, stream: IO[str] | None = None,
-                 actors: ActorTable | None = None, supervisor: Supervisor | None = None) -> None:
+                 actors: ActorTable | None = None, supervisor: Supervisor | None = None,
+                 ratings: Ratings | None = None) -> None:
         self.trainer = trainer
+        self.ratings = ratings
         self.actors = actors
         self.supervisor = supervisor
         self.config = config
@@ -122,7 +153,9 @@ class Dashboard:
                 f"{metrics['draw_rate']:.2f} | collect {metrics['collect_seconds']:.1f}s "
                 f"update {metrics['update_seconds']:.1f}s"
                 + (f" | actors {metrics['actor_steps_per_second']:.0f} steps/s"
-                   if "actor_steps_per_second" in metrics else ""))
+                   if "actor_steps_per_second" in metrics else "")
+                + (f" | Elo {metrics['elo']:+.0f} (step {metrics['elo_step']}, random = 0)"
+                   if isinstance(metrics.get("elo"), int | float) else ""))
 
     def render(self) -> Group:
         trainer, metrics = self.trainer, self.latest
@@ -178,7 +211,28 @@ class Dashboard:
                                     f"{info.steps_received:,}", str(info.invalid_messages),
                                     f"{now - info.last_seen:.1f}s ago")
             parts.append(actor_table)
+        if self.ratings is not None and (ratings := self.render_ratings()) is not None:
+            parts.append(ratings)
         return Group(*parts)
+
+    def render_ratings(self) -> Table | Text | None:
+        """The Elo table: the baselines and the last rated policies, newest first."""
+        ratings = self.ratings
+        assert ratings is not None
+        job = ratings.job
+        running = (f"rating {job.name}: {time.monotonic() - job.started:.0f} s" if job is not None
+                   else "")
+        if not ratings.table:
+            return Text(running or "ratings: none yet", style="dim")
+        table = Table("rated (random = 0)", "Elo", "vs random", "vs greedy", header_style="bold",
+                      caption=running or None)
+        latest = ratings.latest
+        for name, step in reversed(ratings.rated[-5:]):
+            scores = latest.get("scores", {}) if latest.get("name") == name else {}
+            table.add_row(f"{name} ({step:,} steps)", f"{ratings.table.get(name, math.nan):+.0f}",
+                          _format(scores.get("random"), 3), _format(scores.get("greedy"), 3))
+        table.add_row("greedy", f"{ratings.table.get('greedy', math.nan):+.0f}", "", "")
+        return table
 
 
 def _sum(metrics: Metrics, *keys: str) -> float | None:

@@ -35,6 +35,7 @@ from learner.actors import ActorTable
 from learner.buffer import ExperienceBuffer
 from learner.dashboard import Dashboard, MetricsWriter
 from learner.local_actors import LocalActors
+from learner.ratings import Ratings
 from learner.server import LearnerServer, local_endpoint, weights_bind_address
 from learner.supervisor import Supervisor
 from learner.trainer import Callback, Metrics, Trainer, TrainingInterrupted, train
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 
 STATUS_STALE_SECONDS = 15.0
+FINAL_RATING_SECONDS = 300.0
+"""At the end of a finished run, how long to wait for a rating job still running."""
 
 
 class ExitCode(IntEnum):
@@ -163,19 +166,25 @@ class CheckpointEvery:
     """Callback: write a checkpoint every ``every_epochs`` epochs, and beside it the latest
     finished self-play game as KIF and CSA in ``games/`` (open them in a Shogi GUI)."""
 
-    def __init__(self, trainer: Trainer, directory: Path, every_epochs: int, keep: int) -> None:
+    def __init__(self, trainer: Trainer, directory: Path, every_epochs: int, keep: int,
+                 ratings: Ratings | None = None) -> None:
         self.trainer, self.directory = trainer, directory
         self.every_epochs, self.keep = every_epochs, keep
+        self.ratings = ratings
         self.saved_step = -1
 
     def __call__(self, metrics: Metrics) -> None:
         if self.trainer.epoch % self.every_epochs == 0:
             self.save()
 
-    def save(self) -> Path | None:
-        if self.trainer.step == self.saved_step:
+    def save(self, force: bool = False) -> Path | None:
+        """Write a checkpoint unless this step has one (``force``: write it again)."""
+        if self.trainer.step == self.saved_step and not force:
             return None
-        path = save_checkpoint(self.directory, self.trainer.step, self.trainer.state_dict(), self.keep)
+        state = self.trainer.state_dict()
+        if self.ratings is not None:
+            state["ratings"] = self.ratings.state_dict()
+        path = save_checkpoint(self.directory, self.trainer.step, state, self.keep)
         self.saved_step = self.trainer.step
         self._write_sample_game()
         logger.info("checkpoint %s (step %d, policy version %d)", path, self.trainer.step,
@@ -232,15 +241,16 @@ def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> E
     # on the cores rather than share them: the learner keeps every core (run.threads).
     trainer = build_trainer(config, stop)
     run_dir = Path(config.run.dir)
+    ratings = Ratings(config.evaluation, run_dir, trainer)
     if resume_from is not None:
-        resume(trainer, config, resume_from)
+        resume(trainer, config, resume_from, ratings)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config.toml", config.to_toml())
     logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads", run_dir,
                 f"{count_parameters(trainer.model):,}", config.selfplay.games, trainer.device,
                 torch.get_num_threads())
     checkpoints = CheckpointEvery(trainer, run_dir / "checkpoints", config.checkpoint.every_epochs,
-                                  config.checkpoint.keep)
+                                  config.checkpoint.keep, ratings)
     status = ExitCode.FAILURE
     actors = ActorTable()
     supervisor: Supervisor | None = None
@@ -248,14 +258,20 @@ def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> E
         callbacks: list[Callback] = []
         if args.local_actors or args.remote_actors:
             supervisor = wire_actors(stack, args, config, trainer, actors, callbacks)
-        metrics_writer = stack.enter_context(MetricsWriter(run_dir / "metrics.jsonl"))
+        metrics_writer = stack.enter_context(MetricsWriter(run_dir / "metrics.jsonl",
+                                                           run_dir / "tensorboard"))
         dashboard = stack.enter_context(Dashboard(trainer, config.display, actors=actors,
-                                                  supervisor=supervisor))
+                                                  supervisor=supervisor, ratings=ratings))
+        stack.enter_context(ratings)
         stack.enter_context(stop_on_signals(stop))
-        callbacks += [metrics_writer, checkpoints, dashboard]
+        callbacks += [ratings, metrics_writer, checkpoints, dashboard]
         try:
             asyncio.run(train(trainer, callbacks))
             status = ExitCode.SUCCESS
+            final_rating = ratings.finish(timeout=FINAL_RATING_SECONDS)
+            if final_rating:
+                metrics_writer({"step": trainer.step, "epoch": trainer.epoch, **final_rating})
+                checkpoints.save(force=True)  # with the final table
         except (TrainingInterrupted, KeyboardInterrupt):
             status = ExitCode.INTERRUPTED
             logger.warning("interrupted at step %d; %d plies of unfinished games discarded",
@@ -289,8 +305,8 @@ def wire_actors(stack: ExitStack, args: argparse.Namespace, config: Config, trai
     return supervisor
 
 
-def resume(trainer: Trainer, config: Config, checkpoint: Path) -> None:
-    """Load a checkpoint into ``trainer``.
+def resume(trainer: Trainer, config: Config, checkpoint: Path, ratings: Ratings) -> None:
+    """Load a checkpoint into ``trainer`` (and the run's Elo table into ``ratings``).
 
     :raises ConfigError: if the checkpoint's network differs from ``config``'s.
     """
@@ -300,6 +316,8 @@ def resume(trainer: Trainer, config: Config, checkpoint: Path) -> None:
         raise ConfigError([f"[model] {config.to_dict()['model']} differs from the checkpoint's "
                            f"{saved_model}; a resumed run keeps its network"])
     trainer.load_state_dict(state)
+    if "ratings" in state:
+        ratings.load_state_dict(state["ratings"])
     logger.info("resumed from %s at step %d, policy version %d", checkpoint, trainer.step,
                 trainer.policy_version)
 

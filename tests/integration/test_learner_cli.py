@@ -18,7 +18,7 @@ from keisei.shogi import Game
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
         "selfplay.max_plies=64", "train.steps_per_epoch=128", "train.minibatch_size=32",
         "train.ppo_epochs=1", "run.threads=1", "checkpoint.every_epochs=1",
-        "display.mode=plain"]
+        "display.mode=plain", "evaluation.every_epochs=0"]
 
 
 def learner_command(run_dir: Path, *extra: str) -> list[str]:
@@ -116,3 +116,32 @@ def test_print_config_prints_the_effective_toml() -> None:
                             timeout=60)
     assert result.returncode == 0
     assert tomllib.loads(result.stdout)["train"]["total_steps"] == 777
+
+
+def test_ratings_during_training_are_tabled_checkpointed_and_kept_on_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    rate = ["evaluation.every_epochs=2", "evaluation.games=4", "evaluation.pool_size=2",
+            "evaluation.max_plies=60"]
+    done = subprocess.run(learner_command(run_dir, "train.total_steps=512", *rate),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = json.loads((run_dir / "ratings.json").read_text())
+    assert table["table"]["random"] == 0.0 and "greedy" in table["table"]
+    rated = [name for name, _ in table["rated"]]
+    assert rated[0] == "step-000000000256"
+    assert any(p["first"] == "greedy" and p["second"] == "random" for p in table["pairings"])  # calibration
+    rated_lines = [line for line in metrics_lines(run_dir) if "elo" in line]
+    assert rated_lines and rated_lines[-1]["ratings"] == table["table"]
+    assert 0.0 <= rated_lines[-1]["win_rate_random"] <= 1.0
+    checkpoint = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert checkpoint["ratings"]["table"] == table["table"]
+
+    resumed = subprocess.run([*learner_command(run_dir, "train.total_steps=1024", *rate), "--resume"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    after = json.loads((run_dir / "ratings.json").read_text())
+    rated_after = [name for name, _ in after["rated"]]
+    assert rated_after[:len(rated)] == rated and len(rated_after) > len(rated)
+    newest = [p for p in after["pairings"] if p["first"] == rated_after[-1]]
+    assert {p["second"] for p in newest} >= {"random", "greedy", rated_after[-2]}  # the pool
+    assert sum(p["first"] == "greedy" and p["second"] == "random" for p in after["pairings"]) == 1
