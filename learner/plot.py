@@ -1,0 +1,162 @@
+"""``keisei-plot RUN_DIR``: learning curves as PNG charts from a run's metrics.
+
+Reads ``RUN_DIR/metrics.jsonl`` (and ``RUN_DIR/ratings.json`` when ratings are on) and
+writes ``throughput.png``, ``losses.png``, ``games.png`` and ``ratings.png`` into
+``RUN_DIR/plots`` (or ``--output``). Needs matplotlib: ``pip install 'keisei[plot]'``.
+Exit codes: 0 written, 2 no such run, no metrics, or no matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The JSON lines of ``path`` and how many lines could not be read (a run killed
+    mid-write can leave a partial last line)."""
+    records, unreadable = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            unreadable += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            unreadable += 1
+    return records, unreadable
+
+
+def series(records: Sequence[dict[str, Any]], key: str,
+           step_key: str = "step") -> tuple[list[int], list[float]]:
+    """(steps, values) for the records that have a finite number under ``key``."""
+    steps, values = [], []
+    for record in records:
+        value = record.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            steps.append(int(record.get(step_key, record["step"])))
+            values.append(float(value))
+    return steps, values
+
+
+def plot_run(run_dir: Path, output: Path) -> list[Path]:
+    """Write the charts; return their paths.
+
+    :raises FileNotFoundError: if the run has no metrics file.
+    :raises ImportError: if matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records, _ = read_metrics(run_dir / "metrics.jsonl")
+    output.mkdir(parents=True, exist_ok=True)
+    charts: list[tuple[str, list[tuple[str, list[tuple[str, str]]]]]] = [
+        ("throughput", [("steps per second", [("steps_per_second", "learner"),
+                                              ("actor_steps_per_second", "actors")]),
+                        ("seconds per epoch", [("collect_seconds", "collect"),
+                                               ("update_seconds", "update")])]),
+        ("losses", [("policy loss", [("policy_loss", "policy")]),
+                    ("value loss", [("value_loss", "value")]),
+                    ("entropy", [("entropy", "entropy")]),
+                    ("approx. KL and clip fraction", [("approx_kl", "approx_kl"),
+                                                      ("clipfrac", "clipfrac")])]),
+        ("games", [("self-play results", [("black_win_rate", "black wins"),
+                                          ("white_win_rate", "white wins"), ("draw_rate", "draws")]),
+                   ("mean game length (plies)", [("mean_game_length", "plies")])]),
+    ]
+    written = []
+    for name, panels in charts:
+        figure, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True,
+                                    squeeze=False)
+        for axis, (title, keys) in zip(axes[:, 0], panels, strict=True):
+            for key, label in keys:
+                steps, values = series(records, key)
+                if steps:
+                    axis.plot(steps, values, label=label)
+            axis.set_title(title)
+            axis.grid(alpha=0.3)
+            if len(keys) > 1:
+                axis.legend(loc="best", fontsize="small")
+        axes[-1, 0].set_xlabel("training steps")
+        figure.tight_layout()
+        written.append(output / f"{name}.png")
+        figure.savefig(written[-1], dpi=100)
+        plt.close(figure)
+    written.append(_plot_ratings(plt, run_dir, records, output / "ratings.png"))
+    return written
+
+
+def _plot_ratings(plt: Any, run_dir: Path, records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Elo over steps (the run's refitted table when ``ratings.json`` exists) and the win
+    rates against random and greedy at each rating."""
+    figure, (elo_axis, rate_axis) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    table_path = run_dir / "ratings.json"
+    if table_path.is_file():
+        table = json.loads(table_path.read_text(encoding="utf-8"))
+        rated = [(int(step), table["table"][name]) for name, step in table["rated"]
+                 if name in table["table"]]
+        if rated:
+            elo_axis.plot([step for step, _ in rated], [elo for _, elo in rated], marker="o",
+                          label="policy (refitted on all games)")
+        if "greedy" in table["table"]:
+            elo_axis.axhline(table["table"]["greedy"], linestyle="--", color="gray", label="greedy")
+    else:
+        steps, values = series(records, "elo", "elo_step")
+        elo_axis.plot(steps, values, marker="o", label="policy")
+    elo_axis.axhline(0.0, linestyle=":", color="black", label="random (0)")
+    elo_axis.set_title("Elo (random = 0)")
+    elo_axis.legend(loc="best", fontsize="small")
+    elo_axis.grid(alpha=0.3)
+    for key, label in (("win_rate_random", "score vs random"), ("win_rate_greedy", "score vs greedy")):
+        steps, values = series(records, key, "elo_step")
+        rate_axis.plot(steps, values, marker="o", label=label)
+    rate_axis.set_ylim(-0.02, 1.02)
+    rate_axis.set_title("score at each rating")
+    rate_axis.set_xlabel("training steps")
+    rate_axis.legend(loc="best", fontsize="small")
+    rate_axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="keisei-plot", description="PNG learning curves of a Keisei run.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds metrics.jsonl)")
+    parser.add_argument("--output", metavar="DIR", help="where to write (default: RUN_DIR/plots)")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        print(f"keisei-plot: {metrics} does not exist; is {run_dir} a run directory?", file=sys.stderr)
+        return 2
+    try:
+        written = plot_run(run_dir, Path(args.output) if args.output else run_dir / "plots")
+    except ImportError as exc:
+        print(f"keisei-plot: needs matplotlib ({exc}); pip install 'keisei[plot]'", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"keisei-plot: cannot plot {run_dir}: {exc}", file=sys.stderr)
+        return 2
+    _, unreadable = read_metrics(metrics)
+    if unreadable:
+        print(f"keisei-plot: skipped {unreadable} unreadable line(s) of {metrics}", file=sys.stderr)
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
