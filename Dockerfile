@@ -10,6 +10,14 @@ FROM ${BASE}
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
+# Shogi engines as keisei-eval opponents (Debian installs them in /usr/games), e.g.
+#   docker build --build-arg ENGINES="fairy-stockfish gnushogi gpsshogi sjaakii" .
+ARG ENGINES=""
+RUN if [ -n "${ENGINES}" ]; then \
+        apt-get update && apt-get install -y --no-install-recommends ${ENGINES} \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app

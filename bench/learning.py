@@ -1,11 +1,14 @@
-"""Does training make the policy stronger? Win rate against a random player, before and after.
+"""Does training make the policy stronger? Elo against random and greedy, before and after.
 
 Trains from scratch in one process (sequential collection) for a fixed wall-clock
-budget, then plays the untrained and the trained network (greedy over the masked
-policy) against a uniformly random player: ``--eval-games`` games each, half with each
-colour, from the same seeds. Prints wins/draws/losses, score and Elo against random.
+budget, then plays the untrained and the trained network (its most probable legal move)
+against ``random`` and the material player ``greedy``: ``--eval-games`` games each, in
+colour-swapped pairs from the shipped openings, with the same seeds. Prints
+wins/draws/losses, score and the Elo difference against each, and one Elo per player
+fitted to all those games plus greedy against random (random = 0).
 
-Usage: python -m bench.learning [--minutes 10] [--eval-games 200] [--set section.key=value ...]
+Usage: python -m bench.learning [--minutes 10] [--eval-games 200] [--save PATH.pt]
+[--set section.key=value ...]
 """
 
 from __future__ import annotations
@@ -17,8 +20,18 @@ import tempfile
 import threading
 import time
 
+from keisei.checkpoint import save_policy
 from keisei.config import load_config
-from keisei.evaluation import play_against_random
+from keisei.evaluation import (
+    GreedyPlayer,
+    Pairing,
+    PolicyPlayer,
+    RandomPlayer,
+    fit_ratings,
+    load_openings,
+    play_match,
+    tally,
+)
 from learner.main import build_trainer
 from learner.trainer import Callback, Metrics, Trainer, TrainingInterrupted, train
 
@@ -35,6 +48,8 @@ def main() -> None:
     parser.add_argument("--eval-games", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--save", metavar="PATH.pt",
+                        help="also save the trained network (for keisei-eval or keisei-usi)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as run_dir:
         config = load_config(None, [*SETTINGS, f"run.dir={run_dir}", f"run.seed={args.seed}",
@@ -56,14 +71,25 @@ def main() -> None:
 
         asyncio.run(_train_until_stopped(trainer, stop_at_deadline))
     device, dtype = trainer.device, trainer.autocast_dtype
-    before = play_against_random(untrained, args.eval_games, seed=args.seed + 100, device=device,
-                                 autocast_dtype=dtype)
-    after = play_against_random(trainer.model, args.eval_games, seed=args.seed + 100, device=device,
-                                autocast_dtype=dtype)
+    if args.save:
+        save_policy(args.save, {"model": trainer.model.state_dict(), "config": config.to_dict(),
+                                "counters": {"step": trainer.step, "policy_version": trainer.policy_version}})
     print(f"network {config.model.blocks}x{config.model.channels}, {args.minutes:g} min, "
           f"{trainer.step:,} steps, {trainer.epoch} epochs, precision {dtype or 'float32'}")
-    print(f"untrained vs random: {before}   win rate {before.wins / before.games:.3f}")
-    print(f"trained   vs random: {after}   win rate {after.wins / after.games:.3f}")
+    openings, pairs = load_openings(), range((args.eval_games + 1) // 2)
+    seed = args.seed + 100
+    pairings = [Pairing("greedy", "random", tally(play_match(GreedyPlayer(), RandomPlayer(), openings,
+                                                             pairs, seed=seed)))]
+    print(f"greedy    vs random: {pairings[0].result}")
+    for name, model in (("untrained", untrained), ("trained", trainer.model)):
+        policy = PolicyPlayer(model, name, device=device, autocast_dtype=dtype)
+        for opponent in (RandomPlayer(), GreedyPlayer()):
+            result = tally(play_match(policy, opponent, openings, pairs, seed=seed))
+            pairings.append(Pairing(name, opponent.name, result))
+            print(f"{name:<9} vs {opponent.name}: {result}   win rate {result.wins / result.games:.3f}")
+    ratings = fit_ratings(pairings)
+    print("fitted Elo (random = 0): " + ", ".join(f"{name} {elo:+.0f}" for name, elo in
+                                                   sorted(ratings.items(), key=lambda item: item[1])))
 
 
 async def _train_until_stopped(trainer: Trainer, callback: Callback) -> None:
