@@ -67,10 +67,11 @@ class PlayerSpec:
     temperature: float = 0.0
 
 
-def parse_spec(spec: str, args: argparse.Namespace | None = None, name: str | None = None,
-               **engine: object) -> PlayerSpec:
-    """A ``PlayerSpec`` for ``random``, ``greedy``, ``checkpoint:PATH``, ``usi:COMMAND``,
-    ``gnushogi:DEPTH``; engine limits come from ``engine`` or the command line ``args``.
+def parse_spec(spec: str, *, name: str | None = None, options: dict[str, str] | None = None,
+               depth: int | None = None, nodes: int | None = None, byoyomi_ms: int | None = None,
+               move_timeout: float = 30.0) -> PlayerSpec:
+    """A ``PlayerSpec`` for ``random``, ``greedy``, ``checkpoint:PATH``, ``usi:COMMAND`` or
+    ``gnushogi:DEPTH``; the engine settings apply to ``usi:`` (and the timeout to both engines).
 
     :raises ValueError: naming what is wrong with ``spec``.
     """
@@ -82,18 +83,12 @@ def parse_spec(spec: str, args: argparse.Namespace | None = None, name: str | No
     if kind == "gnushogi":
         if not argument.isdigit() or not 1 <= int(argument) <= 29:
             raise ValueError(f"{spec!r}: gnushogi:DEPTH takes a depth from 1 to 29")
-        return PlayerSpec(spec, name or f"gnushogi-d{argument}")
+        return PlayerSpec(spec, name or f"gnushogi-d{argument}", move_timeout=move_timeout)
     if kind == "usi" and argument.strip():
-        settings: dict[str, object] = {}
-        if args is not None:
-            settings = {"options": parse_options(args.usi_option), "depth": args.depth,
-                        "nodes": args.nodes, "byoyomi_ms": args.byoyomi,
-                        "move_timeout": args.move_timeout}
-        settings.update(engine)
+        limit = SearchLimit(depth, nodes, byoyomi_ms)
         program = Path(argument.split()[0]).name
-        limit = SearchLimit(settings.get("depth"), settings.get("nodes"),  # type: ignore[arg-type]
-                            settings.get("byoyomi_ms"))  # type: ignore[arg-type]
-        return PlayerSpec(spec, name or f"{program} ({limit.describe()})", **settings)  # type: ignore[arg-type]
+        return PlayerSpec(spec, name or f"{program} ({limit.describe()})", dict(options or {}),
+                          depth, nodes, byoyomi_ms, move_timeout)
     raise ValueError(f"{spec!r} is not an opponent: use random, greedy, checkpoint:PATH, "
                      "usi:COMMAND or gnushogi:DEPTH")
 
@@ -130,32 +125,31 @@ def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
 
 
 # --- the ladder ------------------------------------------------------------------------------
-LADDER: tuple[tuple[str, str, dict[str, object]], ...] = (
-    ("random", "random", {}),
-    ("greedy", "greedy", {}),
-    ("fsf-skill-20-d1", "usi:fairy-stockfish", {"options": {"Skill Level": "-20"}, "depth": 1}),
-    ("fsf-d1", "usi:fairy-stockfish", {"depth": 1}),
-    ("gnushogi-d1", "gnushogi:1", {}),
-    ("sjaak-d2", "usi:sjaakii", {"depth": 2}),
-    ("fsf-d3", "usi:fairy-stockfish", {"depth": 3}),
-    ("gnushogi-d3", "gnushogi:3", {}),
-    ("fsf-d6", "usi:fairy-stockfish", {"depth": 6}),
-    ("gps-ld4-100ms", "usi:gpsusi", {"options": {"LimitDepth": "4"}, "byoyomi_ms": 100}),
+LADDER: tuple[PlayerSpec, ...] = (
+    parse_spec("random"),
+    parse_spec("greedy"),
+    parse_spec("usi:fairy-stockfish", name="fsf-skill-20-d1", options={"Skill Level": "-20"}, depth=1),
+    parse_spec("usi:fairy-stockfish", name="fsf-d1", depth=1),
+    parse_spec("gnushogi:1", name="gnushogi-d1"),
+    parse_spec("usi:sjaakii", name="sjaak-d2", depth=2),
+    parse_spec("usi:fairy-stockfish", name="fsf-d3", depth=3),
+    parse_spec("gnushogi:3", name="gnushogi-d3"),
+    parse_spec("usi:fairy-stockfish", name="fsf-d6", depth=6),
+    parse_spec("usi:gpsusi", name="gps-ld4-100ms", options={"LimitDepth": "4"}, byoyomi_ms=100),
 )
-"""Weak to strong, as measured here (``../SHOGI-NOTES``-style evidence: small samples)."""
+"""Weak to strong, as measured on this project's machines (small samples: an order, not Elo)."""
 
 
 def ladder_specs() -> list[tuple[PlayerSpec, str | None]]:
     """Each rung, with why it is skipped (its engine is not installed) or None."""
     rungs = []
-    for name, spec, settings in LADDER:
-        player_spec = parse_spec(spec, name=name, **settings)
+    for spec in LADDER:
         try:
-            build_player(player_spec).close()
+            build_player(spec).close()
             skipped = None
         except EngineError as exc:
             skipped = str(exc)
-        rungs.append((player_spec, skipped))
+        rungs.append((spec, skipped))
     return rungs
 
 
@@ -275,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="opponents: random | greedy | checkpoint:PATH | usi:COMMAND | gnushogi:DEPTH\n"
                "ladder rungs (weak to strong, those installed): "
-               + ", ".join(name for name, _, _ in LADDER))
+               + ", ".join(spec.name for spec in LADDER))
     parser.add_argument("--checkpoint", required=True, help="the Keisei checkpoint to evaluate")
     parser.add_argument("--name", help="its name in records and tables (default: the file name)")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -335,7 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.ladder:
             rungs = ladder_specs()
         else:
-            rungs = [(parse_spec(spec, args), None) for spec in args.opponent]
+            engine = {"options": parse_options(args.usi_option), "depth": args.depth,
+                      "nodes": args.nodes, "byoyomi_ms": args.byoyomi,
+                      "move_timeout": args.move_timeout}
+            rungs = [(parse_spec(spec, **engine), None) for spec in args.opponent]
             for spec, _ in rungs:  # a wrong command or option fails here, before any game
                 opponent = build_player(spec, args.device)
                 start = getattr(opponent, "start", None)
