@@ -8,6 +8,7 @@ result, and the whole table is refitted (``keisei.evaluation.fit_ratings``). The
 goes into checkpoints, ``RUN/ratings.json``, the dashboard and the JSONL metrics
 (``ratings``, ``elo``, ``elo_step``, ``win_rate_random``, ``win_rate_greedy``). A job
 still running when the next one is due is left alone and the new one skipped (counted).
+At the end of a finished run the final policy is rated too.
 """
 
 from __future__ import annotations
@@ -158,17 +159,26 @@ class Ratings:
         return pairing
 
     def finish(self, timeout: float) -> dict[str, Any]:
-        """Wait up to ``timeout`` seconds for the running job (at the end of a run) and
-        return the metrics it adds (empty if none)."""
-        if self.job is None:
+        """At the end of a finished run: wait for the running job, then rate the final
+        policy if it is not rated yet, all within ``timeout`` seconds. Returns the
+        metrics the results add (empty if none)."""
+        if not self.config.every_epochs:
             return {}
-        try:
-            self.job.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("rating of %s not done after %.0f s: stopped", self.job.name, timeout)
-            return {}
+        deadline = time.monotonic() + timeout
         metrics: Metrics = {}
-        self.poll(metrics)
+        for _ in range(2):
+            if self.job is None:
+                if self.rated and self.rated[-1][1] == self.trainer.step:
+                    break
+                self.start()
+            job = self.job
+            assert job is not None
+            try:
+                job.process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                logger.warning("rating of %s not done after %.0f s: stopped", job.name, timeout)
+                break
+            self.poll(metrics)
         return metrics
 
     def close(self) -> None:

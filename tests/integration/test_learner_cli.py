@@ -129,6 +129,7 @@ def test_ratings_during_training_are_tabled_checkpointed_and_kept_on_resume(tmp_
     assert table["table"]["random"] == 0.0 and "greedy" in table["table"]
     rated = [name for name, _ in table["rated"]]
     assert rated[0] == "step-000000000256"
+    assert table["rated"][-1] == ["step-000000000512", 512]  # the final policy is rated too
     assert any(p["first"] == "greedy" and p["second"] == "random" for p in table["pairings"])  # calibration
     rated_lines = [line for line in metrics_lines(run_dir) if "elo" in line]
     assert rated_lines and rated_lines[-1]["ratings"] == table["table"]
@@ -142,6 +143,7 @@ def test_ratings_during_training_are_tabled_checkpointed_and_kept_on_resume(tmp_
     after = json.loads((run_dir / "ratings.json").read_text())
     rated_after = [name for name, _ in after["rated"]]
     assert rated_after[:len(rated)] == rated and len(rated_after) > len(rated)
+    assert after["rated"][-1] == ["step-000000001024", 1024]
     newest = [p for p in after["pairings"] if p["first"] == rated_after[-1]]
     assert {p["second"] for p in newest} >= {"random", "greedy", rated_after[-2]}  # the pool
     assert sum(p["first"] == "greedy" and p["second"] == "random" for p in after["pairings"]) == 1
