@@ -71,23 +71,8 @@ class LocalActors:
     def stop(self, actor_id: str, grace_seconds: float = 3.0) -> None:
         """Stop one actor and its children: terminate, then kill."""
         process = self.processes.get(actor_id)
-        if process is None or process.poll() is not None:
-            return
-        try:
-            children = psutil.Process(process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            children = []
-        process.terminate()
-        try:
-            process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=grace_seconds)
-        for child in children:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
+        if process is not None:
+            stop_process_tree(process, grace_seconds)
 
     def close(self, grace_seconds: float = 5.0) -> None:
         """Terminate every actor, wait, then kill what is left (idempotent)."""
@@ -125,3 +110,24 @@ class LocalActors:
             except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
                 continue
         return found
+
+
+def stop_process_tree(process: subprocess.Popen[bytes], grace_seconds: float = 3.0) -> None:
+    """Stop ``process`` and every process it started: terminate, wait, then kill."""
+    if process.poll() is not None:
+        return
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=grace_seconds)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -35,6 +35,7 @@ from keisei.evaluation import (
     play_match,
     tally,
 )
+from learner.local_actors import stop_process_tree
 from learner.trainer import Metrics, Trainer
 
 logger = logging.getLogger(__name__)
@@ -182,16 +183,10 @@ class Ratings:
         return metrics
 
     def close(self) -> None:
-        """Stop a running job (its results are lost; the pool file stays)."""
+        """Stop a running job and its engines (its results are lost; the pool file stays)."""
         job, self.job = self.job, None
-        if job is None or job.process.poll() is not None:
-            return
-        job.process.terminate()
-        try:
-            job.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            job.process.kill()
-            job.process.wait()
+        if job is not None:
+            stop_process_tree(job.process, grace_seconds=5.0)
 
     def __enter__(self) -> Ratings:
         return self
