@@ -268,10 +268,10 @@ def run(config: Config, resume_from: Path | None, args: argparse.Namespace) -> E
         try:
             asyncio.run(train(trainer, callbacks))
             status = ExitCode.SUCCESS
-            final_rating = ratings.finish(timeout=FINAL_RATING_SECONDS)
-            if final_rating:
-                metrics_writer({"step": trainer.step, "epoch": trainer.epoch, **final_rating})
-                checkpoints.save(force=True)  # with the final table
+            # The final policy's rating goes to ratings.json and the checkpoint; metrics.jsonl
+            # keeps exactly one line per epoch.
+            if ratings.finish(timeout=FINAL_RATING_SECONDS):
+                checkpoints.save(force=True)
         except (TrainingInterrupted, KeyboardInterrupt):
             status = ExitCode.INTERRUPTED
             logger.warning("interrupted at step %d; %d plies of unfinished games discarded",

@@ -98,29 +98,36 @@ def plot_run(run_dir: Path, output: Path) -> list[Path]:
 
 
 def _plot_ratings(plt: Any, run_dir: Path, records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Elo over steps (the run's refitted table when ``ratings.json`` exists) and the win
-    rates against random and greedy at each rating."""
+    """Elo over steps and the scores against random and greedy at each rating: from
+    ``ratings.json`` when it exists (the table refitted on all games, and the final
+    policy's rating), else from the metrics lines."""
     figure, (elo_axis, rate_axis) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     table_path = run_dir / "ratings.json"
+    scores: dict[str, tuple[list[int], list[float]]] = {"random": ([], []), "greedy": ([], [])}
     if table_path.is_file():
-        table = json.loads(table_path.read_text(encoding="utf-8"))
-        rated = [(int(step), table["table"][name]) for name, step in table["rated"]
-                 if name in table["table"]]
-        if rated:
-            elo_axis.plot([step for step, _ in rated], [elo for _, elo in rated], marker="o",
-                          label="policy (refitted on all games)")
-        if "greedy" in table["table"]:
-            elo_axis.axhline(table["table"]["greedy"], linestyle="--", color="gray", label="greedy")
+        saved = json.loads(table_path.read_text(encoding="utf-8"))
+        table, steps_of = saved["table"], {str(name): int(step) for name, step in saved["rated"]}
+        rated = sorted((step, table[name]) for name, step in steps_of.items() if name in table)
+        elo_axis.plot([step for step, _ in rated], [elo for _, elo in rated], marker="o",
+                      label="policy (refitted on all games)")
+        if "greedy" in table:
+            elo_axis.axhline(table["greedy"], linestyle="--", color="gray", label="greedy")
+        for pairing in saved.get("pairings", []):
+            games = pairing["wins"] + pairing["draws"] + pairing["losses"]
+            if pairing["first"] in steps_of and pairing["second"] in scores and games:
+                steps, values = scores[pairing["second"]]
+                steps.append(steps_of[pairing["first"]])
+                values.append((pairing["wins"] + 0.5 * pairing["draws"]) / games)
     else:
-        steps, values = series(records, "elo", "elo_step")
-        elo_axis.plot(steps, values, marker="o", label="policy")
+        elo_axis.plot(*series(records, "elo", "elo_step"), marker="o", label="policy")
+        for opponent in scores:
+            scores[opponent] = series(records, f"win_rate_{opponent}", "elo_step")
     elo_axis.axhline(0.0, linestyle=":", color="black", label="random (0)")
     elo_axis.set_title("Elo (random = 0)")
     elo_axis.legend(loc="best", fontsize="small")
     elo_axis.grid(alpha=0.3)
-    for key, label in (("win_rate_random", "score vs random"), ("win_rate_greedy", "score vs greedy")):
-        steps, values = series(records, key, "elo_step")
-        rate_axis.plot(steps, values, marker="o", label=label)
+    for opponent, (steps, values) in scores.items():
+        rate_axis.plot(steps, values, marker="o", label=f"score vs {opponent}")
     rate_axis.set_ylim(-0.02, 1.02)
     rate_axis.set_title("score at each rating")
     rate_axis.set_xlabel("training steps")

@@ -28,7 +28,10 @@ def fake_run(run_dir: Path) -> None:
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (run_dir / "ratings.json").write_text(json.dumps({
         "table": {"random": 0.0, "greedy": 300.0, "step-000000000256": 40.0, "step-000000000768": 90.0},
-        "rated": [["step-000000000256", 256], ["step-000000000768", 768]]}))
+        "rated": [["step-000000000256", 256], ["step-000000000768", 768]],
+        "pairings": [{"first": "step-000000000256", "second": "random", "wins": 3, "draws": 1, "losses": 0},
+                     {"first": "step-000000000768", "second": "greedy", "wins": 1, "draws": 0, "losses": 3},
+                     {"first": "greedy", "second": "random", "wins": 9, "draws": 1, "losses": 0}]}))
 
 
 def test_plot_writes_every_chart_and_reports_unreadable_lines(tmp_path: Path,
