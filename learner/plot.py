@@ -48,10 +48,9 @@ def series(records: Sequence[dict[str, Any]], key: str,
     return steps, values
 
 
-def plot_run(run_dir: Path, output: Path) -> list[Path]:
-    """Write the charts; return their paths.
+def plot_run(run_dir: Path, records: Sequence[dict[str, Any]], output: Path) -> list[Path]:
+    """Write the charts of ``records`` (the run's metrics lines); return their paths.
 
-    :raises FileNotFoundError: if the run has no metrics file.
     :raises ImportError: if matplotlib is not installed.
     """
     import matplotlib
@@ -59,7 +58,6 @@ def plot_run(run_dir: Path, output: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records, _ = read_metrics(run_dir / "metrics.jsonl")
     output.mkdir(parents=True, exist_ok=True)
     charts: list[tuple[str, list[tuple[str, list[tuple[str, str]]]]]] = [
         ("throughput", [("steps per second", [("steps_per_second", "learner"),
@@ -150,14 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keisei-plot: {metrics} does not exist; is {run_dir} a run directory?", file=sys.stderr)
         return 2
     try:
-        written = plot_run(run_dir, Path(args.output) if args.output else run_dir / "plots")
+        records, unreadable = read_metrics(metrics)
+        written = plot_run(run_dir, records, Path(args.output) if args.output else run_dir / "plots")
     except ImportError as exc:
         print(f"keisei-plot: needs matplotlib ({exc}); pip install 'keisei[plot]'", file=sys.stderr)
         return 2
     except (OSError, ValueError, KeyError) as exc:
         print(f"keisei-plot: cannot plot {run_dir}: {exc}", file=sys.stderr)
         return 2
-    _, unreadable = read_metrics(metrics)
     if unreadable:
         print(f"keisei-plot: skipped {unreadable} unreadable line(s) of {metrics}", file=sys.stderr)
     for path in written:

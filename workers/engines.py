@@ -27,7 +27,7 @@ from pathlib import Path
 
 from keisei.errors import KeiseiError
 from keisei.evaluation import Decision, Special
-from keisei.shogi import Color, Game
+from keisei.shogi import STARTING_SFEN, Color, Game
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class GnuShogiPlayer(_RestartingEngine):
         return EngineProcess(self.argv, self.name)
 
     def _choose_one(self, engine: EngineProcess, game: Game) -> Decision:
-        if game.start_sfen.split()[0] != "lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL":
+        if game.start_sfen != STARTING_SFEN:
             raise EngineError(f"{self.name} only plays games from the start position")
         moves = game.to_position().split()[2:]  # "startpos moves m1 m2 ..."
         colour = "black" if game.side_to_move is Color.BLACK else "white"
@@ -353,8 +353,3 @@ class GnuShogiPlayer(_RestartingEngine):
                          game.sfen())
             return Special.FORFEIT
         return int(move)
-
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close("quit")
-            self.engine = None

@@ -160,7 +160,6 @@ class GameRecord:
 
     index: int
     opening: int
-    first_color: str
     names: tuple[str, str]
     first_points: float
     plies: int
@@ -172,7 +171,7 @@ class GameRecord:
 def record_of(item: PlayedGame) -> GameRecord:
     game = item.game
     assert game.outcome is not None
-    return GameRecord(item.index, item.opening, str(item.first_color), item.names,
+    return GameRecord(item.index, item.opening, item.names,
                       item.first_points, game.ply, str(game.outcome.reason),
                       game.to_kif(item.names), game.to_csa(item.names))
 
@@ -359,6 +358,7 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
              openings: list[tuple[str, ...]], output: Path) -> int:
     rows: list[tuple[str, MatchResult | None, str]] = []
     pairings: list[Pairing] = []
+    games: list[dict[str, object]] = []
     context = multiprocessing.get_context("spawn")
     pool = (context.Pool(args.workers, _init_worker, (args.threads,)) if args.workers > 1 else None)
     try:
@@ -370,6 +370,10 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
             records = play(me, spec, args.games, workers=args.workers, seed=args.seed,
                            max_plies=args.max_plies, openings=openings, device=args.device, pool=pool)
             write_games(output / _slug(spec.name), records)
+            games += [{"opponent": spec.name, "index": record.index, "opening": record.opening,
+                       "black": record.names[0], "white": record.names[1],
+                       "points": record.first_points, "plies": record.plies, "reason": record.reason}
+                      for record in records]
             result = result_of(records)
             forfeits = sum(1 for record in records if record.reason == Termination.FORFEIT
                            and record.first_points == 1.0)
@@ -386,7 +390,8 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
     summary = {"player": me.name, "checkpoint": args.checkpoint, "seed": args.seed,
                "games_per_opponent": 2 * ((args.games + 1) // 2),
                "pairings": [pairing.to_dict() for pairing in pairings],
-               "opponents": [asdict(spec) for spec, skipped in rungs if skipped is None]}
+               "opponents": [asdict(spec) for spec, skipped in rungs if skipped is None],
+               "games": games}
     output.mkdir(parents=True, exist_ok=True)
     temporary = output / ".results.json.tmp"
     temporary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

@@ -69,6 +69,8 @@ def test_match_against_fairy_stockfish_writes_records_that_parse(checkpoints: li
     results = json.loads((tmp_path / "results.json").read_text())
     [pairing] = results["pairings"]
     assert pairing["wins"] + pairing["draws"] + pairing["losses"] == 4
+    assert [game["index"] for game in results["games"]] == [0, 1, 2, 3]
+    assert sum(game["points"] for game in results["games"]) == pairing["wins"] + 0.5 * pairing["draws"]
     kifs = sorted(tmp_path.rglob("*.kif"))
     assert len(kifs) == 4
     for kif in kifs:
