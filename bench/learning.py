@@ -1,13 +1,18 @@
-"""Does training make the policy stronger? Elo against random and greedy, before and after.
+"""Does training make the policy stronger, and how fast? A learning curve in wall-clock.
 
 Trains from scratch in one process (sequential collection) for a fixed wall-clock
-budget, then plays the untrained and the trained network (its most probable legal move)
-against ``random`` and the material player ``greedy``: ``--eval-games`` games each, in
-colour-swapped pairs from the shipped openings, with the same seeds. Prints
-wins/draws/losses, score and the Elo difference against each, and one Elo per player
-fitted to all those games plus greedy against random (random = 0).
+budget, keeping a copy of the network at ``--curve`` evenly spaced points of it. After
+training (so evaluation takes nothing from the budget) it plays each copy (its most
+probable legal move) against ``random`` and the material player ``greedy`` in
+colour-swapped pairs from the shipped openings, with the same seeds: ``--curve-games``
+games each for the points along the way, ``--eval-games`` for the untrained and the
+final network. Prints the curve (minutes, steps, score with W/D/L against each), the
+Elo difference of the final network against each, and one Elo per player fitted to all
+those games plus greedy against random (random = 0). ``--ladder`` then plays the final
+network against every installed engine rung of ``keisei-eval --ladder``.
 
-Usage: python -m bench.learning [--minutes 10] [--eval-games 200] [--save PATH.pt]
+Usage: python -m bench.learning [--minutes 10] [--eval-games 200] [--curve 5]
+[--curve-games 100] [--ladder] [--ladder-games 100] [--save PATH.pt]
 [--set section.key=value ...]
 """
 
@@ -19,11 +24,15 @@ import copy
 import tempfile
 import threading
 import time
+from pathlib import Path
+
+from torch import nn
 
 from keisei.checkpoint import save_policy
 from keisei.config import load_config
 from keisei.evaluation import (
     GreedyPlayer,
+    MatchResult,
     Pairing,
     PolicyPlayer,
     RandomPlayer,
@@ -34,6 +43,7 @@ from keisei.evaluation import (
 )
 from learner.main import build_trainer
 from learner.trainer import Callback, Metrics, Trainer, TrainingInterrupted, train
+from workers import evaluate
 
 # Chosen for learning speed on 2 CPU cores: a small net sees many games in the budget.
 SETTINGS = ["model.blocks=4", "model.channels=48", "selfplay.games=64", "selfplay.max_plies=256",
@@ -42,54 +52,107 @@ SETTINGS = ["model.blocks=4", "model.channels=48", "selfplay.games=64", "selfpla
             "train.max_policy_lag=64", "train.total_steps=1000000000"]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--eval-games", type=int, default=200)
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget (wall-clock)")
+    parser.add_argument("--eval-games", type=int, default=200,
+                        help="games of the untrained and final networks against each opponent")
+    parser.add_argument("--curve", type=int, default=5,
+                        help="points on the learning curve (the last is the final network)")
+    parser.add_argument("--curve-games", type=int, default=100,
+                        help="games against each opponent at the earlier curve points")
+    parser.add_argument("--ladder", action="store_true",
+                        help="also play the final network against the installed engine rungs")
+    parser.add_argument("--ladder-games", type=int, default=100, help="games per ladder rung")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--save", metavar="PATH.pt",
                         help="also save the trained network (for keisei-eval or keisei-usi)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     with tempfile.TemporaryDirectory() as run_dir:
         config = load_config(None, [*SETTINGS, f"run.dir={run_dir}", f"run.seed={args.seed}",
                                     *args.overrides])
         stop = threading.Event()
         trainer = build_trainer(config, stop)
         untrained = copy.deepcopy(trainer.model)
-        deadline = time.monotonic() + 60 * args.minutes
-        log: list[Metrics] = []
-
-        def stop_at_deadline(metrics: Metrics) -> None:
-            log.append(metrics)
-            print(f"  epoch {metrics['epoch']:4d} step {metrics['step']:9,d} "
-                  f"{metrics['steps_per_second']:6.0f} steps/s  len {metrics['mean_game_length']:5.1f}  "
-                  f"B/W/D {metrics['black_win_rate']:.2f}/{metrics['white_win_rate']:.2f}/"
-                  f"{metrics['draw_rate']:.2f}  value loss {metrics['value_loss']:.3f}", flush=True)
-            if time.monotonic() >= deadline:
-                stop.set()
-
-        asyncio.run(_train_until_stopped(trainer, stop_at_deadline))
-    device, dtype = trainer.device, trainer.autocast_dtype
-    if args.save:
-        save_policy(args.save, {"model": trainer.model.state_dict(), "config": config.to_dict(),
-                                "counters": {"step": trainer.step, "policy_version": trainer.policy_version}})
+        curve = _train_with_curve(trainer, stop, 60 * args.minutes, max(args.curve, 1))
     print(f"network {config.model.blocks}x{config.model.channels}, {args.minutes:g} min, "
-          f"{trainer.step:,} steps, {trainer.epoch} epochs, precision {dtype or 'float32'}")
-    openings, pairs = load_openings(), range((args.eval_games + 1) // 2)
-    seed = args.seed + 100
-    pairings = [Pairing("greedy", "random", tally(play_match(GreedyPlayer(), RandomPlayer(), openings,
-                                                             pairs, seed=seed)))]
-    print(f"greedy    vs random: {pairings[0].result}")
-    for name, model in (("untrained", untrained), ("trained", trainer.model)):
-        policy = PolicyPlayer(model, name, device=device, autocast_dtype=dtype)
-        for opponent in (RandomPlayer(), GreedyPlayer()):
-            result = tally(play_match(policy, opponent, openings, pairs, seed=seed))
-            pairings.append(Pairing(name, opponent.name, result))
-            print(f"{name:<9} vs {opponent.name}: {result}   win rate {result.wins / result.games:.3f}")
+          f"{trainer.step:,} steps, {trainer.epoch} epochs, "
+          f"precision {trainer.autocast_dtype or 'float32'}", flush=True)
+    pairings = _evaluate(args, trainer, untrained, curve)
     ratings = fit_ratings(pairings)
     print("fitted Elo (random = 0): " + ", ".join(f"{name} {elo:+.0f}" for name, elo in
                                                    sorted(ratings.items(), key=lambda item: item[1])))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(args.save or Path(folder) / "trained.pt")
+        save_policy(path, {"model": trainer.model.state_dict(), "config": config.to_dict(),
+                           "counters": {"step": trainer.step, "policy_version": trainer.policy_version}})
+        if args.ladder:
+            evaluate.main(["--checkpoint", str(path), "--name", "trained", "--ladder",
+                           "--games", str(args.ladder_games), "--seed", str(args.seed + 100),
+                           "--output", str(Path(folder) / "ladder")])
+
+
+def _train_with_curve(trainer: Trainer, stop: threading.Event, budget: float,
+                      points: int) -> list[tuple[float, int, nn.Module]]:
+    """Train until ``budget`` seconds have passed; return (minutes, step, network copy) at
+    each of ``points`` evenly spaced moments, the final network last."""
+    started = time.monotonic()
+    curve: list[tuple[float, int, nn.Module]] = []
+
+    def log_and_keep(metrics: Metrics) -> None:
+        elapsed = time.monotonic() - started
+        print(f"  epoch {metrics['epoch']:4d} step {metrics['step']:9,d} "
+              f"{metrics['steps_per_second']:6.0f} steps/s  len {metrics['mean_game_length']:5.1f}  "
+              f"B/W/D {metrics['black_win_rate']:.2f}/{metrics['white_win_rate']:.2f}/"
+              f"{metrics['draw_rate']:.2f}  value loss {metrics['value_loss']:.3f}  "
+              f"entropy {metrics['entropy']:.2f}  kl {metrics['approx_kl']:.3f}  "
+              f"clip {metrics['clipfrac']:.2f}  lag {metrics['policy_lag_mean']:.1f}", flush=True)
+        if elapsed >= budget:
+            stop.set()
+        elif elapsed >= budget * (len(curve) + 1) / points:
+            curve.append((elapsed / 60, trainer.step, copy.deepcopy(trainer.model)))
+
+    asyncio.run(_train_until_stopped(trainer, log_and_keep))
+    curve.append(((time.monotonic() - started) / 60, trainer.step, trainer.model))
+    return curve
+
+
+def _evaluate(args: argparse.Namespace, trainer: Trainer, untrained: nn.Module,
+              curve: list[tuple[float, int, nn.Module]]) -> list[Pairing]:
+    """Print the curve and the final network's Elo; return every pairing played."""
+    openings = load_openings()
+    seed = args.seed + 100
+
+    def match(model: nn.Module, name: str, opponent: RandomPlayer | GreedyPlayer,
+              games: int) -> MatchResult:
+        policy = PolicyPlayer(model, name, device=trainer.device, autocast_dtype=trainer.autocast_dtype)
+        return tally(play_match(policy, opponent, openings, range((games + 1) // 2), seed=seed))
+
+    baseline = tally(play_match(GreedyPlayer(), RandomPlayer(), openings,
+                                range((args.eval_games + 1) // 2), seed=seed))
+    pairings = [Pairing("greedy", "random", baseline)]
+    print(f"greedy vs random: {baseline}")
+    print(f"{'minutes':>7} {'steps':>10}  {'vs random':<28} {'vs greedy':<28}")
+    points = [(0.0, 0, untrained, "untrained", args.eval_games)]
+    points += [(minutes, step, model, f"curve{index}", args.curve_games)
+               for index, (minutes, step, model) in enumerate(curve[:-1], 1)]
+    minutes, step, model = curve[-1]
+    points.append((minutes, step, model, "trained", args.eval_games))
+    for minutes, step, model, name, games in points:
+        results = [match(model, name, opponent, games) for opponent in (RandomPlayer(), GreedyPlayer())]
+        pairings += [Pairing(name, opponent, result)
+                     for opponent, result in zip(("random", "greedy"), results, strict=True)]
+        print(f"{minutes:7.1f} {step:10,d}  " + " ".join(
+            f"{result.score:.3f} (+{result.wins} ={result.draws} -{result.losses})".ljust(28)
+            for result in results), flush=True)
+    for opponent, result in zip(("random", "greedy"), [p.result for p in pairings[-2:]], strict=True):
+        print(f"trained vs {opponent}: {result}")
+    return pairings
 
 
 async def _train_until_stopped(trainer: Trainer, callback: Callback) -> None:

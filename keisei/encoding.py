@@ -57,6 +57,14 @@ REPETITION_PLANES = 3
 NUM_PLANES = DLSHOGI_PLANES + REPETITION_PLANES
 OBSERVATION_SHAPE = (NUM_PLANES, 9, 9)
 
+# Material values (pawn = 1), by cshogi piece type; the king has none. Greedy players
+# capture by them and reward shaping weighs the material balance with them.
+PIECE_VALUES = {
+    cshogi.PAWN: 1, cshogi.LANCE: 3, cshogi.KNIGHT: 4, cshogi.SILVER: 5, cshogi.GOLD: 6,
+    cshogi.BISHOP: 8, cshogi.ROOK: 10, cshogi.PROM_PAWN: 7, cshogi.PROM_LANCE: 6,
+    cshogi.PROM_KNIGHT: 6, cshogi.PROM_SILVER: 6, cshogi.PROM_BISHOP: 10, cshogi.PROM_ROOK: 12,
+}
+
 MOVE_PLANE_NAMES = (
     "up", "up_left", "up_right", "left", "right", "down", "down_left", "down_right",
     "knight_left", "knight_right",
@@ -64,6 +72,32 @@ MOVE_PLANE_NAMES = (
                                       "down_left", "down_right", "knight_left", "knight_right")),
     "drop_pawn", "drop_lance", "drop_knight", "drop_silver", "drop_bishop", "drop_rook", "drop_gold",
 )
+
+
+def _material_weights() -> np.ndarray:
+    """Per observation bit, what it adds to the mover's material balance (see the plane
+    table: one board bit is one piece; a hand plane is all ones once per piece held)."""
+    board_kinds = (cshogi.PAWN, cshogi.LANCE, cshogi.KNIGHT, cshogi.SILVER, cshogi.BISHOP,
+                   cshogi.ROOK, cshogi.GOLD, cshogi.KING, cshogi.PROM_PAWN, cshogi.PROM_LANCE,
+                   cshogi.PROM_KNIGHT, cshogi.PROM_SILVER, cshogi.PROM_BISHOP, cshogi.PROM_ROOK)
+    hand_kinds = ((cshogi.PAWN, 8), (cshogi.LANCE, 4), (cshogi.KNIGHT, 4), (cshogi.SILVER, 4),
+                  (cshogi.GOLD, 4), (cshogi.BISHOP, 2), (cshogi.ROOK, 2))
+    board = [PIECE_VALUES.get(kind, 0) for kind in board_kinds]
+    hand = [PIECE_VALUES[kind] / 81 for kind, planes in hand_kinds for _ in range(planes)]
+    weights = np.zeros((NUM_PLANES, 81), dtype=np.float32)
+    weights[0:14] = np.array(board, dtype=np.float32)[:, None]
+    weights[31:45] = -weights[0:14]
+    weights[62:90] = np.array(hand, dtype=np.float32)[:, None]
+    weights[90:118] = -weights[62:90]
+    return weights.reshape(-1)
+
+
+def material_balance(packed_observations: np.ndarray) -> np.ndarray:
+    """The mover's material balance (own pieces on the board and in hand minus the
+    opponent's, valued by ``PIECE_VALUES``) of each bit-packed observation ``(N, bytes)``."""
+    bits = np.unpackbits(packed_observations, axis=1, count=_MATERIAL_WEIGHTS.size)
+    balance: np.ndarray = np.rint(bits @ _MATERIAL_WEIGHTS).astype(np.float32)
+    return balance
 
 
 def _build_label_table() -> np.ndarray:
@@ -98,6 +132,7 @@ def _build_label_table() -> np.ndarray:
 
 
 _LABELS = _build_label_table()
+_MATERIAL_WEIGHTS = _material_weights()
 
 
 def move_to_action(board: cshogi.Board, move: int) -> int:

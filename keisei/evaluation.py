@@ -33,7 +33,7 @@ from torch import nn
 
 from keisei.checkpoint import CheckpointError, load_checkpoint
 from keisei.config import build_config
-from keisei.encoding import BatchEncoder
+from keisei.encoding import PIECE_VALUES, BatchEncoder
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.model import PolicyValueNet, autocast, build_model, masked_logits
 from keisei.shogi import Color, Game
@@ -79,12 +79,6 @@ class RandomPlayer:
         pass
 
 
-PIECE_VALUES = {
-    cshogi.PAWN: 1, cshogi.LANCE: 3, cshogi.KNIGHT: 4, cshogi.SILVER: 5, cshogi.GOLD: 6,
-    cshogi.BISHOP: 8, cshogi.ROOK: 10, cshogi.PROM_PAWN: 7, cshogi.PROM_LANCE: 6,
-    cshogi.PROM_KNIGHT: 6, cshogi.PROM_SILVER: 6, cshogi.PROM_BISHOP: 10, cshogi.PROM_ROOK: 12,
-}
-"""Material values (pawn = 1) the greedy player captures by; the king is never captured."""
 
 
 class GreedyPlayer:

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from keisei.errors import KeiseiError
-from keisei.ppo import game_advantages
+from keisei.encoding import material_balance
+from keisei.ppo import game_advantages, shaping_advantages
 from keisei.selfplay import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame
+from keisei.shogi import Termination
 
 
 class BufferFullError(KeiseiError, RuntimeError):
@@ -37,6 +39,7 @@ class EpochBatch:
     values: np.ndarray  # (N,) float32, behaviour values
     advantages: np.ndarray  # (N,) float32
     returns: np.ndarray  # (N,) float32
+    shaping_advantages: np.ndarray  # (N,) float32, per unit of shaping weight
     policy_versions: np.ndarray  # (N,) int32
 
     @property
@@ -64,6 +67,7 @@ _COLUMNS = {
     "values": (np.float32, ()),
     "advantages": (np.float32, ()),
     "returns": (np.float32, ()),
+    "shaping_advantages": (np.float32, ()),
     "policy_versions": (np.int32, ()),
 }
 
@@ -72,7 +76,8 @@ class ExperienceBuffer:
     """Preallocated FIFO of steps, filled with whole games (see the module docstring)."""
 
     def __init__(self, steps_per_epoch: int, capacity: int, *, gamma: float, gae_lambda: float,
-                 max_policy_lag: int) -> None:
+                 max_policy_lag: int, truncation_bootstrap: bool = False,
+                 shaping: bool = False, shaping_lambda: float = 0.0) -> None:
         if capacity < steps_per_epoch:
             raise ValueError(f"capacity {capacity} is smaller than steps_per_epoch {steps_per_epoch}")
         self.steps_per_epoch = steps_per_epoch
@@ -80,6 +85,9 @@ class ExperienceBuffer:
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.max_policy_lag = max_policy_lag
+        self.truncation_bootstrap = truncation_bootstrap
+        self.shaping = shaping
+        self.shaping_lambda = shaping_lambda
         self.policy_version = 0
         self.steps_accepted = 0
         self.steps_dropped_stale = 0
@@ -105,8 +113,13 @@ class ExperienceBuffer:
         :raises BufferFullError: if the fresh steps do not fit; nothing is added.
         """
         winner = None if game.winner == DRAW else game.winner
+        truncated = self.truncation_bootstrap and game.reason == Termination.MAX_PLIES
         advantages, returns = game_advantages(game.players, game.values, winner, self.gamma,
-                                              self.gae_lambda)
+                                              self.gae_lambda, truncated)
+        shaping = np.zeros(game.length, dtype=np.float32)
+        if self.shaping:
+            shaping = shaping_advantages(game.players, material_balance(game.observations),
+                                         self.gamma, self.shaping_lambda)
         with self._lock:
             fresh = game.policy_versions >= self.policy_version - self.max_policy_lag
             count = int(fresh.sum())
@@ -117,7 +130,7 @@ class ExperienceBuffer:
             columns = {"observations": game.observations, "legal_masks": game.legal_masks,
                        "actions": game.actions, "log_probs": game.log_probs,
                        "values": game.values, "advantages": advantages, "returns": returns,
-                       "policy_versions": game.policy_versions}
+                       "shaping_advantages": shaping, "policy_versions": game.policy_versions}
             for name, column in columns.items():
                 self._arrays[name][rows] = column[fresh]
             self._size += count
@@ -198,6 +211,8 @@ class ExperienceBuffer:
 
         :raises ValueError: if the saved columns do not match this buffer.
         """
+        if "shaping_advantages" not in state and "advantages" in state:  # saved before shaping
+            state = {**state, "shaping_advantages": torch.zeros(len(state["advantages"]))}
         sizes = {len(tensor) for tensor in state.values()}
         if set(state) != set(self._arrays) or len(sizes) != 1:
             raise ValueError(f"saved buffer has columns {sorted(state)} of sizes {sorted(sizes)}")

@@ -32,7 +32,7 @@ from keisei.model import (
     resolve_precision,
     to_device,
 )
-from keisei.ppo import explained_variance, learning_rate_at, ppo_losses
+from keisei.ppo import explained_variance, learning_rate_at, ppo_losses, shaping_weight
 from keisei.selfplay import Collector, unpack_masks, unpack_observations
 from learner.buffer import EpochBatch, ExperienceBuffer
 
@@ -154,13 +154,15 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         passes = 0
+        weight = shaping_weight(train.shaping_scale, train.shaping_anneal_steps, self.step)
         while passes < train.ppo_epochs:
             passes += 1
             order = self.shuffle_rng.permutation(batch.size)
             approx_kl = 0.0
             for start in range(0, batches_per_pass * minibatch, minibatch):
                 self._check_stop()
-                losses, grad_norm = self._minibatch_step(batch, order[start:start + minibatch])
+                losses, grad_norm = self._minibatch_step(batch, order[start:start + minibatch],
+                                                         weight)
                 approx_kl = float(losses["approx_kl"])
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -170,16 +172,23 @@ class Trainer:
                 break
         metrics: Metrics = {key: value / count for key, value in sums.items()}
         metrics.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
+                       shaping_weight=weight,
                        explained_variance=explained_variance(batch.values, batch.returns))
         return metrics
 
-    def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray) -> tuple[dict[str, float], float]:
+    def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray,
+                        shaping: float) -> tuple[dict[str, float], float]:
+        """One gradient step; ``shaping`` weighs the shaping part of the advantages. The
+        value still learns the unshaped returns (the game's result), so it stays an
+        estimate of winning that resignation and truncation bootstraps can use."""
         train = self.config.train
         device = self.device
         observations = to_device(unpack_observations(batch.observations[rows]), device)
         legal = to_device(unpack_masks(batch.legal_masks[rows]), device)
         tensors = {name: to_device(getattr(batch, name)[rows], device)
-                   for name in ("actions", "log_probs", "values", "advantages", "returns")}
+                   for name in ("actions", "log_probs", "values", "returns")}
+        advantages = batch.advantages[rows] + shaping * batch.shaping_advantages[rows]
+        tensors["advantages"] = to_device(advantages, device)
         with autocast(device, self.autocast_dtype):
             logits, new_values = self.model(observations.float())
         log_probs, entropy = log_probs_and_entropy(masked_logits(logits.float(), legal))

@@ -17,10 +17,12 @@ from keisei.encoding import (
     describe_action,
     encode_observation,
     legal_action_mask,
+    material_balance,
     move_to_action,
 )
 from keisei.errors import IllegalMoveError
-from keisei.shogi import Game
+from keisei.selfplay import pack_observations
+from keisei.shogi import STARTING_SFEN, Game
 
 
 def random_positions(count: int, seed: int) -> list[Game]:
@@ -114,3 +116,16 @@ def test_batch_encoder_matches_single_encoding_and_maps_actions_back() -> None:
         encoder.moves_for(np.zeros(len(games), dtype=np.int64) + int(np.flatnonzero(~masks[0])[0]))
     with pytest.raises(ValueError, match="capacity"):
         encoder.encode(games + games)
+
+
+def test_material_balance_counts_board_and_hand_from_the_movers_view() -> None:
+    def balance(sfen: str) -> float:
+        planes = encode_observation(Game(sfen).board)[None]
+        return float(material_balance(pack_observations(planes))[0])
+
+    assert balance(STARTING_SFEN) == 0
+    # Black to move: a rook and two pawns in hand against White's bare gold (kings count 0)
+    assert balance("4k4/9/9/9/9/9/9/3g5/4K4 b R2P 1") == 10 + 2 - 6
+    assert balance("4k4/9/9/9/9/9/9/g8/4K4 w R2P 1") == -(10 + 2 - 6)  # the same, seen by White
+    # a promoted bishop on the board and a capped count of pawns in hand (8 hand planes)
+    assert balance("4k4/9/9/9/9/9/9/9/+B3K4 b 9P 1") == 10 + 8

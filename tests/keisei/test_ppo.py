@@ -14,6 +14,8 @@ from keisei.ppo import (
     game_advantages,
     learning_rate_at,
     ppo_losses,
+    shaping_advantages,
+    shaping_weight,
 )
 
 
@@ -50,6 +52,42 @@ def test_each_player_is_credited_over_its_own_plies() -> None:
     # lambda 0: one-step targets use the same player's next value, not the opponent's
     _, td_returns = game_advantages(players, values, winner=1, gamma=1.0, gae_lambda=0.0)
     assert td_returns == pytest.approx([0.3, 0.4, 0.5, 1.0, -1.0])
+
+
+def test_a_truncated_game_bootstraps_from_the_value_it_reached() -> None:
+    players = np.array([0, 1, 0, 1, 0], dtype=np.uint8)
+    values = np.array([0.1, 0.2, 0.3, 0.4, 0.5], dtype=np.float32)
+    advantages, returns = game_advantages(players, values, winner=None, gamma=1.0,
+                                          gae_lambda=1.0, truncated=True)
+    # Black's last ply (4) has no reply: it bootstraps from its own 0.5. White's last ply (3)
+    # led to Black's position valued 0.5 by Black, so -0.5 for White.
+    assert returns == pytest.approx([0.5, -0.5, 0.5, -0.5, 0.5])
+    assert advantages == pytest.approx([0.4, -0.7, 0.2, -0.9, 0.0])
+    _, td_returns = game_advantages(players, values, winner=None, gamma=0.9, gae_lambda=0.0,
+                                    truncated=True)
+    assert td_returns == pytest.approx([0.27, 0.36, 0.45, -0.45, 0.45])
+
+
+def test_shaping_credits_each_move_with_the_material_change_over_it_and_the_reply() -> None:
+    players = np.array([0, 1, 0, 1, 0], dtype=np.uint8)
+    # material from each mover's view: Black takes a pawn at ply 0, White a silver at ply 1,
+    # Black a gold at ply 2 (balance +1, -4, +2 for Black), then quiet moves
+    potentials = np.array([0.0, -1.0, -4.0, -2.0, 2.0], dtype=np.float32)
+    one_step = shaping_advantages(players, potentials, gamma=1.0, gae_lambda=0.0)
+    # Black: 0 -> -4 -> 2 -> (own final) 2; White: -1 -> -2 -> (Black's final, negated) -2
+    assert one_step == pytest.approx([-4.0, -1.0, 6.0, 0.0, 0.0])
+    whole = shaping_advantages(players, potentials, gamma=1.0, gae_lambda=1.0)
+    # lambda 1 with zero values: the change of the potential from the ply to the game's end
+    assert whole == pytest.approx([2.0, -1.0, 6.0, 0.0, 0.0])
+    discounted = shaping_advantages(players, potentials, gamma=0.5, gae_lambda=0.0)
+    assert discounted == pytest.approx([-2.0, 0.0, 5.0, 1.0, -1.0])
+
+
+def test_shaping_weight_anneals_linearly_to_zero() -> None:
+    assert shaping_weight(0.1, 0, 10**9) == 0.1
+    assert shaping_weight(0.1, 1000, 0) == pytest.approx(0.1)
+    assert shaping_weight(0.1, 1000, 250) == pytest.approx(0.075)
+    assert shaping_weight(0.1, 1000, 1000) == shaping_weight(0.1, 1000, 5000) == 0.0
 
 
 def losses_at(ratio: float, advantage: float):

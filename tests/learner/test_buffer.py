@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keisei.selfplay import MASK_BYTES, OBSERVATION_BYTES, FinishedGame
-from keisei.shogi import STARTING_SFEN, Termination
-from learner.buffer import BufferFullError, ExperienceBuffer
+from keisei.protocol import GameRecord
+from keisei.selfplay import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame, replay_game
+from keisei.shogi import STARTING_SFEN, Game, Termination
+from learner.buffer import BufferFullError, EpochBatch, ExperienceBuffer
 
 
 def fake_game(length: int, first_id: int, version: int = 0, winner: int = 0) -> FinishedGame:
@@ -98,3 +99,35 @@ def test_tally_counts_results() -> None:
     tally = buffer.drain_tally()
     assert (tally.games, tally.black, tally.white, tally.draws, tally.plies) == (2, 1, 0, 1, 6)
     assert buffer.drain_tally().games == 0
+
+
+def bishop_exchange() -> FinishedGame:
+    """A real 4-ply game, stopped at the ply limit: both bishops come off the board."""
+    game = Game(max_plies=4)
+    moves = [game.push_usi(usi) for usi in ("7g7f", "3c3d", "8h2b+", "3a2b")]
+    assert game.outcome is not None and game.outcome.reason == Termination.MAX_PLIES
+    record = GameRecord(STARTING_SFEN, DRAW, Termination.MAX_PLIES, np.array(moves, np.int32),
+                        np.full(4, -1.0, np.float32), np.array([0.1, 0.2, 0.3, 0.4], np.float32),
+                        np.zeros(4, np.int32))
+    return replay_game(record, max_plies=4)
+
+
+def test_a_known_game_with_and_without_shaping_and_truncation() -> None:
+    def batch_of(**options: object) -> EpochBatch:
+        buffer = ExperienceBuffer(4, 8, gamma=1.0, gae_lambda=1.0, max_policy_lag=2,
+                                  **options)  # type: ignore[arg-type]
+        buffer.put(bishop_exchange())
+        return buffer.take_epoch()
+
+    plain = batch_of()
+    assert plain.returns == pytest.approx([0, 0, 0, 0], abs=1e-6)  # a draw
+    assert plain.shaping_advantages.tolist() == [0, 0, 0, 0]  # shaping off: nothing stored
+    cut = batch_of(truncation_bootstrap=True)
+    # Black (plies 0, 2) bootstraps from White's last value, negated; White from its own.
+    assert cut.returns == pytest.approx([-0.4, 0.4, -0.4, 0.4])
+    shaped = batch_of(shaping=True)
+    # Material from each mover's view is 0, 0, 0, then -18 for White after 8h2b+ (Black's
+    # horse and a bishop in hand against none). 3c3d let the bishop go: -18; 8h2b+ took it
+    # (+18); White's recapture is the game's last ply, credited with no change.
+    assert shaped.shaping_advantages.tolist() == [0, -18, 18, 0]
+    assert shaped.returns.tolist() == plain.returns.tolist()  # the value learns the result
