@@ -27,6 +27,7 @@ from keisei.encoding import (
     OBSERVATION_SHAPE,
     BatchEncoder,
     fill_observation,
+    move_to_action,
     sequence_actions_and_masks,
 )
 from keisei.errors import InvalidSfenError, RecordError
@@ -151,6 +152,7 @@ class CollectorStats:
 
     steps: int = 0
     games: int = 0
+    forced_mates: int = 0
     encode_seconds: float = 0.0
     inference_seconds: float = 0.0
     rules_seconds: float = 0.0
@@ -204,7 +206,8 @@ class Collector:
         started = time.perf_counter()
         observations, masks = self._encoder.encode(self._games)
         encoded = time.perf_counter()
-        actions, log_probs, values = self._infer(observations, masks)
+        forced = self._mating_actions(masks) if self.config.mate_in_one else None
+        actions, log_probs, values = self._infer(observations, masks, forced)
         inferred = time.perf_counter()
         moves = self._encoder.moves_for(actions)
         self._record(observations, masks, actions, moves, log_probs, values)
@@ -222,14 +225,36 @@ class Collector:
         stats.rules_seconds += done - inferred
         return finished
 
-    def _infer(self, observations: np.ndarray,
-               masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _mating_actions(self, masks: np.ndarray) -> np.ndarray:
+        """Per game, the action of a legal mate in one (cshogi's search), else -1."""
+        forced = np.full(len(self._games), -1, dtype=np.int64)
+        for slot, game in enumerate(self._games):
+            move = game.board.mate_move_in_1ply()
+            if move:
+                action = move_to_action(game.board, move)
+                if masks[slot, action]:
+                    forced[slot] = action
+        self.stats.forced_mates += int((forced >= 0).sum())
+        return forced
+
+    def _infer(self, observations: np.ndarray, masks: np.ndarray,
+               forced: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample a move per game; where ``forced`` holds an action (not -1), play it
+        instead, with the network's log-probability of it at the sampling temperature."""
+        temperature = self.config.temperature
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             inputs = to_device(observations, self.device)
             legal = to_device(masks, self.device)
             logits, values = self.model(inputs)
-            actions, log_probs = sample_actions(masked_logits(logits, legal),
-                                                self.config.temperature, self.generator)
+            masked = masked_logits(logits, legal)
+            actions, log_probs = sample_actions(masked, temperature, self.generator)
+            if forced is not None and bool((forced >= 0).any()):
+                chosen = to_device(forced, self.device)
+                use = chosen >= 0
+                actions = torch.where(use, chosen, actions)
+                all_log_probs = torch.log_softmax(masked.float() / temperature, dim=-1)
+                log_probs = torch.where(use, all_log_probs.gather(1, actions[:, None]).squeeze(1),
+                                        log_probs)
         return actions.cpu().numpy(), log_probs.cpu().numpy(), values.float().cpu().numpy()
 
     def _record(self, observations: np.ndarray, masks: np.ndarray, actions: np.ndarray,

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from keisei.errors import KeiseiError
 from keisei.encoding import material_balance
+from keisei.errors import KeiseiError
 from keisei.ppo import game_advantages, shaping_advantages
 from keisei.selfplay import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame
 from keisei.shogi import Termination

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from keisei.config import SelfPlayConfig
@@ -82,3 +83,39 @@ def test_policy_version_is_stamped_per_ply() -> None:
 def test_packing_round_trips() -> None:
     planes = (np.random.default_rng(0).random((3, 122, 9, 9)) > 0.5).astype(np.float32)
     assert np.array_equal(unpack_observations(pack_observations(planes)), planes.astype(np.uint8))
+
+
+def test_mate_in_one_is_played_whenever_there_is_one() -> None:
+    torch.manual_seed(0)
+    sink = ListSink()
+    collector = Collector(build_model(PRESETS["tiny"]),
+                          SelfPlayConfig(games=16, max_plies=300, mate_in_one=True), sink, seed=1)
+    while len(sink.games) < 16:
+        collector.step()
+    mated = 0
+    for finished in sink.games:
+        game = Game(max_plies=300)
+        for ply, move in enumerate(finished.moves.tolist()):
+            mate = game.board.mate_move_in_1ply()
+            if mate and game.board.is_legal(mate):
+                assert move == mate and ply == finished.length - 1  # the game ends there
+                assert -20 < finished.log_probs[ply] <= 0  # the network's own log-probability
+                mated += 1
+            game.push(move)
+    assert mated > 0 and collector.stats.forced_mates >= mated
+
+
+def test_a_forced_action_carries_the_networks_log_probability() -> None:
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"]).eval()
+    collector = Collector(model, SelfPlayConfig(games=2, temperature=2.0), ListSink(), seed=1)
+    observations, masks = collector._encoder.encode(collector._games)
+    legal = np.flatnonzero(masks[1])
+    forced = np.array([-1, legal[3]])
+    actions, log_probs, _ = collector._infer(observations, masks, forced)
+    with torch.inference_mode():
+        logits, _ = model(torch.from_numpy(observations))
+    expected = torch.log_softmax(logits[1].masked_fill(~torch.from_numpy(masks[1]), -torch.inf) / 2.0,
+                                 dim=-1)[legal[3]]
+    assert actions[1] == legal[3] and masks[0, actions[0]]
+    assert log_probs[1] == pytest.approx(float(expected), abs=1e-5)

@@ -48,11 +48,11 @@ def test_failed_update_restores_state_and_propagates(caplog: pytest.LogCaptureFi
     original = trainer._minibatch_step
     calls = []
 
-    def failing(batch, rows, shaping):  # one real optimizer step, then a failure
+    def failing(*args):  # one real optimizer step, then a failure
         calls.append(1)
         if len(calls) > 1:
             raise FloatingPointError("injected failure")
-        return original(batch, rows, shaping)
+        return original(*args)
 
     trainer._minibatch_step = failing  # type: ignore[method-assign]
     with pytest.raises(FloatingPointError, match="injected"):
