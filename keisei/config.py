@@ -62,10 +62,11 @@ class SelfPlayConfig:
     temperature: float = setting(1.0, "softmax temperature when sampling moves (1: on-policy)",
                                  low=0.05, high=10.0)
     entering_king: bool = setting(True, "apply entering-king (27-point) declarations")
-    mate_in_one: bool = setting(False, "play a mate in one whenever cshogi finds one, recorded "
-                                "with the network's own log-probability of that move, so PPO "
-                                "learns it as if sampled (the network alone plays in "
-                                "evaluation and keisei-usi)")
+    mate_search: int = setting(0, "search-assisted self-play: play a forced mate of at most "
+                               "this many plies (1, 3, 5...) whenever cshogi finds one, recorded "
+                               "with the network's own log-probability of that move so PPO "
+                               "learns it as if sampled; 0: off. Evaluation and keisei-usi play "
+                               "the network alone", low=0, high=7)
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,6 @@ class TrainConfig:
     target_kl: float = setting(0.0, "stop the update early when approx KL exceeds this (0: never)",
                                low=0.0)
     normalize_advantages: bool = setting(True, "normalise advantages per minibatch")
-    proximal_policy: bool = setting(False, "decoupled PPO: clip the ratio around the policy as "
-                                    "it was when the update began (not the possibly many "
-                                    "versions older behaviour policy) and weigh each sample by "
-                                    "a truncated importance weight for the behaviour policy")
-    behaviour_truncation: float = setting(1.0, "cap of those importance weights (pi at the "
-                                          "update's start over pi of the behaviour policy)",
-                                          low=0.0, high=100.0)
     shaping_scale: float = setting(0.0, "potential-based reward shaping from material: Phi = "
                                    "scale x the mover's material balance (pawn 1 ... rook 10, "
                                    "on the board and in hand); 0: off", low=0.0, high=1.0)

@@ -119,14 +119,8 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
                advantages: torch.Tensor, new_values: torch.Tensor, old_values: torch.Tensor,
                returns: torch.Tensor, entropy: torch.Tensor, *, clip_coef: float,
                clip_value_loss: bool, vf_coef: float, ent_coef: float,
-               normalize_advantages: bool,
-               behaviour_weights: torch.Tensor | None = None) -> PPOLosses:
-    """The clipped PPO objective for one minibatch (all arguments shaped ``(B,)``).
-
-    ``old_log_probs`` are those the ratio is clipped around: the behaviour policy's, or in
-    decoupled PPO the proximal policy's, with ``behaviour_weights`` (proximal over
-    behaviour probability, truncated) weighing each sample's surrogate.
-    """
+               normalize_advantages: bool) -> PPOLosses:
+    """The clipped PPO objective for one minibatch (all arguments shaped ``(B,)``)."""
     logratio = new_log_probs - old_log_probs
     ratio = logratio.exp()
     with torch.no_grad():
@@ -138,10 +132,7 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
         mb_advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     pg_loss1 = -mb_advantages * ratio
     pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
-    surrogate = torch.max(pg_loss1, pg_loss2)
-    if behaviour_weights is not None:
-        surrogate = surrogate * behaviour_weights
-    policy_loss = surrogate.mean()
+    policy_loss = torch.max(pg_loss1, pg_loss2).mean()
     if clip_value_loss:
         v_loss_unclipped = (new_values - returns) ** 2
         v_clipped = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)
@@ -152,16 +143,6 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
     entropy_mean = entropy.mean()
     loss = policy_loss - ent_coef * entropy_mean + vf_coef * value_loss
     return PPOLosses(loss, policy_loss, value_loss, entropy_mean, approx_kl, clipfrac)
-
-
-def behaviour_weights(proximal_log_probs: np.ndarray, behaviour_log_probs: np.ndarray,
-                      truncation: float) -> np.ndarray:
-    """Truncated importance weights ``min(pi_prox / pi_behaviour, truncation)`` (V-trace's
-    rho-bar, Espeholt et al. 2018) that decoupled PPO (Hilton et al. 2021) multiplies each
-    sample's clipped surrogate by, the ratio itself being clipped around ``pi_prox``."""
-    ratio = np.exp(np.minimum(proximal_log_probs - behaviour_log_probs, 50.0))
-    weights: np.ndarray = np.minimum(ratio, truncation).astype(np.float32)
-    return weights
 
 
 def explained_variance(predictions: np.ndarray, targets: np.ndarray) -> float:

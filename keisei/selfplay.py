@@ -206,7 +206,7 @@ class Collector:
         started = time.perf_counter()
         observations, masks = self._encoder.encode(self._games)
         encoded = time.perf_counter()
-        forced = self._mating_actions(masks) if self.config.mate_in_one else None
+        forced = self._mating_actions(masks) if self.config.mate_search else None
         actions, log_probs, values = self._infer(observations, masks, forced)
         inferred = time.perf_counter()
         moves = self._encoder.moves_for(actions)
@@ -226,12 +226,18 @@ class Collector:
         return finished
 
     def _mating_actions(self, masks: np.ndarray) -> np.ndarray:
-        """Per game, the action of a legal mate in one (cshogi's search), else -1."""
+        """Per game, the action of the first move of a legal forced mate within
+        ``config.mate_search`` plies (cshogi's searches, about 2 µs at 3 plies), else -1."""
         forced = np.full(len(self._games), -1, dtype=np.int64)
         for slot, game in enumerate(self._games):
-            move = game.board.mate_move_in_1ply()
+            board = game.board
+            move = board.mate_move_in_1ply()
+            for plies in range(3, self.config.mate_search + 1, 2):
+                if move:
+                    break
+                move = board.mate_move(plies)
             if move:
-                action = move_to_action(game.board, move)
+                action = move_to_action(board, move)
                 if masks[slot, action]:
                     forced[slot] = action
         self.stats.forced_mates += int((forced >= 0).sum())

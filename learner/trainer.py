@@ -32,13 +32,7 @@ from keisei.model import (
     resolve_precision,
     to_device,
 )
-from keisei.ppo import (
-    behaviour_weights,
-    explained_variance,
-    learning_rate_at,
-    ppo_losses,
-    shaping_weight,
-)
+from keisei.ppo import explained_variance, learning_rate_at, ppo_losses, shaping_weight
 from keisei.selfplay import Collector, unpack_masks, unpack_observations
 from learner.buffer import EpochBatch, ExperienceBuffer
 
@@ -161,20 +155,14 @@ class Trainer:
         count = 0
         passes = 0
         weight = shaping_weight(train.shaping_scale, train.shaping_anneal_steps, self.step)
-        old_log_probs, weights = batch.log_probs, None
-        if train.proximal_policy:
-            old_log_probs = self._proximal_log_probs(batch)
-            weights = behaviour_weights(old_log_probs, batch.log_probs, train.behaviour_truncation)
         while passes < train.ppo_epochs:
             passes += 1
             order = self.shuffle_rng.permutation(batch.size)
             approx_kl = 0.0
             for start in range(0, batches_per_pass * minibatch, minibatch):
                 self._check_stop()
-                rows = order[start:start + minibatch]
-                losses, grad_norm = self._minibatch_step(
-                    batch, rows, weight, old_log_probs[rows],
-                    None if weights is None else weights[rows])
+                losses, grad_norm = self._minibatch_step(batch, order[start:start + minibatch],
+                                                         weight)
                 approx_kl = float(losses["approx_kl"])
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -183,55 +171,32 @@ class Trainer:
             if train.target_kl and approx_kl > train.target_kl:
                 break
         metrics: Metrics = {key: value / count for key, value in sums.items()}
-        if weights is not None:
-            metrics.update(behaviour_kl=float(np.mean(old_log_probs - batch.log_probs)),
-                           behaviour_weight_mean=float(weights.mean()))
         metrics.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
                        shaping_weight=weight,
                        explained_variance=explained_variance(batch.values, batch.returns))
         return metrics
 
-    def _proximal_log_probs(self, batch: EpochBatch) -> np.ndarray:
-        """Log-probabilities of the batch's actions under the network as it is now, in
-        training mode and minibatch-sized chunks, as the update's own ratios will be."""
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, batch.size, self.config.train.minibatch_size):
-                rows = np.arange(start, min(start + self.config.train.minibatch_size, batch.size))
-                new_log_probs, _, _ = self._forward(batch, rows)
-                chunks.append(new_log_probs.float().cpu().numpy())
-        return np.concatenate(chunks)
-
-    def _forward(self, batch: EpochBatch,
-                 rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The network on ``rows``: (log-probability of each taken action, entropy, value)."""
-        device = self.device
-        observations = to_device(unpack_observations(batch.observations[rows]), device)
-        legal = to_device(unpack_masks(batch.legal_masks[rows]), device)
-        actions = to_device(batch.actions[rows], device)
-        with autocast(device, self.autocast_dtype):
-            logits, values = self.model(observations.float())
-        log_probs, entropy = log_probs_and_entropy(masked_logits(logits.float(), legal))
-        return log_probs.gather(1, actions[:, None]).squeeze(1), entropy, values.float()
-
-    def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray, shaping: float,
-                        old_log_probs: np.ndarray,
-                        weights: np.ndarray | None) -> tuple[dict[str, float], float]:
+    def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray,
+                        shaping: float) -> tuple[dict[str, float], float]:
         """One gradient step. ``shaping`` weighs the shaping part of the advantages; the
         value still learns the unshaped returns (the game's result), so it stays an
-        estimate of winning that resignation and truncation bootstraps can use. The ratio
-        is clipped around ``old_log_probs``; ``weights`` are decoupled PPO's."""
+        estimate of winning that resignation and truncation bootstraps can use."""
         train = self.config.train
         device = self.device
-        tensors = {name: to_device(getattr(batch, name)[rows], device) for name in ("values", "returns")}
+        tensors = {name: to_device(getattr(batch, name)[rows], device)
+                   for name in ("actions", "log_probs", "values", "returns")}
         advantages = batch.advantages[rows] + shaping * batch.shaping_advantages[rows]
-        new_log_probs, entropy, new_values = self._forward(batch, rows)
-        losses = ppo_losses(new_log_probs, to_device(old_log_probs, device),
-                            to_device(advantages, device), new_values, tensors["values"],
-                            tensors["returns"], entropy, clip_coef=train.clip_coef,
-                            clip_value_loss=train.clip_value_loss, vf_coef=train.vf_coef,
-                            ent_coef=train.ent_coef, normalize_advantages=train.normalize_advantages,
-                            behaviour_weights=None if weights is None else to_device(weights, device))
+        observations = to_device(unpack_observations(batch.observations[rows]), device)
+        legal = to_device(unpack_masks(batch.legal_masks[rows]), device)
+        with autocast(device, self.autocast_dtype):
+            logits, new_values = self.model(observations.float())
+        log_probs, entropy = log_probs_and_entropy(masked_logits(logits.float(), legal))
+        new_log_probs = log_probs.gather(1, tensors["actions"][:, None]).squeeze(1)
+        losses = ppo_losses(new_log_probs, tensors["log_probs"], to_device(advantages, device),
+                            new_values.float(), tensors["values"], tensors["returns"], entropy,
+                            clip_coef=train.clip_coef, clip_value_loss=train.clip_value_loss,
+                            vf_coef=train.vf_coef, ent_coef=train.ent_coef,
+                            normalize_advantages=train.normalize_advantages)
         if not torch.isfinite(losses.loss):
             raise FloatingPointError(f"PPO loss is {float(losses.loss)} (policy "
                                      f"{float(losses.policy_loss)}, value {float(losses.value_loss)})")

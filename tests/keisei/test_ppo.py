@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from keisei.ppo import (
-    behaviour_weights,
     compute_gae,
     explained_variance,
     game_advantages,
@@ -114,22 +113,6 @@ def test_clipped_surrogate_at_the_ratio_edges(ratio: float, advantage: float,
     assert float(result.policy_loss.detach()) == pytest.approx(policy_loss)
     assert (gradient != 0) == has_gradient
     assert float(result.clipfrac) == (1.0 if abs(ratio - 1) > 0.2 else 0.0)
-
-
-def test_decoupled_ppo_weighs_the_surrogate_by_truncated_behaviour_weights() -> None:
-    proximal = np.log(np.array([0.5, 0.2, 0.1]))
-    behaviour = np.log(np.array([0.25, 0.4, 0.1]))
-    weights = behaviour_weights(proximal, behaviour, truncation=1.5)
-    assert weights == pytest.approx([1.5, 0.5, 1.0])  # 2.0 truncated to 1.5
-    new = torch.log(torch.tensor([0.6, 0.2, 0.1]))  # ratios 1.2, 1.0, 1.0 around proximal
-    result = ppo_losses(new, torch.tensor(proximal, dtype=torch.float32), torch.ones(3),
-                        torch.zeros(3), torch.zeros(3), torch.zeros(3), torch.zeros(3),
-                        clip_coef=0.1, clip_value_loss=False, vf_coef=0.0, ent_coef=0.0,
-                        normalize_advantages=False,
-                        behaviour_weights=torch.tensor(weights))
-    # -(1.5 * min(1.2, 1.1) + 0.5 * 1 + 1 * 1) / 3
-    assert float(result.policy_loss) == pytest.approx(-(1.5 * 1.1 + 0.5 + 1.0) / 3)
-    assert float(result.clipfrac) == pytest.approx(1 / 3)
 
 
 def test_value_clipping_and_entropy_terms() -> None:

@@ -85,11 +85,11 @@ def test_packing_round_trips() -> None:
     assert np.array_equal(unpack_observations(pack_observations(planes)), planes.astype(np.uint8))
 
 
-def test_mate_in_one_is_played_whenever_there_is_one() -> None:
+def test_a_mate_in_one_is_played_whenever_there_is_one() -> None:
     torch.manual_seed(0)
     sink = ListSink()
     collector = Collector(build_model(PRESETS["tiny"]),
-                          SelfPlayConfig(games=16, max_plies=300, mate_in_one=True), sink, seed=1)
+                          SelfPlayConfig(games=16, max_plies=300, mate_search=1), sink, seed=1)
     while len(sink.games) < 16:
         collector.step()
     mated = 0
@@ -119,3 +119,17 @@ def test_a_forced_action_carries_the_networks_log_probability() -> None:
                                  dim=-1)[legal[3]]
     assert actions[1] == legal[3] and masks[0, actions[0]]
     assert log_probs[1] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_a_longer_mate_search_finds_the_first_move_of_a_mate_in_three() -> None:
+    sfen = "1n4sng/2s1rk3/lp6l/pPgpPPppp/PgPP2b1P/5nPP1/L1N1+pGs1L/R8/2B3K2 w 2Ps 116"
+    found = {}
+    for plies in (1, 3):
+        collector = Collector(build_model(PRESETS["tiny"]),
+                              SelfPlayConfig(games=1, mate_search=plies), ListSink())
+        collector._games = [Game(sfen)]
+        _, masks = collector._encoder.encode(collector._games)
+        found[plies] = int(collector._mating_actions(masks)[0])
+    game = Game(sfen)
+    assert found[1] == -1  # no mate in one here
+    assert found[3] == move_to_action(game.board, game.board.move_from_usi("S*3h"))
