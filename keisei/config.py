@@ -62,7 +62,7 @@ class SelfPlayConfig:
     temperature: float = setting(1.0, "softmax temperature when sampling moves (1: on-policy)",
                                  low=0.05, high=10.0)
     entering_king: bool = setting(True, "apply entering-king (27-point) declarations")
-    mate_search: int = setting(0, "search-assisted self-play: play a forced mate of at most "
+    mate_search: int = setting(3, "search-assisted self-play: play a forced mate of at most "
                                "this many plies (1, 3, 5...) whenever cshogi finds one, recorded "
                                "with the network's own log-probability of that move so PPO "
                                "learns it as if sampled; 0: off. Evaluation and keisei-usi play "
@@ -89,17 +89,16 @@ class TrainConfig:
     target_kl: float = setting(0.0, "stop the update early when approx KL exceeds this (0: never)",
                                low=0.0)
     normalize_advantages: bool = setting(True, "normalise advantages per minibatch")
-    shaping_scale: float = setting(0.0, "potential-based reward shaping from material: Phi = "
-                                   "scale x the mover's material balance (pawn 1 ... rook 10, "
-                                   "on the board and in hand); 0: off", low=0.0, high=1.0)
+    shaping_scale: float = setting(0.05, "reward shaping from material: each move's advantage "
+                                   "gains scale x (gamma Phi(s') - Phi(s)), Phi the mover's "
+                                   "material balance (pawn 1 ... rook 10, on the board and in "
+                                   "hand) and s' its next position; the value still learns the "
+                                   "result alone; 0: off", low=0.0, high=1.0)
     shaping_anneal_steps: int = setting(0, "the shaping weight falls linearly to 0 at this "
                                         "training step (0: it stays at shaping_scale)", low=0)
     shaping_lambda: float = setting(0.0, "GAE lambda of the shaping part of the advantages: 0 "
                                     "credits a move with the material change over it and the "
                                     "reply, larger values look further ahead", low=0.0, high=1.0)
-    truncation_bootstrap: bool = setting(False, "a game stopped at selfplay.max_plies is cut "
-                                         "short, not drawn: its last plies bootstrap from the "
-                                         "value instead of earning a draw's 0")
     max_policy_lag: int = setting(16, "drop steps produced more than this many policy versions ago",
                                   low=0)
 

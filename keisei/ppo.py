@@ -14,45 +14,31 @@ import numpy as np
 import torch
 
 
-def compute_gae(rewards: np.ndarray, values: np.ndarray, gamma: float, gae_lambda: float,
-                last_value: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Advantages and returns of one sequence of steps.
+def compute_gae(rewards: np.ndarray, values: np.ndarray, gamma: float,
+                gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+    """Advantages and returns of one episode that ends after its last step.
 
-    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lambda *
-    A_{t+1}``; ``returns = advantages + values``. ``V`` after the last step is
-    ``last_value``: 0 when the episode ended there, the estimated value of the state
-    reached when it was cut short (truncation is not termination).
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` (``V`` after the last step is 0) and
+    ``A_t = delta_t + gamma * lambda * A_{t+1}``; ``returns = advantages + values``.
     """
     steps = len(rewards)
     advantages = np.zeros(steps, dtype=np.float32)
     last_advantage = 0.0
     for t in range(steps - 1, -1, -1):
-        next_value = values[t + 1] if t + 1 < steps else last_value
+        next_value = values[t + 1] if t + 1 < steps else 0.0
         delta = rewards[t] + gamma * next_value - values[t]
         last_advantage = delta + gamma * gae_lambda * last_advantage
         advantages[t] = last_advantage
     return advantages, advantages + values.astype(np.float32)
 
 
-def _bootstrap(quantity: np.ndarray, last_ply: int) -> float:
-    """A player's estimate of ``quantity`` (a value or a potential, each from its mover's
-    view) after its last ply ``last_ply`` of a game cut short: the negated figure of the
-    opponent's reply position when there is one (zero-sum: the same state from the other
-    side), else the player's own figure at its last ply."""
-    if last_ply + 1 < len(quantity):
-        return -float(quantity[last_ply + 1])
-    return float(quantity[last_ply])
-
-
 def game_advantages(players: np.ndarray, values: np.ndarray, winner: int | None, gamma: float,
-                    gae_lambda: float, truncated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-player GAE over one finished game.
 
-    ``players[t]`` is the mover of ply t (0 black, 1 white); ``values[t]`` the value the
+    ``players[t]`` is the mover of ply t (0 black, 1 white), ``values[t]`` the value the
     network gave at ply t from the mover's view, ``winner`` 0, 1 or ``None`` for a draw.
-    Each player's last ply earns its final reward (+1, -1 or 0). A ``truncated`` game
-    (stopped at the ply limit, not decided by the rules) earns no reward: each player's
-    last ply bootstraps from the value of the position it led to (see ``_bootstrap``).
+    Each player's last ply earns its final reward (+1, -1 or 0).
     """
     advantages = np.zeros(len(players), dtype=np.float32)
     returns = np.zeros(len(players), dtype=np.float32)
@@ -63,10 +49,18 @@ def game_advantages(players: np.ndarray, values: np.ndarray, winner: int | None,
         rewards = np.zeros(len(plies), dtype=np.float32)
         if winner is not None:
             rewards[-1] = 1.0 if winner == player else -1.0
-        last_value = _bootstrap(values, int(plies[-1])) if truncated else 0.0
-        advantages[plies], returns[plies] = compute_gae(rewards, values[plies], gamma, gae_lambda,
-                                                        last_value)
+        advantages[plies], returns[plies] = compute_gae(rewards, values[plies], gamma, gae_lambda)
     return advantages, returns
+
+
+def _potential_after(potentials: np.ndarray, last_ply: int) -> float:
+    """A player's potential after its last ply ``last_ply`` (potentials are zero-sum, each
+    from its mover's view): the opponent's at its reply, negated, when there is a reply;
+    else the player's own at its last ply (the game's last move is credited with no
+    change)."""
+    if last_ply + 1 < len(potentials):
+        return -float(potentials[last_ply + 1])
+    return float(potentials[last_ply])
 
 
 def shaping_advantages(players: np.ndarray, potentials: np.ndarray, gamma: float,
@@ -76,7 +70,7 @@ def shaping_advantages(players: np.ndarray, potentials: np.ndarray, gamma: float
     Shaping (Ng, Harada & Russell 1999) adds ``F = gamma * Phi(s') - Phi(s)`` to the reward
     of each ply, ``s'`` being the mover's next position. ``potentials[t]`` is ``Phi`` of ply
     t's position from its mover's view, and the potential after a player's last ply is the
-    one it left on the board (see ``_bootstrap``), not 0: with 0, a mating move would pay
+    one it left on the board (see ``_potential_after``), not 0: with 0, a mating move would pay
     back the whole material lead and the mated side would be refunded its deficit. So the
     shaping terms of a game sum to the change of ``Phi`` over it, which keeps the optimal
     policy only once the shaping weight has been annealed to 0. GAE is linear in the
@@ -90,7 +84,7 @@ def shaping_advantages(players: np.ndarray, potentials: np.ndarray, gamma: float
         if len(plies) == 0:
             continue
         own = potentials[plies].astype(np.float32)
-        following = np.append(own[1:], np.float32(_bootstrap(potentials, int(plies[-1]))))
+        following = np.append(own[1:], np.float32(_potential_after(potentials, int(plies[-1]))))
         rewards = gamma * following - own
         advantages[plies], _ = compute_gae(rewards, np.zeros(len(plies), dtype=np.float32), gamma,
                                            gae_lambda)

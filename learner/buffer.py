@@ -21,7 +21,6 @@ from keisei.encoding import material_balance
 from keisei.errors import KeiseiError
 from keisei.ppo import game_advantages, shaping_advantages
 from keisei.selfplay import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame
-from keisei.shogi import Termination
 
 
 class BufferFullError(KeiseiError, RuntimeError):
@@ -76,8 +75,7 @@ class ExperienceBuffer:
     """Preallocated FIFO of steps, filled with whole games (see the module docstring)."""
 
     def __init__(self, steps_per_epoch: int, capacity: int, *, gamma: float, gae_lambda: float,
-                 max_policy_lag: int, truncation_bootstrap: bool = False,
-                 shaping: bool = False, shaping_lambda: float = 0.0) -> None:
+                 max_policy_lag: int, shaping: bool = False, shaping_lambda: float = 0.0) -> None:
         if capacity < steps_per_epoch:
             raise ValueError(f"capacity {capacity} is smaller than steps_per_epoch {steps_per_epoch}")
         self.steps_per_epoch = steps_per_epoch
@@ -85,7 +83,6 @@ class ExperienceBuffer:
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.max_policy_lag = max_policy_lag
-        self.truncation_bootstrap = truncation_bootstrap
         self.shaping = shaping
         self.shaping_lambda = shaping_lambda
         self.policy_version = 0
@@ -113,9 +110,8 @@ class ExperienceBuffer:
         :raises BufferFullError: if the fresh steps do not fit; nothing is added.
         """
         winner = None if game.winner == DRAW else game.winner
-        truncated = self.truncation_bootstrap and game.reason == Termination.MAX_PLIES
         advantages, returns = game_advantages(game.players, game.values, winner, self.gamma,
-                                              self.gae_lambda, truncated)
+                                              self.gae_lambda)
         shaping = np.zeros(game.length, dtype=np.float32)
         if self.shaping:
             shaping = shaping_advantages(game.players, material_balance(game.observations),

@@ -229,7 +229,6 @@ def build_trainer(config: Config, stop: threading.Event, threads: int | None = N
     buffer = ExperienceBuffer(train_config.steps_per_epoch, capacity, gamma=train_config.gamma,
                               gae_lambda=train_config.gae_lambda,
                               max_policy_lag=train_config.max_policy_lag,
-                              truncation_bootstrap=train_config.truncation_bootstrap,
                               shaping=train_config.shaping_scale > 0,
                               shaping_lambda=train_config.shaping_lambda)
     collector = Collector(model, selfplay, buffer, device=device, seed=config.run.seed,

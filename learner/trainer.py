@@ -180,7 +180,7 @@ class Trainer:
                         shaping: float) -> tuple[dict[str, float], float]:
         """One gradient step. ``shaping`` weighs the shaping part of the advantages; the
         value still learns the unshaped returns (the game's result), so it stays an
-        estimate of winning that resignation and truncation bootstraps can use."""
+        estimate of winning (keisei-usi resigns by it)."""
         train = self.config.train
         device = self.device
         tensors = {name: to_device(getattr(batch, name)[rows], device)

@@ -199,7 +199,9 @@ class Actor:
                 latest = message
         if latest is not None and latest.policy_version != self.collector.policy_version:
             self._load_weights(latest)
-            self.accepting = True  # new weights: the learner has consumed an epoch
+            # New weights mean an epoch was consumed, not that the next one is short: a
+            # paused actor asks at once (the ack says) instead of playing on regardless.
+            self._heartbeat(time.monotonic())
         while self.dealer.poll(0):
             message = self._receive()
             if isinstance(message, Ack):

@@ -54,20 +54,6 @@ def test_each_player_is_credited_over_its_own_plies() -> None:
     assert td_returns == pytest.approx([0.3, 0.4, 0.5, 1.0, -1.0])
 
 
-def test_a_truncated_game_bootstraps_from_the_value_it_reached() -> None:
-    players = np.array([0, 1, 0, 1, 0], dtype=np.uint8)
-    values = np.array([0.1, 0.2, 0.3, 0.4, 0.5], dtype=np.float32)
-    advantages, returns = game_advantages(players, values, winner=None, gamma=1.0,
-                                          gae_lambda=1.0, truncated=True)
-    # Black's last ply (4) has no reply: it bootstraps from its own 0.5. White's last ply (3)
-    # led to Black's position valued 0.5 by Black, so -0.5 for White.
-    assert returns == pytest.approx([0.5, -0.5, 0.5, -0.5, 0.5])
-    assert advantages == pytest.approx([0.4, -0.7, 0.2, -0.9, 0.0])
-    _, td_returns = game_advantages(players, values, winner=None, gamma=0.9, gae_lambda=0.0,
-                                    truncated=True)
-    assert td_returns == pytest.approx([0.27, 0.36, 0.45, -0.45, 0.45])
-
-
 def test_shaping_credits_each_move_with_the_material_change_over_it_and_the_reply() -> None:
     players = np.array([0, 1, 0, 1, 0], dtype=np.uint8)
     # material from each mover's view: Black takes a pawn at ply 0, White a silver at ply 1,
