@@ -68,13 +68,20 @@ def test_two_actors_train_and_every_step_is_counted_once(tmp_path: Path) -> None
     with learner(tmp_path) as run:
         with LocalActors(2, run.bind, tmp_path / "logs") as local:
             run.train_epochs(3)
+            # Actors play only while the learner wants data (back-pressure): train on,
+            # bounded, until both have delivered games.
+            for _ in range(10):
+                if all(run.actor(name).games_received > 0 for name in ("local-0", "local-1")):
+                    break
+                run.train_epochs(1)
             wait_for(lambda: all(run.actor(name).policy_version >= 2 for name in ("local-0", "local-1")),
                      15, "both actors to report the new weights")
         wait_for(lambda: all(info.state == "stopped" for info in run.actors.snapshot()), 15,
                  "both actors to say bye")
         assert all(process.returncode == 0 for process in local.processes.values())
         buffer, counters = run.trainer.buffer, run.server.counters
-        assert run.trainer.step == 3 * 256 and run.trainer.policy_version == 3
+        epochs = run.trainer.policy_version
+        assert 3 <= epochs <= 13 and run.trainer.step == epochs * 256
         assert buffer.steps_accepted == run.trainer.step + buffer.size  # trained or still held
         assert counters["steps_received"] == (buffer.steps_accepted + buffer.steps_dropped_stale
                                               + counters["steps_dropped_backpressure"]
@@ -98,6 +105,12 @@ def test_late_and_restarted_actors_get_current_weights_and_contribute(tmp_path: 
         run.train_epochs(2)
         wait_for(lambda: run.actor("local-0").policy_version == 4 and run.actor("late").policy_version == 4,
                  20, "both actors to load policy version 4")
+        # Actors play only while the learner wants data (back-pressure), so a newcomer's
+        # first games can take a few epochs to finish; bounded, not timed.
+        for _ in range(10):
+            if run.actor("late").games_received > 0:
+                break
+            run.train_epochs(1)
         assert run.actor("late").games_received > 0
         before_restart = run.actor("local-0").steps_received
         run.train_epochs(1)
