@@ -79,8 +79,6 @@ class RandomPlayer:
         pass
 
 
-
-
 class GreedyPlayer:
     """Captures the most valuable piece it can (ties broken at random), preferring to
     promote while doing so; with no capture, a random move."""

@@ -128,3 +128,16 @@ def test_a_known_game_with_and_without_shaping() -> None:
     # (+18); White's recapture is the game's last ply, credited with no change.
     assert shaped.shaping_advantages.tolist() == [0, -18, 18, 0]
     assert shaped.returns.tolist() == plain.returns.tolist()  # the value learns the result
+
+
+def test_a_buffer_saved_before_shaping_existed_still_loads() -> None:
+    buffer = make_buffer()
+    buffer.put(fake_game(6, 0))
+    state = {name: tensor for name, tensor in buffer.state_dict().items()
+             if name != "shaping_advantages"}
+    other = make_buffer()
+    other.load_state_dict(state)
+    other.put(fake_game(4, 6))
+    batch = other.take_epoch()
+    assert batch.actions.tolist() == list(range(10))
+    assert batch.shaping_advantages.tolist() == [0.0] * 10
