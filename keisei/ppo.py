@@ -74,9 +74,10 @@ def shaping_advantages(players: np.ndarray, potentials: np.ndarray, gamma: float
     back the whole material lead and the mated side would be refunded its deficit. So the
     shaping terms of a game sum to the change of ``Phi`` over it, which keeps the optimal
     policy only once the shaping weight has been annealed to 0. GAE is linear in the
-    rewards, so for values fixed elsewhere the shaped advantages are ``game_advantages(...)
-    + weight * shaping_advantages(...)`` for any weight: the learner stores this part apart
-    and weighs it when it trains.
+    rewards, so with ``gae_lambda`` equal to the game's, ``game_advantages(...) + weight *
+    shaping_advantages(...)`` is exactly GAE of the shaped rewards for any weight; with a
+    smaller ``gae_lambda`` (the default 0) the material is credited over a shorter horizon
+    than the result. The learner stores this part apart and weighs it when it trains.
     """
     advantages = np.zeros(len(players), dtype=np.float32)
     for player in (0, 1):
