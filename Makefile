@@ -30,7 +30,7 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check keisei learner workers tests bench
-	$(BIN)/mypy --strict keisei/
+	$(BIN)/mypy --strict keisei/ learner/ workers/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

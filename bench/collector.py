@@ -38,7 +38,7 @@ def measure(games: int, threads: int, seconds: float, precision: str) -> tuple[f
     start = (collector.stats.inference_seconds, collector.stats.rules_seconds,
              collector.stats.encode_seconds)
     while time.perf_counter() - started < seconds:
-        collector.step()
+        collector.step(0)
     elapsed = time.perf_counter() - started
     stats = collector.stats
     shares = (stats.inference_seconds - start[0], stats.rules_seconds - start[1],

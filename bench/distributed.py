@@ -47,7 +47,7 @@ def sequential(config: Config, seconds: float) -> tuple[float, list[FinishedGame
     collector.collect(config.selfplay.games * 3)
     start, started = collector.stats.steps, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        collector.step()
+        collector.step(0)
     return (collector.stats.steps - start) / (time.perf_counter() - started), sink.games
 
 

@@ -10,9 +10,7 @@ are brought forward by the functions in ``_MIGRATIONS``.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 
 from keisei.errors import KeiseiError
+from keisei.files import write_atomically
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d{12})\.pt$")
@@ -68,29 +67,8 @@ def save_policy(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def _save_atomically(target: Path, state: dict[str, Any]) -> Path:
-    folder = target.parent
-    folder.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **state}
-    handle, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(folder)
-    return target
-
-
-def _fsync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    return write_atomically(target, lambda stream: torch.save(payload, stream))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -35,7 +35,7 @@ from keisei.checkpoint import CheckpointError, load_checkpoint
 from keisei.config import build_config
 from keisei.encoding import PIECE_VALUES, BatchEncoder
 from keisei.errors import IllegalMoveError, KeiseiError
-from keisei.model import PolicyValueNet, autocast, build_model, masked_logits
+from keisei.model import PolicyValueNet, autocast, build_model, choose_actions, masked_logits
 from keisei.shogi import Color, Game
 
 ANCHOR = "random"
@@ -131,14 +131,9 @@ class PolicyPlayer:
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             logits, _ = self.model(torch.from_numpy(observations).to(self.device))
             masked = masked_logits(logits.float(), torch.from_numpy(masks).to(self.device))
-        if self.temperature > 0:
-            probabilities = torch.softmax(masked / self.temperature, dim=-1).cpu().numpy()
-            cumulative = np.cumsum(probabilities, axis=-1)
-            draws = np.array([[rng.random()] for rng in rngs]) * cumulative[:, -1:]
-            actions = np.minimum((cumulative < draws).sum(axis=-1), cumulative.shape[1] - 1)
-        else:
-            actions = masked.argmax(dim=-1).cpu().numpy()
-        return [int(move) for move in self.encoder.moves_for(actions)]
+            uniforms = torch.tensor([rng.random() for rng in rngs]) if self.temperature else None
+            actions, _ = choose_actions(masked, self.temperature, uniforms)
+        return [int(move) for move in self.encoder.moves_for(actions.cpu().numpy())]
 
     def close(self) -> None:
         pass
@@ -320,8 +315,13 @@ def apply_decision(game: Game, decision: Decision) -> None:
         game.push(int(decision))
 
 
-def tally(played: Sequence[PlayedGame]) -> MatchResult:
-    """The match result from the first player's view."""
+class Scored(Protocol):
+    @property
+    def first_points(self) -> float: ...
+
+
+def tally(played: Sequence[Scored]) -> MatchResult:
+    """The match result from the first player's view (of played games or their records)."""
     points = [item.first_points for item in played]
     return MatchResult(points.count(1.0), points.count(0.5), points.count(0.0))
 

@@ -13,7 +13,7 @@ and that floats are finite. Any violation raises ``ProtocolError`` naming it.
 
 A finished game crosses the wire as its start position and moves plus, per ply, the
 behaviour log-probability, value and policy version: 16 bytes a ply. The learner
-replays the moves through ``keisei.shogi.Game`` (``keisei.selfplay.replay_game``),
+replays the moves through ``keisei.shogi.Game`` (``keisei.records.replay_game``),
 which rebuilds the observation planes and legal masks and rejects any illegal move
 or misreported result. Bit-packed planes and masks would be about 1 510 bytes a ply.
 """
@@ -33,6 +33,7 @@ import numpy as np
 import zmq.auth
 
 from keisei.errors import KeiseiError
+from keisei.records import GameRecord
 from keisei.shogi import Termination
 
 PROTOCOL_VERSION = 1
@@ -79,23 +80,6 @@ class Heartbeat:
     games_sent: int = 0
     batches_dropped: int = 0
     steps_dropped: int = 0
-
-
-@dataclass(frozen=True, eq=False)
-class GameRecord:
-    """One finished game in wire form; arrays are per ply."""
-
-    start_sfen: str
-    winner: int  # 0 black, 1 white, -1 draw
-    reason: Termination
-    moves: np.ndarray  # int32 cshogi moves
-    log_probs: np.ndarray  # float32
-    values: np.ndarray  # float32
-    policy_versions: np.ndarray  # int32
-
-    @property
-    def length(self) -> int:
-        return len(self.moves)
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,7 +181,7 @@ def _plain_fields(message: Message) -> dict[str, Any]:
 
 
 # --- decoding -------------------------------------------------------------------------
-def decode(frames: list[Frame]) -> Message:
+def decode(frames: Sequence[Frame]) -> Message:
     """Check and decode a message's frames (without a ROUTER identity frame).
 
     :raises ProtocolError: naming what is wrong.
@@ -299,7 +283,7 @@ def _array(frame: Frame, dtype: np.dtype, length: int, name: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype)
 
 
-def _decode_games(header: dict[str, Any], payload: list[Frame]) -> Games:
+def _decode_games(header: dict[str, Any], payload: Sequence[Frame]) -> Games:
     actor_id = _text(header, "actor_id")
     entries = _expect(header, "games", list)
     if not 1 <= len(entries) <= MAX_GAMES_PER_MESSAGE:
@@ -334,7 +318,7 @@ def _decode_games(header: dict[str, Any], payload: list[Frame]) -> Games:
     return Games(actor_id, games)
 
 
-def _decode_weights(header: dict[str, Any], payload: list[Frame]) -> Weights:
+def _decode_weights(header: dict[str, Any], payload: Sequence[Frame]) -> Weights:
     version = _expect(header, "policy_version", int, 0)
     specs = _expect(header, "tensors", list)
     if len(specs) != len(payload):

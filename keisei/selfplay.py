@@ -4,146 +4,51 @@
 it encodes every position at once, runs **one** forward pass for all of them, samples a
 legal move per game, and records the ply into per-slot arrays (vectorised across games;
 the only per-game Python work is ``Game.push``). A finished game is handed to
-``sink.put`` as a compact ``FinishedGame`` and a new game starts in its slot.
+the sink (with its training data for the learner's buffer, as a bare wire record for an
+actor) and a new game starts in its slot.
 
-The collector knows nothing of sockets or processes: a remote actor passes a sink that
-sends games to the learner, the learner's sequential fallback passes its buffer.
+The collector knows nothing of sockets, processes or the protocol: a remote actor passes
+a sink that sends records to the learner, the learner's sequential fallback passes its
+buffer. Records and their packing live in ``keisei.records``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
 from keisei.config import SelfPlayConfig
-from keisei.encoding import (
-    NUM_ACTIONS,
-    NUM_PLANES,
-    OBSERVATION_SHAPE,
-    BatchEncoder,
-    fill_observation,
-    move_to_action,
-    sequence_actions_and_masks,
+from keisei.encoding import BatchEncoder, move_to_action
+from keisei.model import autocast, choose_actions, masked_logits, resolve_precision, to_device
+from keisei.records import (
+    DRAW,
+    MASK_BYTES,
+    OBSERVATION_BYTES,
+    FinishedGame,
+    GameRecord,
+    pack_masks,
+    pack_observations,
 )
-from keisei.errors import InvalidSfenError, RecordError
-from keisei.model import autocast, masked_logits, resolve_precision, sample_actions, to_device
-from keisei.protocol import GameRecord
-from keisei.shogi import Color, Game, Termination
-
-OBSERVATION_BITS = NUM_PLANES * 81
-OBSERVATION_BYTES = (OBSERVATION_BITS + 7) // 8
-MASK_BYTES = (NUM_ACTIONS + 7) // 8
-DRAW = -1
-
-
-def pack_observations(observations: np.ndarray) -> np.ndarray:
-    """``(N, *OBSERVATION_SHAPE)`` binary planes → ``(N, OBSERVATION_BYTES)`` uint8 bits."""
-    return np.packbits(observations.reshape(len(observations), -1) != 0, axis=1)
-
-
-def unpack_observations(packed: np.ndarray) -> np.ndarray:
-    """Inverse of ``pack_observations``: uint8 0/1 planes ``(N, *OBSERVATION_SHAPE)``."""
-    bits = np.unpackbits(packed, axis=1, count=OBSERVATION_BITS)
-    return bits.reshape(len(packed), *OBSERVATION_SHAPE)
-
-
-def unpack_masks(packed: np.ndarray) -> np.ndarray:
-    """``(N, MASK_BYTES)`` packed legal masks → ``(N, NUM_ACTIONS)`` bool."""
-    return np.unpackbits(packed, axis=1, count=NUM_ACTIONS).view(bool)
-
-
-@dataclass(frozen=True, eq=False)
-class FinishedGame:
-    """One finished self-play game, ply by ply, in compact dtypes.
-
-    ``players[t]`` is the mover of ply t (0 black, 1 white); ``values`` and
-    ``log_probs`` are the behaviour policy's, from the mover's view; ``winner`` is 0, 1
-    or ``DRAW`` (-1).
-    """
-
-    observations: np.ndarray  # (T, OBSERVATION_BYTES) uint8, bit-packed planes
-    legal_masks: np.ndarray  # (T, MASK_BYTES) uint8, bit-packed
-    actions: np.ndarray  # (T,) int16
-    moves: np.ndarray  # (T,) int32 cshogi moves, for records
-    log_probs: np.ndarray  # (T,) float32
-    values: np.ndarray  # (T,) float32
-    players: np.ndarray  # (T,) uint8
-    policy_versions: np.ndarray  # (T,) int32
-    winner: int
-    reason: Termination
-    start_sfen: str
-
-    @property
-    def length(self) -> int:
-        return len(self.actions)
-
-    @property
-    def winner_color(self) -> Color | None:
-        return None if self.winner == DRAW else Color.from_number(self.winner)
-
-    def to_record(self) -> GameRecord:
-        """The compact wire form: start position, moves and per-ply behaviour data."""
-        return GameRecord(self.start_sfen, self.winner, self.reason, self.moves, self.log_probs,
-                          self.values, self.policy_versions)
-
-    def to_game(self) -> Game:
-        """Replay the moves into a ``Game`` (for KIF/CSA records)."""
-        game = Game(self.start_sfen, max_plies=max(self.length, 1))
-        for move in self.moves:
-            game.push(int(move))
-        return game
-
-
-def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) -> FinishedGame:
-    """Rebuild a ``FinishedGame`` from its wire form by replaying the moves through ``Game``.
-
-    This is the learner's check of what an actor sends: every move must be legal where it
-    was played, the game must end exactly at the last move, and with the result claimed.
-
-    :raises RecordError: naming the first problem.
-    """
-    try:
-        game = Game(record.start_sfen, max_plies=max_plies, entering_king=entering_king)
-    except InvalidSfenError as exc:
-        raise RecordError(f"start position: {exc}") from exc
-    length = record.length
-    planes = np.empty((length, *OBSERVATION_SHAPE), dtype=np.float32)
-    turns = np.empty(length, dtype=np.uint8)
-    legal_lists = []
-    for ply, move in enumerate(record.moves.tolist()):
-        if game.outcome is not None:
-            raise RecordError(f"ply {ply + 1} follows the end of the game ({game.outcome})")
-        legal = game.legal_moves()
-        if move not in legal:
-            raise RecordError(f"ply {ply + 1}: move {move} is not legal in {game.sfen()}")
-        fill_observation(planes, ply, game.board, game.repetitions)
-        turns[ply] = game.board.turn
-        legal_lists.append(legal)
-        game.push(move)
-    outcome = game.outcome
-    if outcome is None:
-        raise RecordError(f"the game is not over after its {length} plies")
-    winner = DRAW if outcome.winner is None else outcome.winner.number
-    if (winner, outcome.reason) != (record.winner, record.reason):
-        raise RecordError(f"claimed result {record.winner}/{record.reason} but the moves give {outcome}")
-    actions, masks = sequence_actions_and_masks(legal_lists, turns, record.moves)
-    return FinishedGame(
-        observations=pack_observations(planes), legal_masks=np.packbits(masks, axis=1),
-        actions=actions, moves=record.moves.astype(np.int32), log_probs=record.log_probs.astype(np.float32),
-        values=record.values.astype(np.float32), players=turns,
-        policy_versions=record.policy_versions.astype(np.int32), winner=winner, reason=outcome.reason,
-        start_sfen=game.start_sfen)
+from keisei.shogi import Game
 
 
 class GameSink(Protocol):
-    """Where finished games go: the learner's buffer, or an actor's socket."""
+    """Where finished games with their training data go: the learner's buffer."""
 
-    def put(self, game: FinishedGame) -> None: ...
+    def put(self, game: FinishedGame) -> object: ...
+
+
+@runtime_checkable
+class RecordSink(Protocol):
+    """Where finished games go in wire form only: an actor's outbox. Handed one of these,
+    the collector keeps no planes or masks (they would be thrown away)."""
+
+    def put_record(self, record: GameRecord) -> None: ...
 
 
 @dataclass
@@ -161,19 +66,19 @@ class CollectorStats:
 class Collector:
     """Plays ``config.games`` self-play games in lock-step with batched inference.
 
-    ``policy_version`` is stamped on every ply; whoever loads new weights into ``model``
-    sets it.
+    ``sink`` takes finished games: a ``GameSink`` gets them with their training data, a
+    ``RecordSink`` only their wire record. Whoever owns the weights in ``model`` passes
+    their policy version to ``step``, which stamps it on every ply.
     """
 
-    def __init__(self, model: nn.Module, config: SelfPlayConfig, sink: GameSink, *,
-                 device: str | torch.device = "cpu", seed: int = 0, policy_version: int = 0,
+    def __init__(self, model: nn.Module, config: SelfPlayConfig, sink: GameSink | RecordSink, *,
+                 device: str | torch.device = "cpu", seed: int = 0,
                  precision: str = "float32") -> None:
         self.model = model
         self.config = config
         self.sink = sink
         self.device = torch.device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
-        self.policy_version = policy_version
         self.stats = CollectorStats()
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         slots, plies = config.games, config.max_plies
@@ -181,8 +86,9 @@ class Collector:
         self._encoder = BatchEncoder(slots)
         self._ply = np.zeros(slots, dtype=np.int64)
         self._slots = np.arange(slots)
-        self._observations = np.zeros((slots, plies, OBSERVATION_BYTES), dtype=np.uint8)
-        self._masks = np.zeros((slots, plies, MASK_BYTES), dtype=np.uint8)
+        training = not isinstance(sink, RecordSink)
+        self._observations = np.zeros((slots, plies if training else 0, OBSERVATION_BYTES), np.uint8)
+        self._masks = np.zeros((slots, plies if training else 0, MASK_BYTES), dtype=np.uint8)
         self._actions = np.zeros((slots, plies), dtype=np.int16)
         self._moves = np.zeros((slots, plies), dtype=np.int32)
         self._log_probs = np.zeros((slots, plies), dtype=np.float32)
@@ -193,15 +99,15 @@ class Collector:
     def _new_game(self) -> Game:
         return Game(max_plies=self.config.max_plies, entering_king=self.config.entering_king)
 
-    def collect(self, steps: int) -> int:
+    def collect(self, steps: int, policy_version: int = 0) -> int:
         """Play until at least ``steps`` plies have been recorded; return how many were."""
         start = self.stats.steps
         self.model.eval()
         while self.stats.steps - start < steps:
-            self.step()
+            self.step(policy_version)
         return self.stats.steps - start
 
-    def step(self) -> int:
+    def step(self, policy_version: int) -> int:
         """One ply in every game; finished games go to the sink. Returns how many finished."""
         started = time.perf_counter()
         observations, masks = self._encoder.encode(self._games)
@@ -210,7 +116,7 @@ class Collector:
         actions, log_probs, values = self._infer(observations, masks, forced)
         inferred = time.perf_counter()
         moves = self._encoder.moves_for(actions)
-        self._record(observations, masks, actions, moves, log_probs, values)
+        self._record(observations, masks, actions, moves, log_probs, values, policy_version)
         finished = 0
         for slot, (game, move) in enumerate(zip(self._games, moves.tolist(), strict=True)):
             game.push(move)
@@ -253,7 +159,8 @@ class Collector:
             legal = to_device(masks, self.device)
             logits, values = self.model(inputs)
             masked = masked_logits(logits, legal)
-            actions, log_probs = sample_actions(masked, temperature, self.generator)
+            uniforms = torch.rand(len(masked), generator=self.generator, device=self.device)
+            actions, log_probs = choose_actions(masked, temperature, uniforms)
             if forced is not None and bool((forced >= 0).any()):
                 chosen = to_device(forced, self.device)
                 use = chosen >= 0
@@ -264,16 +171,18 @@ class Collector:
         return actions.cpu().numpy(), log_probs.cpu().numpy(), values.float().cpu().numpy()
 
     def _record(self, observations: np.ndarray, masks: np.ndarray, actions: np.ndarray,
-                moves: np.ndarray, log_probs: np.ndarray, values: np.ndarray) -> None:
+                moves: np.ndarray, log_probs: np.ndarray, values: np.ndarray,
+                policy_version: int) -> None:
         slots, plies = self._slots, self._ply
-        self._observations[slots, plies] = pack_observations(observations)
-        self._masks[slots, plies] = np.packbits(masks, axis=1)
+        if self._observations.shape[1]:  # training data kept (a GameSink)
+            self._observations[slots, plies] = pack_observations(observations)
+            self._masks[slots, plies] = pack_masks(masks)
         self._actions[slots, plies] = actions
         self._moves[slots, plies] = moves
         self._log_probs[slots, plies] = log_probs
         self._values[slots, plies] = values
         self._players[slots, plies] = [game.board.turn for game in self._games]
-        self._versions[slots, plies] = self.policy_version
+        self._versions[slots, plies] = policy_version
         self._ply += 1
 
     def _finish(self, slot: int) -> None:
@@ -281,23 +190,20 @@ class Collector:
         outcome = game.outcome
         assert outcome is not None  # only finished games reach here
         length = int(self._ply[slot])
-        finished = FinishedGame(
-            observations=self._observations[slot, :length].copy(),
-            legal_masks=self._masks[slot, :length].copy(),
-            actions=self._actions[slot, :length].copy(),
-            moves=self._moves[slot, :length].copy(),
-            log_probs=self._log_probs[slot, :length].copy(),
-            values=self._values[slot, :length].copy(),
-            players=self._players[slot, :length].copy(),
-            policy_versions=self._versions[slot, :length].copy(),
-            winner=DRAW if outcome.winner is None else outcome.winner.number,
-            reason=outcome.reason,
-            start_sfen=game.start_sfen,
-        )
+        record = GameRecord(game.start_sfen, DRAW if outcome.winner is None else outcome.winner.number,
+                            outcome.reason, self._moves[slot, :length].copy(),
+                            self._log_probs[slot, :length].copy(), self._values[slot, :length].copy(),
+                            self._versions[slot, :length].copy())
         self.stats.games += 1
         self._games[slot] = self._new_game()
         self._ply[slot] = 0
-        self.sink.put(finished)
+        if isinstance(self.sink, RecordSink):
+            self.sink.put_record(record)
+            return
+        self.sink.put(FinishedGame(**vars(record), observations=self._observations[slot, :length].copy(),
+                                   legal_masks=self._masks[slot, :length].copy(),
+                                   actions=self._actions[slot, :length].copy(),
+                                   players=self._players[slot, :length].copy()))
 
     def discard_in_flight(self) -> int:
         """Abandon every unfinished game (new ones start); return the plies dropped."""

@@ -27,7 +27,7 @@ from keisei.checkpoint import CheckpointError
 from keisei.encoding import BatchEncoder
 from keisei.errors import KeiseiError
 from keisei.evaluation import load_policy
-from keisei.model import PolicyValueNet, masked_logits, to_device
+from keisei.model import PolicyValueNet, choose_actions, masked_logits, to_device
 from keisei.shogi import Game
 
 NO_PLY_LIMIT = 100_000
@@ -109,11 +109,7 @@ class UsiEngine:
             logits, value = self.model(to_device(observations, self.device))
             masked = masked_logits(logits.float(), to_device(masks, self.device))
             temperature = self.options["Temperature"] / 100
-            if temperature > 0:
-                probabilities = torch.softmax(masked / temperature, dim=-1)
-                action = torch.multinomial(probabilities, 1, generator=self.generator)[:, 0]
-            else:
-                action = masked.argmax(dim=-1)
+            action, _ = choose_actions(masked, temperature, torch.rand(1, generator=self.generator))
         move = self.encoder.moves_for(action.cpu().numpy())[0]
         score = float(value[0])
         resign_below = -self.options["ResignValue"] / 100

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -45,16 +46,19 @@ class ActorInfo:
 
 
 class ActorTable:
-    """Thread-safe record of every actor seen; the server thread writes, others read copies."""
+    """Thread-safe record of every actor seen; the server thread writes, others read copies.
+    Times come from ``clock`` (monotonic seconds; tests pass their own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._actors: dict[str, ActorInfo] = {}
         self._lock = threading.Lock()
+        self.clock = clock
 
     def hello(self, actor_id: str, host: str, pid: int, games: int) -> None:
         with self._lock:
             previous = self._actors.get(actor_id)
-            info = ActorInfo(actor_id, host, pid, games)
+            now = self.clock()
+            info = ActorInfo(actor_id, host, pid, games, connected_at=now, last_seen=now)
             if previous is not None:
                 info.restarts = previous.restarts
                 info.games_received, info.steps_received = previous.games_received, previous.steps_received
@@ -67,7 +71,7 @@ class ActorTable:
             info = self._actors.get(actor_id)
             if info is None:
                 return False
-            info.last_seen = time.monotonic()
+            info.last_seen = self.clock()
             info.steps_per_second, info.policy_version = steps_per_second, policy_version
             info.batches_dropped, info.steps_dropped = batches_dropped, steps_dropped
             if info.state is ActorState.STALE:
@@ -79,8 +83,7 @@ class ActorTable:
             info = self._actors.get(actor_id)
             if info is None:
                 return
-            now = time.monotonic()
-            info.last_seen = info.last_games_at = now
+            info.last_seen = info.last_games_at = self.clock()
             info.games_received += games
             info.steps_received += steps
             info.state = ActorState.HEALTHY
@@ -112,7 +115,7 @@ class ActorTable:
             if info is not None:
                 info.restarts += 1
                 info.state = ActorState.STARTING
-                info.last_seen = info.connected_at = time.monotonic()
+                info.last_seen = info.connected_at = self.clock()
                 info.last_games_at = None
 
     def mark(self, actor_id: str, state: ActorState) -> None:

@@ -12,6 +12,7 @@ the trainer takes epochs.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from keisei.encoding import material_balance
 from keisei.errors import KeiseiError
 from keisei.ppo import game_advantages, shaping_advantages
-from keisei.selfplay import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame
+from keisei.records import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame
 
 
 class BufferFullError(KeiseiError, RuntimeError):
@@ -75,7 +76,8 @@ class ExperienceBuffer:
     """Preallocated FIFO of steps, filled with whole games (see the module docstring)."""
 
     def __init__(self, steps_per_epoch: int, capacity: int, *, gamma: float, gae_lambda: float,
-                 max_policy_lag: int, shaping: bool = False, shaping_lambda: float = 0.0) -> None:
+                 max_policy_lag: int, policy_version: Callable[[], int] = lambda: 0,
+                 shaping: bool = False, shaping_lambda: float = 0.0) -> None:
         if capacity < steps_per_epoch:
             raise ValueError(f"capacity {capacity} is smaller than steps_per_epoch {steps_per_epoch}")
         self.steps_per_epoch = steps_per_epoch
@@ -85,7 +87,7 @@ class ExperienceBuffer:
         self.max_policy_lag = max_policy_lag
         self.shaping = shaping
         self.shaping_lambda = shaping_lambda
-        self.policy_version = 0
+        self.policy_version = policy_version  # the current one, read from its owner
         self.steps_accepted = 0
         self.steps_dropped_stale = 0
         self.last_game: FinishedGame | None = None  # the most recent game put, for records
@@ -117,7 +119,7 @@ class ExperienceBuffer:
             shaping = shaping_advantages(game.players, material_balance(game.observations),
                                          self.gamma, self.shaping_lambda)
         with self._lock:
-            fresh = game.policy_versions >= self.policy_version - self.max_policy_lag
+            fresh = game.policy_versions >= self.policy_version() - self.max_policy_lag
             count = int(fresh.sum())
             if self._size + self._reserved + count > self.capacity:
                 raise BufferFullError(f"buffer holds {self._size} (+{self._reserved} in training) of "

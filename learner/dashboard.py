@@ -25,19 +25,11 @@ from rich.text import Text
 from keisei.config import DisplayConfig
 from learner.actors import ActorTable
 from learner.ratings import Ratings
+from learner.reports import EpochReport
 from learner.supervisor import Supervisor
-from learner.trainer import Metrics, Trainer
+from learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: write null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    return value
 
 
 class MetricsWriter:
@@ -59,15 +51,16 @@ class MetricsWriter:
                 logger.info("TensorBoard scalars in %s (tensorboard --logdir %s)", tensorboard_dir,
                             tensorboard_dir)
 
-    def __call__(self, metrics: Metrics) -> None:
+    def __call__(self, report: EpochReport) -> None:
         if self._stream is None:
             raise RuntimeError(f"MetricsWriter for {self.path} is closed")
-        self._stream.write(json.dumps(_finite(metrics), sort_keys=True) + "\n")
+        metrics = report.to_json()
+        self._stream.write(json.dumps(metrics, sort_keys=True) + "\n")
         self._stream.flush()
         if self._tensorboard is not None:
             self._write_scalars(metrics)
 
-    def _write_scalars(self, metrics: Metrics) -> None:
+    def _write_scalars(self, metrics: dict[str, Any]) -> None:
         step = int(metrics.get("step", 0))
         for key, value in metrics.items():
             if key in ("step", "elo", "elo_step") or isinstance(value, bool):
@@ -100,7 +93,7 @@ def _format(value: Any, digits: int = 4) -> str:
 
 
 class Dashboard:
-    """Live view of a ``Trainer``; call it with each epoch's metrics."""
+    """Live view of a ``Trainer``; call it with each epoch's report."""
 
     def __init__(self, trainer: Trainer, config: DisplayConfig, stream: IO[str] | None = None,
                  actors: ActorTable | None = None, supervisor: Supervisor | None = None,
@@ -113,7 +106,7 @@ class Dashboard:
         self.stream = stream if stream is not None else sys.stdout
         use_rich = config.mode == "rich" or (config.mode == "auto" and self.stream.isatty())
         self.console = Console(file=self.stream) if use_rich else None
-        self.latest: Metrics = {}
+        self.latest: EpochReport | None = None
         self.started = time.monotonic()
         self._last_line = 0.0
         self._live: Live | None = None
@@ -135,72 +128,47 @@ class Dashboard:
             self._live.stop()
             self._live = None
 
-    def __call__(self, metrics: Metrics) -> None:
-        self.latest = metrics
+    def __call__(self, report: EpochReport) -> None:
+        self.latest = report
         now = time.monotonic()
         if self.console is None and now - self._last_line >= self.config.refresh_seconds:
             self._last_line = now
-            logger.info(self.summary_line(metrics))
+            logger.info(self.summary_line(report))
 
     @staticmethod
-    def summary_line(metrics: Metrics) -> str:
-        return (f"epoch {metrics['epoch']} step {metrics['step']} v{metrics['policy_version']} "
-                f"[{metrics['mode']}] {metrics['steps_per_second']:.0f} steps/s | "
-                f"policy {_format(metrics.get('policy_loss'))} value {_format(metrics.get('value_loss'))} "
-                f"entropy {_format(metrics.get('entropy'))} kl {_format(metrics.get('approx_kl'))} | "
-                f"games {metrics['games']} len {metrics['mean_game_length']:.0f} "
-                f"B/W/D {metrics['black_win_rate']:.2f}/{metrics['white_win_rate']:.2f}/"
-                f"{metrics['draw_rate']:.2f} | collect {metrics['collect_seconds']:.1f}s "
-                f"update {metrics['update_seconds']:.1f}s"
-                + (f" | actors {metrics['actor_steps_per_second']:.0f} steps/s"
-                   if "actor_steps_per_second" in metrics else "")
-                + (f" | Elo {metrics['elo']:+.0f} (step {metrics['elo_step']}, random = 0)"
-                   if isinstance(metrics.get("elo"), int | float) else ""))
+    def summary_line(report: EpochReport) -> str:
+        update, games, collect = report.update, report.games, report.collect
+        rating = report.ratings.new_rating if report.ratings is not None else None
+        return (f"epoch {report.epoch} step {report.step} v{report.policy_version} "
+                f"[{report.mode}] {report.steps_per_second:.0f} steps/s | "
+                f"policy {_format(update.policy_loss)} value {_format(update.value_loss)} "
+                f"entropy {_format(update.entropy)} kl {_format(update.approx_kl)} | "
+                f"games {games.games} len {games.mean_game_length:.0f} "
+                f"B/W/D {games.black_win_rate:.2f}/{games.white_win_rate:.2f}/"
+                f"{games.draw_rate:.2f} | collect {collect.collect_seconds:.1f}s "
+                f"update {update.update_seconds:.1f}s"
+                + (f" | actors {report.actors.actor_steps_per_second:.0f} steps/s"
+                   if report.actors is not None else "")
+                + (f" | Elo {rating.elo:+.0f} (step {rating.elo_step}, random = 0)"
+                   if rating is not None else ""))
 
     def render(self) -> Group:
-        trainer, metrics = self.trainer, self.latest
+        trainer, report = self.trainer, self.latest
         total = trainer.config.train.total_steps
         phase = "update" if trainer.processing else "collect"
         header = Text.assemble(
-            ("Keisei learner  ", "bold"), (f"mode {trainer.mode}  ", "cyan"),
+            ("Keisei learner  ", "bold"), (f"mode {trainer.mode()}  ", "cyan"),
             f"step {trainer.step:,}/{total:,} ({100 * trainer.step / total:.1f}%)  ",
             f"epoch {trainer.epoch}  policy v{trainer.policy_version}  ",
             f"phase {phase}  buffer {trainer.buffer.size:,}/{trainer.buffer.steps_per_epoch:,}  ",
             f"elapsed {time.monotonic() - self.started:.0f}s")
-        table = Table(show_header=True, header_style="bold", expand=False)
-        for column in ("throughput", "time per phase", "losses", "games"):
-            table.add_column(column)
-        rows = [
-            (f"{_format(metrics.get('steps_per_second'))} steps/s",
-             f"collect {_format(metrics.get('collect_seconds'), 3)} s",
-             f"policy {_format(metrics.get('policy_loss'))}",
-             f"finished {_format(metrics.get('games'))}"),
-            (f"lag mean {_format(metrics.get('policy_lag_mean'), 3)}",
-             f"inference {_format(metrics.get('inference_seconds'), 3)} s",
-             f"value {_format(metrics.get('value_loss'))}",
-             f"mean length {_format(metrics.get('mean_game_length'), 4)}"),
-            (f"lag max {_format(metrics.get('policy_lag_max'))}",
-             f"rules+encode {_format(_sum(metrics, 'rules_seconds', 'encode_seconds'), 3)} s",
-             f"entropy {_format(metrics.get('entropy'))}",
-             f"black {_format(metrics.get('black_win_rate'), 3)}"),
-            (f"stale dropped {_format(metrics.get('steps_dropped_stale'))}",
-             f"update {_format(metrics.get('update_seconds'), 3)} s",
-             f"kl {_format(metrics.get('approx_kl'))} clip {_format(metrics.get('clipfrac'))}",
-             f"white {_format(metrics.get('white_win_rate'), 3)}"),
-            ("", f"passes {_format(metrics.get('ppo_passes'))}",
-             f"expl. var {_format(metrics.get('explained_variance'))}",
-             f"draw {_format(metrics.get('draw_rate'), 3)}"),
-            ("", "", f"lr {_format(metrics.get('learning_rate'))}", ""),
-        ]
-        for row in rows:
-            table.add_row(*row)
         parts: list[Table | Text] = [header]
         if self.supervisor is not None and self.supervisor.transitions:
             last = self.supervisor.transitions[-1]
             parts.append(Text(f"mode changes {len(self.supervisor.transitions)}; last: "
                               f"{time.strftime('%H:%M:%S', time.localtime(last.time))} -> {last.mode}: "
                               f"{last.cause}", style="yellow"))
-        parts.append(table)
+        parts.append(self.render_epoch(report))
         if self.actors is not None and (actors := self.actors.snapshot()):
             now = time.monotonic()
             actor_table = Table("actor", "state", "steps/s", "policy", "games", "steps", "invalid",
@@ -214,6 +182,36 @@ class Dashboard:
         if self.ratings is not None and (ratings := self.render_ratings()) is not None:
             parts.append(ratings)
         return Group(*parts)
+
+    @staticmethod
+    def render_epoch(report: EpochReport | None) -> Table | Text:
+        """The last epoch's figures."""
+        if report is None:
+            return Text("first epoch in progress", style="dim")
+        collect, update, games = report.collect, report.update, report.games
+        table = Table("throughput", "time per phase", "losses", "games", header_style="bold")
+        rows = [
+            (f"{_format(report.steps_per_second)} steps/s",
+             f"collect {_format(collect.collect_seconds, 3)} s",
+             f"policy {_format(update.policy_loss)}", f"finished {games.games}"),
+            (f"lag mean {_format(update.policy_lag_mean, 3)}",
+             f"inference {_format(collect.inference_seconds, 3)} s",
+             f"value {_format(update.value_loss)}",
+             f"mean length {_format(games.mean_game_length, 4)}"),
+            (f"lag max {update.policy_lag_max}",
+             f"rules+encode {_format(collect.rules_seconds + collect.encode_seconds, 3)} s",
+             f"entropy {_format(update.entropy)}", f"black {_format(games.black_win_rate, 3)}"),
+            (f"stale dropped {report.steps_dropped_stale}",
+             f"update {_format(update.update_seconds, 3)} s",
+             f"kl {_format(update.approx_kl)} clip {_format(update.clipfrac)}",
+             f"white {_format(games.white_win_rate, 3)}"),
+            ("", f"passes {update.ppo_passes}", f"expl. var {_format(update.explained_variance)}",
+             f"draw {_format(games.draw_rate, 3)}"),
+            ("", "", f"lr {_format(update.learning_rate)}", ""),
+        ]
+        for row in rows:
+            table.add_row(*row)
+        return table
 
     def render_ratings(self) -> Table | Text | None:
         """The Elo table: the baselines and the last rated policies, newest first."""
@@ -233,9 +231,3 @@ class Dashboard:
                           _format(scores.get("random"), 3), _format(scores.get("greedy"), 3))
         table.add_row("greedy", f"{ratings.table.get('greedy', math.nan):+.0f}", "", "")
         return table
-
-
-def _sum(metrics: Metrics, *keys: str) -> float | None:
-    if not all(key in metrics for key in keys):
-        return None
-    return float(sum(metrics[key] for key in keys))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 from types import TracebackType
 
 import psutil
+
+from keisei.processes import stop_process_tree, stop_processes
 
 logger = logging.getLogger(__name__)
 
@@ -75,59 +76,5 @@ class LocalActors:
             stop_process_tree(process, grace_seconds)
 
     def close(self, grace_seconds: float = 5.0) -> None:
-        """Terminate every actor, wait, then kill what is left (idempotent)."""
-        for escalate in ("terminate", "kill"):
-            alive = [process for process in self.processes.values() if process.poll() is None]
-            if not alive:
-                break
-            for process in alive:
-                if escalate == "terminate":
-                    process.terminate()
-                elif escalate == "kill":
-                    process.kill()
-            for process in alive:
-                try:
-                    process.wait(timeout=grace_seconds)
-                except subprocess.TimeoutExpired:
-                    pass
-        for actor_id, process in self.processes.items():
-            if process.poll() is None:
-                logger.error("local actor %s (pid %d) survived kill", actor_id, process.pid)
-            for child in self._orphans(process.pid):
-                try:
-                    child.kill()
-                except psutil.NoSuchProcess:
-                    pass
-
-    @staticmethod
-    def _orphans(pid: int) -> list[psutil.Process]:
-        """Processes an actor started that outlived it (still in its session)."""
-        found = []
-        for candidate in psutil.process_iter(["pid"]):
-            try:
-                if os.getsid(candidate.pid) == pid and candidate.pid != pid:
-                    found.append(candidate)
-            except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
-                continue
-        return found
-
-
-def stop_process_tree(process: subprocess.Popen[bytes], grace_seconds: float = 3.0) -> None:
-    """Stop ``process`` and every process it started: terminate, wait, then kill."""
-    if process.poll() is not None:
-        return
-    try:
-        children = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    process.terminate()
-    try:
-        process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=grace_seconds)
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
+        """Terminate every actor, wait, then kill what is left, children included (idempotent)."""
+        stop_processes(list(self.processes.values()), grace_seconds)

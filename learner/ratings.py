@@ -35,8 +35,10 @@ from keisei.evaluation import (
     play_match,
     tally,
 )
-from learner.local_actors import stop_process_tree
-from learner.trainer import Metrics, Trainer
+from keisei.files import write_json_atomically
+from keisei.processes import stop_process_tree
+from learner.reports import Rating, RatingsReport
+from learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +72,20 @@ class Ratings:
         self.job: RatingJob | None = None
         self.skipped = 0
 
-    # --- the callback ---------------------------------------------------------------------
-    def __call__(self, metrics: Metrics) -> None:
-        self.poll(metrics)
+    # --- each epoch -------------------------------------------------------------------------
+    def on_epoch(self) -> RatingsReport:
+        """Take in a finished job's results, start the next job when it is due, and report."""
+        rating = self.poll()
         every = self.config.every_epochs
         if every and self.trainer.epoch % every == 0:
             self.start()
-        metrics["ratings_skipped"] = self.skipped
+        return RatingsReport(self.skipped, rating)
 
-    def poll(self, metrics: Metrics) -> None:
-        """If the running job has finished, take in its results and add them to ``metrics``."""
+    def poll(self) -> Rating | None:
+        """If the running job has finished, take in its results and return the new rating."""
         job = self.job
         if job is None or job.process.poll() is None:
-            return
+            return None
         self.job = None
         results_path = job.folder / "results.json"
         try:
@@ -91,7 +94,7 @@ class Ratings:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.error("rating of %s failed (exit code %s; log in %s): %s", job.name,
                          job.process.returncode, job.folder / "log.txt", exc)
-            return
+            return None
         self.pairings += pairings
         self.rated.append((job.name, job.step))
         self.table = fit_ratings(self.pairings, ANCHOR)
@@ -101,15 +104,9 @@ class Ratings:
         logger.info("rated %s (step %d) in %.0f s: Elo %+.0f (random = 0); %s", job.name, job.step,
                     time.monotonic() - job.started, self.table[job.name],
                     ", ".join(f"{pairing.second} {pairing.result}" for pairing in pairings))
-        metrics.update(self.metrics())
-
-    def metrics(self) -> dict[str, Any]:
-        """The table and the newest policy's figures, as metrics fields."""
-        if not self.latest:
-            return {}
         scores = self.latest["scores"]
-        return {"ratings": dict(self.table), "elo": self.latest["elo"], "elo_step": self.latest["step"],
-                "win_rate_random": scores.get("random"), "win_rate_greedy": scores.get("greedy")}
+        return Rating(dict(self.table), self.latest["elo"], self.latest["step"],
+                      scores.get("random"), scores.get("greedy"))
 
     # --- jobs -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -159,14 +156,14 @@ class Ratings:
         logger.info("greedy against random: %s", pairing.result)
         return pairing
 
-    def finish(self, timeout: float) -> dict[str, Any]:
+    def finish(self, timeout: float) -> bool:
         """At the end of a finished run: wait for the running job, then rate the final
-        policy if it is not rated yet, all within ``timeout`` seconds. Returns the
-        metrics the results add (empty if none)."""
+        policy if it is not rated yet, all within ``timeout`` seconds. Returns whether a
+        new rating came in."""
         if not self.config.every_epochs:
-            return {}
+            return False
         deadline = time.monotonic() + timeout
-        metrics: Metrics = {}
+        rated = False
         for _ in range(2):
             if self.job is None:
                 if self.rated and self.rated[-1][1] == self.trainer.step:
@@ -179,8 +176,8 @@ class Ratings:
             except subprocess.TimeoutExpired:
                 logger.warning("rating of %s not done after %.0f s: stopped", job.name, timeout)
                 break
-            self.poll(metrics)
-        return metrics
+            rated = self.poll() is not None or rated
+        return rated
 
     def close(self) -> None:
         """Stop a running job and its engines (its results are lost; the pool file stays)."""
@@ -196,10 +193,7 @@ class Ratings:
 
     # --- state --------------------------------------------------------------------------------
     def _write_table(self) -> None:
-        path = self.folder.parent / "ratings.json"
-        temporary = path.with_name(".ratings.json.tmp")
-        temporary.write_text(json.dumps(self.state_dict(), indent=1) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
+        write_json_atomically(self.folder.parent / "ratings.json", self.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return {"anchor": ANCHOR, "table": dict(self.table), "latest": dict(self.latest),

@@ -4,7 +4,7 @@ A ROUTER (``--bind``, default ``tcp://127.0.0.1:5555``) takes ``hello``, ``heart
 ``games`` and ``bye`` from actors and answers ``welcome``/``reject``/``ack``/``shutdown``;
 a PUB one port above it publishes weights, again every ``publish_interval`` so a late
 joiner gets the current version within that time. Games are replayed and validated
-(``keisei.selfplay.replay_game``) before they reach the buffer; anything malformed is
+(``keisei.records.replay_game``) before they reach the buffer; anything malformed is
 dropped and counted, never raised. Only this thread touches the sockets; other threads
 call ``publish`` and ``close``.
 """
@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,7 +43,7 @@ from keisei.protocol import (
     decode,
     encode,
 )
-from keisei.selfplay import FinishedGame, replay_game
+from keisei.records import FinishedGame, replay_game
 from learner.actors import ActorTable
 from learner.buffer import BufferFullError, ExperienceBuffer
 
@@ -72,7 +73,8 @@ class LearnerServer:
     """ROUTER + PUB sockets and the thread that serves them (a context manager)."""
 
     def __init__(self, bind: str, buffer: ExperienceBuffer, actors: ActorTable,
-                 settings: dict[str, dict[str, Any]], *, publish_interval: float = 2.0,
+                 settings: dict[str, dict[str, Any]], policy_version: Callable[[], int], *,
+                 publish_interval: float = 2.0,
                  heartbeat_interval: float = 1.0, keys: CurveKeys | None = None) -> None:
         self.bind = bind
         self.weights_endpoint = weights_bind_address(bind)
@@ -83,7 +85,7 @@ class LearnerServer:
         self.heartbeat_interval = heartbeat_interval
         self.max_plies = int(settings["selfplay"]["max_plies"])
         self.entering_king = bool(settings["selfplay"]["entering_king"])
-        self.policy_version = 0
+        self.policy_version = policy_version  # the current one, read from its owner
         self.counters = {"messages": 0, "invalid_messages": 0, "rejected_hellos": 0,
                          "games_accepted": 0, "steps_received": 0, "games_invalid": 0,
                          "steps_dropped_backpressure": 0, "games_bytes": 0}
@@ -130,12 +132,12 @@ class LearnerServer:
         self.close()
 
     # --- called from other threads -------------------------------------------------------
-    def publish(self, state_dict: dict[str, torch.Tensor], policy_version: int) -> None:
-        """Publish new weights (encoded here, sent by the server thread)."""
+    def publish(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Publish ``state_dict`` as the current policy version's weights (encoded here,
+        sent by the server thread)."""
         tensors = {name: tensor.detach().float().cpu().numpy() if tensor.is_floating_point()
                    else tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
-        self._weights = [WEIGHTS_TOPIC, *encode(Weights(policy_version, tensors))]
-        self.policy_version = policy_version
+        self._weights = [WEIGHTS_TOPIC, *encode(Weights(self.policy_version(), tensors))]
         self._weights_due.set()
 
     def close(self) -> None:
@@ -199,7 +201,7 @@ class LearnerServer:
         elif isinstance(message, Heartbeat):
             self.actors.heartbeat(sender, message.steps_per_second, message.policy_version,
                                   message.batches_dropped, message.steps_dropped)
-            self._reply(identity, Ack(self.policy_version, self.accepting()))
+            self._reply(identity, Ack(self.policy_version(), self.accepting()))
         elif isinstance(message, Games):
             self.counters["games_bytes"] += sum(frame.nbytes for frame in frames)
             self._games(sender, message)
@@ -220,7 +222,7 @@ class LearnerServer:
         self._identities[hello.actor_id] = identity
         self.actors.hello(hello.actor_id, hello.host, hello.pid, hello.games)
         logger.info("actor %s joined from %s (pid %d)", hello.actor_id, hello.host, hello.pid)
-        self._reply(identity, Welcome(self.policy_version, self.weights_endpoint, self.settings["model"],
+        self._reply(identity, Welcome(self.policy_version(), self.weights_endpoint, self.settings["model"],
                                       self.settings["selfplay"], self.heartbeat_interval))
         self._weights_due.set()  # so the newcomer gets weights now, not at the next interval
 

@@ -24,63 +24,90 @@ written, with the actor table, to ``status.json`` in the run directory each seco
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
-from enum import StrEnum
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from keisei.config import SupervisorConfig
+from keisei.files import write_json_atomically
 from learner.actors import ActorInfo, ActorState, ActorTable
-from learner.local_actors import LocalActors
-from learner.server import LearnerServer
-from learner.trainer import Metrics, Trainer
+from learner.reports import Mode, SupervisionReport, Transition
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 30.0
 
 
-class Mode(StrEnum):
-    SEQUENTIAL = "sequential"
-    DISTRIBUTED = "distributed"
+class RunCounters(Protocol):
+    """What the supervisor reads of the trainer (for ``status.json`` and its report)."""
+
+    step: int
+    epoch: int
+    policy_version: int
+    in_flight_steps_discarded: int
 
 
-@dataclass(frozen=True)
-class Transition:
-    time: float  # seconds since the epoch
-    mode: str
-    cause: str
+class Collection(Protocol):
+    """What the supervisor reads of the server: whether the learner wants data, since
+    when, and when games last came (monotonic seconds)."""
+
+    accepting_since: float
+    last_games_at: float
+
+    def accepting(self) -> bool: ...
+
+
+class Workers(Protocol):
+    """The local actor processes it may stop, restart and reap (``LocalActors``)."""
+
+    @property
+    def processes(self) -> dict[str, Any]: ...
+
+    def dead_reason(self, actor_id: str) -> str | None: ...
+
+    def start(self, actor_id: str) -> object: ...
+
+    def stop(self, actor_id: str, grace_seconds: float = 3.0) -> None: ...
+
+    def close(self, grace_seconds: float = 5.0) -> None: ...
 
 
 class Supervisor:
-    """Actor health, restarts and the collection mode (a context manager running a thread)."""
+    """Actor health, restarts and the collection mode (a context manager running a thread).
 
-    def __init__(self, config: SupervisorConfig, trainer: Trainer, server: LearnerServer,
-                 actors: ActorTable, local: LocalActors | None, status_path: Path,
-                 interval: float = 0.2) -> None:
+    It owns the mode: it starts ``distributed`` and switches it; the trainer reads it.
+    ``clock`` gives monotonic seconds (the thread calls ``check(clock())``; tests call
+    ``check`` with their own times).
+    """
+
+    def __init__(self, config: SupervisorConfig, counters: RunCounters, server: Collection,
+                 actors: ActorTable, local: Workers | None, status_path: Path,
+                 interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.trainer = trainer
+        self.counters = counters
         self.server = server
         self.actors = actors
         self.local = local
         self.status_path = status_path
         self.interval = interval
+        self.clock = clock
+        self.mode = Mode.DISTRIBUTED
         self.transitions: list[Transition] = []
         self.detections = 0
         self.restarts = 0
         self.downgraded = False  # local actors are not retried after a downgrade
-        self._mode_since = time.monotonic()
+        self._mode_since = clock()
         self._restart_history: dict[str, deque[float]] = {}
         self._restart_due: dict[str, float] = {}
         self._given_up: set[str] = set()
-        self._reported: dict[str, str] = {}
+        self._reported: dict[str, ActorState] = {}
         self._last_status = 0.0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
@@ -98,7 +125,7 @@ class Supervisor:
     def _run(self) -> None:
         while not self._stopping.wait(self.interval):
             try:
-                self.check(time.monotonic())
+                self.check(self.clock())
             except Exception:  # supervision must outlive its own bugs
                 logger.exception("supervisor check failed")
 
@@ -107,7 +134,7 @@ class Supervisor:
         for info in self.actors.snapshot():
             self._judge(info, now)
         self._restart_when_due(now)
-        if self.trainer.mode == Mode.DISTRIBUTED:
+        if self.mode is Mode.DISTRIBUTED:
             self._maybe_downgrade(now)
         else:
             self._maybe_upgrade(now)
@@ -142,8 +169,8 @@ class Supervisor:
 
     def _report(self, info: ActorInfo, state: ActorState, cause: str) -> None:
         self.actors.mark(info.actor_id, state)
-        if self._reported.get(info.actor_id) != str(state):
-            self._reported[info.actor_id] = str(state)
+        if self._reported.get(info.actor_id) is not state:
+            self._reported[info.actor_id] = state
             self.detections += 1
             logger.warning("actor %s is %s: %s", info.actor_id, state, cause)
 
@@ -209,30 +236,26 @@ class Supervisor:
 
     def _switch(self, mode: Mode, cause: str, now: float) -> None:
         self._mode_since = now
-        self.trainer.mode = str(mode)
+        self.mode = mode
         self.transitions.append(Transition(time.time(), str(mode), cause))
         logger.warning("collection mode is now %s: %s", mode, cause)
         self.write_status()
 
     # --- reporting ----------------------------------------------------------------------
-    def add_metrics(self, metrics: Metrics) -> None:
-        """Callback: the mode history and supervision counters, with each epoch's metrics."""
-        metrics["mode_transitions"] = len(self.transitions)
-        metrics["transitions"] = [asdict(item) for item in self.transitions[-10:]]
-        metrics["failures_detected"] = self.detections
-        metrics["actor_restarts"] = self.restarts
-        metrics["in_flight_steps_discarded"] = self.trainer.in_flight_steps_discarded
+    def report(self) -> SupervisionReport:
+        """The mode history and supervision counters, for each epoch's report."""
+        return SupervisionReport(len(self.transitions), self.transitions[-10:], self.detections,
+                                 self.restarts, self.counters.in_flight_steps_discarded)
 
     def status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        trainer = self.trainer
-        return {"time": time.time(), "pid": os.getpid(), "mode": trainer.mode, "step": trainer.step,
-                "epoch": trainer.epoch, "policy_version": trainer.policy_version,
+        now = self.clock()
+        counters = self.counters
+        return {"time": time.time(), "pid": os.getpid(), "mode": str(self.mode),
+                "step": counters.step, "epoch": counters.epoch,
+                "policy_version": counters.policy_version,
                 "actors": [info.as_dict(now) for info in self.actors.snapshot()],
                 "transitions": [asdict(item) for item in self.transitions[-20:]]}
 
     def write_status(self) -> None:
         """``status.json`` in the run directory, replaced atomically."""
-        temporary = self.status_path.with_name(f".{self.status_path.name}.tmp")
-        temporary.write_text(json.dumps(self.status(), indent=1))
-        os.replace(temporary, self.status_path)
+        write_json_atomically(self.status_path, self.status())

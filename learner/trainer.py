@@ -2,9 +2,14 @@
 
 ``Trainer.collect()`` fills the buffer with one epoch of steps, ``Trainer.update()`` runs
 PPO on it, ``Trainer.publish()`` bumps the policy version. ``train()`` is the one loop;
-callbacks (metrics, checkpoints, dashboard) may be plain functions or coroutines, and
-``call_callback`` awaits a result only when it is awaitable, inside the single event
-loop that ``asyncio.run(train(...))`` starts.
+callbacks (the learner's epoch handler, or a test's) receive each epoch's
+``EpochReport`` and may be plain functions or coroutines: ``call_callback`` awaits a
+result only when it is awaitable, inside the single event loop that
+``asyncio.run(train(...))`` starts.
+
+The trainer owns the policy version: the buffer and the server read it, the collector
+receives it with each step. It reads the collection mode from whoever owns that (the
+supervisor, when actors are wired in).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import copy
 import inspect
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -22,19 +28,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from keisei.config import Config
+from keisei.config import Config, ConfigError
 from keisei.errors import KeiseiError
 from keisei.model import (
     PolicyValueNet,
     autocast,
+    build_model,
     log_probs_and_entropy,
     masked_logits,
     resolve_precision,
     to_device,
 )
 from keisei.ppo import explained_variance, learning_rate_at, ppo_losses, shaping_weight
-from keisei.selfplay import Collector, unpack_masks, unpack_observations
+from keisei.records import unpack_masks, unpack_observations
+from keisei.selfplay import Collector
 from learner.buffer import EpochBatch, ExperienceBuffer
+from learner.reports import CollectReport, EpochReport, GamesReport, Mode, UpdateReport
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +51,33 @@ logger = logging.getLogger(__name__)
 class TrainingInterrupted(KeiseiError):
     """A stop was requested (SIGINT/SIGTERM); raised at the next safe point."""
 
-Metrics = dict[str, Any]
-Callback = Callable[[Metrics], "Awaitable[None] | None"]
+Callback = Callable[[EpochReport], "Awaitable[None] | None"]
 
 
 class Trainer:
-    """Owns the model, optimizer, schedule and counters; the collector feeds its buffer."""
+    """Owns the model, optimizer, schedule, counters and policy version, and the buffer
+    and in-process collector that feed it. ``mode`` says where games come from."""
 
-    def __init__(self, config: Config, model: PolicyValueNet, buffer: ExperienceBuffer,
-                 collector: Collector, device: torch.device,
-                 stop: threading.Event | None = None) -> None:
+    def __init__(self, config: Config, model: PolicyValueNet, device: torch.device,
+                 stop: threading.Event | None = None,
+                 mode: Callable[[], Mode] = lambda: Mode.SEQUENTIAL) -> None:
         self.config = config
         self.stop = stop if stop is not None else threading.Event()
         self.model = model
-        self.buffer = buffer
-        self.collector = collector
         self.device = device
-        train = config.train
+        self.mode = mode
+        selfplay, train = config.selfplay, config.train
+        # Room for two epochs plus every game the collector can finish while filling one,
+        # so actors' games keep arriving during an update.
+        capacity = 2 * train.steps_per_epoch + selfplay.games * selfplay.max_plies
+        self.buffer = ExperienceBuffer(train.steps_per_epoch, capacity, gamma=train.gamma,
+                                       gae_lambda=train.gae_lambda,
+                                       max_policy_lag=train.max_policy_lag,
+                                       policy_version=lambda: self.policy_version,
+                                       shaping=train.shaping_scale > 0,
+                                       shaping_lambda=train.shaping_lambda)
+        self.collector = Collector(model, selfplay, self.buffer, device=device,
+                                   seed=config.run.seed, precision=config.run.precision)
         # fused: one kernel for all parameters instead of one per tensor (~1 ms per step here)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate,
                                            weight_decay=train.weight_decay, fused=True)
@@ -74,11 +93,32 @@ class Trainer:
         self.epoch = 0
         self.policy_version = 0
         self.processing = False  # true only while an update runs; reset in finally
-        self.mode = "sequential"  # or "distributed": actors fill the buffer (set by the supervisor)
         self.in_flight_steps_discarded = 0
 
+    @classmethod
+    def build(cls, config: Config, stop: threading.Event | None = None, threads: int | None = None,
+              mode: Callable[[], Mode] = lambda: Mode.SEQUENTIAL) -> Trainer:
+        """A trainer for ``config``: device checked, seeds set, network built.
+
+        ``threads`` (torch CPU threads) defaults to ``run.threads``, or all cores.
+
+        :raises ConfigError: if the device or precision cannot be used here.
+        """
+        device = torch.device(config.run.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError([f"run.device = {config.run.device!r}: CUDA is not available here"])
+        try:
+            resolve_precision(config.run.precision, device)
+        except ValueError as exc:
+            raise ConfigError([f"run.precision = {config.run.precision!r}: {exc}"]) from exc
+        torch.set_num_threads(threads or config.run.threads or os.cpu_count() or 1)
+        random.seed(config.run.seed)
+        np.random.seed(config.run.seed % 2**32)
+        torch.manual_seed(config.run.seed)
+        return cls(config, build_model(config.model).to(device), device, stop, mode)
+
     # --- the three phases ---------------------------------------------------------------
-    def collect(self) -> Metrics:
+    def collect(self) -> CollectReport:
         """Fill the buffer to one epoch: in-process self-play when sequential, otherwise
         wait for the games that actors stream in (received on the server thread)."""
         started = time.perf_counter()
@@ -86,22 +126,19 @@ class Trainer:
         self.collector.model.eval()
         while not self.buffer.ready():
             self._check_stop()
-            if self.mode == "sequential":
-                self.collector.step()
+            if self.mode() is Mode.SEQUENTIAL:
+                self.collector.step(self.policy_version)
                 continue
             if self.collector.in_flight_steps():  # back to actors: drop half-played games
                 self.in_flight_steps_discarded += self.collector.discard_in_flight()
             self.buffer.wait_until_ready(timeout=0.25)
         after = self.collector.stats
-        return {
-            "collect_seconds": time.perf_counter() - started,
-            "collected_steps": after.steps - before.steps,
-            "inference_seconds": after.inference_seconds - before.inference_seconds,
-            "encode_seconds": after.encode_seconds - before.encode_seconds,
-            "rules_seconds": after.rules_seconds - before.rules_seconds,
-        }
+        return CollectReport(time.perf_counter() - started, after.steps - before.steps,
+                             after.inference_seconds - before.inference_seconds,
+                             after.encode_seconds - before.encode_seconds,
+                             after.rules_seconds - before.rules_seconds)
 
-    def update(self) -> Metrics:
+    def update(self) -> UpdateReport:
         """One PPO update on the oldest epoch in the buffer.
 
         If it raises, the model, optimizer, schedule and buffer are put back exactly as
@@ -112,7 +149,7 @@ class Trainer:
         self.processing = True
         started = time.perf_counter()
         try:
-            metrics = self._ppo(batch)
+            figures = self._ppo(batch)
         except TrainingInterrupted:
             self._restore(snapshot)
             self.buffer.restore_epoch(batch)
@@ -131,22 +168,19 @@ class Trainer:
         self.step += batch.size
         self.epoch += 1
         lag = self.policy_version - batch.policy_versions
-        metrics.update(update_seconds=time.perf_counter() - started,
-                       policy_lag_mean=float(lag.mean()), policy_lag_max=int(lag.max()))
-        return metrics
+        return UpdateReport(**figures, update_seconds=time.perf_counter() - started,
+                            policy_lag_mean=float(lag.mean()), policy_lag_max=int(lag.max()))
 
     def publish(self) -> None:
         """Make the updated weights the current policy version."""
         self.policy_version += 1
-        self.buffer.policy_version = self.policy_version
-        self.collector.policy_version = self.policy_version
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise TrainingInterrupted(f"stop requested at step {self.step}")
 
     # --- PPO ----------------------------------------------------------------------------
-    def _ppo(self, batch: EpochBatch) -> Metrics:
+    def _ppo(self, batch: EpochBatch) -> dict[str, Any]:
         train = self.config.train
         self.model.train()
         minibatch = train.minibatch_size
@@ -170,11 +204,11 @@ class Trainer:
                 count += 1
             if train.target_kl and approx_kl > train.target_kl:
                 break
-        metrics: Metrics = {key: value / count for key, value in sums.items()}
-        metrics.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
+        figures: dict[str, Any] = {key: value / count for key, value in sums.items()}
+        figures.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
                        shaping_weight=weight,
                        explained_variance=explained_variance(batch.values, batch.returns))
-        return metrics
+        return figures
 
     def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray,
                         shaping: float) -> tuple[dict[str, float], float]:
@@ -202,13 +236,13 @@ class Trainer:
                                      f"{float(losses.policy_loss)}, value {float(losses.value_loss)})")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
-            self.scaler.scale(losses.loss).backward()
+            self.scaler.scale(losses.loss).backward()  # type: ignore[no-untyped-call]
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            losses.loss.backward()
+            losses.loss.backward()  # type: ignore[no-untyped-call]
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
             self.optimizer.step()
         values = {"loss": losses.loss, "policy_loss": losses.policy_loss,
@@ -256,7 +290,6 @@ class Trainer:
         self.policy_version = int(counters["policy_version"])
         self.collector.stats.games = int(counters["games"])
         self.buffer.steps_dropped_stale = int(counters["steps_dropped_stale"])
-        self.buffer.policy_version = self.collector.policy_version = self.policy_version
         self.buffer.load_state_dict(state["buffer"])
         rng = state["rng"]
         random.setstate(rng["python"])
@@ -265,9 +298,9 @@ class Trainer:
         self.shuffle_rng.bit_generator.state = rng["shuffle"]
 
 
-async def call_callback(callback: Callback, metrics: Metrics) -> None:
+async def call_callback(callback: Callback, report: EpochReport) -> None:
     """Call ``callback``; await the result only if it is awaitable."""
-    result = callback(metrics)
+    result = callback(report)
     if inspect.isawaitable(result):
         await result
 
@@ -277,20 +310,23 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
     total = trainer.config.train.total_steps if until_step is None else until_step
     last_time, last_step = time.perf_counter(), trainer.step
     while trainer.step < total:
-        metrics: Metrics = {}
-        metrics.update(trainer.collect())
-        metrics.update(trainer.update())
+        collected = trainer.collect()
+        updated = trainer.update()
         trainer.publish()
         now = time.perf_counter()
-        tally = trainer.buffer.drain_tally()
-        finished = tally.games or math.nan  # no game finished this epoch: rates are unknown
-        metrics.update(
+        report = EpochReport(
             step=trainer.step, epoch=trainer.epoch, policy_version=trainer.policy_version,
-            mode=trainer.mode, steps_per_second=(trainer.step - last_step) / (now - last_time),
-            games=tally.games, mean_game_length=tally.plies / finished,
-            black_win_rate=tally.black / finished, white_win_rate=tally.white / finished,
-            draw_rate=tally.draws / finished, terminations=tally.reasons,
-            steps_dropped_stale=trainer.buffer.steps_dropped_stale, time=time.time())
+            mode=trainer.mode(), steps_per_second=(trainer.step - last_step) / (now - last_time),
+            steps_dropped_stale=trainer.buffer.steps_dropped_stale, time=time.time(),
+            collect=collected, update=updated, games=games_report(trainer.buffer))
         last_time, last_step = now, trainer.step
         for callback in callbacks:
-            await call_callback(callback, metrics)
+            await call_callback(callback, report)
+
+
+def games_report(buffer: ExperienceBuffer) -> GamesReport:
+    """The games the buffer took in since it was last asked."""
+    tally = buffer.drain_tally()
+    finished = tally.games or math.nan  # no game finished this epoch: rates are unknown
+    return GamesReport(tally.games, tally.plies / finished, tally.black / finished,
+                       tally.white / finished, tally.draws / finished, tally.reasons)

@@ -29,3 +29,25 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def epoch_report(step: int, epoch: int, policy_loss: float = 0.5, rating: object = None) -> object:
+    """A complete ``EpochReport`` with plain figures (``rating``: a ``reports.Rating``)."""
+    from learner.reports import (
+        CollectReport,
+        EpochReport,
+        GamesReport,
+        Mode,
+        RatingsReport,
+        UpdateReport,
+    )
+
+    update = UpdateReport(loss=policy_loss, policy_loss=policy_loss, value_loss=0.1, entropy=3.0,
+                          approx_kl=0.01, clipfrac=0.1, grad_norm=1.0, ppo_passes=4,
+                          learning_rate=1e-3, shaping_weight=0.0, explained_variance=0.2,
+                          update_seconds=1.0, policy_lag_mean=0.5, policy_lag_max=1)
+    return EpochReport(step=step, epoch=epoch, policy_version=epoch, mode=Mode.SEQUENTIAL,
+                       steps_per_second=100.0, steps_dropped_stale=0, time=0.0,
+                       collect=CollectReport(1.0, 128, 0.5, 0.1, 0.1), update=update,
+                       games=GamesReport(2, 64.0, 0.5, 0.5, 0.0, {"checkmate": 2}),
+                       ratings=RatingsReport(0, rating))  # type: ignore[arg-type]

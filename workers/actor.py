@@ -38,7 +38,6 @@ from keisei.protocol import (
     Ack,
     Bye,
     CurveKeys,
-    GameRecord,
     Games,
     Heartbeat,
     Hello,
@@ -52,7 +51,8 @@ from keisei.protocol import (
     encode,
     load_keys,
 )
-from keisei.selfplay import Collector, FinishedGame
+from keisei.records import GameRecord
+from keisei.selfplay import Collector
 
 logger = logging.getLogger("keisei.actor")
 
@@ -83,6 +83,7 @@ class Actor:
         self.dealer: zmq.Socket[bytes] | None = None
         self.subscriber: zmq.Socket[bytes] | None = None
         self.collector: Collector | None = None
+        self.policy_version = -1  # of the weights in the collector's model; -1 before any
         self.finished: list[GameRecord] = []
         self.outbox: deque[Games] = deque()
         self.max_pending_batches = max_pending_batches
@@ -91,9 +92,9 @@ class Actor:
         self.steps_at_heartbeat = 0
         self.accepting = True  # the learner's back-pressure signal, from its acks
 
-    # --- the sink the collector writes to ------------------------------------------------
-    def put(self, game: FinishedGame) -> None:
-        self.finished.append(game.to_record())
+    # --- the sink the collector writes to (records only: nothing here needs planes) ------
+    def put_record(self, record: GameRecord) -> None:
+        self.finished.append(record)
 
     # --- lifecycle -----------------------------------------------------------------------
     def run(self) -> None:
@@ -158,22 +159,23 @@ class Actor:
             self.collector = Collector(model, selfplay, self, device=self.device,
                                        seed=int.from_bytes(os.urandom(4), "little"),
                                        precision=self.precision)
-            self.collector.policy_version = -1  # no weights yet
+            self.policy_version = -1  # no weights yet
         logger.info("welcomed by %s: policy version %d, %d games, weights from %s", self.learner,
                     welcome.policy_version, selfplay.games, welcome.weights_endpoint)
         self.last_heard = time.monotonic()
+        assert self.dealer is not None
         while not self.stop.is_set():
             self._service()
             if time.monotonic() - self.last_heard > LEARNER_TIMEOUT_SECONDS:
                 logger.warning("learner silent for %.0f s; reconnecting", LEARNER_TIMEOUT_SECONDS)
                 return
-            if self.collector.policy_version < 0:
+            if self.policy_version < 0:
                 subscriber.poll(200)  # waiting for the first weights: sleep in poll, not spin
                 continue
             if not self.accepting:
                 self.dealer.poll(200)  # the learner has enough data: wait, leave it the CPU
                 continue
-            self.collector.step()
+            self.collector.step(self.policy_version)
         self._say_goodbye("stopped")
 
     def _weights_endpoint(self, endpoint: str) -> str:
@@ -197,17 +199,17 @@ class Actor:
                 continue
             if isinstance(message, Weights):
                 latest = message
-        if latest is not None and latest.policy_version != self.collector.policy_version:
+        if latest is not None and latest.policy_version != self.policy_version:
             self._load_weights(latest)
             # New weights mean an epoch was consumed, not that the next one is short: a
             # paused actor asks at once (the ack says) instead of playing on regardless.
             self._heartbeat(time.monotonic())
         while self.dealer.poll(0):
-            message = self._receive()
-            if isinstance(message, Ack):
-                self.accepting = message.accepting
-            elif isinstance(message, Shutdown):
-                logger.info("learner asked to shut down: %s", message.reason or "no reason given")
+            reply = self._receive()
+            if isinstance(reply, Ack):
+                self.accepting = reply.accepting
+            elif isinstance(reply, Shutdown):
+                logger.info("learner asked to shut down: %s", reply.reason or "no reason given")
                 self.stop.set()
         now = time.monotonic()
         if now - self.last_heartbeat >= HEARTBEAT_SECONDS:
@@ -228,7 +230,7 @@ class Actor:
                          weights.policy_version, exc)
             return
         self.collector.model.eval()
-        self.collector.policy_version = weights.policy_version
+        self.policy_version = weights.policy_version
 
     def _drain_outbox(self) -> None:
         """Send queued game batches without blocking; keep at most max_pending_batches."""
@@ -252,7 +254,7 @@ class Actor:
         rate = (steps - self.steps_at_heartbeat) / max(now - self.last_heartbeat, 1e-6)
         self.steps_at_heartbeat, self.last_heartbeat = steps, now
         try:
-            self._send(Heartbeat(self.actor_id, rate, max(self.collector.policy_version, -1),
+            self._send(Heartbeat(self.actor_id, rate, self.policy_version,
                                  self.games_sent, self.batches_dropped, self.steps_dropped),
                        flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -262,7 +264,8 @@ class Actor:
         assert self.dealer is not None
         self.dealer.send_multipart(encode(message), flags=flags, copy=False)
 
-    def _receive(self) -> object:
+    def _receive(self) -> Welcome | Reject | Ack | Shutdown | None:
+        """The learner's next message (it must be waiting); None if it is not one it sends."""
         assert self.dealer is not None
         frames = self.dealer.recv_multipart()
         self.last_heard = time.monotonic()
@@ -273,6 +276,7 @@ class Actor:
             return None
         if not isinstance(message, Ack | Welcome | Reject | Shutdown):
             logger.error("ignored unexpected %s message from the learner", type(message).__name__)
+            return None
         return message
 
     def _say_goodbye(self, reason: str) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from keisei.errors import KeiseiError
 from keisei.evaluation import Decision, Special
+from keisei.processes import stop_process_tree, wait_for_exit
 from keisei.shogi import STARTING_SFEN, Color, Game
 
 logger = logging.getLogger(__name__)
@@ -140,15 +141,8 @@ class EngineProcess:
             self.send(quit_command)
         except EngineError:
             pass
-        try:
-            self.process.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if not wait_for_exit(self.process, 1.0):
+            stop_process_tree(self.process, grace_seconds=2.0)
         for stream in (self.process.stdin, self.process.stdout):
             try:
                 if stream is not None:

@@ -17,12 +17,10 @@ Exit codes: 0 done, 1 failed, 2 bad arguments, checkpoint or engine.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import multiprocessing
 import multiprocessing.pool
-import os
 import random
 import re
 import sys
@@ -46,7 +44,9 @@ from keisei.evaluation import (
     load_openings,
     load_policy,
     play_match,
+    tally,
 )
+from keisei.files import write_json_atomically
 from keisei.shogi import Termination
 from workers.engines import EngineError, GnuShogiPlayer, SearchLimit, UsiPlayer, UsiSettings
 
@@ -155,7 +155,7 @@ def ladder_specs() -> list[tuple[PlayerSpec, str | None]]:
 
 # --- playing ---------------------------------------------------------------------------------
 @dataclass
-class GameRecord:
+class MatchGame:
     """What a worker sends back about one game."""
 
     index: int
@@ -168,10 +168,10 @@ class GameRecord:
     csa: str
 
 
-def record_of(item: PlayedGame) -> GameRecord:
+def record_of(item: PlayedGame) -> MatchGame:
     game = item.game
     assert game.outcome is not None
-    return GameRecord(item.index, item.opening, item.names,
+    return MatchGame(item.index, item.opening, item.names,
                       item.first_points, game.ply, str(game.outcome.reason),
                       game.to_kif(item.names), game.to_csa(item.names))
 
@@ -187,7 +187,7 @@ class Task:
     device: str
 
 
-def run_task(task: Task) -> list[GameRecord]:
+def run_task(task: Task) -> list[MatchGame]:
     """Play ``task``'s pairs (in this process or a pool worker)."""
     first = build_player(task.first, task.device)
     try:
@@ -210,7 +210,7 @@ def _init_worker(threads: int) -> None:
 
 def play(first: PlayerSpec, second: PlayerSpec, games: int, *, workers: int, seed: int,
          max_plies: int, openings: list[tuple[str, ...]], device: str,
-         pool: multiprocessing.pool.Pool | None) -> list[GameRecord]:
+         pool: multiprocessing.pool.Pool | None) -> list[MatchGame]:
     """``games`` (rounded up to even) games, split by pairs over ``workers`` processes."""
     pairs = list(range((games + 1) // 2))
     chunks = [pairs[start::workers] for start in range(workers) if pairs[start::workers]]
@@ -219,12 +219,7 @@ def play(first: PlayerSpec, second: PlayerSpec, games: int, *, workers: int, see
     return sorted((record for chunk in results for record in chunk), key=lambda record: record.index)
 
 
-def result_of(records: Sequence[GameRecord]) -> MatchResult:
-    points = [record.first_points for record in records]
-    return MatchResult(points.count(1.0), points.count(0.5), points.count(0.0))
-
-
-def write_games(folder: Path, records: Sequence[GameRecord]) -> None:
+def write_games(folder: Path, records: Sequence[MatchGame]) -> None:
     """``NNNN-BLACK-vs-WHITE.kif`` (cp932, for GUIs) and ``.csa`` (UTF-8) per game."""
     folder.mkdir(parents=True, exist_ok=True)
     for record in records:
@@ -374,7 +369,7 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
                        "black": record.names[0], "white": record.names[1],
                        "points": record.first_points, "plies": record.plies, "reason": record.reason}
                       for record in records]
-            result = result_of(records)
+            result = tally(records)
             forfeits = sum(1 for record in records if record.reason == Termination.FORFEIT
                            and record.first_points == 1.0)
             note = f"({spec.name} forfeited {forfeits}: see the log)" if forfeits else ""
@@ -392,10 +387,7 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
                "pairings": [pairing.to_dict() for pairing in pairings],
                "opponents": [asdict(spec) for spec, skipped in rungs if skipped is None],
                "games": games}
-    output.mkdir(parents=True, exist_ok=True)
-    temporary = output / ".results.json.tmp"
-    temporary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, output / "results.json")
+    write_json_atomically(output / "results.json", summary)
     print(f"games and results.json in {output}")
     return 0
 

@@ -21,7 +21,7 @@ from keisei.encoding import (
     move_to_action,
 )
 from keisei.errors import IllegalMoveError
-from keisei.selfplay import pack_observations
+from keisei.records import pack_observations
 from keisei.shogi import STARTING_SFEN, Game
 
 

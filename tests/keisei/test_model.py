@@ -10,10 +10,10 @@ from keisei.encoding import NUM_ACTIONS, NUM_PLANES, encode_observation, legal_a
 from keisei.model import (
     PRESETS,
     build_model,
+    choose_actions,
     count_parameters,
     log_probs_and_entropy,
     masked_logits,
-    sample_actions,
 )
 from keisei.shogi import Game
 
@@ -38,8 +38,8 @@ def test_masked_sampling_never_selects_an_illegal_action() -> None:
     logits[:, ~mask[0]] += 100.0  # illegal actions would dominate if not masked
     masked = masked_logits(logits, mask)
     generator = torch.Generator().manual_seed(0)
-    for temperature in (0.1, 1.0, 5.0):
-        actions, log_probs = sample_actions(masked, temperature, generator)
+    for temperature in (0.0, 0.1, 1.0, 5.0):
+        actions, log_probs = choose_actions(masked, temperature, torch.rand(4096, generator=generator))
         assert bool(mask[torch.arange(4096), actions].all())
         assert bool((log_probs <= 0).all()) and bool(torch.isfinite(log_probs).all())
     log_probs, entropy = log_probs_and_entropy(masked)
@@ -53,9 +53,20 @@ def test_sampling_follows_the_policy() -> None:
     mask = torch.zeros(1, NUM_ACTIONS, dtype=torch.bool)
     mask[0, :3] = True
     masked = masked_logits(logits.expand(20_000, -1), mask.expand(20_000, -1))
-    actions, _ = sample_actions(masked, 1.0, torch.Generator().manual_seed(1))
+    actions, _ = choose_actions(masked, 1.0, torch.rand(20_000, generator=torch.Generator().manual_seed(1)))
     frequencies = torch.bincount(actions, minlength=3).float() / 20_000
     assert frequencies[:3].tolist() == pytest.approx([0.7, 0.2, 0.1], abs=0.02)
+
+
+def test_temperature_zero_takes_the_most_probable_legal_action() -> None:
+    logits = torch.tensor([[0.1, 2.0, 0.5, 9.0] + [0.0] * (NUM_ACTIONS - 4)])
+    mask = torch.zeros(1, NUM_ACTIONS, dtype=torch.bool)
+    mask[0, :3] = True  # action 3 is illegal
+    actions, log_probs = choose_actions(masked_logits(logits, mask), 0.0)
+    assert actions.tolist() == [1]
+    assert float(log_probs[0]) == pytest.approx(2.0 - float(torch.logsumexp(logits[0, :3], 0)))
+    with pytest.raises(ValueError, match="uniforms"):
+        choose_actions(masked_logits(logits, mask), 1.0)
 
 
 def test_mask_errors_are_clear() -> None:

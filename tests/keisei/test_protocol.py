@@ -24,7 +24,8 @@ from keisei.protocol import (
     decode,
     encode,
 )
-from keisei.selfplay import Collector, FinishedGame, replay_game
+from keisei.records import FinishedGame, replay_game
+from keisei.selfplay import Collector
 
 MAX_PLIES = 40
 
@@ -44,7 +45,7 @@ def finished() -> list[FinishedGame]:
     collector = Collector(build_model(PRESETS["tiny"]), SelfPlayConfig(games=4, max_plies=MAX_PLIES),
                           sink, seed=1)
     while len(sink.games) < 4:
-        collector.step()
+        collector.step(0)
     return sink.games
 
 

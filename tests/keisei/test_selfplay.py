@@ -9,16 +9,17 @@ import torch
 from keisei.config import SelfPlayConfig
 from keisei.encoding import encode_observation, legal_action_mask, move_to_action
 from keisei.model import PRESETS, build_model
-from keisei.selfplay import (
+from keisei.records import (
     DRAW,
     MASK_BYTES,
     OBSERVATION_BYTES,
-    Collector,
     FinishedGame,
+    GameRecord,
     pack_observations,
     unpack_masks,
     unpack_observations,
 )
+from keisei.selfplay import Collector
 from keisei.shogi import Game
 
 
@@ -34,11 +35,9 @@ def play_games(count: int, max_plies: int = 40, games: int = 4) -> tuple[Collect
     torch.manual_seed(0)
     sink = ListSink()
     collector = Collector(build_model(PRESETS["tiny"]), SelfPlayConfig(games=games, max_plies=max_plies),
-                          sink, seed=3, policy_version=7)
+                          sink, seed=3)
     while len(sink.games) < count:
-        collector.step()
-        if collector.stats.steps >= 2 * games * max_plies:
-            collector.policy_version = 8
+        collector.step(8 if collector.stats.steps >= 2 * games * max_plies else 7)
     return collector, sink
 
 
@@ -80,6 +79,35 @@ def test_policy_version_is_stamped_per_ply() -> None:
         assert np.all(np.diff(versions) >= 0)  # never goes back within a game
 
 
+class RecordSink:
+    def __init__(self) -> None:
+        self.records: list[GameRecord] = []
+
+    def put_record(self, record: GameRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_record_sink_gets_the_same_games_without_training_data() -> None:
+    """An actor's sink: the collector keeps no planes or masks, and the records match
+    what a training sink gets from the same seed."""
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"])
+    config = SelfPlayConfig(games=4, max_plies=30)
+    records, games = RecordSink(), ListSink()
+    for sink in (records, games):
+        collector = Collector(model, config, sink, seed=5)
+        for _ in range(60):
+            collector.step(3)
+        if sink is records:
+            assert collector._observations.size == 0 and collector._masks.size == 0
+    assert len(records.records) == len(games.games) > 0
+    for record, game in zip(records.records, games.games, strict=True):
+        assert type(record) is GameRecord
+        assert np.array_equal(record.moves, game.moves) and record.start_sfen == game.start_sfen
+        assert np.array_equal(record.log_probs, game.log_probs)
+        assert (record.winner, record.reason) == (game.winner, game.reason)
+
+
 def test_packing_round_trips() -> None:
     planes = (np.random.default_rng(0).random((3, 122, 9, 9)) > 0.5).astype(np.float32)
     assert np.array_equal(unpack_observations(pack_observations(planes)), planes.astype(np.uint8))
@@ -91,7 +119,7 @@ def test_a_mate_in_one_is_played_whenever_there_is_one() -> None:
     collector = Collector(build_model(PRESETS["tiny"]),
                           SelfPlayConfig(games=16, max_plies=300, mate_search=1), sink, seed=1)
     while len(sink.games) < 16:
-        collector.step()
+        collector.step(0)
     mated = 0
     for finished in sink.games:
         game = Game(max_plies=300)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keisei.protocol import GameRecord
-from keisei.selfplay import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame, replay_game
+from keisei.records import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame, GameRecord, replay_game
 from keisei.shogi import STARTING_SFEN, Game, Termination
 from learner.buffer import BufferFullError, EpochBatch, ExperienceBuffer
 
@@ -52,7 +51,7 @@ def test_advantages_are_computed_on_the_whole_game() -> None:
 
 def test_stale_steps_are_dropped_and_counted() -> None:
     buffer = make_buffer(lag=2)
-    buffer.policy_version = 5
+    buffer.policy_version = lambda: 5
     assert buffer.put(fake_game(4, 0, version=2)) == 0  # 3 versions old
     assert buffer.put(fake_game(4, 10, version=3)) == 4  # exactly max_policy_lag old
     assert buffer.steps_dropped_stale == 4 and buffer.size == 4

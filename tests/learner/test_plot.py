@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import epoch_report
 
 from learner.dashboard import MetricsWriter
 from learner.plot import main, read_metrics
+from learner.reports import Rating
 
 
 def fake_run(run_dir: Path) -> None:
@@ -63,12 +65,11 @@ def test_metrics_writer_writes_tensorboard_scalars(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with MetricsWriter(tmp_path / "metrics.jsonl", tmp_path / "tb") as writer:
-        writer({"step": 256, "epoch": 1, "policy_loss": 0.5, "mode": "sequential", "ok": True})
-        writer({"step": 512, "epoch": 2, "policy_loss": 0.25, "elo": 120.0, "elo_step": 256,
-                "ratings": {"random": 0.0}})
+        writer(epoch_report(256, 1, policy_loss=0.5))
+        writer(epoch_report(512, 2, policy_loss=0.25, rating=Rating({"random": 0.0}, 120.0, 256, 1.0, 0.5)))
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert [(event.step, event.value) for event in events.Scalars("policy_loss")] == [(256, 0.5), (512, 0.25)]
     assert [(event.step, event.value) for event in events.Scalars("elo")] == [(256, 120.0)]
-    assert "mode" not in events.Tags()["scalars"] and "ok" not in events.Tags()["scalars"]
+    assert "mode" not in events.Tags()["scalars"] and "ratings" not in events.Tags()["scalars"]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

@@ -16,7 +16,6 @@ import pytest
 
 from keisei.config import DisplayConfig, load_config
 from learner.dashboard import Dashboard
-from learner.main import build_trainer
 from learner.ratings import RatingJob, Ratings
 from learner.trainer import Trainer
 
@@ -27,7 +26,7 @@ TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfpla
 
 @pytest.fixture
 def trainer(tmp_path: Path) -> Trainer:
-    return build_trainer(load_config(None, [*TINY, f"run.dir={tmp_path}"]), threading.Event())
+    return Trainer.build(load_config(None, [*TINY, f"run.dir={tmp_path}"]), threading.Event())
 
 
 def finished_job(folder: Path, name: str, step: int, results: dict | None) -> RatingJob:
@@ -45,11 +44,11 @@ def test_a_finished_job_refits_the_table_and_reports_metrics(trainer: Trainer, t
     ratings.job = finished_job(tmp_path / "job", "step-000000000064", 64, {"pairings": [
         {"first": "step-000000000064", "second": "random", "wins": 6, "draws": 0, "losses": 2},
         {"first": "step-000000000064", "second": "greedy", "wins": 1, "draws": 1, "losses": 6}]})
-    metrics: dict = {}
-    ratings.poll(metrics)
+    rating = ratings.poll()
     assert ratings.job is None and ratings.rated == [("step-000000000064", 64)]
-    assert metrics["ratings"]["random"] == 0.0 and metrics["elo"] == ratings.table["step-000000000064"]
-    assert metrics["win_rate_random"] == 0.75 and metrics["win_rate_greedy"] == 0.1875
+    assert rating is not None and rating.elo_step == 64
+    assert rating.ratings["random"] == 0.0 and rating.elo == ratings.table["step-000000000064"]
+    assert rating.win_rate_random == 0.75 and rating.win_rate_greedy == 0.1875
     saved = json.loads((tmp_path / "ratings.json").read_text())
     restored = Ratings(trainer.config.evaluation, tmp_path, trainer)
     restored.load_state_dict(saved)
@@ -66,10 +65,9 @@ def test_a_failed_job_is_logged_and_loses_nothing(trainer: Trainer, tmp_path: Pa
                                                   caplog: pytest.LogCaptureFixture) -> None:
     ratings = Ratings(trainer.config.evaluation, tmp_path, trainer)
     ratings.job = finished_job(tmp_path / "job", "step-000000000064", 64, None)
-    metrics: dict = {}
-    ratings.poll(metrics)
+    assert ratings.poll() is None
     assert "rating of step-000000000064 failed" in caplog.text and "log.txt" in caplog.text
-    assert metrics == {} and ratings.rated == [] and ratings.job is None
+    assert ratings.rated == [] and ratings.job is None
 
 
 def test_close_stops_a_running_job_and_its_children(trainer: Trainer, tmp_path: Path) -> None:

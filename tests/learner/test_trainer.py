@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from keisei.config import Config, load_config
-from learner.main import build_trainer
+from learner.reports import EpochReport, Mode
 from learner.trainer import Trainer, TrainingInterrupted, train
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
@@ -17,31 +17,40 @@ TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfpla
         "train.ppo_epochs=2", "run.threads=1"]
 
 
+EPOCH_FIELDS = {
+    "approx_kl", "black_win_rate", "clipfrac", "collect_seconds", "collected_steps", "draw_rate",
+    "encode_seconds", "entropy", "epoch", "explained_variance", "games", "grad_norm",
+    "inference_seconds", "learning_rate", "loss", "mean_game_length", "mode", "policy_lag_max",
+    "policy_lag_mean", "policy_loss", "policy_version", "ppo_passes", "rules_seconds",
+    "shaping_weight", "step", "steps_dropped_stale", "steps_per_second", "terminations", "time",
+    "update_seconds", "value_loss", "white_win_rate"}
+"""metrics.jsonl's fields from the training loop itself (users' scripts read these names)."""
+
+
 def tiny_config(*extra: str) -> Config:
     return load_config(None, [*TINY, *extra])
 
 
 def test_loop_runs_epochs_and_calls_sync_and_async_callbacks() -> None:
-    trainer = build_trainer(tiny_config("train.total_steps=256"), threading.Event())
+    trainer = Trainer.build(tiny_config("train.total_steps=256"), threading.Event())
     seen_sync, seen_async = [], []
 
-    async def async_callback(metrics: dict) -> None:
+    async def async_callback(report: EpochReport) -> None:
         await asyncio.sleep(0)
-        seen_async.append(metrics["epoch"])
+        seen_async.append(report.epoch)
 
-    asyncio.run(train(trainer, [lambda metrics: seen_sync.append(metrics), async_callback]))
-    assert [m["epoch"] for m in seen_sync] == [1, 2] and seen_async == [1, 2]
+    asyncio.run(train(trainer, [lambda report: seen_sync.append(report), async_callback]))
+    assert [report.epoch for report in seen_sync] == [1, 2] and seen_async == [1, 2]
     last = seen_sync[-1]
-    assert last["step"] == 256 and last["policy_version"] == 2 and last["mode"] == "sequential"
-    for key in ("steps_per_second", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
-                "explained_variance", "learning_rate", "mean_game_length", "black_win_rate",
-                "white_win_rate", "draw_rate", "policy_lag_mean", "policy_lag_max"):
-        assert key in last
-    assert trainer.collector.policy_version == trainer.buffer.policy_version == 2
+    assert (last.step, last.policy_version, last.mode) == (256, 2, Mode.SEQUENTIAL)
+    assert trainer.buffer.policy_version() == 2  # read from the trainer, never copied
+    assert last.update.ppo_passes == 2 and seen_sync[0].collect.collected_steps >= 128
+    assert 0 <= last.update.clipfrac <= 1 and last.update.policy_lag_max >= 0
+    assert set(last.to_json()) == EPOCH_FIELDS  # no actors, no ratings: the sequential fields
 
 
 def test_failed_update_restores_state_and_propagates(caplog: pytest.LogCaptureFixture) -> None:
-    trainer = build_trainer(tiny_config(), threading.Event())
+    trainer = Trainer.build(tiny_config(), threading.Event())
     trainer.collect()
     held = trainer.buffer.size
     before = {key: value.clone() for key, value in trainer.model.state_dict().items()}
@@ -69,7 +78,7 @@ def test_failed_update_restores_state_and_propagates(caplog: pytest.LogCaptureFi
 
 def test_stop_request_interrupts_at_a_safe_point() -> None:
     stop = threading.Event()
-    trainer = build_trainer(tiny_config(), stop)
+    trainer = Trainer.build(tiny_config(), stop)
     trainer.collect()
     stop.set()
     with pytest.raises(TrainingInterrupted):
@@ -78,10 +87,11 @@ def test_stop_request_interrupts_at_a_safe_point() -> None:
 
 
 def run_epochs(epochs: int) -> tuple[Trainer, list[dict]]:
-    trainer = build_trainer(tiny_config(f"train.total_steps={128 * epochs}", "run.seed=11"),
+    """The epochs' metrics records, as metrics.jsonl gets them."""
+    trainer = Trainer.build(tiny_config(f"train.total_steps={128 * epochs}", "run.seed=11"),
                             threading.Event())
     metrics: list[dict] = []
-    asyncio.run(train(trainer, [metrics.append]))
+    asyncio.run(train(trainer, [lambda report: metrics.append(report.to_json())]))
     return trainer, metrics
 
 
@@ -98,8 +108,7 @@ def test_a_seeded_sequential_run_is_reproducible() -> None:
 def test_state_dict_round_trip_continues_counters() -> None:
     trainer, _ = run_epochs(1)
     state = trainer.state_dict()
-    fresh = build_trainer(tiny_config("train.total_steps=128", "run.seed=11"), threading.Event())
+    fresh = Trainer.build(tiny_config("train.total_steps=128", "run.seed=11"), threading.Event())
     fresh.load_state_dict(state)
     assert (fresh.step, fresh.epoch, fresh.policy_version) == (128, 1, 1)
-    assert fresh.buffer.size == trainer.buffer.size
-    assert fresh.collector.policy_version == 1
+    assert fresh.buffer.size == trainer.buffer.size and fresh.buffer.policy_version() == 1

@@ -1,0 +1,287 @@
+"""The learner as one object: the composition root of everything a run needs.
+
+``Learner(config, options)`` is a context manager. Entering it checks the run directory
+(a new run never overwrites another; ``options.resume`` continues the latest
+checkpoint), builds the trainer (which owns the buffer, the in-process collector and
+the policy version), and, when actors are wanted, the server, the local actor processes
+and the supervisor (which owns the collection mode), then the metrics files, the
+dashboard and the ratings. Leaving it tears them down in reverse order, whatever
+happened. ``run()`` trains until ``train.total_steps`` and always writes a final
+checkpoint. The ``keisei-learner`` command, the tests and the benchmarks all build the
+learner this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import torch
+
+from keisei.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from keisei.config import CheckpointConfig, Config, ConfigError
+from keisei.files import write_text_atomically
+from keisei.model import count_parameters
+from keisei.protocol import load_keys
+from learner.actors import ActorState, ActorTable
+from learner.dashboard import Dashboard, MetricsWriter
+from learner.local_actors import LocalActors
+from learner.ratings import Ratings
+from learner.reports import ActorsReport, EpochReport, Mode
+from learner.server import LearnerServer, local_endpoint, weights_bind_address
+from learner.supervisor import Supervisor
+from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callback, train
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+FINAL_RATING_SECONDS = 300.0
+"""At the end of a finished run, how long to wait for a rating job still running."""
+
+
+@dataclass(frozen=True)
+class LearnerOptions:
+    """How a run gets its games and where it starts from (the command line's part).
+
+    No actors: the learner plays in-process (sequential). ``local_actors`` N starts N
+    ``keisei-actor`` processes here; ``remote_actors`` waits for actors that connect to
+    ``bind`` (both may be given). ``curve_keys`` is a ``keisei-keys`` folder.
+    """
+
+    local_actors: int = 0
+    remote_actors: bool = False
+    bind: str = DEFAULT_BIND
+    curve_keys: str | None = None
+    resume: bool = False
+    threads: int | None = None  # torch CPU threads; default run.threads, or all cores
+    publish_interval: float = 2.0  # seconds between repeats of the current weights
+
+    @property
+    def distributed(self) -> bool:
+        return self.local_actors > 0 or self.remote_actors
+
+    def check(self) -> None:
+        """:raises ConfigError: naming every bad option."""
+        problems = []
+        if self.local_actors < 0:
+            problems.append(f"--local-actors {self.local_actors}: must be 0 or more")
+        try:
+            weights_bind_address(self.bind)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise ConfigError(problems)
+
+
+class Outcome(Enum):
+    FINISHED = "finished"  # reached train.total_steps
+    INTERRUPTED = "interrupted"  # a stop was requested (the checkpoint is written)
+    FAILED = "failed"  # an error, logged with its traceback (the checkpoint is written)
+
+
+def check_run_directory(config: Config, resume: bool) -> Path | None:
+    """The checkpoint to resume from (or None for a new run).
+
+    :raises ConfigError: if a new run would overwrite an existing one, or a resume finds
+        no checkpoint.
+    """
+    run_dir = Path(config.run.dir)
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if resume:
+        if checkpoint is None:
+            raise ConfigError([f"--resume: no checkpoint in {run_dir / 'checkpoints'}"])
+        return checkpoint
+    if checkpoint is not None or (run_dir / "metrics.jsonl").exists():
+        raise ConfigError([f"run.dir = {str(run_dir)!r} already holds a run; pass --resume to "
+                           "continue it, or choose another run.dir"])
+    return None
+
+
+class Checkpoints:
+    """Checkpoints every ``every_epochs`` epochs (keeping the last ``keep``), each with the
+    latest finished self-play game beside it as KIF and CSA in ``games/``."""
+
+    def __init__(self, trainer: Trainer, ratings: Ratings, directory: Path,
+                 config: CheckpointConfig) -> None:
+        self.trainer, self.ratings, self.directory, self.config = trainer, ratings, directory, config
+        self.saved_step = -1
+
+    def on_epoch(self) -> None:
+        if self.trainer.epoch % self.config.every_epochs == 0:
+            self.save()
+
+    def save(self, force: bool = False) -> Path | None:
+        """Write a checkpoint unless this step has one (``force``: write it again)."""
+        trainer = self.trainer
+        if trainer.step == self.saved_step and not force:
+            return None
+        state = {**trainer.state_dict(), "ratings": self.ratings.state_dict()}
+        path = save_checkpoint(self.directory, trainer.step, state, self.config.keep)
+        self.saved_step = trainer.step
+        self._write_sample_game()
+        logger.info("checkpoint %s (step %d, policy version %d)", path, trainer.step,
+                    trainer.policy_version)
+        return path
+
+    def _write_sample_game(self) -> None:
+        game = self.trainer.buffer.last_game
+        if game is None:
+            return
+        folder = self.directory.parent / "games"
+        folder.mkdir(exist_ok=True)
+        record = game.to_game()
+        names = (f"Keisei v{int(game.policy_versions[0])}", f"Keisei v{int(game.policy_versions[-1])}")
+        stem = folder / f"game-{self.trainer.step:012d}"
+        stem.with_suffix(".kif").write_text(record.to_kif(names), encoding="cp932")
+        stem.with_suffix(".csa").write_text(record.to_csa(names), encoding="utf-8")
+
+
+class Learner:
+    """One training run and everything it owns (see the module docstring)."""
+
+    def __init__(self, config: Config, options: LearnerOptions | None = None,
+                 stream: IO[str] | None = None) -> None:
+        self.config = config
+        self.options = options if options is not None else LearnerOptions()
+        self.options.check()
+        self.stream = stream  # the dashboard's (default: stdout)
+        self.run_dir = Path(config.run.dir)
+        self.stop = threading.Event()  # set it (e.g. from a signal handler) to stop at a safe point
+        self.actors = ActorTable()
+        self.server: LearnerServer | None = None
+        self.local: LocalActors | None = None
+        self.supervisor: Supervisor | None = None
+        self._stack = ExitStack()
+
+    def mode(self) -> Mode:
+        """Where games come from now: the supervisor's mode, or sequential without actors."""
+        return self.supervisor.mode if self.supervisor is not None else Mode.SEQUENTIAL
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def __enter__(self) -> Learner:
+        try:
+            self._open()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._stack.close()
+
+    def _open(self) -> None:
+        config, options, stack = self.config, self.options, self._stack
+        resume_from = check_run_directory(config, options.resume)
+        # Local actors take one thread each, but they pause as soon as the next epoch is
+        # buffered (back-pressure in the heartbeat ack), so they and the PPO update take
+        # turns on the cores rather than share them: the learner keeps every core.
+        self.trainer = trainer = Trainer.build(config, self.stop, options.threads, self.mode)
+        self.ratings = Ratings(config.evaluation, self.run_dir, trainer)
+        if resume_from is not None:
+            self._resume(resume_from)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_text_atomically(self.run_dir / "config.toml", config.to_toml())
+        logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",
+                    self.run_dir, f"{count_parameters(trainer.model):,}", config.selfplay.games,
+                    trainer.device, torch.get_num_threads())
+        self.checkpoints = Checkpoints(trainer, self.ratings, self.run_dir / "checkpoints",
+                                       config.checkpoint)
+        if options.distributed:
+            self._open_distributed()
+        self.metrics = stack.enter_context(MetricsWriter(self.run_dir / "metrics.jsonl",
+                                                         self.run_dir / "tensorboard"))
+        self.dashboard = stack.enter_context(Dashboard(
+            trainer, config.display, self.stream, actors=self.actors if options.distributed else None,
+            supervisor=self.supervisor, ratings=self.ratings))
+        stack.enter_context(self.ratings)
+
+    def _open_distributed(self) -> None:
+        """The server (sockets and their thread), then the local actor processes, then the
+        supervisor that watches both; undone in reverse order."""
+        config, options, trainer = self.config, self.options, self.trainer
+        keys = load_keys(options.curve_keys, "learner") if options.curve_keys else None
+        self.server = self._stack.enter_context(LearnerServer(
+            options.bind, trainer.buffer, self.actors, config.to_dict(),
+            lambda: trainer.policy_version, keys=keys, publish_interval=options.publish_interval))
+        self.server.publish(trainer.model.state_dict())  # version 0, or the resumed one
+        if options.local_actors:
+            self.local = self._stack.enter_context(LocalActors(
+                options.local_actors, local_endpoint(options.bind), self.run_dir / "actors"))
+        self.supervisor = self._stack.enter_context(Supervisor(
+            config.supervisor, trainer, self.server, self.actors, self.local,
+            self.run_dir / "status.json"))
+
+    def _resume(self, checkpoint: Path) -> None:
+        """:raises ConfigError: if the checkpoint's network differs from the config's."""
+        trainer = self.trainer
+        state = load_checkpoint(checkpoint, map_location=trainer.device)
+        saved_model, model = state["config"]["model"], self.config.to_dict()["model"]
+        if saved_model != model:
+            raise ConfigError([f"[model] {model} differs from the checkpoint's {saved_model}; "
+                               "a resumed run keeps its network"])
+        trainer.load_state_dict(state)
+        if "ratings" in state:
+            self.ratings.load_state_dict(state["ratings"])
+        logger.info("resumed from %s at step %d, policy version %d", checkpoint, trainer.step,
+                    trainer.policy_version)
+
+    # --- training -----------------------------------------------------------------------
+    def run(self, until_step: int | None = None, callbacks: Sequence[Callback] = ()) -> Outcome:
+        """Train until ``until_step`` (default ``train.total_steps``) or a stop; then write a
+        checkpoint. ``callbacks`` see each epoch's full report after the learner's own."""
+        trainer = self.trainer
+        outcome = Outcome.FAILED
+        try:
+            async def on_epoch(report: EpochReport) -> None:
+                full = self._on_epoch(report)
+                for callback in callbacks:
+                    await call_callback(callback, full)
+
+            asyncio.run(train(trainer, [on_epoch], until_step))
+            outcome = Outcome.FINISHED
+            # The final policy's rating goes to ratings.json and the checkpoint; metrics.jsonl
+            # keeps exactly one line per epoch.
+            if self.ratings.finish(timeout=FINAL_RATING_SECONDS):
+                self.checkpoints.save(force=True)
+        except (TrainingInterrupted, KeyboardInterrupt):
+            outcome = Outcome.INTERRUPTED
+            logger.warning("interrupted at step %d; %d plies of unfinished games discarded",
+                           trainer.step, trainer.collector.in_flight_steps())
+        except Exception:
+            logger.exception("training failed at step %d", trainer.step)
+        finally:
+            self.checkpoints.save()
+        return outcome
+
+    def _on_epoch(self, report: EpochReport) -> EpochReport:
+        """Publish the new policy, complete the epoch's report with the actors', the
+        supervisor's and the ratings' parts, then record and show it."""
+        if self.server is not None:
+            self.server.publish(self.trainer.model.state_dict())
+        full = replace(report, actors=self.actors_report(),
+                       supervision=self.supervisor.report() if self.supervisor else None,
+                       ratings=self.ratings.on_epoch())
+        self.metrics(full)
+        self.checkpoints.on_epoch()
+        self.dashboard(full)
+        return full
+
+    def actors_report(self) -> ActorsReport | None:
+        if self.server is None:
+            return None
+        now = time.monotonic()
+        table = self.actors.snapshot()
+        return ActorsReport([info.as_dict(now) for info in table],
+                            sum(info.steps_per_second for info in table
+                                if info.state in (ActorState.HEALTHY, ActorState.STARTING)),
+                            dict(self.server.counters))

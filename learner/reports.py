@@ -1,0 +1,148 @@
+"""What each epoch reports, typed: the parts its owners fill in, and the one record that
+reaches the dashboard, ``metrics.jsonl`` and TensorBoard.
+
+``EpochReport.to_json()`` flattens the parts into the JSONL fields users' scripts read
+(``policy_loss``, ``wire_steps_received``, ``elo`` ...); their names do not change. The
+distributed parts (actors, supervision) are present only when actors are wired in, and
+a rating's figures only in the epoch its results came in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any, cast
+
+
+class Mode(StrEnum):
+    """Where the learner's games come from."""
+
+    SEQUENTIAL = "sequential"  # the in-process collector
+    DISTRIBUTED = "distributed"  # actors, over the wire
+
+
+@dataclass(frozen=True)
+class CollectReport:
+    collect_seconds: float
+    collected_steps: int  # by the in-process collector
+    inference_seconds: float
+    encode_seconds: float
+    rules_seconds: float
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    loss: float
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clipfrac: float
+    grad_norm: float
+    ppo_passes: int
+    learning_rate: float
+    shaping_weight: float
+    explained_variance: float
+    update_seconds: float
+    policy_lag_mean: float
+    policy_lag_max: int
+
+
+@dataclass(frozen=True)
+class GamesReport:
+    """Games finished during the epoch; rates are NaN when none did."""
+
+    games: int
+    mean_game_length: float
+    black_win_rate: float
+    white_win_rate: float
+    draw_rate: float
+    terminations: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ActorsReport:
+    actors: list[dict[str, object]]  # one row per actor (``ActorInfo.as_dict``)
+    actor_steps_per_second: float
+    wire: dict[str, int]  # the server's counters, written as ``wire_<name>``
+
+
+@dataclass(frozen=True)
+class Transition:
+    time: float  # seconds since the epoch
+    mode: str
+    cause: str
+
+
+@dataclass(frozen=True)
+class SupervisionReport:
+    mode_transitions: int
+    transitions: list[Transition]  # the last ten
+    failures_detected: int
+    actor_restarts: int
+    in_flight_steps_discarded: int
+
+
+@dataclass(frozen=True)
+class Rating:
+    """The newest rated policy: the refitted table and its figures."""
+
+    ratings: dict[str, float]
+    elo: float
+    elo_step: int
+    win_rate_random: float | None
+    win_rate_greedy: float | None
+
+
+@dataclass(frozen=True)
+class RatingsReport:
+    ratings_skipped: int
+    new_rating: Rating | None = None  # results that came in this epoch
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    step: int
+    epoch: int
+    policy_version: int
+    mode: Mode
+    steps_per_second: float
+    steps_dropped_stale: int
+    time: float  # seconds since the epoch
+    collect: CollectReport
+    update: UpdateReport
+    games: GamesReport
+    actors: ActorsReport | None = None
+    supervision: SupervisionReport | None = None
+    ratings: RatingsReport | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat ``metrics.jsonl`` record (NaN and infinities as null)."""
+        record: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, ActorsReport):
+                record.update(actors=value.actors, actor_steps_per_second=value.actor_steps_per_second)
+                record.update({f"wire_{name}": count for name, count in value.wire.items()})
+            elif isinstance(value, RatingsReport):
+                record["ratings_skipped"] = value.ratings_skipped
+                if value.new_rating is not None:
+                    record.update(asdict(value.new_rating))
+            elif isinstance(value, CollectReport | UpdateReport | GamesReport | SupervisionReport):
+                record.update(asdict(value))
+            elif value is not None:
+                record[item.name] = str(value) if isinstance(value, Mode) else value
+        return cast(dict[str, Any], _finite(record))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
