@@ -5,17 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from helpers import free_port_pair, wait_for
 
 from keisei.config import load_config
-from keisei.protocol import generate_keys, keys_main, load_keys
-from learner.actors import ActorTable
-from learner.main import build_trainer
-from learner.server import LearnerServer
+from keisei.protocol import generate_keys, keys_main
+from learner.app import Learner, LearnerOptions
 
 
 def actor(bind: str, keys: Path, actor_id: str) -> subprocess.Popen[str]:
@@ -28,20 +25,18 @@ def test_only_authorised_actors_are_served(tmp_path: Path) -> None:
     learner_keys = generate_keys(tmp_path / "keys")
     stranger_keys = generate_keys(tmp_path / "stranger")  # a valid key pair the learner never saw
     config = load_config(None, ["model.blocks=1", "model.channels=16", "selfplay.games=4",
-                                "selfplay.max_plies=32", f"run.dir={tmp_path / 'run'}"])
-    trainer = build_trainer(config, threading.Event(), threads=1)
-    actors = ActorTable()
+                                "selfplay.max_plies=32", f"run.dir={tmp_path / 'run'}",
+                                "display.mode=plain", "evaluation.every_epochs=0"])
     bind = f"tcp://127.0.0.1:{free_port_pair()}"
     shutil.copy(learner_keys / "server.key", stranger_keys / "server.key")  # it knows the server
-    with LearnerServer(bind, trainer.buffer, actors, config.to_dict(),
-                       keys=load_keys(learner_keys, "learner")) as server:
-        server.publish(trainer.model.state_dict(), 0)
+    options = LearnerOptions(remote_actors=True, bind=bind, curve_keys=str(learner_keys), threads=1)
+    with Learner(config, options) as learner:
         trusted, stranger = actor(bind, learner_keys, "trusted"), actor(bind, stranger_keys, "stranger")
         try:
-            wait_for(lambda: actors.known("trusted") and trainer.buffer.size > 0, 60,
+            wait_for(lambda: learner.actors.known("trusted") and learner.trainer.buffer.size > 0, 60,
                      "the authorised actor to join and deliver games")
             time.sleep(2)
-            assert not actors.known("stranger")
+            assert not learner.actors.known("stranger")
         finally:
             for process in (trusted, stranger):
                 process.terminate()

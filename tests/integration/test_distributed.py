@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -17,34 +15,34 @@ from helpers import free_port_pair, wait_for
 
 from keisei.config import load_config
 from keisei.protocol import Games, Hello, Reject, Welcome, decode, encode
-from learner.actors import ActorTable
+from keisei.records import GameRecord
+from keisei.selfplay import Collector
+from learner.actors import ActorState
+from learner.app import Learner, LearnerOptions, Outcome
 from learner.local_actors import LocalActors
-from learner.main import build_trainer
-from learner.server import LearnerServer
-from learner.trainer import Trainer, train
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
         "selfplay.max_plies=64", "train.steps_per_epoch=256", "train.minibatch_size=64",
-        "train.ppo_epochs=1", "train.max_policy_lag=1000"]
+        "train.ppo_epochs=1", "train.max_policy_lag=1000", "evaluation.every_epochs=0",
+        "display.mode=plain", "supervisor.collect_timeout=600"]
 
 
-@dataclass
-class Learner:
-    trainer: Trainer
-    server: LearnerServer
-    actors: ActorTable
-    bind: str
+class Run:
+    """A learner with remote actors, trained a few epochs at a time from the test."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+        self.trainer, self.actors, self.bind = learner.trainer, learner.actors, learner.options.bind
+        assert learner.server is not None
+        self.server = learner.server
 
     def train_epochs(self, epochs: int, timeout: float = 120.0) -> None:
-        """Run the real training loop for ``epochs`` more epochs; fail rather than hang."""
-        trainer, server = self.trainer, self.server
-        until = trainer.step + epochs * trainer.config.train.steps_per_epoch
-        timer = threading.Timer(timeout, trainer.stop.set)
+        """Run the learner for ``epochs`` more epochs; fail rather than hang."""
+        until = self.trainer.step + epochs * self.trainer.config.train.steps_per_epoch
+        timer = threading.Timer(timeout, self.learner.stop.set)
         timer.start()
         try:
-            asyncio.run(train(trainer, [lambda _: server.publish(trainer.model.state_dict(),
-                                                                 trainer.policy_version)],
-                              until_step=until))
+            assert self.learner.run(until_step=until) is Outcome.FINISHED
         finally:
             timer.cancel()
 
@@ -53,15 +51,12 @@ class Learner:
 
 
 @contextmanager
-def learner(tmp_path: Path) -> Iterator[Learner]:
+def learner(tmp_path: Path) -> Iterator[Run]:
     config = load_config(None, [*TINY, f"run.dir={tmp_path / 'run'}"])
-    trainer = build_trainer(config, threading.Event(), threads=1)
-    trainer.mode = "distributed"
-    actors = ActorTable()
-    bind = f"tcp://127.0.0.1:{free_port_pair()}"
-    with LearnerServer(bind, trainer.buffer, actors, config.to_dict(), publish_interval=0.5) as server:
-        server.publish(trainer.model.state_dict(), trainer.policy_version)
-        yield Learner(trainer, server, actors, bind)
+    options = LearnerOptions(remote_actors=True, bind=f"tcp://127.0.0.1:{free_port_pair()}",
+                             threads=1, publish_interval=0.5)
+    with Learner(config, options) as running:
+        yield Run(running)
 
 
 def test_two_actors_train_and_every_step_is_counted_once(tmp_path: Path) -> None:
@@ -76,7 +71,7 @@ def test_two_actors_train_and_every_step_is_counted_once(tmp_path: Path) -> None
                 run.train_epochs(1)
             wait_for(lambda: all(run.actor(name).policy_version >= 2 for name in ("local-0", "local-1")),
                      15, "both actors to report the new weights")
-        wait_for(lambda: all(info.state == "stopped" for info in run.actors.snapshot()), 15,
+        wait_for(lambda: all(info.state is ActorState.STOPPED for info in run.actors.snapshot()), 15,
                  "both actors to say bye")
         assert all(process.returncode == 0 for process in local.processes.values())
         buffer, counters = run.trainer.buffer, run.server.counters
@@ -140,12 +135,12 @@ def test_malformed_traffic_is_dropped_and_counted_while_training_goes_on(tmp_pat
             assert dealer.poll(5000) and isinstance(decode(dealer.recv_multipart()), Welcome)
             with LocalActors(1, run.bind, tmp_path / "logs"):
                 run.train_epochs(1)
-            good = run.trainer.collector  # an in-process game, sent as if by the rogue actor
-            sink: list = []
-            good.sink = type("Sink", (), {"put": lambda self, g: sink.append(g)})()
-            while not sink:
-                good.step()
-            frames = [bytes(f) for f in encode(Games("rogue", [sink[0].to_record()]))]
+            records: list[GameRecord] = []  # a real game, sent as if by the rogue actor
+            sink = type("Sink", (), {"put_record": lambda self, record: records.append(record)})()
+            good = Collector(run.trainer.model, run.trainer.config.selfplay, sink)
+            while not records:
+                good.step(run.trainer.policy_version)
+            frames = [bytes(f) for f in encode(Games("rogue", [records[0]]))]
             nan_values = np.frombuffer(frames[3], np.float32).copy()
             nan_values[0] = np.nan
             wide = np.frombuffer(frames[1], np.int32).astype(np.int64).tobytes()

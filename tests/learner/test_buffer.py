@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keisei.records import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame, GameRecord, replay_game
+from keisei.records import (
+    DRAW,
+    MASK_BYTES,
+    OBSERVATION_BYTES,
+    FinishedGame,
+    GameRecord,
+    replay_game,
+)
 from keisei.shogi import STARTING_SFEN, Game, Termination
 from learner.buffer import BufferFullError, EpochBatch, ExperienceBuffer
 
