@@ -18,18 +18,16 @@ import os
 import tempfile
 import threading
 import time
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
 from keisei.config import Config, load_config
 from keisei.model import build_model
 from keisei.protocol import Games, decode, encode
-from keisei.selfplay import Collector, FinishedGame, replay_game
-from learner.actors import ActorTable
-from learner.buffer import ExperienceBuffer
-from learner.local_actors import LocalActors
-from learner.server import LearnerServer
+from keisei.records import FinishedGame, replay_game
+from keisei.selfplay import Collector
+from learner.app import Learner, LearnerOptions
 
 
 class ListSink:
@@ -52,34 +50,34 @@ def sequential(config: Config, seconds: float) -> tuple[float, list[FinishedGame
 
 
 def through_actors(config: Config, actors: int, seconds: float, port: int) -> tuple[float, dict[str, int]]:
-    """Steps/s received by a learner server from ``actors`` local actor processes."""
-    buffer = ExperienceBuffer(config.train.steps_per_epoch, 4 * config.train.steps_per_epoch,
-                              gamma=1.0, gae_lambda=0.95, max_policy_lag=1_000_000)
-    bind = f"tcp://127.0.0.1:{port}"
+    """Steps/s received by a learner from ``actors`` local actor processes."""
     draining = threading.Event()
+    with tempfile.TemporaryDirectory() as run_dir:
+        config = replace(config, run=replace(config.run, dir=run_dir),
+                         display=replace(config.display, mode="plain"))
+        options = LearnerOptions(local_actors=actors, bind=f"tcp://127.0.0.1:{port}")
+        with Learner(config, options) as learner:
+            assert learner.server is not None
+            server, buffer = learner.server, learner.trainer.buffer
 
-    def drain() -> None:  # stands in for the PPO update: consume epochs as they fill
-        while not draining.is_set():
-            if buffer.wait_until_ready(0.1):
-                buffer.take_epoch()
-                buffer.commit_epoch()
+            def drain() -> None:  # stands in for the PPO update: consume epochs as they fill
+                while not draining.is_set():
+                    if buffer.wait_until_ready(0.1):
+                        buffer.take_epoch()
+                        buffer.commit_epoch()
 
-    drainer = threading.Thread(target=drain, daemon=True)
-    drainer.start()
-    with tempfile.TemporaryDirectory() as logs, \
-            LearnerServer(bind, buffer, ActorTable(), config.to_dict()) as server, \
-            LocalActors(actors, bind, Path(logs)):
-        server.publish(build_model(config.model).state_dict(), 0)
-        deadline = time.monotonic() + 120
-        while server.counters["steps_received"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)  # actors start up, receive weights, finish their first games
-        time.sleep(seconds / 4)
-        start, started = server.counters["steps_received"], time.perf_counter()
-        time.sleep(seconds)
-        rate = (server.counters["steps_received"] - start) / (time.perf_counter() - started)
-        counters = dict(server.counters)
-    draining.set()
-    drainer.join()
+            drainer = threading.Thread(target=drain, daemon=True)
+            drainer.start()
+            deadline = time.monotonic() + 120
+            while server.counters["steps_received"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)  # actors start up, receive weights, finish their first games
+            time.sleep(seconds / 4)
+            start, started = server.counters["steps_received"], time.perf_counter()
+            time.sleep(seconds)
+            rate = (server.counters["steps_received"] - start) / (time.perf_counter() - started)
+            counters = dict(server.counters)
+            draining.set()
+            drainer.join()
     return rate, counters
 
 

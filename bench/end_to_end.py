@@ -13,15 +13,13 @@ Usage: python -m bench.end_to_end [--epochs N] [--games G] [--threads T]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import tempfile
-import threading
 import time
 
 from keisei.config import load_config
-from learner.main import build_trainer
-from learner.trainer import Metrics, train
+from learner.app import Learner, LearnerOptions
+from learner.reports import EpochReport
 
 # The old trainer's own figures, from another machine; and its end-to-end range when run
 # side by side on a CPU of our type (not on this one: constants, not a baseline).
@@ -40,17 +38,25 @@ def main() -> None:
             f"run.dir={run_dir}", f"run.threads={args.threads}", "model.blocks=2",
             "model.channels=32", "train.steps_per_epoch=256", "train.ppo_epochs=10",
             "train.minibatch_size=64", f"train.total_steps={256 * args.epochs}",
-            f"selfplay.games={args.games}", "train.max_policy_lag=1000"])
-        trainer = build_trainer(config, threading.Event())
-        epochs: list[Metrics] = []
-        started = time.perf_counter()
-        asyncio.run(train(trainer, [epochs.append]))
-        wall = time.perf_counter() - started
-    collect = sum(m["collect_seconds"] for m in epochs)
-    update = sum(m["update_seconds"] for m in epochs)
-    collected = sum(m["collected_steps"] for m in epochs)
-    inference = sum(m["inference_seconds"] for m in epochs)
-    end_to_end = trainer.step / wall
+            f"selfplay.games={args.games}", "train.max_policy_lag=1000", "display.mode=plain",
+            "evaluation.every_epochs=0", f"checkpoint.every_epochs={args.epochs + 1}"])
+        epochs: list[EpochReport] = []
+        ended: list[float] = []  # when each epoch's report came (the final checkpoint is not timed)
+
+        def keep(report: EpochReport) -> None:
+            epochs.append(report)
+            ended.append(time.perf_counter())
+
+        with Learner(config, LearnerOptions(threads=args.threads)) as learner:
+            started = time.perf_counter()
+            learner.run(callbacks=[keep])
+            wall = ended[-1] - started
+            step = learner.trainer.step
+    collect = sum(report.collect.collect_seconds for report in epochs)
+    update = sum(report.update.update_seconds for report in epochs)
+    collected = sum(report.collect.collected_steps for report in epochs)
+    inference = sum(report.collect.inference_seconds for report in epochs)
+    end_to_end = step / wall
     print(f"2x32 net, 256-step epochs, 10 passes, minibatch 64, {args.games} games, "
           f"{args.threads} threads, {len(epochs)} epochs")
     low, high = OLD_SIDE_BY_SIDE
@@ -65,7 +71,8 @@ def main() -> None:
           f"{256 * 10 * len(epochs) / update:.0f} samples/s")
     print(f"time shares  : collect {collect / wall:.0%} (inference {inference / wall:.0%}), "
           f"update {update / wall:.0%}, other {(wall - collect - update) / wall:.0%}")
-    print(f"policy lag   : mean {epochs[-1]['policy_lag_mean']:.1f}, max {epochs[-1]['policy_lag_max']} versions")
+    lag = epochs[-1].update
+    print(f"policy lag   : mean {lag.policy_lag_mean:.1f}, max {lag.policy_lag_max} versions")
 
 
 if __name__ == "__main__":

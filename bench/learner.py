@@ -20,7 +20,7 @@ import threading
 import time
 
 from keisei.config import load_config
-from learner.main import build_trainer
+from learner.trainer import Trainer
 
 
 def main() -> None:
@@ -31,16 +31,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as run_dir:
             config = load_config(None, [f"run.dir={run_dir}", f"run.precision={precision}",
                                         "train.max_policy_lag=1000"])
-            trainer = build_trainer(config, threading.Event())
+            trainer = Trainer.build(config, threading.Event())
             trainer.collect()
             batch = trainer.buffer.take_epoch()
             samples, seconds = 0, 0.0
             for _ in range(args.updates):
                 trainer.buffer.restore_epoch(batch)
                 started = time.perf_counter()
-                metrics = trainer.update()
+                report = trainer.update()
                 seconds += time.perf_counter() - started
-                samples += batch.size * metrics["ppo_passes"]
+                samples += batch.size * report.ppo_passes
         train = config.train
         print(f"default network {config.model.blocks}x{config.model.channels}, {os.cpu_count()} threads, "
               f"precision {precision} ({trainer.autocast_dtype or 'float32'}): "

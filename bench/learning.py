@@ -19,10 +19,8 @@ Usage: python -m bench.learning [--minutes 10] [--eval-games 200] [--curve 5]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,15 +39,17 @@ from keisei.evaluation import (
     play_match,
     tally,
 )
-from learner.main import build_trainer
-from learner.trainer import Callback, Metrics, Trainer, TrainingInterrupted, train
+from learner.app import Learner, LearnerOptions
+from learner.reports import EpochReport
+from learner.trainer import Trainer
 from workers import evaluate
 
 # Chosen for learning speed on 2 CPU cores: a small net sees many games in the budget.
 SETTINGS = ["model.blocks=4", "model.channels=48", "selfplay.games=64", "selfplay.max_plies=256",
             "train.steps_per_epoch=2048", "train.ppo_epochs=4", "train.minibatch_size=128",
             "train.learning_rate=0.001", "train.lr_schedule=constant", "train.ent_coef=0.01",
-            "train.max_policy_lag=64", "train.total_steps=1000000000"]
+            "train.max_policy_lag=64", "train.total_steps=1000000000", "display.mode=plain",
+            "evaluation.every_epochs=0", "checkpoint.every_epochs=1000000"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,10 +76,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         config = load_config(None, [*SETTINGS, f"run.dir={run_dir}", f"run.seed={args.seed}",
                                     *args.overrides])
-        stop = threading.Event()
-        trainer = build_trainer(config, stop)
-        untrained = copy.deepcopy(trainer.model)
-        curve = _train_with_curve(trainer, stop, 60 * args.minutes, max(args.curve, 1))
+        with Learner(config, LearnerOptions()) as learner:
+            trainer = learner.trainer
+            untrained = copy.deepcopy(trainer.model)
+            curve = _train_with_curve(learner, 60 * args.minutes, max(args.curve, 1))
     print(f"network {config.model.blocks}x{config.model.channels}, {args.minutes:g} min, "
           f"{trainer.step:,} steps, {trainer.epoch} epochs, "
           f"precision {trainer.autocast_dtype or 'float32'}", flush=True)
@@ -97,27 +97,29 @@ def main() -> None:
                            "--output", str(Path(folder) / "ladder")])
 
 
-def _train_with_curve(trainer: Trainer, stop: threading.Event, budget: float,
+def _train_with_curve(learner: Learner, budget: float,
                       points: int) -> list[tuple[float, int, nn.Module]]:
     """Train until ``budget`` seconds have passed; return (minutes, step, network copy) at
     each of ``points`` evenly spaced moments, the final network last."""
     started = time.monotonic()
+    trainer = learner.trainer
     curve: list[tuple[float, int, nn.Module]] = []
 
-    def log_and_keep(metrics: Metrics) -> None:
+    def log_and_keep(report: EpochReport) -> None:
         elapsed = time.monotonic() - started
-        print(f"  epoch {metrics['epoch']:4d} step {metrics['step']:9,d} "
-              f"{metrics['steps_per_second']:6.0f} steps/s  len {metrics['mean_game_length']:5.1f}  "
-              f"B/W/D {metrics['black_win_rate']:.2f}/{metrics['white_win_rate']:.2f}/"
-              f"{metrics['draw_rate']:.2f}  value loss {metrics['value_loss']:.3f}  "
-              f"entropy {metrics['entropy']:.2f}  kl {metrics['approx_kl']:.3f}  "
-              f"clip {metrics['clipfrac']:.2f}  lag {metrics['policy_lag_mean']:.1f}", flush=True)
+        update, games = report.update, report.games
+        print(f"  epoch {report.epoch:4d} step {report.step:9,d} "
+              f"{report.steps_per_second:6.0f} steps/s  len {games.mean_game_length:5.1f}  "
+              f"B/W/D {games.black_win_rate:.2f}/{games.white_win_rate:.2f}/"
+              f"{games.draw_rate:.2f}  value loss {update.value_loss:.3f}  "
+              f"entropy {update.entropy:.2f}  kl {update.approx_kl:.3f}  "
+              f"clip {update.clipfrac:.2f}  lag {update.policy_lag_mean:.1f}", flush=True)
         if elapsed >= budget:
-            stop.set()
+            learner.stop.set()
         elif elapsed >= budget * (len(curve) + 1) / points:
             curve.append((elapsed / 60, trainer.step, copy.deepcopy(trainer.model)))
 
-    asyncio.run(_train_until_stopped(trainer, log_and_keep))
+    learner.run(callbacks=[log_and_keep])  # interrupted by the stop at the budget's end
     curve.append(((time.monotonic() - started) / 60, trainer.step, trainer.model))
     return curve
 
@@ -153,13 +155,6 @@ def _evaluate(args: argparse.Namespace, trainer: Trainer, untrained: nn.Module,
     for opponent, result in zip(("random", "greedy"), [p.result for p in pairings[-2:]], strict=True):
         print(f"trained vs {opponent}: {result}")
     return pairings
-
-
-async def _train_until_stopped(trainer: Trainer, callback: Callback) -> None:
-    try:
-        await train(trainer, [callback])
-    except TrainingInterrupted:
-        pass
 
 
 if __name__ == "__main__":
