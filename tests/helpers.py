@@ -7,6 +7,22 @@ import socket
 import time
 from collections.abc import Callable
 
+EPOCH_FIELDS = {
+    "approx_kl", "black_win_rate", "clipfrac", "collect_seconds", "collected_steps", "draw_rate",
+    "encode_seconds", "entropy", "epoch", "explained_variance", "games", "grad_norm",
+    "inference_seconds", "learning_rate", "loss", "mean_game_length", "mode", "policy_lag_max",
+    "policy_lag_mean", "policy_loss", "policy_version", "ppo_passes", "rules_seconds",
+    "shaping_weight", "step", "steps_dropped_stale", "steps_per_second", "terminations", "time",
+    "update_seconds", "value_loss", "white_win_rate"}
+"""metrics.jsonl's fields from the training loop itself (users' scripts read these names)."""
+
+DISTRIBUTED_FIELDS = {
+    "actor_restarts", "actor_steps_per_second", "actors", "failures_detected",
+    "in_flight_steps_discarded", "mode_transitions", "transitions", "wire_games_accepted",
+    "wire_games_bytes", "wire_games_invalid", "wire_invalid_messages", "wire_messages",
+    "wire_rejected_hellos", "wire_steps_dropped_backpressure", "wire_steps_received"}
+"""metrics.jsonl's fields that actors add (users' scripts read these names)."""
+
 
 def free_port_pair() -> int:
     """A port P such that P (ROUTER) and P + 1 (PUB) are both free on 127.0.0.1."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
-from helpers import free_port_pair, wait_for
+from helpers import DISTRIBUTED_FIELDS, EPOCH_FIELDS, free_port_pair, wait_for
 
 from keisei.config import load_config
 from keisei.protocol import Games, Hello, Reject, Welcome, decode, encode
@@ -85,6 +86,9 @@ def test_two_actors_train_and_every_step_is_counted_once(tmp_path: Path) -> None
         assert sum(info.steps_received for info in table) == counters["steps_received"]
         assert all(info.games_received > 0 for info in table)
         assert counters["invalid_messages"] == 0
+        lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == epochs
+        assert set(json.loads(lines[-1])) == EPOCH_FIELDS | DISTRIBUTED_FIELDS | {"ratings_skipped"}
 
 
 def test_late_and_restarted_actors_get_current_weights_and_contribute(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import epoch_report
+from helpers import EPOCH_FIELDS, epoch_report
 
 from learner.dashboard import MetricsWriter
 from learner.plot import main, read_metrics
@@ -72,4 +72,8 @@ def test_metrics_writer_writes_tensorboard_scalars(tmp_path: Path) -> None:
     assert [(event.step, event.value) for event in events.Scalars("policy_loss")] == [(256, 0.5), (512, 0.25)]
     assert [(event.step, event.value) for event in events.Scalars("elo")] == [(256, 120.0)]
     assert "mode" not in events.Tags()["scalars"] and "ratings" not in events.Tags()["scalars"]
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and set(lines[0]) == EPOCH_FIELDS | {"ratings_skipped"}
+    assert set(lines[1]) - set(lines[0]) == {"ratings", "elo", "elo_step", "win_rate_random",
+                                             "win_rate_greedy"}
+    assert lines[1]["elo"] == 120.0 and lines[1]["win_rate_greedy"] == 0.5

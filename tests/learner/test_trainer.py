@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from helpers import EPOCH_FIELDS
 
 from keisei.config import Config, load_config
 from learner.reports import EpochReport, Mode
@@ -15,16 +16,6 @@ from learner.trainer import Trainer, TrainingInterrupted, train
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
         "selfplay.max_plies=48", "train.steps_per_epoch=128", "train.minibatch_size=32",
         "train.ppo_epochs=2", "run.threads=1"]
-
-
-EPOCH_FIELDS = {
-    "approx_kl", "black_win_rate", "clipfrac", "collect_seconds", "collected_steps", "draw_rate",
-    "encode_seconds", "entropy", "epoch", "explained_variance", "games", "grad_norm",
-    "inference_seconds", "learning_rate", "loss", "mean_game_length", "mode", "policy_lag_max",
-    "policy_lag_mean", "policy_loss", "policy_version", "ppo_passes", "rules_seconds",
-    "shaping_weight", "step", "steps_dropped_stale", "steps_per_second", "terminations", "time",
-    "update_seconds", "value_loss", "white_win_rate"}
-"""metrics.jsonl's fields from the training loop itself (users' scripts read these names)."""
 
 
 def tiny_config(*extra: str) -> Config:
