@@ -23,7 +23,7 @@ from keisei.encoding import (
     sequence_actions_and_masks,
 )
 from keisei.errors import InvalidSfenError, RecordError
-from keisei.shogi import Color, Game, Termination
+from keisei.shogi import Game, Termination
 
 OBSERVATION_BITS = NUM_PLANES * 81
 OBSERVATION_BYTES = (OBSERVATION_BITS + 7) // 8
@@ -71,10 +71,6 @@ class GameRecord:
     @property
     def length(self) -> int:
         return len(self.moves)
-
-    @property
-    def winner_color(self) -> Color | None:
-        return None if self.winner == DRAW else Color.from_number(self.winner)
 
     def to_game(self) -> Game:
         """Replay the moves into a ``Game`` (for KIF/CSA records)."""

@@ -33,62 +33,32 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from keisei.config import SupervisorConfig
 from keisei.files import write_json_atomically
 from learner.actors import ActorInfo, ActorState, ActorTable
+from learner.local_actors import LocalActors
 from learner.reports import Mode, SupervisionReport, Transition
+from learner.server import LearnerServer
+from learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 30.0
 
 
-class RunCounters(Protocol):
-    """What the supervisor reads of the trainer (for ``status.json`` and its report)."""
-
-    step: int
-    epoch: int
-    policy_version: int
-    in_flight_steps_discarded: int
-
-
-class Collection(Protocol):
-    """What the supervisor reads of the server: whether the learner wants data, since
-    when, and when games last came (monotonic seconds)."""
-
-    accepting_since: float
-    last_games_at: float
-
-    def accepting(self) -> bool: ...
-
-
-class Workers(Protocol):
-    """The local actor processes it may stop, restart and reap (``LocalActors``)."""
-
-    @property
-    def processes(self) -> dict[str, Any]: ...
-
-    def dead_reason(self, actor_id: str) -> str | None: ...
-
-    def start(self, actor_id: str) -> object: ...
-
-    def stop(self, actor_id: str, grace_seconds: float = 3.0) -> None: ...
-
-    def close(self, grace_seconds: float = 5.0) -> None: ...
-
-
 class Supervisor:
     """Actor health, restarts and the collection mode (a context manager running a thread).
 
     It owns the mode: it starts ``distributed`` and switches it; the trainer reads it.
-    ``clock`` gives monotonic seconds (the thread calls ``check(clock())``; tests call
-    ``check`` with their own times).
+    Of the trainer (``counters``) it reads only the counters. ``clock`` gives monotonic
+    seconds (the thread calls ``check(clock())``; tests call ``check`` with their own
+    times and fakes of the server and the local actors).
     """
 
-    def __init__(self, config: SupervisorConfig, counters: RunCounters, server: Collection,
-                 actors: ActorTable, local: Workers | None, status_path: Path,
+    def __init__(self, config: SupervisorConfig, counters: Trainer, server: LearnerServer,
+                 actors: ActorTable, local: LocalActors | None, status_path: Path,
                  interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.counters = counters
