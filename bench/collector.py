@@ -16,10 +16,13 @@ import torch
 
 from keisei.config import Config, SelfPlayConfig
 from keisei.model import build_model, resolve_precision
-from keisei.selfplay import Collector, FinishedGame
+from keisei.records import FinishedGame, GameRecord
+from keisei.selfplay import Collector
 
 
 class CountingSink:
+    """The learner's kind of sink: games with their training data."""
+
     def __init__(self) -> None:
         self.games = 0
 
@@ -27,11 +30,22 @@ class CountingSink:
         self.games += 1
 
 
-def measure(games: int, threads: int, seconds: float, precision: str) -> tuple[float, Collector]:
+class CountingRecordSink:
+    """An actor's kind of sink: wire records only (no planes or masks are packed)."""
+
+    def __init__(self) -> None:
+        self.games = 0
+
+    def put_record(self, record: GameRecord) -> None:
+        self.games += 1
+
+
+def measure(games: int, threads: int, seconds: float, precision: str,
+            sink: CountingSink | CountingRecordSink | None = None) -> tuple[float, Collector]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    collector = Collector(build_model(Config().model), SelfPlayConfig(games=games), CountingSink(),
-                          precision=precision)
+    collector = Collector(build_model(Config().model), SelfPlayConfig(games=games),
+                          sink if sink is not None else CountingSink(), precision=precision)
     collector.model.eval()
     collector.collect(games * 3)  # warm-up
     start_steps, started = collector.stats.steps, time.perf_counter()
@@ -62,6 +76,15 @@ def main() -> None:
             single, _ = measure(1, threads, args.seconds, precision)
             batched, _ = measure(64, threads, args.seconds, precision)
             print(f"  G=64 / G=1 at {threads} thread(s): {batched / single:.1f}x")
+    print("an actor's collector (records only) against the learner's (with training data), "
+          "G=64, 1 thread, auto precision, alternated twice:")
+    rates: dict[str, list[float]] = {"training": [], "records": []}
+    for _ in range(2):
+        rates["training"].append(measure(64, 1, args.seconds, "auto", CountingSink())[0])
+        rates["records"].append(measure(64, 1, args.seconds, "auto", CountingRecordSink())[0])
+    training, records = (sum(values) / 2 for values in rates.values())
+    print(f"  records only {records:.0f} steps/s, with training data {training:.0f}: "
+          f"{records / training:.3f}x")
 
 
 if __name__ == "__main__":
