@@ -6,10 +6,15 @@ to a temporary file in the same directory, fsynced, then ``os.replace``d into pl
 and the directory is fsynced, so a crash leaves either the old or the new file, never
 half of one. The last ``keep`` are kept. ``FORMAT_VERSION`` is stored; older formats
 are brought forward by the functions in ``_MIGRATIONS``.
+
+Every tensor's bytes are summed into a SHA-256 ``checksum`` stored with them, and the
+network's weights must be finite: a file damaged on disk (a flipped bit, a truncation)
+fails to load with a ``CheckpointError`` saying so, instead of loading NaN weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +25,7 @@ import torch
 from keisei.errors import KeiseiError
 from keisei.files import write_atomically
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _NAME = re.compile(r"^checkpoint-(\d{12})\.pt$")
 
 
@@ -30,7 +35,32 @@ class CheckpointError(KeiseiError, ValueError):
 
 _REQUIRED = ("format_version", "model", "config", "counters")
 # format_version -> function that upgrades a checkpoint dict by one version.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: lambda state: {**state, "format_version": 2},  # version 1 had no checksum
+}
+
+
+def checksum(value: Any) -> str:
+    """SHA-256 over every tensor in ``value`` (nested dicts, lists and tuples), with the
+    keys that lead to them, in a fixed order."""
+    digest = hashlib.sha256()
+
+    def visit(item: Any, path: str) -> None:
+        if isinstance(item, torch.Tensor):
+            digest.update(path.encode())
+            tensor = item.detach().cpu()
+            if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+                tensor = tensor.float()
+            digest.update(tensor.numpy().tobytes())
+        elif isinstance(item, dict):
+            for key in sorted(item, key=str):
+                visit(item[key], f"{path}/{key}")
+        elif isinstance(item, list | tuple):
+            for index, element in enumerate(item):
+                visit(element, f"{path}/{index}")
+
+    visit(value, "")
+    return digest.hexdigest()
 
 
 def checkpoint_name(step: int) -> str:
@@ -67,7 +97,7 @@ def save_policy(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def _save_atomically(target: Path, state: dict[str, Any]) -> Path:
-    payload = {"format_version": FORMAT_VERSION, **state}
+    payload = {"format_version": FORMAT_VERSION, **state, "checksum": checksum(state)}
     return write_atomically(target, lambda stream: torch.save(payload, stream))
 
 
@@ -81,7 +111,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: no such checkpoint") from exc
     except Exception as exc:  # unpickling errors come in many types
-        raise CheckpointError(f"{path}: not a readable Keisei checkpoint ({exc})") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable Keisei checkpoint ({reason})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a Keisei checkpoint (holds {type(state).__name__})")
     version = state.get("format_version")
@@ -94,5 +125,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [key for key in _REQUIRED if key not in state]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    stored = state.pop("checksum", None)
+    if stored is not None and stored != checksum(state):
+        raise CheckpointError(f"{path}: damaged (its tensors do not match their checksum)")
+    weights = state["model"].values() if isinstance(state["model"], dict) else []
+    if any(isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+           and not bool(torch.isfinite(tensor).all()) for tensor in weights):
+        raise CheckpointError(f"{path}: damaged (its network holds non-finite weights)")
     checked: dict[str, Any] = state
     return checked

@@ -110,13 +110,24 @@ class PPOLosses:
     clipfrac: torch.Tensor
 
 
+MAX_LOG_RATIO = 20.0
+"""Bound on |log pi_new - log pi_behaviour| in the PPO ratio (see ``ppo_losses``)."""
+
+
 def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
                advantages: torch.Tensor, new_values: torch.Tensor, old_values: torch.Tensor,
                returns: torch.Tensor, entropy: torch.Tensor, *, clip_coef: float,
                clip_value_loss: bool, vf_coef: float, ent_coef: float,
                normalize_advantages: bool) -> PPOLosses:
-    """The clipped PPO objective for one minibatch (all arguments shaped ``(B,)``)."""
-    logratio = new_log_probs - old_log_probs
+    """The clipped PPO objective for one minibatch (all arguments shaped ``(B,)``).
+
+    The log-ratio is bounded to ``±MAX_LOG_RATIO`` before ``exp``: a behaviour
+    log-probability far below what the policy gives (a hostile actor's, or a move an
+    honest one sampled at odds of e^-100) would otherwise overflow the ratio to inf
+    and the loss with it. Honest updates never come near the bound (e^20), and a
+    bounded sample passes no gradient (the clamp's is zero).
+    """
+    logratio = (new_log_probs - old_log_probs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     ratio = logratio.exp()
     with torch.no_grad():
         # http://joschu.net/blog/kl-approx.html

@@ -14,6 +14,7 @@ learner this way.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -27,9 +28,9 @@ from typing import IO
 
 import torch
 
-from keisei.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from keisei.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from keisei.config import CheckpointConfig, Config, ConfigError
-from keisei.files import write_text_atomically
+from keisei.files import write_atomically, write_text_atomically
 from keisei.model import count_parameters
 from keisei.protocol import load_keys
 from learner.actors import ActorState, ActorTable
@@ -88,22 +89,22 @@ class Outcome(Enum):
     FAILED = "failed"  # an error, logged with its traceback (the checkpoint is written)
 
 
-def check_run_directory(config: Config, resume: bool) -> Path | None:
-    """The checkpoint to resume from (or None for a new run).
+def check_run_directory(config: Config, resume: bool) -> list[Path]:
+    """The checkpoints to resume from, newest first (none for a new run).
 
     :raises ConfigError: if a new run would overwrite an existing one, or a resume finds
         no checkpoint.
     """
     run_dir = Path(config.run.dir)
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    checkpoints = list_checkpoints(run_dir / "checkpoints")[::-1]
     if resume:
-        if checkpoint is None:
+        if not checkpoints:
             raise ConfigError([f"--resume: no checkpoint in {run_dir / 'checkpoints'}"])
-        return checkpoint
-    if checkpoint is not None or (run_dir / "metrics.jsonl").exists():
+        return checkpoints
+    if checkpoints or (run_dir / "metrics.jsonl").exists():
         raise ConfigError([f"run.dir = {str(run_dir)!r} already holds a run; pass --resume to "
                            "continue it, or choose another run.dir"])
-    return None
+    return []
 
 
 class Checkpoints:
@@ -182,20 +183,24 @@ class Learner:
     def _open(self) -> None:
         config, options, stack = self.config, self.options, self._stack
         resume_from = check_run_directory(config, options.resume)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for partial in (self.run_dir / "checkpoints").glob(".checkpoint-*.tmp"):
+            partial.unlink(missing_ok=True)  # left by a crash during a write
         # Local actors take one thread each, but they pause as soon as the next epoch is
         # buffered (back-pressure in the heartbeat ack), so they and the PPO update take
         # turns on the cores rather than share them: the learner keeps every core.
         self.trainer = trainer = Trainer.build(config, self.stop, options.threads, self.mode)
         self.ratings = Ratings(config.evaluation, self.run_dir, trainer)
-        if resume_from is not None:
+        if resume_from:
             self._resume(resume_from)
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.run_dir / "config.toml", config.to_toml())
         logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",
                     self.run_dir, f"{count_parameters(trainer.model):,}", config.selfplay.games,
                     trainer.device, torch.get_num_threads())
         self.checkpoints = Checkpoints(trainer, self.ratings, self.run_dir / "checkpoints",
                                        config.checkpoint)
+        if not resume_from:  # so a crash at any moment from here on leaves a run to resume
+            self.checkpoints.save()
         if options.distributed:
             self._open_distributed()
         self.metrics = stack.enter_context(MetricsWriter(self.run_dir / "metrics.jsonl",
@@ -221,10 +226,23 @@ class Learner:
             config.supervisor, trainer, self.server, self.actors, self.local,
             self.run_dir / "status.json"))
 
-    def _resume(self, checkpoint: Path) -> None:
-        """:raises ConfigError: if the checkpoint's network differs from the config's."""
+    def _resume(self, checkpoints: list[Path]) -> None:
+        """Continue from the newest checkpoint that loads (saying which were skipped and
+        why), and cut ``metrics.jsonl`` back to the epochs it includes.
+
+        :raises ConfigError: if none loads, or the network differs from the config's.
+        """
         trainer = self.trainer
-        state = load_checkpoint(checkpoint, map_location=trainer.device)
+        skipped = []
+        for checkpoint in checkpoints:
+            try:
+                state = load_checkpoint(checkpoint, map_location=trainer.device)
+                break
+            except CheckpointError as exc:
+                logger.warning("skipping checkpoint %s", exc)
+                skipped.append(str(exc))
+        else:
+            raise ConfigError(["--resume: no checkpoint loads", *skipped])
         saved_model, model = state["config"]["model"], self.config.to_dict()["model"]
         if saved_model != model:
             raise ConfigError([f"[model] {model} differs from the checkpoint's {saved_model}; "
@@ -234,6 +252,19 @@ class Learner:
             self.ratings.load_state_dict(state["ratings"])
         logger.info("resumed from %s at step %d, policy version %d", checkpoint, trainer.step,
                     trainer.policy_version)
+        self._truncate_metrics(trainer.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop the metrics lines of epochs after ``step`` (trained after the checkpoint,
+        then lost with the crash): they will be trained, and written, again."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_bytes().splitlines(keepends=True)
+        kept = [line for line in lines if _line_step(line) <= step]
+        if len(kept) < len(lines):
+            logger.info("metrics.jsonl: dropped %d line(s) after step %d", len(lines) - len(kept), step)
+            write_atomically(path, lambda stream: stream.writelines(kept))
 
     # --- training -----------------------------------------------------------------------
     def run(self, until_step: int | None = None, callbacks: Sequence[Callback] = ()) -> Outcome:
@@ -285,3 +316,12 @@ class Learner:
                             sum(info.steps_per_second for info in table
                                 if info.state in (ActorState.HEALTHY, ActorState.STARTING)),
                             dict(self.server.counters))
+
+
+def _line_step(line: bytes) -> int:
+    """The step of one ``metrics.jsonl`` line; a torn or unreadable line counts as after
+    every step (it is dropped)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 2**62

@@ -41,6 +41,7 @@ class EpochBatch:
     returns: np.ndarray  # (N,) float32
     shaping_advantages: np.ndarray  # (N,) float32, per unit of shaping weight
     policy_versions: np.ndarray  # (N,) int32
+    sources: np.ndarray  # (N,) int16, index into ExperienceBuffer.source_names
 
     @property
     def size(self) -> int:
@@ -69,7 +70,14 @@ _COLUMNS = {
     "returns": (np.float32, ()),
     "shaping_advantages": (np.float32, ()),
     "policy_versions": (np.int32, ()),
+    "sources": (np.int16, ()),
 }
+IN_PROCESS = "in-process"
+"""The source name of games the learner's own collector played."""
+OTHERS = "(others)"
+"""The source name shared by every source past the first ``MAX_SOURCES``."""
+MAX_SOURCES = 4096
+
 
 
 class ExperienceBuffer:
@@ -91,6 +99,8 @@ class ExperienceBuffer:
         self.steps_accepted = 0
         self.steps_dropped_stale = 0
         self.last_game: FinishedGame | None = None  # the most recent game put, for records
+        self.source_names = [IN_PROCESS, OTHERS]  # who played the steps: the ``sources`` column
+        self._source_indices = {name: index for index, name in enumerate(self.source_names)}
         self._size = 0
         self._reserved = 0  # room held for a taken epoch until its update commits
         self._tally = GameTally()
@@ -106,8 +116,9 @@ class ExperienceBuffer:
     def ready(self) -> bool:
         return self._size >= self.steps_per_epoch
 
-    def put(self, game: FinishedGame) -> int:
-        """Add a finished game; return the number of steps accepted (the rest were stale).
+    def put(self, game: FinishedGame, source: str = IN_PROCESS) -> int:
+        """Add a finished game played by ``source`` (an actor id); return the number of
+        steps accepted (the rest were stale).
 
         :raises BufferFullError: if the fresh steps do not fit; nothing is added.
         """
@@ -125,6 +136,7 @@ class ExperienceBuffer:
                 raise BufferFullError(f"buffer holds {self._size} (+{self._reserved} in training) of "
                                       f"{self.capacity} steps; a game of {count} fresh steps does not fit")
             rows = slice(self._size, self._size + count)
+            self._arrays["sources"][rows] = self._source_index(source)
             columns = {"observations": game.observations, "legal_masks": game.legal_masks,
                        "actions": game.actions, "log_probs": game.log_probs,
                        "values": game.values, "advantages": advantages, "returns": returns,
@@ -139,6 +151,22 @@ class ExperienceBuffer:
             if self._size >= self.steps_per_epoch:
                 self._filled.notify_all()
         return count
+
+    def _source_index(self, source: str) -> int:
+        index = self._source_indices.get(source)
+        if index is None:
+            if len(self.source_names) >= MAX_SOURCES:  # bounded: the rest share one name
+                return self._source_indices[OTHERS]
+            index = self._source_indices[source] = len(self.source_names)
+            self.source_names.append(source)
+        return index
+
+    def sources_of(self, batch: EpochBatch) -> dict[str, int]:
+        """Steps per source in ``batch``."""
+        indices, counts = np.unique(batch.sources, return_counts=True)
+        with self._lock:
+            return {self.source_names[int(index)]: int(count)
+                    for index, count in zip(indices, counts, strict=True)}
 
     def wait_until_ready(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for an epoch to be ready; return ``ready()``."""
@@ -204,13 +232,22 @@ class ExperienceBuffer:
             return {name: torch.from_numpy(array[:self._size].copy())
                     for name, array in self._arrays.items()}
 
+    def load_sources(self, names: list[str]) -> None:
+        """The source names a checkpoint's ``sources`` column indexes."""
+        with self._lock:
+            self.source_names = [str(name) for name in names][:MAX_SOURCES]
+            self._source_indices = {name: index for index, name in enumerate(self.source_names)}
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Replace the held steps with those of a checkpoint.
 
         :raises ValueError: if the saved columns do not match this buffer.
         """
-        if "shaping_advantages" not in state and "advantages" in state:  # saved before shaping
-            state = {**state, "shaping_advantages": torch.zeros(len(state["advantages"]))}
+        held = len(state["advantages"]) if "advantages" in state else 0
+        if "shaping_advantages" not in state:  # saved before shaping
+            state = {**state, "shaping_advantages": torch.zeros(held)}
+        if "sources" not in state:  # saved before sources: count them as in-process
+            state = {**state, "sources": torch.zeros(held, dtype=torch.int16)}
         sizes = {len(tensor) for tensor in state.values()}
         if set(state) != set(self._arrays) or len(sizes) != 1:
             raise ValueError(f"saved buffer has columns {sorted(state)} of sizes {sorted(sizes)}")

@@ -95,7 +95,7 @@ class LearnerServer:
         self.last_games_at = time.monotonic()
         self.accepting_since = time.monotonic()
         self._was_accepting = True
-        self._pending: deque[FinishedGame] = deque()
+        self._pending: deque[tuple[FinishedGame, str]] = deque()  # (game, actor id)
         self._pending_steps = 0
         self._weights: list[Frame] | None = None
         self._weights_due = threading.Event()
@@ -238,7 +238,7 @@ class LearnerServer:
         self.counters["games_accepted"] += len(games)
         self.counters["steps_received"] += steps
         self.actors.games(sender, len(games), steps)
-        self._pending.extend(games)
+        self._pending.extend((game, sender) for game in games)
         self._pending_steps += steps
         self._flush_pending()
 
@@ -259,12 +259,12 @@ class LearnerServer:
         """Move received games into the buffer; when it is full they wait here (bounded)."""
         while self._pending:
             try:
-                self.buffer.put(self._pending[0])
+                self.buffer.put(*self._pending[0])
             except BufferFullError:
                 break
-            self._pending_steps -= self._pending.popleft().length
+            self._pending_steps -= self._pending.popleft()[0].length
         while self._pending_steps > self.buffer.capacity:
-            dropped = self._pending.popleft()
+            dropped, _ = self._pending.popleft()
             self._pending_steps -= dropped.length
             self.counters["steps_dropped_backpressure"] += dropped.length
 

@@ -51,6 +51,14 @@ logger = logging.getLogger(__name__)
 class TrainingInterrupted(KeiseiError):
     """A stop was requested (SIGINT/SIGTERM); raised at the next safe point."""
 
+
+class NonFiniteUpdate(KeiseiError, FloatingPointError):
+    """A minibatch made the loss or the gradient non-finite."""
+
+
+class EpochDropped(KeiseiError):
+    """An epoch was discarded untrained (its update went non-finite); training goes on."""
+
 Callback = Callable[[EpochReport], "Awaitable[None] | None"]
 
 
@@ -94,6 +102,7 @@ class Trainer:
         self.policy_version = 0
         self.processing = False  # true only while an update runs; reset in finally
         self.in_flight_steps_discarded = 0
+        self.steps_dropped_non_finite = 0
 
     @classmethod
     def build(cls, config: Config, stop: threading.Event | None = None, threads: int | None = None,
@@ -143,6 +152,10 @@ class Trainer:
 
         If it raises, the model, optimizer, schedule and buffer are put back exactly as
         they were before it started, the error is logged with context, and it propagates.
+        An epoch whose update goes non-finite is the exception: it would fail again on
+        every retry (and from every checkpoint holding it), so its steps are dropped and
+        counted (``steps_dropped_non_finite``), its sources logged, the model and
+        optimizer restored, and ``EpochDropped`` raised for the loop to carry on.
         """
         batch = self.buffer.take_epoch()
         snapshot = self._snapshot()
@@ -154,6 +167,16 @@ class Trainer:
             self._restore(snapshot)
             self.buffer.restore_epoch(batch)
             raise
+        except NonFiniteUpdate as exc:
+            self._restore(snapshot)
+            self.buffer.commit_epoch()  # the steps are gone: release their room
+            self.steps_dropped_non_finite += batch.size
+            sources = ", ".join(f"{name} {count}" for name, count in
+                                sorted(self.buffer.sources_of(batch).items()))
+            logger.error("epoch %d dropped untrained (%d steps; from %s): %s; model and "
+                         "optimizer restored to their state before it", self.epoch + 1,
+                         batch.size, sources, exc)
+            raise EpochDropped(str(exc)) from exc
         except Exception:
             self._restore(snapshot)
             self.buffer.restore_epoch(batch)
@@ -232,8 +255,9 @@ class Trainer:
                             vf_coef=train.vf_coef, ent_coef=train.ent_coef,
                             normalize_advantages=train.normalize_advantages)
         if not torch.isfinite(losses.loss):
-            raise FloatingPointError(f"PPO loss is {float(losses.loss)} (policy "
-                                     f"{float(losses.policy_loss)}, value {float(losses.value_loss)})")
+            raise NonFiniteUpdate(f"PPO loss is {float(losses.loss.detach())} (policy "
+                                  f"{float(losses.policy_loss.detach())}, value "
+                                  f"{float(losses.value_loss.detach())})")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
             self.scaler.scale(losses.loss).backward()  # type: ignore[no-untyped-call]
@@ -244,6 +268,8 @@ class Trainer:
         else:
             losses.loss.backward()  # type: ignore[no-untyped-call]
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteUpdate(f"gradient norm is {float(grad_norm)}")
             self.optimizer.step()
         values = {"loss": losses.loss, "policy_loss": losses.policy_loss,
                   "value_loss": losses.value_loss, "entropy": losses.entropy,
@@ -272,7 +298,9 @@ class Trainer:
             "counters": {"step": self.step, "epoch": self.epoch,
                          "policy_version": self.policy_version,
                          "games": self.collector.stats.games,
-                         "steps_dropped_stale": self.buffer.steps_dropped_stale},
+                         "steps_dropped_stale": self.buffer.steps_dropped_stale,
+                         "steps_dropped_non_finite": self.steps_dropped_non_finite,
+                         "sources": list(self.buffer.source_names)},
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                     "collector": self.collector.generator.get_state(),
                     "shuffle": self.shuffle_rng.bit_generator.state},
@@ -290,6 +318,9 @@ class Trainer:
         self.policy_version = int(counters["policy_version"])
         self.collector.stats.games = int(counters["games"])
         self.buffer.steps_dropped_stale = int(counters["steps_dropped_stale"])
+        self.steps_dropped_non_finite = int(counters.get("steps_dropped_non_finite", 0))
+        if "sources" in counters:
+            self.buffer.load_sources(counters["sources"])
         self.buffer.load_state_dict(state["buffer"])
         rng = state["rng"]
         random.setstate(rng["python"])
@@ -311,7 +342,10 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
     last_time, last_step = time.perf_counter(), trainer.step
     while trainer.step < total:
         collected = trainer.collect()
-        updated = trainer.update()
+        try:
+            updated = trainer.update()
+        except EpochDropped:
+            continue  # nothing trained: no new policy, no report
         trainer.publish()
         now = time.perf_counter()
         report = EpochReport(

@@ -151,3 +151,44 @@ def test_ratings_during_training_are_tabled_checkpointed_and_kept_on_resume(tmp_
     newest = [p for p in after["pairings"] if p["first"] == rated_after[-1]]
     assert {p["second"] for p in newest} >= {"random", "greedy", rated_after[-2]}  # the pool
     assert sum(p["first"] == "greedy" and p["second"] == "random" for p in after["pairings"]) == 1
+
+
+def test_a_kill_before_the_first_checkpoint_leaves_a_run_that_resumes(tmp_path: Path) -> None:
+    """SIGKILL after some epochs but before checkpoint.every_epochs: the run directory
+    holds the step-0 checkpoint, --resume continues from it, and the metrics lines of the
+    lost epochs are replaced, not repeated."""
+    run_dir = tmp_path / "run"
+    with started(learner_command(run_dir, "train.total_steps=1000000",
+                                 "checkpoint.every_epochs=1000")) as process:
+        deadline = time.monotonic() + 120
+        while len(metrics_lines(run_dir)) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "no progress"
+            time.sleep(0.1)
+        process.kill()
+        process.wait(timeout=30)
+    assert [path.name for path in (run_dir / "checkpoints").glob("*.pt")] == ["checkpoint-000000000000.pt"]
+    again = subprocess.run(learner_command(run_dir, "train.total_steps=256"), capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    resumed = subprocess.run([*learner_command(run_dir, "train.total_steps=256"), "--resume"],
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [line["step"] for line in metrics_lines(run_dir)] == [128, 256]
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_says_why(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = subprocess.run(learner_command(run_dir, "train.total_steps=384"), capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    newest = latest_checkpoint(run_dir / "checkpoints")
+    assert newest is not None and newest.name == "checkpoint-000000000384.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
+    (run_dir / "checkpoints" / ".checkpoint-000000000512.pt-x1.tmp").write_bytes(b"partial")
+    resumed = subprocess.run([*learner_command(run_dir, "train.total_steps=512"), "--resume"],
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipping checkpoint" in resumed.stderr and "checkpoint-000000000384.pt" in resumed.stderr
+    assert "resumed from" in resumed.stderr and "checkpoint-000000000256.pt" in resumed.stderr
+    assert [line["step"] for line in metrics_lines(run_dir)] == [128, 256, 384, 512]
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import threading
 
 import pytest
@@ -11,7 +13,7 @@ from helpers import EPOCH_FIELDS
 
 from keisei.config import Config, load_config
 from learner.reports import EpochReport, Mode
-from learner.trainer import Trainer, TrainingInterrupted, train
+from learner.trainer import EpochDropped, Trainer, TrainingInterrupted, train
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
         "selfplay.max_plies=48", "train.steps_per_epoch=128", "train.minibatch_size=32",
@@ -103,3 +105,41 @@ def test_state_dict_round_trip_continues_counters() -> None:
     fresh.load_state_dict(state)
     assert (fresh.step, fresh.epoch, fresh.policy_version) == (128, 1, 1)
     assert fresh.buffer.size == trainer.buffer.size and fresh.buffer.policy_version() == 1
+
+
+def test_hostile_behaviour_log_probs_leave_the_update_finite() -> None:
+    """Legal games whose log-probs claim -100 (valid on the wire) used to overflow the
+    ratio to inf, fail the update and put the epoch back: a crash loop."""
+    trainer = Trainer.build(tiny_config(), threading.Event())
+    trainer.collect()
+    trainer.buffer._arrays["log_probs"][:trainer.buffer.size] = -100.0
+    report = trainer.update()
+    assert math.isfinite(report.loss) and math.isfinite(report.approx_kl)
+    assert all(bool(torch.isfinite(value).all()) for value in trainer.model.state_dict().values())
+    assert trainer.epoch == 1 and trainer.steps_dropped_non_finite == 0
+
+
+def test_an_epoch_that_goes_non_finite_is_dropped_counted_and_training_goes_on(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import learner.trainer as module
+
+    trainer = Trainer.build(tiny_config("train.total_steps=256"), threading.Event())
+    before = {key: value.clone() for key, value in trainer.model.state_dict().items()}
+    real_losses, calls = module.ppo_losses, []
+
+    def poisoned(*args, **kwargs):  # type: ignore[no-untyped-def]
+        losses = real_losses(*args, **kwargs)
+        calls.append(1)
+        return dataclasses.replace(losses, loss=losses.loss * math.nan) if len(calls) == 1 else losses
+
+    monkeypatch.setattr(module, "ppo_losses", poisoned)
+    trainer.collect()
+    with pytest.raises(EpochDropped):
+        trainer.update()
+    assert trainer.steps_dropped_non_finite == 128 and (trainer.step, trainer.epoch) == (0, 0)
+    assert "epoch 1 dropped untrained (128 steps; from in-process 128)" in caplog.text
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    reports: list[EpochReport] = []
+    asyncio.run(train(trainer, [reports.append]))  # the loop carries on past it
+    assert trainer.step == 256 and [report.epoch for report in reports] == [1, 2]
