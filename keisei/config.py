@@ -139,6 +139,20 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class WireConfig:
+    max_message_mb: float = setting(64.0, "largest message the learner accepts from a peer (MiB); "
+                                    "larger ones are refused by ZeroMQ before they are read",
+                                    low=0.01, high=4096)
+    max_games_per_message: int = setting(4096, "games one message may carry", low=1, high=4096)
+    max_plies_per_game: int = setting(10_000, "plies one game may claim (games also end at "
+                                      "selfplay.max_plies)", low=1, high=10_000)
+    max_actors: int = setting(256, "actors the learner keeps in its table; a hello beyond them "
+                              "is refused until entries expire", low=1, high=100_000)
+    forget_after: float = setting(600.0, "seconds after which a stopped, failed or silent "
+                                  "actor's entry is removed from the table", low=1.0, high=1e6)
+
+
+@dataclass(frozen=True)
 class DisplayConfig:
     mode: str = setting("auto", "auto: rich dashboard on a TTY, plain log lines otherwise",
                         choices=("auto", "rich", "plain"))
@@ -154,6 +168,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    wire: WireConfig = field(default_factory=WireConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

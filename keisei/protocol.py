@@ -44,6 +44,15 @@ MAX_GAMES_PER_MESSAGE = 4096
 MAX_PLIES_PER_GAME = 10_000
 MAX_WEIGHT_BYTES = 1 << 31
 
+
+@dataclass(frozen=True)
+class Limits:
+    """What ``decode`` accepts from a peer (the learner sets them from ``[wire]``)."""
+
+    max_message_bytes: int = 64 << 20
+    max_games_per_message: int = MAX_GAMES_PER_MESSAGE
+    max_plies_per_game: int = MAX_PLIES_PER_GAME
+
 Frame = bytes | memoryview
 
 
@@ -181,13 +190,16 @@ def _plain_fields(message: Message) -> dict[str, Any]:
 
 
 # --- decoding -------------------------------------------------------------------------
-def decode(frames: Sequence[Frame]) -> Message:
-    """Check and decode a message's frames (without a ROUTER identity frame).
+def decode(frames: Sequence[Frame], limits: Limits | None = None) -> Message:
+    """Check and decode a message's frames (without a ROUTER identity frame). Sizes are
+    checked before anything is copied; games are held to ``limits`` (default: the
+    protocol's maxima; weights, from the learner, only to ``MAX_WEIGHT_BYTES``).
 
     :raises ProtocolError: naming what is wrong.
     """
     if not frames:
         raise ProtocolError("empty message")
+    limits = limits if limits is not None else Limits()
     header = _read_header(frames[0])
     kind = header.get("type")
     if kind not in MessageType.__members__.values():
@@ -202,7 +214,10 @@ def decode(frames: Sequence[Frame]) -> Message:
                             f"(accepted: {', '.join(map(str, ACCEPTED_VERSIONS))})")
     payload = frames[1:]
     if kind is MessageType.GAMES:
-        return _decode_games(header, payload)
+        size = sum(memoryview(frame).nbytes for frame in frames)
+        if size > limits.max_message_bytes:
+            raise ProtocolError(f"games message of {size} bytes exceeds {limits.max_message_bytes}")
+        return _decode_games(header, payload, limits)
     if kind is MessageType.WEIGHTS:
         return _decode_weights(header, payload)
     if payload:
@@ -211,9 +226,10 @@ def decode(frames: Sequence[Frame]) -> Message:
 
 
 def _read_header(frame: Frame) -> dict[str, Any]:
+    size = memoryview(frame).nbytes
+    if size > MAX_HEADER_BYTES:  # checked before the header is copied
+        raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
     data = bytes(frame)
-    if len(data) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         header = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -283,11 +299,12 @@ def _array(frame: Frame, dtype: np.dtype, length: int, name: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype)
 
 
-def _decode_games(header: dict[str, Any], payload: Sequence[Frame]) -> Games:
+def _decode_games(header: dict[str, Any], payload: Sequence[Frame], limits: Limits) -> Games:
     actor_id = _text(header, "actor_id")
     entries = _expect(header, "games", list)
-    if not 1 <= len(entries) <= MAX_GAMES_PER_MESSAGE:
-        raise ProtocolError(f"games message holds {len(entries)} games (1..{MAX_GAMES_PER_MESSAGE})")
+    most = limits.max_games_per_message
+    if not 1 <= len(entries) <= most:
+        raise ProtocolError(f"games message holds {len(entries)} games (1..{most})")
     if len(payload) != len(GAME_ARRAYS):
         raise ProtocolError(f"games message has {len(payload)} array frames, expected {len(GAME_ARRAYS)}")
     lengths = []
@@ -296,7 +313,7 @@ def _decode_games(header: dict[str, Any], payload: Sequence[Frame]) -> Games:
                 and all(isinstance(item, int) and not isinstance(item, bool) for item in entry[1:])):
             raise ProtocolError(f"game {index}: entry {entry!r} is not [sfen, length, winner, reason]")
         sfen, length, winner, reason = entry
-        if not 1 <= length <= MAX_PLIES_PER_GAME or winner not in (-1, 0, 1) \
+        if not 1 <= length <= limits.max_plies_per_game or winner not in (-1, 0, 1) \
                 or not 0 <= reason < len(_REASONS) or len(sfen) > _TEXT:
             raise ProtocolError(f"game {index}: length {length}, winner {winner} or reason {reason} "
                                 "out of range")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ class ActorInfo:
     batches_dropped: int = 0
     steps_dropped: int = 0
     restarts: int = 0
+    awaiting_hello: bool = False  # restarted by the supervisor: its new process may claim the id
 
     def as_dict(self, now: float) -> dict[str, object]:
         return {"actor_id": self.actor_id, "host": self.host, "pid": self.pid,
@@ -54,15 +56,45 @@ class ActorTable:
         self._lock = threading.Lock()
         self.clock = clock
 
-    def hello(self, actor_id: str, host: str, pid: int, games: int) -> None:
+    def hello(self, actor_id: str, host: str, pid: int, games: int, *, new_connection: bool = True,
+              takeover_after: float = math.inf, capacity: int = 1_000_000) -> str | None:
+        """Record a hello; return why it is refused, or None.
+
+        An id belongs to one connection: another may claim it only once the holder said
+        bye, failed, fell silent for ``takeover_after`` seconds, or was restarted by the
+        supervisor. A hello on the holder's own connection keeps its start time (so
+        repeating hello does not extend the "still starting" grace). New ids are refused
+        while ``capacity`` entries are held.
+        """
         with self._lock:
             previous = self._actors.get(actor_id)
             now = self.clock()
+            if previous is None and len(self._actors) >= capacity:
+                return f"the learner's actor table is full ({capacity} actors)"
+            if previous is not None and new_connection and not previous.awaiting_hello \
+                    and previous.state not in (ActorState.STOPPED, ActorState.FAILED) \
+                    and now - previous.last_seen <= takeover_after:
+                return f"actor id {actor_id!r} belongs to a live connection"
             info = ActorInfo(actor_id, host, pid, games, connected_at=now, last_seen=now)
             if previous is not None:
                 info.restarts = previous.restarts
                 info.games_received, info.steps_received = previous.games_received, previous.steps_received
+                if not new_connection:
+                    info.connected_at, info.last_games_at = previous.connected_at, previous.last_games_at
+                    info.state = previous.state
             self._actors[actor_id] = info
+            return None
+
+    def forget(self, older_than: float, keep: set[str]) -> list[str]:
+        """Remove stopped, failed or silent actors not heard from for ``older_than``
+        seconds (except ``keep``); return their ids."""
+        with self._lock:
+            now = self.clock()
+            gone = [actor_id for actor_id, info in self._actors.items()
+                    if actor_id not in keep and now - info.last_seen > older_than]
+            for actor_id in gone:
+                del self._actors[actor_id]
+        return gone
 
     def heartbeat(self, actor_id: str, steps_per_second: float, policy_version: int,
                   batches_dropped: int, steps_dropped: int) -> bool:
@@ -115,6 +147,7 @@ class ActorTable:
             if info is not None:
                 info.restarts += 1
                 info.state = ActorState.STARTING
+                info.awaiting_hello = True
                 info.last_seen = info.connected_at = self.clock()
                 info.last_games_at = None
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +37,7 @@ from learner.actors import ActorState, ActorTable
 from learner.dashboard import Dashboard, MetricsWriter
 from learner.local_actors import LocalActors
 from learner.ratings import Ratings
-from learner.reports import ActorsReport, EpochReport, Mode
+from learner.reports import ActorsReport, EpochReport, Ledger, Mode
 from learner.server import LearnerServer, local_endpoint, weights_bind_address
 from learner.supervisor import Supervisor
 from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callback, train
@@ -45,6 +45,8 @@ from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callbac
 logger = logging.getLogger(__name__)
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
+REPORTED_ACTORS = 32
+"""Actor rows in each metrics line (the most recently heard); the rest are only counted."""
 FINAL_RATING_SECONDS = 300.0
 """At the end of a finished run, how long to wait for a rating job still running."""
 
@@ -197,6 +199,10 @@ class Learner:
         logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",
                     self.run_dir, f"{count_parameters(trainer.model):,}", config.selfplay.games,
                     trainer.device, torch.get_num_threads())
+        buffer = trainer.buffer
+        self._ledger_start = {"carried": buffer.size, "step": trainer.step,
+                              "stale": buffer.steps_dropped_stale, "in_process": buffer.steps_put_in_process,
+                              "non_finite": trainer.steps_dropped_non_finite}
         self.checkpoints = Checkpoints(trainer, self.ratings, self.run_dir / "checkpoints",
                                        config.checkpoint)
         if not resume_from:  # so a crash at any moment from here on leaves a run to resume
@@ -217,14 +223,16 @@ class Learner:
         keys = load_keys(options.curve_keys, "learner") if options.curve_keys else None
         self.server = self._stack.enter_context(LearnerServer(
             options.bind, trainer.buffer, self.actors, config.to_dict(),
-            lambda: trainer.policy_version, keys=keys, publish_interval=options.publish_interval))
+            lambda: trainer.policy_version, keys=keys, publish_interval=options.publish_interval,
+            wire=config.wire, takeover_after=config.supervisor.heartbeat_timeout))
         self.server.publish(trainer.model.state_dict())  # version 0, or the resumed one
         if options.local_actors:
             self.local = self._stack.enter_context(LocalActors(
                 options.local_actors, local_endpoint(options.bind), self.run_dir / "actors"))
         self.supervisor = self._stack.enter_context(Supervisor(
             config.supervisor, trainer, self.server, self.actors, self.local,
-            self.run_dir / "status.json"))
+            self.run_dir / "status.json", forget_after=config.wire.forget_after,
+            ledger=lambda: asdict(self.ledger())))
 
     def _resume(self, checkpoints: list[Path]) -> None:
         """Continue from the newest checkpoint that loads (saying which were skipped and
@@ -301,21 +309,37 @@ class Learner:
             self.server.publish(self.trainer.model.state_dict())
         full = replace(report, actors=self.actors_report(),
                        supervision=self.supervisor.report() if self.supervisor else None,
-                       ratings=self.ratings.on_epoch())
+                       ratings=self.ratings.on_epoch(), ledger=self.ledger())
         self.metrics(full)
         self.checkpoints.on_epoch()
         self.dashboard(full)
         return full
 
+    def ledger(self) -> Ledger:
+        """The step ledger (see ``reports.Ledger``); exact between epochs."""
+        trainer, buffer, start = self.trainer, self.trainer.buffer, self._ledger_start
+        wire = self.server.ledger_counts() if self.server is not None else {}
+        received = wire.get("received", 0) + buffer.steps_put_in_process - start["in_process"]
+        dropped = {"backpressure": wire.get("backpressure", 0),
+                   "stale": buffer.steps_dropped_stale - start["stale"],
+                   "invalid": wire.get("invalid", 0),
+                   "non_finite": trainer.steps_dropped_non_finite - start["non_finite"]}
+        return Ledger(start["carried"], received, trainer.step - start["step"], dropped,
+                      buffer.size + buffer.reserved + wire.get("pending", 0))
+
     def actors_report(self) -> ActorsReport | None:
+        """The actors' part: counts by state for all, rows for the ``REPORTED_ACTORS`` most
+        recently heard (``status.json`` has the whole table, bounded by ``wire.max_actors``)."""
         if self.server is None:
             return None
         now = time.monotonic()
         table = self.actors.snapshot()
-        return ActorsReport([info.as_dict(now) for info in table],
+        recent = sorted(table, key=lambda info: info.last_seen, reverse=True)[:REPORTED_ACTORS]
+        states = {str(state): sum(info.state is state for info in table) for state in ActorState}
+        return ActorsReport([info.as_dict(now) for info in recent],
                             sum(info.steps_per_second for info in table
                                 if info.state in (ActorState.HEALTHY, ActorState.STARTING)),
-                            dict(self.server.counters))
+                            dict(self.server.counters), states)
 
 
 def _line_step(line: bytes) -> int:

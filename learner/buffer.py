@@ -97,6 +97,7 @@ class ExperienceBuffer:
         self.shaping_lambda = shaping_lambda
         self.policy_version = policy_version  # the current one, read from its owner
         self.steps_accepted = 0
+        self.steps_put_in_process = 0  # accepted or stale, from the learner's own collector
         self.steps_dropped_stale = 0
         self.last_game: FinishedGame | None = None  # the most recent game put, for records
         self.source_names = [IN_PROCESS, OTHERS]  # who played the steps: the ``sources`` column
@@ -112,6 +113,11 @@ class ExperienceBuffer:
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def reserved(self) -> int:
+        """Steps of the epoch being trained on (taken, not yet committed)."""
+        return self._reserved
 
     def ready(self) -> bool:
         return self._size >= self.steps_per_epoch
@@ -146,6 +152,8 @@ class ExperienceBuffer:
             self._size += count
             self.steps_accepted += count
             self.steps_dropped_stale += game.length - count
+            if source == IN_PROCESS:
+                self.steps_put_in_process += game.length
             self._count_game(game)
             self.last_game = game
             if self._size >= self.steps_per_epoch:

@@ -63,9 +63,10 @@ class GamesReport:
 
 @dataclass(frozen=True)
 class ActorsReport:
-    actors: list[dict[str, object]]  # one row per actor (``ActorInfo.as_dict``)
+    actors: list[dict[str, object]]  # rows (``ActorInfo.as_dict``) of the most recently heard
     actor_steps_per_second: float
     wire: dict[str, int]  # the server's counters, written as ``wire_<name>``
+    actor_states: dict[str, int]  # how many actors are in each state
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,23 @@ class RatingsReport:
 
 
 @dataclass(frozen=True)
+class Ledger:
+    """Where every step this learner process saw went: ``carried + received == trained +
+    dropped (each reason) + waiting`` (``balanced``). ``carried`` were waiting in the
+    checkpoint it resumed from; the rest count since it started."""
+
+    carried: int
+    received: int  # from actors (valid or not) and from the in-process collector
+    trained: int
+    dropped: dict[str, int]  # backpressure, stale, invalid, non_finite
+    waiting: int  # in the buffer, and received but not yet in it
+
+    @property
+    def balanced(self) -> bool:
+        return self.carried + self.received == self.trained + sum(self.dropped.values()) + self.waiting
+
+
+@dataclass(frozen=True)
 class EpochReport:
     step: int
     epoch: int
@@ -116,6 +134,7 @@ class EpochReport:
     actors: ActorsReport | None = None
     supervision: SupervisionReport | None = None
     ratings: RatingsReport | None = None
+    ledger: Ledger | None = None  # written as one ``ledger`` object
 
     def to_json(self) -> dict[str, Any]:
         """The flat ``metrics.jsonl`` record (NaN and infinities as null)."""
@@ -123,12 +142,15 @@ class EpochReport:
         for item in fields(self):
             value = getattr(self, item.name)
             if isinstance(value, ActorsReport):
-                record.update(actors=value.actors, actor_steps_per_second=value.actor_steps_per_second)
+                record.update(actors=value.actors, actor_steps_per_second=value.actor_steps_per_second,
+                              actor_states=value.actor_states)
                 record.update({f"wire_{name}": count for name, count in value.wire.items()})
             elif isinstance(value, RatingsReport):
                 record["ratings_skipped"] = value.ratings_skipped
                 if value.new_rating is not None:
                     record.update(asdict(value.new_rating))
+            elif isinstance(value, Ledger):
+                record["ledger"] = asdict(value)
             elif isinstance(value, CollectReport | UpdateReport | GamesReport | SupervisionReport):
                 record.update(asdict(value))
             elif value is not None:

@@ -23,6 +23,7 @@ import torch
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from keisei.config import WireConfig
 from keisei.errors import KeiseiError
 from keisei.protocol import (
     ACCEPTED_VERSIONS,
@@ -34,6 +35,7 @@ from keisei.protocol import (
     Games,
     Heartbeat,
     Hello,
+    Limits,
     ProtocolError,
     Reject,
     Shutdown,
@@ -74,8 +76,9 @@ class LearnerServer:
 
     def __init__(self, bind: str, buffer: ExperienceBuffer, actors: ActorTable,
                  settings: dict[str, dict[str, Any]], policy_version: Callable[[], int], *,
-                 publish_interval: float = 2.0,
-                 heartbeat_interval: float = 1.0, keys: CurveKeys | None = None) -> None:
+                 publish_interval: float = 2.0, heartbeat_interval: float = 1.0,
+                 keys: CurveKeys | None = None, wire: WireConfig | None = None,
+                 takeover_after: float = 5.0) -> None:
         self.bind = bind
         self.weights_endpoint = weights_bind_address(bind)
         self.buffer = buffer
@@ -86,10 +89,15 @@ class LearnerServer:
         self.max_plies = int(settings["selfplay"]["max_plies"])
         self.entering_king = bool(settings["selfplay"]["entering_king"])
         self.policy_version = policy_version  # the current one, read from its owner
+        self.wire = wire if wire is not None else WireConfig()
+        self.limits = Limits(int(self.wire.max_message_mb * (1 << 20)), self.wire.max_games_per_message,
+                             self.wire.max_plies_per_game)
+        self.takeover_after = takeover_after  # seconds of silence before an id may be claimed anew
         self.counters = {"messages": 0, "invalid_messages": 0, "rejected_hellos": 0,
                          "games_accepted": 0, "steps_received": 0, "games_invalid": 0,
-                         "steps_dropped_backpressure": 0, "games_bytes": 0}
-        self._identities: dict[str, bytes] = {}
+                         "steps_invalid": 0, "steps_dropped_backpressure": 0, "games_bytes": 0}
+        self._identities: dict[str, bytes] = {}  # actor id -> its connection, and back
+        self._actor_of: dict[bytes, str] = {}
         # monotonic times the supervisor reads: the last games accepted, and since when the
         # learner has been wanting data (accepting) without a pause
         self.last_games_at = time.monotonic()
@@ -97,6 +105,7 @@ class LearnerServer:
         self._was_accepting = True
         self._pending: deque[tuple[FinishedGame, str]] = deque()  # (game, actor id)
         self._pending_steps = 0
+        self._ledger_lock = threading.Lock()  # held while steps move between counters
         self._weights: list[Frame] | None = None
         self._weights_due = threading.Event()
         self._stopping = threading.Event()
@@ -115,6 +124,7 @@ class LearnerServer:
             sock.setsockopt(zmq.LINGER, 500)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self._router.setsockopt(zmq.RCVHWM, 256)
+        self._router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)  # dropped unread
         self._publisher.setsockopt(zmq.SNDHWM, 4)
         try:
             self._router.bind(bind)
@@ -176,7 +186,8 @@ class LearnerServer:
                     self._weights_due.clear()
                     self._publisher.send_multipart(self._weights, copy=False)
                     last_publish = now
-                self._flush_pending()
+                with self._ledger_lock:
+                    self._flush_pending()
                 wanting = self.accepting()
                 if wanting and not self._was_accepting:
                     self.accepting_since = now
@@ -188,9 +199,12 @@ class LearnerServer:
 
     def _handle(self, identity: bytes, frames: list[memoryview]) -> None:
         self.counters["messages"] += 1
-        sender = next((actor for actor, known in self._identities.items() if known == identity), None)
+        sender = self._actor_of.get(identity)
+        if sender is not None and not self.actors.known(sender):
+            self._drop_identity(sender)  # forgotten by the table (expired)
+            sender = None
         try:
-            message = decode(frames)
+            message = decode(frames, self.limits)
         except ProtocolError as exc:
             self._invalid(sender, f"undecodable message: {exc}")
             return
@@ -204,10 +218,11 @@ class LearnerServer:
             self._reply(identity, Ack(self.policy_version(), self.accepting()))
         elif isinstance(message, Games):
             self.counters["games_bytes"] += sum(frame.nbytes for frame in frames)
-            self._games(sender, message)
+            with self._ledger_lock:
+                self._games(sender, message)
         elif isinstance(message, Bye):
             self.actors.bye(sender)
-            self._identities.pop(sender, None)
+            self._drop_identity(sender)
             logger.info("actor %s said bye: %s", sender, message.reason)
         else:
             self._invalid(sender, f"{type(message).__name__} is not a message actors send")
@@ -219,18 +234,46 @@ class LearnerServer:
             logger.warning("rejected actor %s: %s", hello.actor_id, reason)
             self._reply(identity, Reject(reason, ACCEPTED_VERSIONS))
             return
+        held = self._identities.get(hello.actor_id)
+        refused = None
+        if self._actor_of.get(identity, hello.actor_id) != hello.actor_id:
+            refused = f"this connection already speaks for actor {self._actor_of[identity]!r}"
+        else:
+            refused = self.actors.hello(hello.actor_id, hello.host, hello.pid, hello.games,
+                                        new_connection=held != identity,
+                                        takeover_after=self.takeover_after,
+                                        capacity=self.wire.max_actors)
+        if refused is not None:
+            self.counters["rejected_hellos"] += 1
+            logger.warning("refused hello from %s: %s", hello.actor_id, refused)
+            self._reply(identity, Reject(refused, ACCEPTED_VERSIONS))  # temporary: it may retry
+            return
+        if held is not None and held != identity:
+            self._actor_of.pop(held, None)
         self._identities[hello.actor_id] = identity
-        self.actors.hello(hello.actor_id, hello.host, hello.pid, hello.games)
+        self._actor_of[identity] = hello.actor_id
         logger.info("actor %s joined from %s (pid %d)", hello.actor_id, hello.host, hello.pid)
         self._reply(identity, Welcome(self.policy_version(), self.weights_endpoint, self.settings["model"],
                                       self.settings["selfplay"], self.heartbeat_interval))
         self._weights_due.set()  # so the newcomer gets weights now, not at the next interval
 
+    def _drop_identity(self, actor_id: str) -> None:
+        identity = self._identities.pop(actor_id, None)
+        if identity is not None:
+            self._actor_of.pop(identity, None)
+
     def _games(self, sender: str, message: Games) -> None:
+        current = self.policy_version()
         try:
+            future = [record.policy_versions.max() for record in message.games
+                      if record.policy_versions.max() > current]
+            if future:
+                raise ValueError(f"policy version {int(max(future))} is newer than the learner's "
+                                 f"{current}")
             games = [replay_game(record, self.max_plies, self.entering_king) for record in message.games]
         except (KeiseiError, ValueError) as exc:
             self.counters["games_invalid"] += len(message.games)
+            self.counters["steps_invalid"] += sum(record.length for record in message.games)
             self._invalid(sender, f"games rejected: {exc}")
             return
         steps = sum(game.length for game in games)
@@ -241,6 +284,16 @@ class LearnerServer:
         self._pending.extend((game, sender) for game in games)
         self._pending_steps += steps
         self._flush_pending()
+
+    def ledger_counts(self) -> dict[str, int]:
+        """Steps received (valid or not), rejected as invalid, dropped for back-pressure and
+        waiting here, read together (no step is between two of them)."""
+        with self._ledger_lock:
+            counters = self.counters
+            return {"received": counters["steps_received"] + counters["steps_invalid"],
+                    "invalid": counters["steps_invalid"],
+                    "backpressure": counters["steps_dropped_backpressure"],
+                    "pending": self._pending_steps}
 
     @property
     def pending_steps(self) -> int:

@@ -59,7 +59,9 @@ class Supervisor:
 
     def __init__(self, config: SupervisorConfig, counters: Trainer, server: LearnerServer,
                  actors: ActorTable, local: LocalActors | None, status_path: Path,
-                 interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
+                 interval: float = 0.2, clock: Callable[[], float] = time.monotonic,
+                 forget_after: float = 600.0,
+                 ledger: Callable[[], dict[str, Any]] | None = None) -> None:
         self.config = config
         self.counters = counters
         self.server = server
@@ -68,6 +70,8 @@ class Supervisor:
         self.status_path = status_path
         self.interval = interval
         self.clock = clock
+        self.forget_after = forget_after  # seconds before a gone actor's entry is removed
+        self.ledger = ledger  # the step ledger, for status.json
         self.mode = Mode.DISTRIBUTED
         self.transitions: list[Transition] = []
         self.detections = 0
@@ -101,6 +105,10 @@ class Supervisor:
 
     # --- one round ----------------------------------------------------------------------
     def check(self, now: float) -> None:
+        local = set(self.local.processes) if self.local is not None and not self.downgraded else set()
+        for actor_id in self.actors.forget(self.forget_after, keep=local):
+            self._reported.pop(actor_id, None)
+            logger.info("forgot actor %s: not heard from for %.0f s", actor_id, self.forget_after)
         for info in self.actors.snapshot():
             self._judge(info, now)
         self._restart_when_due(now)
@@ -177,11 +185,12 @@ class Supervisor:
     def _maybe_downgrade(self, now: float) -> None:
         if not self.server.accepting():
             return
-        if any(self._still_starting(info, now) for info in self.actors.snapshot()):
-            return  # playing its first games (a large network can take a while): wait for it
         idle = now - max(self.server.last_games_at, self.server.accepting_since, self._mode_since)
         if idle <= self.config.collect_timeout:
             return
+        if idle <= self.config.stall_timeout and any(self._still_starting(info, now)
+                                                     for info in self.actors.snapshot()):
+            return  # playing its first games (a large network can take a while): wait, a while
         cause = f"no actor delivered games for {idle:.1f} s"
         if self.local is not None:
             self.local.close()  # terminate, then kill, children included
@@ -224,6 +233,7 @@ class Supervisor:
                 "step": counters.step, "epoch": counters.epoch,
                 "policy_version": counters.policy_version,
                 "actors": [info.as_dict(now) for info in self.actors.snapshot()],
+                "ledger": self.ledger() if self.ledger is not None else None,
                 "transitions": [asdict(item) for item in self.transitions[-20:]]}
 
     def write_status(self) -> None:

@@ -17,10 +17,11 @@ EPOCH_FIELDS = {
 """metrics.jsonl's fields from the training loop itself (users' scripts read these names)."""
 
 DISTRIBUTED_FIELDS = {
-    "actor_restarts", "actor_steps_per_second", "actors", "failures_detected",
+    "actor_restarts", "actor_states", "actor_steps_per_second", "actors", "failures_detected",
     "in_flight_steps_discarded", "mode_transitions", "transitions", "wire_games_accepted",
     "wire_games_bytes", "wire_games_invalid", "wire_invalid_messages", "wire_messages",
-    "wire_rejected_hellos", "wire_steps_dropped_backpressure", "wire_steps_received"}
+    "wire_rejected_hellos", "wire_steps_dropped_backpressure", "wire_steps_invalid",
+    "wire_steps_received"}
 """metrics.jsonl's fields that actors add (users' scripts read these names)."""
 
 

@@ -34,6 +34,7 @@ import zmq
 from keisei.config import ConfigError, SelfPlayConfig, build_config
 from keisei.model import build_model
 from keisei.protocol import (
+    PROTOCOL_VERSION,
     WEIGHTS_TOPIC,
     Ack,
     Bye,
@@ -132,6 +133,12 @@ class Actor:
                 message = self._receive()
                 if isinstance(message, Welcome):
                     return message
+                if isinstance(message, Reject) and PROTOCOL_VERSION in message.accepted_versions:
+                    # not this actor's protocol: a refusal for now (its id is held, the
+                    # table is full), so it tries again after the backoff
+                    logger.warning("learner %s refused this actor for now: %s", self.learner,
+                                   message.reason)
+                    return None
                 if isinstance(message, Reject):
                     raise LearnerRejected(f"{message.reason} (accepted versions: "
                                           f"{', '.join(map(str, message.accepted_versions))})")

@@ -88,7 +88,11 @@ def test_two_actors_train_and_every_step_is_counted_once(tmp_path: Path) -> None
         assert counters["invalid_messages"] == 0
         lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == epochs
-        assert set(json.loads(lines[-1])) == EPOCH_FIELDS | DISTRIBUTED_FIELDS | {"ratings_skipped"}
+        last = json.loads(lines[-1])
+        assert set(last) == EPOCH_FIELDS | DISTRIBUTED_FIELDS | {"ratings_skipped", "ledger"}
+        ledger = run.learner.ledger()
+        assert ledger.balanced and ledger.trained == run.trainer.step and ledger.carried == 0
+        assert ledger.received == counters["steps_received"]
 
 
 def test_late_and_restarted_actors_get_current_weights_and_contribute(tmp_path: Path) -> None:
@@ -163,6 +167,8 @@ def test_malformed_traffic_is_dropped_and_counted_while_training_goes_on(tmp_pat
             with LocalActors(1, run.bind, tmp_path / "logs2"):
                 run.train_epochs(1)  # still training
             assert run.trainer.epoch == 2
+            ledger = run.learner.ledger()
+            assert ledger.balanced and ledger.dropped["invalid"] > 0, ledger
         finally:
             dealer.close()
             context.term()
