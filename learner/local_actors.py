@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +51,8 @@ class LocalActors:
                    "--actor-id", actor_id, "--threads", str(self.threads)]
         with open(self.log_dir / f"{actor_id}.log", "ab") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=die_with_parent)
         self.processes[actor_id] = process
         logger.info("started local actor %s (pid %d)", actor_id, process.pid)
         return process
@@ -78,3 +81,15 @@ class LocalActors:
     def close(self, grace_seconds: float = 5.0) -> None:
         """Terminate every actor, wait, then kill what is left, children included (idempotent)."""
         stop_processes(list(self.processes.values()), grace_seconds)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child before it runs: have the kernel send it SIGTERM when the learner dies,
+    however it dies (SIGKILL included), so no local actor outlives its learner (Linux;
+    elsewhere a no-op, and the actor's own learner timeout applies)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

@@ -52,8 +52,8 @@ class Run:
 
 
 @contextmanager
-def learner(tmp_path: Path) -> Iterator[Run]:
-    config = load_config(None, [*TINY, f"run.dir={tmp_path / 'run'}"])
+def learner(tmp_path: Path, *extra: str) -> Iterator[Run]:
+    config = load_config(None, [*TINY, f"run.dir={tmp_path / 'run'}", *extra])
     options = LearnerOptions(remote_actors=True, bind=f"tcp://127.0.0.1:{free_port_pair()}",
                              threads=1, publish_interval=0.5)
     with Learner(config, options) as running:
@@ -172,3 +172,54 @@ def test_malformed_traffic_is_dropped_and_counted_while_training_goes_on(tmp_pat
         finally:
             dealer.close()
             context.term()
+
+
+def hello(dealer: zmq.Socket, actor_id: str) -> object:
+    send(dealer, encode(Hello(actor_id, "h", 1, 8)))
+    assert dealer.poll(5000), f"no answer to the hello of {actor_id}"
+    return decode(dealer.recv_multipart())
+
+
+def test_floods_hijacks_oversized_and_future_messages_are_refused(tmp_path: Path) -> None:
+    with learner(tmp_path, "wire.max_actors=16", "wire.max_message_mb=1") as run, \
+            LocalActors(1, run.bind, tmp_path / "logs"):
+        run.train_epochs(1)
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(run.bind)
+        try:
+            hijack = hello(dealer, "local-0")  # the id of a live local actor
+            assert isinstance(hijack, Reject) and "live connection" in hijack.reason
+            flooder = context.socket(zmq.DEALER)
+            flooder.setsockopt(zmq.LINGER, 0)
+            flooder.connect(run.bind)
+            for index in range(300):  # one socket, a new id each time
+                send(flooder, encode(Hello(f"flood-{index}", "h", 1, 8)))
+            wait_for(lambda: run.server.counters["rejected_hellos"] >= 300 - 16, 20,
+                     "the flood to be refused past the table's 16 entries")
+            flooder.close()
+            assert len(run.actors.snapshot()) <= 16
+            future = hello(dealer, "time-traveller")
+            assert isinstance(future, Welcome)
+            records: list[GameRecord] = []
+            sink = type("Sink", (), {"put_record": lambda self, record: records.append(record)})()
+            collector = Collector(run.trainer.model, run.trainer.config.selfplay, sink)
+            while not records:
+                collector.step(2**31 - 1)  # stamped with a version the learner never had
+            invalid = run.server.counters["games_invalid"]
+            send(dealer, encode(Games("time-traveller", records[:1])))
+            wait_for(lambda: run.server.counters["games_invalid"] > invalid, 10,
+                     "the games from the future to be refused")
+            messages = run.server.counters["messages"]
+            send(dealer, [b"\x00" * (2 << 20)])  # 2 MiB: over wire.max_message_mb
+            run.train_epochs(1)  # still training
+            assert run.server.counters["messages"] == messages  # ZeroMQ dropped it unread
+        finally:
+            dealer.close()
+            context.term()
+        line = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1]
+        metrics = json.loads(line)
+        assert len(metrics["actors"]) <= 16 and len(line) < 20_000
+        assert sum(metrics["actor_states"].values()) == len(run.actors.snapshot())
+        assert run.learner.ledger().balanced

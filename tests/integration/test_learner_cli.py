@@ -12,6 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+from helpers import free_port_pair
+
 from keisei.checkpoint import latest_checkpoint, load_checkpoint
 from keisei.shogi import Game
 
@@ -192,3 +195,31 @@ def test_resume_skips_a_damaged_newest_checkpoint_and_says_why(tmp_path: Path) -
     assert "resumed from" in resumed.stderr and "checkpoint-000000000256.pt" in resumed.stderr
     assert [line["step"] for line in metrics_lines(run_dir)] == [128, 256, 384, 512]
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_local_actors_die_with_a_killed_learner(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    port = free_port_pair()
+    command = [*learner_command(run_dir, "train.total_steps=1000000"), "--local-actors", "2",
+               "--bind", f"tcp://127.0.0.1:{port}"]
+    with started(command) as process:
+        deadline = time.monotonic() + 120
+        while len(metrics_lines(run_dir)) < 1 or len(actor_pids(port)) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "no progress"
+            time.sleep(0.1)
+        actors = actor_pids(port)
+        process.kill()
+        process.wait(timeout=30)
+    gone = psutil.wait_procs([psutil.Process(pid) for pid in actors if psutil.pid_exists(pid)],
+                             timeout=20)[1]
+    assert not gone, f"actors outlived their learner: {gone}"
+
+
+def actor_pids(port: int) -> list[int]:
+    found = []
+    for candidate in psutil.process_iter(["cmdline", "status"]):
+        cmdline = candidate.info["cmdline"] or []
+        if "workers.actor" in cmdline and f"tcp://127.0.0.1:{port}" in cmdline \
+                and candidate.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(candidate.pid)
+    return found

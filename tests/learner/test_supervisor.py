@@ -232,3 +232,14 @@ def test_min_actors_must_deliver_before_an_upgrade(tmp_path: Path) -> None:
     actors.games("b", 1, 50)
     supervisor.check(clock.now)
     assert supervisor.mode is Mode.DISTRIBUTED and "2 actor(s)" in supervisor.transitions[-1].cause
+
+
+def test_an_actor_repeating_hello_cannot_hold_the_downgrade_off(rig: Rig) -> None:
+    rig.actors.hello("squatter", "elsewhere", 9, 8)
+    for _ in range(25):  # says hello every 3 s on its connection, never sends a game
+        rig.advance(3.0)
+        rig.actors.hello("squatter", "elsewhere", 9, 8, new_connection=False)
+        rig.actors.heartbeat("local-0", 1.0, 0, 0, 0)
+        rig.actors.heartbeat("local-1", 1.0, 0, 0, 0)
+    assert rig.supervisor.mode is Mode.SEQUENTIAL
+    assert "no actor delivered games for 6" in rig.supervisor.transitions[-1].cause  # at 60.x s
