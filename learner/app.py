@@ -28,7 +28,13 @@ from typing import IO
 
 import torch
 
-from keisei.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from keisei.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from keisei.config import CheckpointConfig, Config, ConfigError
 from keisei.files import write_atomically, write_text_atomically
 from keisei.model import count_parameters
@@ -296,10 +302,17 @@ class Learner:
             outcome = Outcome.INTERRUPTED
             logger.warning("interrupted at step %d; %d plies of unfinished games discarded",
                            trainer.step, trainer.collector.in_flight_steps())
+        except OSError as exc:  # a full disk, a run directory gone: no traceback to read
+            logger.error("training stopped at step %d: %s", trainer.step, exc)
         except Exception:
             logger.exception("training failed at step %d", trainer.step)
-        finally:
+        try:
             self.checkpoints.save()
+        except OSError as exc:
+            newest = latest_checkpoint(self.run_dir / "checkpoints")
+            logger.error("could not write the final checkpoint: %s; --resume continues from %s",
+                         exc, newest if newest is not None else "nothing")
+            outcome = Outcome.FAILED
         return outcome
 
     def _on_epoch(self, report: EpochReport) -> EpochReport:

@@ -1,8 +1,10 @@
 """``keisei-learner``: train a Shogi policy by self-play PPO.
 
 Usage: ``keisei-learner [--config FILE.toml] [--set section.key=value ...] [--resume]
-[--print-config]``. Exit codes: 0 finished, 1 failed, 2 bad configuration or
-arguments, 130 stopped by SIGINT/SIGTERM (after writing a checkpoint).
+[--print-config]``. Exit codes: 0 finished; 1 failed while training (an error, a full
+disk; the last good checkpoint stays); 2 bad configuration or arguments, or a run that
+cannot start (run directory in use, no checkpoint that loads, address in use); 130
+stopped by SIGINT/SIGTERM (after writing a checkpoint).
 
 This module only reads the command line and maps what happened to an exit code; the
 run itself is ``learner.app.Learner``.
@@ -139,15 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     on_tty = config.display.mode == "rich" or (config.display.mode == "auto" and sys.stdout.isatty())
     setup_logging(on_tty)
+    outcome: Outcome | None = None
     try:
         with Learner(config, options) as learner, stop_on_signals(learner.stop):
-            return EXIT_CODES[learner.run()]
+            outcome = learner.run()
     except ConfigError as exc:
         print(f"keisei-learner: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except (CheckpointError, ProtocolError, OSError) as exc:
-        logger.error("%s", exc)
-        return ExitCode.USAGE
+        logger.error("%s", exc)  # before training: cannot start; after: tearing down failed
+        return ExitCode.USAGE if outcome is None else ExitCode.FAILURE
+    return EXIT_CODES[outcome]
 
 
 if __name__ == "__main__":

@@ -55,12 +55,18 @@ logger = logging.getLogger(__name__)
 def weights_bind_address(bind: str) -> str:
     """The PUB address: the ROUTER's host, one port above it.
 
-    :raises ValueError: if ``bind`` is not ``tcp://HOST:PORT``.
+    :raises ValueError: if ``bind`` is not ``tcp://HOST:PORT`` with PORT in 1..65534.
     """
     parts = urlsplit(bind)
-    if parts.scheme != "tcp" or parts.hostname is None or parts.port is None:
+    try:
+        port = parts.port
+    except ValueError:  # a port out of 0..65535 or not a number
+        port = None
+    if parts.scheme != "tcp" or parts.hostname is None or port is None:
         raise ValueError(f"--bind {bind!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
-    return f"tcp://{parts.hostname}:{parts.port + 1}"
+    if not 1 <= port <= 65534:  # 0 would pick a random port, and the PUB socket needs PORT + 1
+        raise ValueError(f"--bind {bind!r}: PORT must be 1..65534 (weights go to PORT + 1)")
+    return f"tcp://{parts.hostname}:{port + 1}"
 
 
 def local_endpoint(bind: str) -> str:

@@ -83,6 +83,7 @@ class Supervisor:
         self._given_up: set[str] = set()
         self._reported: dict[str, ActorState] = {}
         self._last_status = 0.0
+        self._status_failing = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
 
@@ -237,5 +238,12 @@ class Supervisor:
                 "transitions": [asdict(item) for item in self.transitions[-20:]]}
 
     def write_status(self) -> None:
-        """``status.json`` in the run directory, replaced atomically."""
-        write_json_atomically(self.status_path, self.status())
+        """``status.json`` in the run directory, replaced atomically (a failed write, e.g.
+        on a full disk, is logged once and retried at the next second)."""
+        try:
+            write_json_atomically(self.status_path, self.status())
+            self._status_failing = False
+        except OSError as exc:
+            if not self._status_failing:
+                logger.error("cannot write %s: %s", self.status_path, exc)
+            self._status_failing = True

@@ -1,0 +1,46 @@
+"""keisei-learner's exit codes for what goes wrong outside the training maths."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+import learner.app as app
+from learner.main import main
+
+TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
+        "selfplay.max_plies=48", "train.steps_per_epoch=128", "train.minibatch_size=64",
+        "train.ppo_epochs=1", "run.threads=1", "checkpoint.every_epochs=1", "display.mode=plain",
+        "evaluation.every_epochs=0", "train.total_steps=512"]
+
+
+def arguments(run_dir: Path, *extra: str) -> list[str]:
+    return [item for override in [*TINY, f"run.dir={run_dir}", *extra] for item in ("--set", override)]
+
+
+def test_a_full_disk_stops_training_with_one_line_and_exit_code_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    real = app.save_checkpoint
+
+    def full_after_the_first(directory, step, state, keep):  # type: ignore[no-untyped-def]
+        if step > 0:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+        return real(directory, step, state, keep)
+
+    monkeypatch.setattr(app, "save_checkpoint", full_after_the_first)
+    assert main(arguments(tmp_path / "run")) == 1
+    err = capfd.readouterr().err
+    assert "training stopped at step 128: [Errno 28] No space left on device" in err
+    assert "--resume continues from" in err and "checkpoint-000000000000.pt" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("bind", ["tcp://127.0.0.1:0", "tcp://127.0.0.1:65535", "tcp://127.0.0.1",
+                                  "ipc:///tmp/x"])
+def test_a_bind_address_without_a_usable_port_pair_is_refused(
+        bind: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert main([*arguments(tmp_path / "run"), "--remote-actors", "--bind", bind]) == 2
+    assert "--bind" in capfd.readouterr().err
+    assert not (tmp_path / "run").exists()
