@@ -28,10 +28,12 @@ from collections.abc import Sequence
 from types import FrameType
 from urllib.parse import urlsplit
 
+import psutil
 import torch
 import zmq
 
-from keisei.config import ConfigError, SelfPlayConfig, build_config
+from keisei.config import ConfigError, ModelConfig, SelfPlayConfig, build_config
+from keisei.encoding import NUM_ACTIONS, NUM_PLANES, encode_observation
 from keisei.model import build_model
 from keisei.protocol import (
     PROTOCOL_VERSION,
@@ -54,6 +56,7 @@ from keisei.protocol import (
 )
 from keisei.records import GameRecord
 from keisei.selfplay import Collector
+from keisei.shogi import Game
 
 logger = logging.getLogger("keisei.actor")
 
@@ -153,6 +156,7 @@ class Actor:
         selfplay = config.selfplay
         if self.games_override:
             selfplay = SelfPlayConfig(**{**vars(selfplay), "games": self.games_override})
+        check_memory(config.model, selfplay)
         subscriber = self.context.socket(zmq.SUB)
         subscriber.setsockopt(zmq.LINGER, 0)
         subscriber.setsockopt(zmq.RCVHWM, 2)
@@ -227,17 +231,29 @@ class Actor:
             self.last_flush = now
         self._drain_outbox()
 
-    def _load_weights(self, weights: Weights) -> None:
+    def _load_weights(self, weights: Weights) -> bool:
+        """Load ``weights`` if they fit the network and play: finite outputs on the start
+        position. Otherwise keep the current ones (and say why); return whether loaded."""
         assert self.collector is not None
+        model = self.collector.model
+        previous = {name: tensor.clone() for name, tensor in model.state_dict().items()}
         try:
             state = {name: torch.from_numpy(array.copy()) for name, array in weights.tensors.items()}
-            self.collector.model.load_state_dict(state, strict=True)
+            model.load_state_dict(state, strict=True)
         except (RuntimeError, ValueError) as exc:
             logger.error("weights for policy version %d do not fit this network: %s",
                          weights.policy_version, exc)
-            return
-        self.collector.model.eval()
+            return False
+        model.eval()
+        with torch.inference_mode():
+            logits, values = model(torch.from_numpy(encode_observation(Game().board))[None].to(self.device))
+        if not (bool(torch.isfinite(logits).all()) and bool(torch.isfinite(values).all())):
+            model.load_state_dict(previous)
+            logger.error("ignored weights for policy version %d: the network gives non-finite "
+                         "outputs with them", weights.policy_version)
+            return False
         self.policy_version = weights.policy_version
+        return True
 
     def _drain_outbox(self) -> None:
         """Send queued game batches without blocking; keep at most max_pending_batches."""
@@ -305,6 +321,25 @@ class Actor:
     def close(self) -> None:
         self._close_sockets()
         self.context.term()
+
+
+BYTES_PER_PLY = 19  # what the collector keeps per ply of each game for a wire record
+
+
+def check_memory(model: ModelConfig, selfplay: SelfPlayConfig) -> None:
+    """Refuse settings this machine cannot hold (the collector preallocates per game).
+
+    :raises LearnerRejected: naming what is needed and what is available.
+    """
+    channels = model.channels  # the convolutions' weights dominate the parameter count
+    parameters = 9 * channels * (2 * model.blocks * channels + NUM_PLANES) + NUM_ACTIONS * channels
+    needed = selfplay.games * selfplay.max_plies * BYTES_PER_PLY + 4 * parameters * 4
+    available = psutil.virtual_memory().available
+    if needed > available // 2:
+        raise LearnerRejected(f"the learner's settings ({selfplay.games} games of up to "
+                              f"{selfplay.max_plies} plies, a {model.blocks}x{model.channels} network) "
+                              f"need about {needed / 2**30:.1f} GiB; this machine has "
+                              f"{available / 2**30:.1f} GiB available (pass --games to play fewer)")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -129,3 +129,15 @@ def test_garbage_is_answered_and_survived(checkpoint: Path) -> None:
         assert client.process.wait(timeout=10) == 0
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("command", ["keisei.usi", "workers.evaluate"])
+def test_a_file_that_is_not_a_checkpoint_gets_one_clear_line(tmp_path: Path, command: str) -> None:
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 50)
+    extra = ["--opponent", "random", "--output", str(tmp_path / "out")] if command == "workers.evaluate" else []
+    result = subprocess.run([sys.executable, "-m", command, "--checkpoint", str(garbage), *extra],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "garbage.pt: not a readable Keisei checkpoint" in lines[0], result.stderr

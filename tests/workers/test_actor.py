@@ -1,0 +1,58 @@
+"""What an actor accepts from a learner: weights that play, settings that fit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import workers.actor as actor_module
+from keisei.config import ModelConfig, SelfPlayConfig
+from keisei.model import PRESETS, build_model
+from keisei.protocol import Weights
+from keisei.selfplay import Collector
+from workers.actor import Actor, LearnerRejected, check_memory
+
+
+@pytest.fixture
+def actor() -> Iterator[Actor]:
+    made = Actor("tcp://127.0.0.1:1", "test", None, "cpu", "float32", 4, threading.Event())
+    made.collector = Collector(build_model(PRESETS["tiny"]), SelfPlayConfig(games=2), made)
+    yield made
+    made.close()
+
+
+def weights_like(model: torch.nn.Module, fill: float | None, version: int) -> Weights:
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        array = tensor.numpy().copy()
+        if fill is not None and array.dtype == np.float32:
+            array[...] = fill
+        tensors[name] = array
+    return Weights(version, tensors)
+
+
+def test_weights_that_play_are_loaded_and_huge_finite_ones_are_refused(actor: Actor) -> None:
+    assert actor.collector is not None
+    model = actor.collector.model
+    good = build_model(PRESETS["tiny"])
+    assert actor._load_weights(weights_like(good, None, 3)) and actor.policy_version == 3
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    assert not actor._load_weights(weights_like(model, 3e38, 4))  # finite, but the net overflows
+    assert actor.policy_version == 3
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert actor.collector.step(actor.policy_version) >= 0  # and it still plays
+
+
+def test_settings_beyond_this_machines_memory_are_refused_clearly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    check_memory(ModelConfig(), SelfPlayConfig())  # the defaults fit anywhere
+    monkeypatch.setattr(actor_module.psutil, "virtual_memory",
+                        lambda: SimpleNamespace(available=2 * 2**30))
+    with pytest.raises(LearnerRejected, match=r"need about [0-9.]+ GiB; this machine has 2.0 GiB"):
+        check_memory(ModelConfig(blocks=40, channels=512), SelfPlayConfig(games=4096, max_plies=10_000))
