@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 EPOCH_FIELDS = {
     "approx_kl", "black_win_rate", "clipfrac", "collect_seconds", "collected_steps", "draw_rate",
@@ -68,3 +71,24 @@ def epoch_report(step: int, epoch: int, policy_loss: float = 0.5, rating: object
                        collect=CollectReport(1.0, 128, 0.5, 0.1, 0.1), update=update,
                        games=GamesReport(2, 64.0, 0.5, 0.5, 0.0, {"checkmate": 2}),
                        ratings=RatingsReport(0, rating))  # type: ignore[arg-type]
+
+
+CLI_TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
+            "selfplay.max_plies=64", "train.steps_per_epoch=128", "train.minibatch_size=32",
+            "train.ppo_epochs=1", "run.threads=1", "checkpoint.every_epochs=1",
+            "display.mode=plain", "evaluation.every_epochs=0"]
+"""A learner run of a few seconds an epoch, for tests of the command."""
+
+
+def learner_command(run_dir: Path, *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "learner.main", "--set", f"run.dir={run_dir}"]
+    for override in (*CLI_TINY, *extra):
+        command += ["--set", override]
+    return command
+
+
+def metrics_lines(run_dir: Path) -> list[dict[str, object]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -13,22 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
-from helpers import free_port_pair
+from helpers import free_port_pair, learner_command, metrics_lines
 
 from keisei.checkpoint import latest_checkpoint, load_checkpoint
 from keisei.shogi import Game
-
-TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
-        "selfplay.max_plies=64", "train.steps_per_epoch=128", "train.minibatch_size=32",
-        "train.ppo_epochs=1", "run.threads=1", "checkpoint.every_epochs=1",
-        "display.mode=plain", "evaluation.every_epochs=0"]
-
-
-def learner_command(run_dir: Path, *extra: str) -> list[str]:
-    command = [sys.executable, "-m", "learner.main", "--set", f"run.dir={run_dir}"]
-    for override in (*TINY, *extra):
-        command += ["--set", override]
-    return command
 
 
 @contextmanager
@@ -40,13 +28,6 @@ def started(command: list[str]) -> Iterator[subprocess.Popen[str]]:
         if process.poll() is None:
             process.kill()
         process.wait(timeout=30)
-
-
-def metrics_lines(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_sigterm_checkpoints_and_resume_continues_the_counters(tmp_path: Path) -> None:
