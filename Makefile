@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Each `make run` trains into a fresh run directory.
 RUN_DIR ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test soak bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: setup
 	$(BIN)/ruff check keisei learner workers tests bench
 	$(BIN)/mypy --strict keisei/ learner/ workers/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+soak: setup
+	$(BIN)/python -m pytest -m soak -s $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.game_speed

@@ -1,0 +1,84 @@
+"""Soak: a learner trains for five minutes (KEISEI_SOAK_SECONDS) while its actors are
+killed, stopped and continued, and joined by others, at random. At the end it reports
+RSS, file descriptors, threads and the step ledger, which must balance. Marked ``soak``:
+``make soak`` runs it (CI does, after ``make test``)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import free_port_pair, wait_for
+
+from keisei.config import load_config
+from learner.app import Learner, LearnerOptions
+from learner.local_actors import LocalActors
+
+TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
+        "selfplay.max_plies=64", "train.steps_per_epoch=256", "train.minibatch_size=64",
+        "train.ppo_epochs=1", "train.max_policy_lag=1000", "supervisor.heartbeat_timeout=2",
+        "supervisor.stall_timeout=5", "supervisor.collect_timeout=6", "supervisor.max_restarts=1000",
+        "run.threads=1", "evaluation.every_epochs=0", "display.mode=plain",
+        "checkpoint.every_epochs=5"]
+
+
+def usage() -> dict[str, float]:
+    me = psutil.Process()
+    return {"rss_mb": me.memory_info().rss / 2**20, "fds": me.num_fds(), "threads": me.num_threads()}
+
+
+@pytest.mark.soak
+def test_a_long_run_with_actors_failing_at_random_stays_bounded_and_exact(tmp_path: Path) -> None:
+    seconds = float(os.environ.get("KEISEI_SOAK_SECONDS", "300"))
+    rng = random.Random(3)
+    config = load_config(None, [*TINY, f"run.dir={tmp_path / 'run'}"])
+    options = LearnerOptions(local_actors=2, remote_actors=True,
+                             bind=f"tcp://127.0.0.1:{free_port_pair()}", publish_interval=0.5)
+    events: dict[str, int] = {"kill": 0, "stop": 0, "visitor": 0}
+    with Learner(config, options) as learner:
+        assert learner.local is not None and learner.supervisor is not None
+        trainer = learner.trainer
+        thread = threading.Thread(target=learner.run, kwargs={"until_step": 10**12}, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: trainer.epoch >= 2, 120, "two epochs")
+            start = usage()
+            ends = time.monotonic() + seconds
+            while time.monotonic() < ends:
+                time.sleep(rng.uniform(5, 15))
+                event = rng.choice(sorted(events))
+                events[event] += 1
+                process = learner.local.processes[rng.choice(sorted(learner.local.processes))]
+                if event == "kill" and process.poll() is None:
+                    process.send_signal(signal.SIGKILL)
+                elif event == "stop" and process.poll() is None:
+                    process.send_signal(signal.SIGSTOP)
+                    time.sleep(rng.uniform(1, 4))
+                    process.send_signal(signal.SIGCONT)
+                elif event == "visitor":
+                    with LocalActors(0, options.bind, tmp_path / "visitors") as visitors:
+                        visitors.start(f"visitor-{events[event]}")  # a remote actor, for a while
+                        time.sleep(rng.uniform(3, 10))
+            end = usage()
+        finally:
+            learner.stop.set()
+            thread.join(timeout=60)
+        assert not thread.is_alive()
+        ledger = learner.ledger()
+    print(f"soak {seconds:.0f} s: {events}; epochs {trainer.epoch}, steps {trainer.step}; "
+          f"mode changes {len(learner.supervisor.transitions)}, restarts {learner.supervisor.restarts}")
+    print(f"  start {start}\n  end   {end}\n  ledger {ledger}")
+    assert ledger.balanced, ledger
+    assert trainer.epoch > 2 and (learner.supervisor.restarts >= 1 or events["kill"] == 0)
+    assert end["fds"] <= start["fds"] + 16 and end["threads"] <= start["threads"] + 8
+    assert end["rss_mb"] <= 2 * start["rss_mb"] + 200
+    leftovers = [child for child in psutil.Process().children(recursive=True)
+                 if child.status() != psutil.STATUS_ZOMBIE and "workers.actor" in " ".join(child.cmdline())]
+    assert leftovers == [] and not [child for child in psutil.Process().children()
+                                    if child.status() == psutil.STATUS_ZOMBIE]
