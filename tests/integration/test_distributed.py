@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -211,6 +212,19 @@ def test_floods_hijacks_oversized_and_future_messages_are_refused(tmp_path: Path
             send(dealer, encode(Games("time-traveller", records[:1])))
             wait_for(lambda: run.server.counters["games_invalid"] > invalid, 10,
                      "the games from the future to be refused")
+            played: list[GameRecord] = []
+            honest = Collector(run.trainer.model, run.trainer.config.selfplay,
+                               type("Sink", (), {"put_record": lambda self, r: played.append(r)})())
+            while len(played) < 6:
+                honest.step(run.trainer.policy_version)
+            hostile = [dataclasses.replace(record, log_probs=np.full(record.length, -100.0, np.float32))
+                       for record in played[:6]]  # legal games whose log-probs claim odds of e^-100
+            accepted = run.server.counters["games_accepted"]
+            send(dealer, encode(Games("time-traveller", hostile)))
+            wait_for(lambda: run.server.counters["games_accepted"] >= accepted + 6, 10,
+                     "the six hostile games to pass validation")
+            run.train_epochs(2)  # trained on without a crash or a dropped epoch
+            assert run.trainer.steps_dropped_non_finite == 0
             messages = run.server.counters["messages"]
             send(dealer, [b"\x00" * (2 << 20)])  # 2 MiB: over wire.max_message_mb
             run.train_epochs(1)  # still training
