@@ -211,10 +211,10 @@ class Learner:
                               "non_finite": trainer.steps_dropped_non_finite}
         self.checkpoints = Checkpoints(trainer, self.ratings, self.run_dir / "checkpoints",
                                        config.checkpoint)
-        if not resume_from:  # so a crash at any moment from here on leaves a run to resume
-            self.checkpoints.save()
         if options.distributed:
             self._open_distributed()
+        if not resume_from:  # so a crash at any moment from here on leaves a run to resume
+            self.checkpoints.save()  # (after the sockets: a start that fails leaves no run)
         self.metrics = stack.enter_context(MetricsWriter(self.run_dir / "metrics.jsonl",
                                                          self.run_dir / "tensorboard"))
         self.dashboard = stack.enter_context(Dashboard(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import socket
 from pathlib import Path
 
 import pytest
+from helpers import free_port_pair
 
 import learner.app as app
 from learner.main import main
@@ -44,3 +46,15 @@ def test_a_bind_address_without_a_usable_port_pair_is_refused(
     assert main([*arguments(tmp_path / "run"), "--remote-actors", "--bind", bind]) == 2
     assert "--bind" in capfd.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_cannot_bind_exits_2_and_leaves_the_directory_free(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    port = free_port_pair()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        assert main([*arguments(tmp_path / "run", "train.total_steps=128"), "--remote-actors",
+                     "--bind", f"tcp://127.0.0.1:{port}"]) == 2
+    assert "cannot bind" in capfd.readouterr().err
+    assert main(arguments(tmp_path / "run", "train.total_steps=128")) == 0  # a new run, same folder
