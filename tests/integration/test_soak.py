@@ -34,6 +34,7 @@ def usage() -> dict[str, float]:
 
 
 @pytest.mark.soak
+@pytest.mark.slow
 def test_a_long_run_with_actors_failing_at_random_stays_bounded_and_exact(tmp_path: Path) -> None:
     seconds = float(os.environ.get("KEISEI_SOAK_SECONDS", "300"))
     rng = random.Random(3)
