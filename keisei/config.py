@@ -101,6 +101,40 @@ class TrainConfig:
                                     "reply, larger values look further ahead", low=0.0, high=1.0)
     max_policy_lag: int = setting(16, "drop steps produced more than this many policy versions ago",
                                   low=0)
+    init_kl_coef: float = setting(0.0, "with keisei-learner --init-from: weight of a penalty "
+                                  "KL(initial policy || policy) over the legal moves of each "
+                                  "trained position, so PPO does not wreck what pre-training "
+                                  "taught; 0: off", low=0.0, high=100.0)
+    init_kl_steps: int = setting(0, "the KL penalty's weight falls linearly to 0 at this "
+                                 "training step (0: it stays at init_kl_coef)", low=0)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = setting(4, "passes over the training positions (keisei-pretrain)", low=1,
+                          high=10_000)
+    minutes: float = setting(0.0, "stop after this many minutes of training, finishing the "
+                             "learning-rate schedule by then (0: no limit)", low=0.0)
+    batch_size: int = setting(256, "positions per gradient step", low=1, high=65_536)
+    learning_rate: float = setting(1e-3, "initial AdamW learning rate", low=0.0, high=1.0)
+    lr_schedule: str = setting("cosine", "learning-rate decay over the run",
+                               choices=("constant", "linear", "cosine"))
+    weight_decay: float = setting(1e-4, "AdamW weight decay", low=0.0, high=1.0)
+    policy_weight: float = setting(1.0, "weight of the cross-entropy on the recorded move",
+                                   low=0.0, high=100.0)
+    value_weight: float = setting(0.5, "weight of the value loss 0.5 (v - result)^2 (result from "
+                                  "the mover's view; positions of games without a result add none)",
+                                  low=0.0, high=100.0)
+    val_fraction: float = setting(0.05, "share of games held out for validation (by game)",
+                                  low=0.0, high=0.5)
+    val_positions: int = setting(16_384, "held-out positions scored at each validation", low=1)
+    validate_every: int = setting(0, "also validate (and write a metrics line) every this many "
+                                  "training positions (0: at the end of each epoch only)", low=0)
+    max_duplicates: int = setting(4, "keep a (position, move) pair at most this many times "
+                                  "(0: keep every copy)", low=0, high=255)
+    shard_size: int = setting(65_536, "positions per data shard on disk", low=256)
+    shuffle_shards: int = setting(8, "shards read and shuffled together (bounds memory: 36 bytes "
+                                  "per position)", low=1, high=4096)
 
 
 @dataclass(frozen=True)
@@ -165,6 +199,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)

@@ -92,12 +92,31 @@ def shaping_advantages(players: np.ndarray, potentials: np.ndarray, gamma: float
     return advantages
 
 
-def shaping_weight(scale: float, anneal_steps: int, step: int) -> float:
-    """The shaping coefficient at training ``step``: ``scale``, falling linearly to 0 at
-    ``anneal_steps`` (``anneal_steps`` 0: constant)."""
+def linear_decay(scale: float, anneal_steps: int, step: int) -> float:
+    """``scale`` at training ``step``, falling linearly to 0 at ``anneal_steps``
+    (``anneal_steps`` 0: constant)."""
     if anneal_steps <= 0:
         return scale
     return scale * max(0.0, 1.0 - step / anneal_steps)
+
+
+shaping_weight = linear_decay
+"""The reward-shaping coefficient at a step (``train.shaping_scale``, ``shaping_anneal_steps``)."""
+init_kl_coef_at = linear_decay
+"""The KL penalty's weight at a step (``train.init_kl_coef``, ``init_kl_steps``)."""
+
+
+def kl_from_reference(log_probs: torch.Tensor, reference_log_probs: torch.Tensor) -> torch.Tensor:
+    """``KL(reference || policy)`` per row: ``sum_a p_ref(a) (log p_ref(a) - log p(a))``.
+
+    Both are log-softmaxes of masked logits over the same legal moves (illegal ones are
+    ``-inf`` in both and add nothing). The direction keeps the policy's mass on every
+    move the reference plays (what pre-training taught), and its gradient is that of a
+    cross-entropy toward the reference: ``-sum_a p_ref(a) d log p(a)``.
+    """
+    reference_probs = reference_log_probs.exp()
+    terms = reference_probs * (reference_log_probs - log_probs)
+    return torch.where(reference_probs > 0, terms, torch.zeros_like(terms)).sum(dim=-1)
 
 
 @dataclass(frozen=True)

@@ -393,6 +393,15 @@ class Game:
         self._outcome = Outcome(self.side_to_move.opponent, Termination.FORFEIT)
         return self._outcome
 
+    def end(self, outcome: Outcome) -> None:
+        """End the game with a result decided off the board (a record's stated result).
+
+        :raises GameOverError: if the game has already ended.
+        """
+        if self._outcome is not None:
+            raise GameOverError(f"the game is over ({self._outcome})")
+        self._outcome = outcome
+
     def _adjudicate(self, occurrences: int) -> Outcome | None:
         """The result of the current position, if it ends the game (rules in the module doc)."""
         board = self.board
@@ -525,7 +534,9 @@ class Game:
     def _replay(cls, sfen: str, moves: list[int], endgame: str, win: int,
                 max_plies: int | None) -> Game:
         if max_plies is None:
-            max_plies = len(moves) if endgame == "%MAX_MOVES" and moves else max(DEFAULT_MAX_PLIES, len(moves))
+            # One more than the record's moves, so a long decided game is not cut to a draw.
+            max_plies = (len(moves) if endgame == "%MAX_MOVES" and moves
+                         else max(DEFAULT_MAX_PLIES, len(moves) + 1))
         try:
             game = cls(sfen, max_plies=max_plies)
         except InvalidSfenError as exc:
@@ -536,8 +547,18 @@ class Game:
             if move not in game._legal:
                 raise RecordError(f"move {number} ({_describe(move)}) is illegal in {game.sfen()}")
             game.push(move)
-        if game._outcome is None:
-            game._outcome = _recorded_outcome(endgame, win, game.side_to_move)
+        known, claimed = _claimed_result(endgame, win, game.side_to_move)
+        decided = game._outcome
+        after = f"after move {len(moves)}" if moves else "at the start"
+        if decided is not None:
+            if known and claimed is not decided.winner:
+                raise RecordError(f"the record claims {_result_words(claimed)} ({endgame}) but "
+                                  f"the position {after} is {decided}")
+            return game
+        if endgame in _RULE_ENDINGS:
+            raise RecordError(f"the record claims {_RULE_ENDINGS[endgame]} ({endgame}) but the "
+                              f"position {after} is not one")
+        game._outcome = _recorded_outcome(endgame, win, game.side_to_move)
         return game
 
     def _color_of_ply(self, index: int) -> Color:
@@ -598,6 +619,39 @@ def _kif_ending(outcome: Outcome | None, to_move: Color, plies: int) -> list[str
     if outcome.winner is to_move:
         return [f"{number:>4} 反則勝ち", f"まで{plies}手で{winner}の反則勝ち"]
     return [f"{number:>4} 反則負け", f"まで{plies}手で{side[to_move]}の反則負け"]
+
+
+_RULE_ENDINGS = {"%SENNICHITE": "a fourfold repetition", "%KACHI": "a valid entering-king "
+                 "declaration (27-point rule)", "%TSUMI": "checkmate"}
+"""Endings the rules check on replay: a record that claims one the rules do not see is false."""
+
+
+def _claimed_result(endgame: str, win: int, to_move: Color) -> tuple[bool, Color | None]:
+    """(whether the record states a result, its winner or None for a draw).
+
+    :raises RecordError: if the end line and the stated winner contradict each other (a
+        KIF whose last move is a resignation by the side that, its result line says, won).
+    """
+    stated = {cshogi.BLACK_WIN: Color.BLACK, cshogi.WHITE_WIN: Color.WHITE}.get(win)
+    implied: Color | None
+    if endgame in ("%TORYO", "%TIME_UP", "%TSUMI"):
+        implied = to_move.opponent
+    elif endgame == "%KACHI":
+        implied = to_move
+    elif endgame in ("%SENNICHITE", "%MAX_MOVES", "%JISHOGI", "%HIKIWAKE"):
+        return True, None
+    elif endgame in ("%ILLEGAL_MOVE", "%+ILLEGAL_ACTION", "%-ILLEGAL_ACTION"):
+        return stated is not None, stated
+    else:
+        return False, None
+    if stated is not None and stated is not implied:
+        raise RecordError(f"the record says {_result_words(stated)} but its end ({endgame} with "
+                          f"{to_move} to move) means {_result_words(implied)}")
+    return True, implied
+
+
+def _result_words(winner: Color | None) -> str:
+    return "a draw" if winner is None else f"a win for {winner}"
 
 
 def _recorded_outcome(endgame: str, win: int, to_move: Color) -> Outcome | None:

@@ -71,6 +71,8 @@ class LearnerOptions:
     bind: str = DEFAULT_BIND
     curve_keys: str | None = None
     resume: bool = False
+    init_from: str | None = None
+    """A checkpoint (``keisei-pretrain``'s or a learner's) whose network a new run starts from."""
     threads: int | None = None  # torch CPU threads; default run.threads, or all cores
     publish_interval: float = 2.0  # seconds between repeats of the current weights
 
@@ -200,7 +202,12 @@ class Learner:
         self.trainer = trainer = Trainer.build(config, self.stop, options.threads, self.mode)
         self.ratings = Ratings(config.evaluation, self.run_dir, trainer)
         if resume_from:
+            if options.init_from:
+                logger.info("--init-from %s: not used, the resumed run continues from its own "
+                            "checkpoint", options.init_from)
             self._resume(resume_from)
+        elif options.init_from:
+            self._init_from(Path(options.init_from))
         write_text_atomically(self.run_dir / "config.toml", config.to_toml())
         logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",
                     self.run_dir, f"{count_parameters(trainer.model):,}", config.selfplay.games,
@@ -267,6 +274,34 @@ class Learner:
         logger.info("resumed from %s at step %d, policy version %d", checkpoint, trainer.step,
                     trainer.policy_version)
         self._truncate_metrics(trainer.step)
+
+    def _init_from(self, path: Path) -> None:
+        """Start the new run from the network in ``path`` (fresh counters and optimizer).
+
+        :raises CheckpointError: if the file is not a usable checkpoint.
+        :raises ConfigError: if its network is not the one ``[model]`` describes.
+        """
+        state = load_checkpoint(path, map_location=self.trainer.device)
+        try:
+            saved_model = dict(state["config"]["model"])
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: holds no network configuration ({exc})") from exc
+        model = self.config.to_dict()["model"]
+        if saved_model != model:
+            differences = ", ".join(f"model.{key} = {model.get(key)} here but {saved_model.get(key)}"
+                                    for key in sorted(set(model) | set(saved_model))
+                                    if model.get(key) != saved_model.get(key))
+            raise ConfigError([f"--init-from {path}: its network differs from [model] "
+                               f"({differences}); set [model] to the checkpoint's"])
+        try:
+            self.trainer.set_reference(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: its weights do not load: {exc}") from exc
+        train = self.config.train
+        penalty = (f"KL penalty {train.init_kl_coef:g}" + (f" falling to 0 at step "
+                   f"{train.init_kl_steps}" if train.init_kl_steps else "")
+                   if train.init_kl_coef else "no KL penalty (train.init_kl_coef = 0)")
+        logger.info("starting from the network in %s; %s", path, penalty)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop the metrics lines of epochs after ``step`` (trained after the checkpoint,

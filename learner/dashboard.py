@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -30,6 +30,10 @@ from learner.supervisor import Supervisor
 from learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
+
+
+class JsonReport(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class MetricsWriter:
@@ -51,7 +55,7 @@ class MetricsWriter:
                 logger.info("TensorBoard scalars in %s (tensorboard --logdir %s)", tensorboard_dir,
                             tensorboard_dir)
 
-    def __call__(self, report: EpochReport) -> None:
+    def __call__(self, report: JsonReport) -> None:
         if self._stream is None:
             raise RuntimeError(f"MetricsWriter for {self.path} is closed")
         metrics = report.to_json()

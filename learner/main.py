@@ -1,7 +1,7 @@
 """``keisei-learner``: train a Shogi policy by self-play PPO.
 
 Usage: ``keisei-learner [--config FILE.toml] [--set section.key=value ...] [--resume]
-[--print-config]``. Exit codes: 0 finished; 1 failed while training (an error, a full
+[--init-from CHECKPOINT] [--print-config]``. Exit codes: 0 finished; 1 failed while training (an error, a full
 disk; the last good checkpoint stays); 2 bad configuration or arguments, or a run that
 cannot start (run directory in use, no checkpoint that loads, address in use); 130
 stopped by SIGINT/SIGTERM (after writing a checkpoint).
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                         dest="overrides", help="override one key (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in run.dir from its latest checkpoint")
+    parser.add_argument("--init-from", metavar="CHECKPOINT",
+                        help="start a new run from this checkpoint's network (e.g. keisei-pretrain's): "
+                             "fresh counters and optimizer; [model] must match it. With "
+                             "train.init_kl_coef, PPO is held near its policy at first")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective configuration as TOML and exit")
     parser.add_argument("--bind", default=os.environ.get("KEISEI_BIND", DEFAULT_BIND),
@@ -134,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.status:
             return print_status(Path(config.run.dir))
         options = LearnerOptions(local_actors=args.local_actors, remote_actors=args.remote_actors,
-                                 bind=args.bind, curve_keys=args.curve_keys, resume=args.resume)
+                                 bind=args.bind, curve_keys=args.curve_keys, resume=args.resume,
+                                 init_from=args.init_from)
         options.check()
     except ConfigError as exc:
         print(f"keisei-learner: {exc}", file=sys.stderr)

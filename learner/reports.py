@@ -47,6 +47,11 @@ class UpdateReport:
     update_seconds: float
     policy_lag_mean: float
     policy_lag_max: int
+    init_kl: float = math.nan
+    """Mean KL(initial policy || policy) of the trained positions, while an ``--init-from``
+    run's penalty is on (null otherwise)."""
+    init_kl_coef: float = 0.0
+    """The KL penalty's weight this update (``train.init_kl_coef``, decaying)."""
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,14 @@ from keisei.model import (
     resolve_precision,
     to_device,
 )
-from keisei.ppo import explained_variance, learning_rate_at, ppo_losses, shaping_weight
+from keisei.ppo import (
+    explained_variance,
+    init_kl_coef_at,
+    kl_from_reference,
+    learning_rate_at,
+    ppo_losses,
+    shaping_weight,
+)
 from keisei.records import unpack_masks, unpack_observations
 from keisei.selfplay import Collector
 from learner.buffer import EpochBatch, ExperienceBuffer
@@ -103,6 +110,7 @@ class Trainer:
         self.processing = False  # true only while an update runs; reset in finally
         self.in_flight_steps_discarded = 0
         self.steps_dropped_non_finite = 0
+        self.reference: PolicyValueNet | None = None  # the initial policy of an --init-from run
 
     @classmethod
     def build(cls, config: Config, stop: threading.Event | None = None, threads: int | None = None,
@@ -125,6 +133,19 @@ class Trainer:
         np.random.seed(config.run.seed % 2**32)
         torch.manual_seed(config.run.seed)
         return cls(config, build_model(config.model).to(device), device, stop, mode)
+
+    def set_reference(self, weights: dict[str, Any]) -> None:
+        """Start from ``weights`` (a pre-trained network) and keep a frozen copy of them
+        as the reference policy of the ``train.init_kl_coef`` penalty.
+
+        :raises RuntimeError: if the weights do not fit the configured network.
+        """
+        self.model.load_state_dict(weights)
+        reference = build_model(self.config.model).to(self.device)
+        reference.load_state_dict(weights)
+        reference.eval()
+        reference.requires_grad_(False)
+        self.reference = reference
 
     # --- the three phases ---------------------------------------------------------------
     def collect(self) -> CollectReport:
@@ -212,6 +233,8 @@ class Trainer:
         count = 0
         passes = 0
         weight = shaping_weight(train.shaping_scale, train.shaping_anneal_steps, self.step)
+        kl_coef = (init_kl_coef_at(train.init_kl_coef, train.init_kl_steps, self.step)
+                   if self.reference is not None else 0.0)
         while passes < train.ppo_epochs:
             passes += 1
             order = self.shuffle_rng.permutation(batch.size)
@@ -219,7 +242,7 @@ class Trainer:
             for start in range(0, batches_per_pass * minibatch, minibatch):
                 self._check_stop()
                 losses, grad_norm = self._minibatch_step(batch, order[start:start + minibatch],
-                                                         weight)
+                                                         weight, kl_coef)
                 approx_kl = float(losses["approx_kl"])
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -229,15 +252,16 @@ class Trainer:
                 break
         figures: dict[str, Any] = {key: value / count for key, value in sums.items()}
         figures.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
-                       shaping_weight=weight,
+                       shaping_weight=weight, init_kl_coef=kl_coef,
                        explained_variance=explained_variance(batch.values, batch.returns))
         return figures
 
-    def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray,
-                        shaping: float) -> tuple[dict[str, float], float]:
+    def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray, shaping: float,
+                        kl_coef: float = 0.0) -> tuple[dict[str, float], float]:
         """One gradient step. ``shaping`` weighs the shaping part of the advantages; the
         value still learns the unshaped returns (the game's result), so it stays an
-        estimate of winning (keisei-usi resigns by it)."""
+        estimate of winning (keisei-usi resigns by it). ``kl_coef`` weighs the penalty
+        KL(reference || policy) over each position's legal moves."""
         train = self.config.train
         device = self.device
         tensors = {name: to_device(getattr(batch, name)[rows], device)
@@ -254,26 +278,35 @@ class Trainer:
                             clip_coef=train.clip_coef, clip_value_loss=train.clip_value_loss,
                             vf_coef=train.vf_coef, ent_coef=train.ent_coef,
                             normalize_advantages=train.normalize_advantages)
-        if not torch.isfinite(losses.loss):
+        loss = losses.loss
+        init_kl = torch.full((), math.nan)  # measured only while the penalty is on
+        if self.reference is not None and kl_coef > 0:
+            with torch.no_grad(), autocast(device, self.autocast_dtype):
+                reference_logits, _ = self.reference(observations.float())
+            reference_log_probs = torch.log_softmax(masked_logits(reference_logits.float(), legal),
+                                                    dim=-1)
+            init_kl = kl_from_reference(log_probs, reference_log_probs).mean()
+            loss = loss + kl_coef * init_kl
+        if not torch.isfinite(loss):
             raise NonFiniteUpdate(f"PPO loss is {float(losses.loss.detach())} (policy "
                                   f"{float(losses.policy_loss.detach())}, value "
                                   f"{float(losses.value_loss.detach())})")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
-            self.scaler.scale(losses.loss).backward()  # type: ignore[no-untyped-call]
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            losses.loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()  # type: ignore[no-untyped-call]
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 raise NonFiniteUpdate(f"gradient norm is {float(grad_norm)}")
             self.optimizer.step()
-        values = {"loss": losses.loss, "policy_loss": losses.policy_loss,
+        values = {"loss": loss, "policy_loss": losses.policy_loss,
                   "value_loss": losses.value_loss, "entropy": losses.entropy,
-                  "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac}
+                  "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac, "init_kl": init_kl}
         return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
 
     # --- state --------------------------------------------------------------------------
@@ -306,9 +339,13 @@ class Trainer:
                     "shuffle": self.shuffle_rng.bit_generator.state},
             "buffer": self.buffer.state_dict(),
             "config": self.config.to_dict(),
+            **({"reference_model": self.reference.state_dict()} if self.reference is not None
+               else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "reference_model" in state:
+            self.set_reference(state["reference_model"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

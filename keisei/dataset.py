@@ -1,0 +1,314 @@
+"""Supervised training data: positions from game records, in shards on disk.
+
+A *position sample* is 36 bytes (``POSITION_DTYPE``): the position before a recorded
+move as Apery's 32-byte Huffman code (``cshogi.Board.to_hcp``), the move as an action
+index from the mover's view, how often the position occurred before in its game (the
+repetition planes), and the game's result from the mover's view (1 win, 0 draw, -1
+loss, ``RESULT_UNKNOWN``). ``decode_samples`` turns samples into exactly what the
+network and the PPO learner see: observation planes, legal-move mask, action, result.
+
+``prepare_dataset`` streams records (``keisei.kifu.read_games``) into numbered
+``.npy`` shards of ``shard_size`` samples, one set for training and one held out for
+validation. The split is by game (a hash of the record's origin), so no game has
+positions on both sides and adding records never moves a game between them.
+
+Duplicates are handled deliberately: the same (position, move) pair is kept at most
+``max_duplicates`` times. Every game repeats its opening, and without a cap the first
+moves of a few openings would dominate the loss; a small cap still lets a position's
+moves keep their relative frequencies across games. The counts live in a fixed
+table of 2^24 one-byte counters indexed by a 64-bit hash of (Zobrist key, move), so
+memory stays at 16 MiB however many records stream through; a collision can at
+worst drop a rare pair early (at a million distinct pairs, a pair shares its counter
+with about 6% odds, and then only past the cap).
+
+``ShardSet.batches`` reads shards in a shuffled order, ``chunk_shards`` at a time, and
+shuffles within that chunk: memory is bounded by the chunk, not the data set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cshogi
+import numpy as np
+
+from keisei.encoding import (
+    NUM_ACTIONS,
+    OBSERVATION_SHAPE,
+    fill_observation,
+    legal_action_mask,
+    move_to_action,
+)
+from keisei.errors import KeiseiError
+from keisei.files import write_atomically, write_json_atomically
+from keisei.kifu import ReadStats, RecordedGame, read_games
+from keisei.shogi import Game
+
+logger = logging.getLogger(__name__)
+
+POSITION_DTYPE = np.dtype([("hcp", "u1", (32,)), ("action", "<i2"), ("repetitions", "u1"),
+                           ("result", "i1")])
+RESULT_UNKNOWN = -128
+SPLITS = ("train", "val")
+METADATA = "dataset.json"
+
+
+class DatasetError(KeiseiError, ValueError):
+    """A data set folder is missing, empty or damaged."""
+
+
+def game_positions(recorded: RecordedGame) -> np.ndarray:
+    """One sample per move of the game: the position before it, the move, the result."""
+    game = recorded.game
+    moves = game.moves
+    samples = np.zeros(len(moves), dtype=POSITION_DTYPE)
+    outcome = game.outcome
+    winner = outcome.winner if outcome is not None else None
+    replay = Game(game.start_sfen, max_plies=len(moves) + 1)
+    hcp = np.empty(32, dtype=np.uint8)
+    for index, move in enumerate(moves):
+        board = replay.board
+        board.to_hcp(hcp)
+        samples["hcp"][index] = hcp
+        samples["action"][index] = move_to_action(board, move)
+        samples["repetitions"][index] = min(replay.repetitions, 3)
+        if not recorded.result_known:
+            samples["result"][index] = RESULT_UNKNOWN
+        elif winner is not None:
+            samples["result"][index] = 1 if winner is replay.side_to_move else -1
+        replay.push(move)
+    return samples
+
+
+class DuplicateFilter:
+    """Keeps a (position, move) pair at most ``max_count`` times (0: keep all)."""
+
+    def __init__(self, max_count: int, bits: int = 24) -> None:
+        self.max_count = max_count
+        self.mask = (1 << bits) - 1
+        self.counts = np.zeros(1 << bits if max_count else 1, dtype=np.uint8)
+        self.dropped = 0
+
+    def keep(self, positions: Iterable[int], samples: np.ndarray) -> np.ndarray:
+        """The rows of ``samples`` to keep; ``positions`` are their Zobrist keys."""
+        if not self.max_count:
+            return samples
+        keys = np.fromiter(positions, dtype=np.uint64, count=len(samples))
+        mixed = keys ^ (samples["action"].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        mixed ^= mixed >> np.uint64(29)
+        slots = (mixed & np.uint64(self.mask)).astype(np.int64)
+        keep = np.zeros(len(samples), dtype=bool)
+        for row, slot in enumerate(slots):  # in order: a pair twice in one game counts twice
+            if self.counts[slot] < self.max_count:
+                self.counts[slot] += 1
+                keep[row] = True
+        self.dropped += int((~keep).sum())
+        kept: np.ndarray = samples[keep]
+        return kept
+
+
+def zobrist_keys(game: Game) -> list[int]:
+    """The Zobrist key of the position before each move of ``game``."""
+    board = cshogi.Board(game.start_sfen)
+    keys = []
+    for move in game.moves:
+        keys.append(int(board.zobrist_hash()))
+        board.push(move)
+    return keys
+
+
+def split_of(origin: str, val_fraction: float) -> str:
+    """``val`` for about ``val_fraction`` of games, fixed by where each game came from."""
+    return "val" if (zlib.crc32(origin.encode()) % 10_000) < val_fraction * 10_000 else "train"
+
+
+class ShardWriter:
+    """Appends samples and writes them as ``PREFIX-NNNNN.npy`` shards of ``shard_size``."""
+
+    def __init__(self, directory: Path, prefix: str, shard_size: int) -> None:
+        self.directory = directory
+        self.prefix = prefix
+        self.shard_size = shard_size
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.shards = 0
+        self.rows = 0
+
+    def add(self, samples: np.ndarray) -> None:
+        self.pending.append(samples)
+        self.pending_rows += len(samples)
+        while self.pending_rows >= self.shard_size:
+            block = np.concatenate(self.pending)
+            self._write(block[:self.shard_size])
+            rest = block[self.shard_size:]
+            self.pending, self.pending_rows = [rest], len(rest)
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._write(np.concatenate(self.pending))
+        self.pending, self.pending_rows = [], 0
+
+    def _write(self, block: np.ndarray) -> None:
+        write_atomically(self.directory / f"{self.prefix}-{self.shards:05d}.npy",
+                         lambda stream: np.save(stream, block, allow_pickle=False))
+        self.shards += 1
+        self.rows += len(block)
+
+
+@dataclass
+class DatasetSummary:
+    """What ``prepare_dataset`` wrote (``dataset.json``)."""
+
+    games: int
+    games_val: int
+    positions_train: int
+    positions_val: int
+    duplicates_dropped: int
+    skipped: int
+    skipped_reasons: dict[str, int]
+    unknown_results: int
+    val_fraction: float
+    max_duplicates: int
+    sources: list[str]
+    seconds: float
+
+    def line(self) -> str:
+        return (f"{self.games} games ({self.games_val} held out), {self.positions_train} training "
+                f"and {self.positions_val} validation positions, {self.duplicates_dropped} "
+                f"duplicates dropped, {self.skipped} records skipped, in {self.seconds:.0f} s")
+
+
+def prepare_dataset(paths: Iterable[str | Path], directory: str | Path, *, val_fraction: float,
+                    max_duplicates: int, shard_size: int = 65_536,
+                    progress: float = 10.0) -> DatasetSummary:
+    """Read every record under ``paths`` into shards under ``directory`` (which must be
+    empty or absent) and write ``dataset.json``; returns its contents.
+
+    :raises FileNotFoundError: for a path that does not exist.
+    :raises DatasetError: if no usable position was found.
+    """
+    sources = [str(path) for path in paths]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stats = ReadStats()
+    writers = {split: ShardWriter(directory, split, shard_size) for split in SPLITS}
+    duplicates = DuplicateFilter(max_duplicates)
+    games_val = 0
+    started = last = time.monotonic()
+    for recorded in read_games(sources, stats):
+        split = split_of(recorded.origin, val_fraction)
+        games_val += split == "val"
+        samples = duplicates.keep(zobrist_keys(recorded.game), game_positions(recorded))
+        writers[split].add(samples)
+        now = time.monotonic()
+        if now - last >= progress:
+            logger.info("reading records: %d games, %d positions so far", stats.games,
+                        writers["train"].rows + writers["train"].pending_rows)
+            last = now
+    for writer in writers.values():
+        writer.close()
+    summary = DatasetSummary(stats.games, games_val, writers["train"].rows, writers["val"].rows,
+                             duplicates.dropped, stats.skipped, dict(stats.skipped_reasons),
+                             stats.unknown_results, val_fraction, max_duplicates, sources,
+                             time.monotonic() - started)
+    logger.info("records: %s", stats.summary())
+    if not summary.positions_train:
+        raise DatasetError(f"no training position in {', '.join(sources)}: {stats.summary()}")
+    write_json_atomically(directory / METADATA, asdict(summary))
+    return summary
+
+
+def read_summary(directory: str | Path) -> DatasetSummary:
+    """The ``dataset.json`` of a prepared data set.
+
+    :raises DatasetError: if it is missing or damaged.
+    """
+    path = Path(directory) / METADATA
+    try:
+        return DatasetSummary(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a prepared data set ({exc})") from exc
+
+
+class ShardSet:
+    """The shards of one split, read lazily."""
+
+    def __init__(self, directory: str | Path, split: str) -> None:
+        self.paths = sorted(Path(directory).glob(f"{split}-*.npy"))
+        self.sizes = []
+        for path in self.paths:
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"{path}: not a data shard ({exc})") from exc
+            if array.dtype != POSITION_DTYPE or array.ndim != 1:
+                raise DatasetError(f"{path}: holds {array.dtype} {array.shape}, not position samples")
+            self.sizes.append(len(array))
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def batches(self, batch_size: int, rng: np.random.Generator | None,
+                chunk_shards: int = 8) -> Iterator[np.ndarray]:
+        """Batches of samples. With ``rng``: shards in a random order, ``chunk_shards`` at a
+        time shuffled together, full batches only. Without: every sample, in order."""
+        order = list(range(len(self.paths)))
+        if rng is not None:
+            rng.shuffle(order)
+        carry = np.zeros(0, dtype=POSITION_DTYPE)
+        for start in range(0, len(order), chunk_shards):
+            parts = [carry] + [np.load(self.paths[index], allow_pickle=False)
+                               for index in order[start:start + chunk_shards]]
+            chunk = np.concatenate(parts)
+            if rng is not None:
+                chunk = chunk[rng.permutation(len(chunk))]
+            full = len(chunk) - len(chunk) % batch_size
+            for row in range(0, full, batch_size):
+                yield chunk[row:row + batch_size]
+            carry = chunk[full:]
+        if rng is None and len(carry):
+            yield carry
+
+
+@dataclass
+class DecodedBatch:
+    observations: np.ndarray
+    """float32 ``(N, *OBSERVATION_SHAPE)``."""
+    legal_masks: np.ndarray
+    """bool ``(N, NUM_ACTIONS)``."""
+    actions: np.ndarray
+    """int64 ``(N,)``."""
+    results: np.ndarray
+    """float32 ``(N,)`` from the mover's view; 0 where unknown."""
+    result_known: np.ndarray
+    """bool ``(N,)``."""
+
+
+def decode_samples(samples: np.ndarray) -> DecodedBatch:
+    """What the network sees and is taught for each sample.
+
+    :raises DatasetError: if a sample's move is not legal in its position (a damaged shard).
+    """
+    count = len(samples)
+    observations = np.empty((count, *OBSERVATION_SHAPE), dtype=np.float32)
+    masks = np.zeros((count, NUM_ACTIONS), dtype=bool)
+    board = cshogi.Board()
+    hcp = np.empty(32, dtype=np.uint8)
+    for index in range(count):
+        hcp[:] = samples["hcp"][index]
+        board.set_hcp(hcp)
+        fill_observation(observations, index, board, int(samples["repetitions"][index]))
+        masks[index] = legal_action_mask(board)
+    actions = samples["action"].astype(np.int64)
+    if not masks[np.arange(count), actions].all():
+        raise DatasetError("a sample's move is not legal in its position: the shard is damaged")
+    results = samples["result"].astype(np.float32)
+    known = samples["result"] != RESULT_UNKNOWN
+    results[~known] = 0.0
+    return DecodedBatch(observations, masks, actions, results, known)

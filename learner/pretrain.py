@@ -1,0 +1,535 @@
+"""``keisei-pretrain``: supervised pre-training from game records, before self-play.
+
+Usage::
+
+    keisei-pretrain [--config FILE.toml] [--set section.key=value ...] [--data DIR]
+                    [--resume] RECORDS...
+
+``RECORDS`` are CSA, KIF and USI files, folders of them and ``.zip``/``.tar.gz``
+archives (``keisei.kifu``). They are read once into a data set of compact position
+shards (``keisei.dataset``; ``run.dir/data`` unless ``--data DIR`` names another,
+which is reused when it already holds one), a share of games held out for
+validation. The network (``[model]``, the same presets as the learner) then learns
+the recorded move (cross-entropy over the legal moves) and the game's result (the
+value, from the mover's view), weighted by ``[pretrain]``.
+
+After each epoch (and every ``pretrain.validate_every`` positions) it scores the
+held-out positions, writes one line to ``run.dir/metrics.jsonl`` (and TensorBoard),
+and a checkpoint in ``run.dir/checkpoints`` that ``keisei-eval``, ``keisei-usi`` and
+``keisei-learner --init-from`` read. ``--resume`` continues exactly where the newest
+checkpoint stands; SIGINT/SIGTERM stop after the current batch with a checkpoint.
+Exit codes: 0 finished, 1 failed, 2 bad arguments, configuration or records, 130
+stopped by a signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from keisei.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from keisei.config import Config, ConfigError, load_config, read_toml
+from keisei.dataset import (
+    DatasetError,
+    DecodedBatch,
+    ShardSet,
+    decode_samples,
+    prepare_dataset,
+    read_summary,
+)
+from keisei.files import write_text_atomically
+from keisei.model import (
+    PolicyValueNet,
+    autocast,
+    build_model,
+    count_parameters,
+    masked_logits,
+    resolve_precision,
+    to_device,
+)
+from keisei.ppo import learning_rate_at
+from learner.dashboard import MetricsWriter
+from learner.main import ExitCode, setup_logging, stop_on_signals
+
+logger = logging.getLogger(__name__)
+
+
+class PretrainInterrupted(Exception):
+    """A stop was requested; raised between batches."""
+
+
+@dataclass(frozen=True)
+class PretrainReport:
+    """One validation point: what ``metrics.jsonl`` and the dashboard show."""
+
+    step: int
+    """Training positions seen so far."""
+    epoch: float
+    batches: int
+    learning_rate: float
+    train_policy_loss: float
+    train_value_loss: float
+    train_accuracy: float
+    val_policy_loss: float
+    val_value_loss: float
+    val_accuracy: float
+    val_positions: int
+    positions_per_second: float
+    seconds: float
+    time: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``metrics.jsonl`` record (NaN, e.g. with no held-out games, as null)."""
+        return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                for key, value in asdict(self).items()}
+
+
+@dataclass
+class Figures:
+    """Running sums of losses and hits over positions."""
+
+    positions: int = 0
+    valued: int = 0
+    policy: float = 0.0
+    value: float = 0.0
+    hits: int = 0
+
+    def add(self, count: int, valued: int, policy_sum: float, value_sum: float, hits: int) -> None:
+        self.positions += count
+        self.valued += valued
+        self.policy += policy_sum
+        self.value += value_sum
+        self.hits += hits
+
+    def means(self) -> tuple[float, float, float]:
+        """(policy loss, value loss, top-1 accuracy); NaN where nothing was counted."""
+        positions = self.positions or math.nan
+        return self.policy / positions, self.value / (self.valued or math.nan), self.hits / positions
+
+
+def supervised_losses(logits: torch.Tensor, values: torch.Tensor, batch: dict[str, torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy on the recorded move (over the legal moves), the value
+    loss ``0.5 (v - result)^2`` where the result is known (0 elsewhere), whether the
+    top move is the recorded one, and the known mask as float."""
+    masked = masked_logits(logits.float(), batch["legal"])
+    log_probs = torch.log_softmax(masked, dim=-1)
+    policy = -log_probs.gather(1, batch["actions"][:, None]).squeeze(1)
+    known = batch["known"].float()
+    value = 0.5 * (values.float() - batch["results"]) ** 2 * known
+    hits = (masked.argmax(dim=-1) == batch["actions"]).float()
+    return policy, value, hits, known
+
+
+class Pretrainer:
+    """The network, optimizer, schedule and counters of a pre-training run."""
+
+    def __init__(self, config: Config, train_set: ShardSet, val_set: ShardSet,
+                 stop: threading.Event) -> None:
+        self.config = config
+        self.train_set, self.val_set = train_set, val_set
+        self.stop = stop
+        settings = config.pretrain
+        self.device = torch.device(config.run.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError([f"run.device = {config.run.device!r}: CUDA is not available here"])
+        try:
+            self.autocast_dtype = resolve_precision(config.run.precision, self.device)
+        except ValueError as exc:
+            raise ConfigError([f"run.precision = {config.run.precision!r}: {exc}"]) from exc
+        torch.manual_seed(config.run.seed)
+        random.seed(config.run.seed)
+        self.model: PolicyValueNet = build_model(config.model).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate,
+                                           weight_decay=settings.weight_decay)
+        self.batches_per_epoch = len(train_set) // settings.batch_size
+        if self.batches_per_epoch == 0:
+            raise DatasetError(f"{len(train_set)} training positions make no batch of "
+                               f"pretrain.batch_size = {settings.batch_size}")
+        self.total_batches = self.batches_per_epoch * settings.epochs
+        self.rng = np.random.default_rng(config.run.seed)
+        self.epoch_rng_state: dict[str, Any] = copy.deepcopy(dict(self.rng.bit_generator.state))
+        self.step = 0
+        self.batches = 0
+        self.batch_in_epoch = 0
+        self.epoch = 0
+        self.seconds = 0.0  # training time over all sessions (the time budget counts it)
+        self.running = Figures()
+
+    # --- training -----------------------------------------------------------------------
+    def progress(self) -> float:
+        """How far through the run: batches, or the time budget if that is further along."""
+        done = self.batches / self.total_batches
+        minutes = self.config.pretrain.minutes
+        if minutes:
+            done = max(done, self.seconds / (60 * minutes))
+        return min(done, 1.0)
+
+    def finished(self) -> bool:
+        return self.batches >= self.total_batches or (
+            bool(self.config.pretrain.minutes) and self.seconds >= 60 * self.config.pretrain.minutes)
+
+    def epoch_batches(self) -> Iterator[np.ndarray]:
+        """The rest of the current epoch's batches (a resumed run skips those it trained)."""
+        self.rng.bit_generator.state = copy.deepcopy(self.epoch_rng_state)
+        settings = self.config.pretrain
+        batches = self.train_set.batches(settings.batch_size, self.rng, settings.shuffle_shards)
+        for index, samples in enumerate(batches):
+            if index >= self.batch_in_epoch:
+                yield samples
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_rng_state = copy.deepcopy(dict(self.rng.bit_generator.state))
+
+    def tensors(self, decoded: DecodedBatch) -> dict[str, torch.Tensor]:
+        device = self.device
+        return {"observations": to_device(decoded.observations, device),
+                "legal": to_device(decoded.legal_masks, device),
+                "actions": to_device(decoded.actions, device),
+                "results": to_device(decoded.results, device),
+                "known": to_device(decoded.result_known, device)}
+
+    def train_batch(self, samples: np.ndarray) -> None:
+        """One gradient step on ``samples``."""
+        if self.stop.is_set():
+            raise PretrainInterrupted(f"stop requested at position {self.step}")
+        started = time.perf_counter()
+        settings = self.config.pretrain
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate_at(settings.lr_schedule, settings.learning_rate,
+                                           self.progress())
+        batch = self.tensors(decode_samples(samples))
+        self.model.train()
+        with autocast(self.device, self.autocast_dtype):
+            logits, values = self.model(batch["observations"])
+        policy, value, hits, known = supervised_losses(logits, values, batch)
+        valued = float(known.sum())
+        loss = (settings.policy_weight * policy.mean()
+                + settings.value_weight * value.sum() / max(valued, 1.0))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss is {float(loss)} at position {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.running.add(len(samples), int(valued), float(policy.detach().sum()),
+                         float(value.detach().sum()), int(hits.sum()))
+        self.step += len(samples)
+        self.batches += 1
+        self.batch_in_epoch += 1
+        self.seconds += time.perf_counter() - started
+
+    @torch.no_grad()
+    def validate(self) -> Figures:
+        """Losses and top-1 accuracy on the first ``pretrain.val_positions`` held-out positions."""
+        figures = Figures()
+        if not len(self.val_set):
+            return figures
+        self.model.eval()
+        limit = self.config.pretrain.val_positions
+        for samples in self.val_set.batches(512, None):
+            samples = samples[:limit - figures.positions]
+            batch = self.tensors(decode_samples(samples))
+            with autocast(self.device, self.autocast_dtype):
+                logits, values = self.model(batch["observations"])
+            policy, value, hits, known = supervised_losses(logits, values, batch)
+            figures.add(len(samples), int(known.sum()), float(policy.sum()), float(value.sum()),
+                        int(hits.sum()))
+            if figures.positions >= limit:
+                break
+        return figures
+
+    def report(self, val: Figures, rate: float) -> PretrainReport:
+        train_policy, train_value, train_accuracy = self.running.means()
+        val_policy, val_value, val_accuracy = val.means()
+        self.running = Figures()
+        return PretrainReport(
+            step=self.step, epoch=self.batches / self.batches_per_epoch, batches=self.batches,
+            learning_rate=self.optimizer.param_groups[0]["lr"], train_policy_loss=train_policy,
+            train_value_loss=train_value, train_accuracy=train_accuracy,
+            val_policy_loss=val_policy, val_value_loss=val_value, val_accuracy=val_accuracy,
+            val_positions=val.positions, positions_per_second=rate, seconds=self.seconds,
+            time=time.time())
+
+    # --- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A checkpoint: the learner's readers need ``model``, ``config`` and ``counters``."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "config": self.config.to_dict(),
+                "counters": {"step": self.step, "epoch": self.epoch, "policy_version": 0,
+                             "batches": self.batches, "batch_in_epoch": self.batch_in_epoch,
+                             "seconds": self.seconds, "pretrain": True},
+                "rng": {"epoch": self.epoch_rng_state, "torch": torch.get_rng_state()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        counters = state["counters"]
+        self.step, self.epoch = int(counters["step"]), int(counters["epoch"])
+        self.batches, self.batch_in_epoch = int(counters["batches"]), int(counters["batch_in_epoch"])
+        self.seconds = float(counters["seconds"])
+        self.epoch_rng_state = state["rng"]["epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+
+
+class PretrainDashboard:
+    """A live table of the latest figures on a terminal; plain log lines otherwise."""
+
+    def __init__(self, mode: str, refresh: float, stream: IO[str] | None = None) -> None:
+        stream = stream or sys.stdout
+        self.rich = mode == "rich" or (mode == "auto" and stream.isatty())
+        self.refresh = refresh
+        self.live: Live | None = None
+        self.console = Console(file=stream)
+        self.last: PretrainReport | None = None
+        self.trainer: Pretrainer | None = None
+        self.printed = 0.0
+
+    def __enter__(self) -> PretrainDashboard:
+        if self.rich:
+            self.live = Live(self.render(), console=self.console, refresh_per_second=4)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+            self.live = None
+
+    def tick(self, trainer: Pretrainer, rate: float) -> None:
+        self.trainer = trainer
+        now = time.monotonic()
+        if now - self.printed < self.refresh:
+            return
+        self.printed = now
+        if self.live is not None:
+            self.live.update(self.render(rate))
+        else:
+            policy, value, accuracy = trainer.running.means()
+            logger.info("position %d (epoch %.2f): train policy loss %.3f, value loss %.3f, "
+                        "top-1 %.3f, %.0f positions/s", trainer.step,
+                        trainer.batches / trainer.batches_per_epoch, policy, value, accuracy, rate)
+
+    def __call__(self, report: PretrainReport) -> None:
+        self.last = report
+        if self.live is not None:
+            self.live.update(self.render(report.positions_per_second))
+        logger.info("validation at position %d (epoch %.2f): policy loss %.3f, value loss %.3f, "
+                    "top-1 %.3f on %d held-out positions; train top-1 %.3f; %.0f positions/s",
+                    report.step, report.epoch, report.val_policy_loss, report.val_value_loss,
+                    report.val_accuracy, report.val_positions, report.train_accuracy,
+                    report.positions_per_second)
+
+    def render(self, rate: float = math.nan) -> Table:
+        table = Table(title="keisei-pretrain", show_header=True)
+        table.add_column("")
+        table.add_column("policy loss", justify="right")
+        table.add_column("value loss", justify="right")
+        table.add_column("top-1", justify="right")
+        if self.trainer is not None:
+            policy, value, accuracy = self.trainer.running.means()
+            table.add_row(f"train (pos {self.trainer.step}, {rate:.0f}/s)", f"{policy:.3f}",
+                          f"{value:.3f}", f"{accuracy:.3f}")
+        if self.last is not None:
+            last = self.last
+            table.add_row(f"held out (epoch {last.epoch:.2f})", f"{last.val_policy_loss:.3f}",
+                          f"{last.val_value_loss:.3f}", f"{last.val_accuracy:.3f}")
+        return table
+
+
+# --- the command ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keisei-pretrain", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a Keisei network on game records (supervised), as a start for "
+                    "keisei-learner --init-from.",
+        epilog="configuration keys (set in the TOML file or with --set):\n" + Config.describe())
+    parser.add_argument("records", nargs="*", metavar="RECORDS",
+                        help="CSA/KIF/USI files, folders and .zip/.tar.gz archives")
+    parser.add_argument("--config", metavar="FILE.toml", default=os.environ.get("KEISEI_CONFIG"))
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        dest="overrides", help="override one key (repeatable)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="the prepared data set (default run.dir/data); made from RECORDS "
+                             "when it holds none, reused as it is when it does")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in run.dir from its newest checkpoint")
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> tuple[Config, Path, Path]:
+    """The config, run folder and data folder; checks what must be checked before work.
+
+    :raises ConfigError: naming the problem.
+    """
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(config.run.dir)
+    if args.resume:
+        saved = run_dir / "config.toml"
+        if not saved.is_file():
+            raise ConfigError([f"--resume: {saved} does not exist; there is no run to resume"])
+        config = load_config(args.config, args.overrides, base=read_toml(saved))
+    elif list_checkpoints(run_dir / "checkpoints") or (run_dir / "metrics.jsonl").exists():
+        raise ConfigError([f"run.dir = {str(run_dir)!r} already holds a run; pass --resume to "
+                           "continue it, or choose another run.dir"])
+    data = Path(args.data) if args.data else run_dir / "data"
+    if not (data / "dataset.json").is_file() and not args.records:
+        raise ConfigError([f"{data} holds no data set: name the records to read (files, "
+                           "folders, .zip/.tar.gz archives)"])
+    return config, run_dir, data
+
+
+def open_data(config: Config, data: Path, records: Sequence[str]) -> tuple[ShardSet, ShardSet]:
+    """The training and validation shards, preparing them from ``records`` if needed."""
+    settings = config.pretrain
+    if (data / "dataset.json").is_file():
+        summary = read_summary(data)
+        if records:
+            logger.info("%s already holds a data set (from %s); the records named are not read "
+                        "again", data, ", ".join(summary.sources))
+    else:
+        logger.info("reading %s into %s", ", ".join(records), data)
+        summary = prepare_dataset(records, data, val_fraction=settings.val_fraction,
+                                  max_duplicates=settings.max_duplicates,
+                                  shard_size=settings.shard_size)
+    logger.info("data set: %s", summary.line())
+    return ShardSet(data, "train"), ShardSet(data, "val")
+
+
+def resume(trainer: Pretrainer, run_dir: Path) -> None:
+    """Load the newest checkpoint that loads.
+
+    :raises ConfigError: if none does, or its network differs from the config's.
+    """
+    problems = []
+    for checkpoint in list_checkpoints(run_dir / "checkpoints")[::-1]:
+        try:
+            state = load_checkpoint(checkpoint)
+        except CheckpointError as exc:
+            logger.warning("skipping checkpoint %s", exc)
+            problems.append(str(exc))
+            continue
+        if state["config"]["model"] != trainer.config.to_dict()["model"]:
+            raise ConfigError([f"[model] differs from {checkpoint}'s {state['config']['model']}"])
+        trainer.load_state_dict(state)
+        logger.info("resumed from %s at position %d (epoch %d, batch %d)", checkpoint,
+                    trainer.step, trainer.epoch, trainer.batch_in_epoch)
+        return
+    raise ConfigError(["--resume: no checkpoint loads", *problems])
+
+
+def run(trainer: Pretrainer, metrics: MetricsWriter, dashboard: PretrainDashboard,
+        save: Any) -> None:
+    """Epochs until done; validate, write metrics and a checkpoint at each point."""
+    validate_every = trainer.config.pretrain.validate_every
+    next_validation = (trainer.step // validate_every + 1) * validate_every if validate_every else None
+    rate_start, rate_step = time.perf_counter(), trainer.step
+
+    def checkpoint_here() -> None:
+        nonlocal rate_start, rate_step
+        now = time.perf_counter()
+        rate = (trainer.step - rate_step) / max(now - rate_start, 1e-9)
+        report = trainer.report(trainer.validate(), rate)
+        metrics(report)
+        dashboard(report)
+        save()
+        rate_start, rate_step = time.perf_counter(), trainer.step
+
+    while not trainer.finished():
+        for samples in trainer.epoch_batches():
+            trainer.train_batch(samples)
+            elapsed = time.perf_counter() - rate_start
+            dashboard.tick(trainer, (trainer.step - rate_step) / max(elapsed, 1e-9))
+            if trainer.finished():
+                break
+            if next_validation is not None and trainer.step >= next_validation:
+                next_validation += validate_every
+                checkpoint_here()
+        if trainer.batch_in_epoch >= trainer.batches_per_epoch:
+            trainer.next_epoch()
+        checkpoint_here()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config, run_dir, data = resolve(args)
+    except ConfigError as exc:
+        print(f"keisei-pretrain: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    on_tty = config.display.mode == "rich" or (config.display.mode == "auto" and sys.stdout.isatty())
+    setup_logging(on_tty)
+    torch.set_num_threads(config.run.threads or os.cpu_count() or 1)
+    stop = threading.Event()
+    try:
+        train_set, val_set = open_data(config, data, args.records)
+        trainer = Pretrainer(config, train_set, val_set, stop)
+        if args.resume:
+            resume(trainer, run_dir)
+    except (ConfigError, DatasetError, FileNotFoundError, OSError) as exc:
+        print(f"keisei-pretrain: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_text_atomically(run_dir / "config.toml", config.to_toml())
+    logger.info("pre-training %s parameters on %d positions (%d held out), %d batches of %d per "
+                "epoch, %d epochs%s, %d torch threads", f"{count_parameters(trainer.model):,}",
+                len(train_set), len(val_set), trainer.batches_per_epoch, config.pretrain.batch_size,
+                config.pretrain.epochs,
+                f", at most {config.pretrain.minutes:g} min" if config.pretrain.minutes else "",
+                torch.get_num_threads())
+    saved = {"step": -1}
+
+    def save() -> None:
+        if trainer.step == saved["step"]:
+            return
+        path = save_checkpoint(run_dir / "checkpoints", trainer.step, trainer.state_dict(),
+                               config.checkpoint.keep)
+        saved["step"] = trainer.step
+        logger.info("checkpoint %s", path)
+
+    code = ExitCode.SUCCESS
+    with (MetricsWriter(run_dir / "metrics.jsonl", run_dir / "tensorboard") as metrics,
+          PretrainDashboard(config.display.mode, config.display.refresh_seconds) as dashboard,
+          stop_on_signals(stop)):
+        try:
+            run(trainer, metrics, dashboard, save)
+        except PretrainInterrupted as exc:
+            logger.warning("%s", exc)
+            code = ExitCode.INTERRUPTED
+        except (DatasetError, FloatingPointError, OSError) as exc:
+            logger.error("pre-training failed: %s", exc)
+            code = ExitCode.FAILURE
+        finally:
+            try:
+                save()
+            except OSError as exc:
+                logger.error("the final checkpoint could not be written: %s", exc)
+                code = ExitCode.FAILURE
+    if code == ExitCode.SUCCESS:
+        print(f"pre-trained {trainer.step} positions ({trainer.batches / trainer.batches_per_epoch:.2f} "
+              "epochs) in "
+              f"{trainer.seconds:.0f} s; checkpoints in {run_dir / 'checkpoints'}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""``keisei-generate``: training games played by an engine against itself, written as CSA.
+
+Usage::
+
+    keisei-generate --engine SPEC [--depth N | --nodes N | --byoyomi MS] --output DIR
+                    [--games N] [--minutes M] [--workers W] [--random-plies K]
+                    [--random-share P] [--max-plies N] [--seed S]
+
+``SPEC`` is any player ``keisei-eval`` knows: ``usi:COMMAND`` (Fairy-Stockfish, GPS
+Shogi's ``gpsusi``, Sjaak II), ``gnushogi:DEPTH``, ``checkpoint:PATH``, ``greedy``.
+Each game starts from one of the shipped openings (or ``--openings``). Then, for the
+next ``--random-plies`` plies, each move is a uniformly random legal move with
+probability ``--random-share`` and the engine's otherwise, so that a deterministic
+engine's games differ. The record starts *after* that prefix: every move in it is the
+engine's, and ``keisei-pretrain`` imitates none of the random ones.
+
+Each worker process appends its games to ``DIR/games-WW.csa`` (CSA V2.2, games
+separated by ``/``), one whole game per write, so an interrupted run keeps every
+finished game. Progress is printed every ``--progress`` seconds; a summary (games,
+positions, result mix, plies/s) at the end, also as ``DIR/summary.json``.
+Exit codes: 0 done (also after Ctrl-C), 1 failed, 2 bad arguments or engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import queue
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keisei.errors import IllegalMoveError, KeiseiError
+from keisei.evaluation import apply_decision, load_openings
+from keisei.files import write_json_atomically
+from keisei.shogi import Color, Game
+from workers.engines import EngineError
+from workers.evaluate import PlayerSpec, build_player, parse_options, parse_spec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateTask:
+    """What one worker process plays: games ``worker, worker + workers, ...``."""
+
+    spec: PlayerSpec
+    worker: int
+    workers: int
+    games: int | None
+    deadline: float | None
+    """``time.time()`` after which no new game starts."""
+    openings: list[tuple[str, ...]]
+    random_plies: int
+    random_share: float
+    max_plies: int
+    seed: int
+    output: str
+
+
+@dataclass(frozen=True)
+class GameSummary:
+    """What a worker reports about one finished game."""
+
+    worker: int
+    plies: int
+    """Moves in the record (the engine's moves)."""
+    winner: str
+    """``black``, ``white`` or ``draw``."""
+    reason: str
+
+
+def start_game(opening: Sequence[str], random_plies: int, random_share: float,
+               max_plies: int, rng: random.Random, choose: Any) -> Game:
+    """The opening, then ``random_plies`` plies each random with probability
+    ``random_share`` (``choose(game)`` plays the others); returns a fresh ``Game`` that
+    starts where that prefix ended, so its moves will all be the engine's."""
+    prefix = Game(max_plies=len(opening) + random_plies + 1)
+    for move in opening:
+        prefix.push_usi(move)
+    for _ in range(random_plies):
+        if prefix.is_over:
+            break
+        if rng.random() < random_share:
+            prefix.push(rng.choice(prefix.legal_moves()))
+        else:
+            apply_decision(prefix, choose(prefix))
+    if prefix.is_over:  # a prefix that already ended (mate by a random move): no record
+        return Game(max_plies=max_plies)
+    return Game(prefix.sfen(), max_plies=max_plies)
+
+
+def play_games(task: GenerateTask, progress: Any) -> None:
+    """A worker: play games until the count or the deadline, append each as CSA."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s "
+                        "%(levelname)s %(message)s", force=True)
+    player = build_player(task.spec)
+    path = Path(task.output) / f"games-{task.worker:02d}.csa"
+    index = task.worker
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            while task.games is None or index < task.games:
+                if task.deadline is not None and time.time() >= task.deadline:
+                    break
+                rng = random.Random(task.seed * 1_000_003 + index)
+                opening = task.openings[index % len(task.openings)]
+
+                def choose(game: Game, rng: random.Random = rng) -> Any:
+                    return player.choose([game], [rng])[0]
+
+                game = start_game(opening, task.random_plies, task.random_share,
+                                  task.max_plies, rng, choose)
+                while not game.is_over:
+                    apply_decision(game, choose(game))
+                handle.write(("/\n" if handle.tell() else "") + game.to_csa((player.name,) * 2))
+                handle.flush()
+                outcome = game.outcome
+                assert outcome is not None
+                winner = "draw" if outcome.winner is None else str(outcome.winner)
+                progress.put(GameSummary(task.worker, game.ply, winner, str(outcome.reason)))
+                index += task.workers
+    finally:
+        player.close()
+        progress.put(None)
+
+
+@dataclass
+class Totals:
+    """Running totals over every worker's games."""
+
+    games: int = 0
+    positions: int = 0
+    results: Counter[str] | None = None
+    reasons: Counter[str] | None = None
+
+    def add(self, summary: GameSummary) -> None:
+        self.results = self.results or Counter()
+        self.reasons = self.reasons or Counter()
+        self.games += 1
+        self.positions += summary.plies
+        self.results[summary.winner] += 1
+        self.reasons[summary.reason] += 1
+
+    def line(self, seconds: float) -> str:
+        results = self.results or Counter()
+        mix = " ".join(f"{key} {results[key] / max(self.games, 1):.0%}"
+                       for key in (str(Color.BLACK), str(Color.WHITE), "draw"))
+        return (f"{self.games} games, {self.positions} positions, {mix}, "
+                f"{self.positions / max(seconds, 1e-9):.0f} plies/s")
+
+    def to_dict(self, seconds: float) -> dict[str, object]:
+        return {"games": self.games, "positions": self.positions, "seconds": round(seconds, 1),
+                "plies_per_second": self.positions / max(seconds, 1e-9),
+                "results": dict(self.results or {}), "reasons": dict(self.reasons or {})}
+
+
+def generate(tasks: Sequence[GenerateTask], progress_seconds: float) -> Totals:
+    """Run the workers, print progress, stop them cleanly on Ctrl-C; the totals."""
+    context = multiprocessing.get_context("spawn")
+    progress = context.Queue()
+    processes = [context.Process(target=play_games, args=(task, progress), daemon=True)
+                 for task in tasks]
+    totals = Totals()
+    started = time.monotonic()
+    last_print = started
+    running = len(processes)
+    for process in processes:
+        process.start()
+    try:
+        while running:
+            try:
+                item = progress.get(timeout=0.5)
+            except queue.Empty:
+                item = False
+                if not any(process.is_alive() for process in processes):
+                    break
+            if item is None:
+                running -= 1
+            elif item:
+                totals.add(item)
+            now = time.monotonic()
+            if now - last_print >= progress_seconds:
+                print(f"[{now - started:6.0f} s] {totals.line(now - started)}", flush=True)
+                last_print = now
+    except KeyboardInterrupt:
+        print("interrupted: stopping the workers (finished games are kept)", flush=True)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        while True:  # games that finished while stopping
+            try:
+                item = progress.get_nowait()
+            except queue.Empty:
+                break
+            if item:
+                totals.add(item)
+    failed = [task.worker for task, process in zip(tasks, processes, strict=True)
+              if process.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        raise KeiseiError(f"worker(s) {failed} failed; see the log above")
+    return totals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keisei-generate", description="Engine self-play games as CSA records, for "
+        "keisei-pretrain.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="engines: usi:COMMAND | gnushogi:DEPTH | checkpoint:PATH | greedy")
+    parser.add_argument("--engine", default="usi:fairy-stockfish", metavar="SPEC",
+                        help="the player of both sides (default usi:fairy-stockfish)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the CSA files")
+    parser.add_argument("--games", type=int, help="games to play in all")
+    parser.add_argument("--minutes", type=float, help="start no game after this many minutes "
+                        "(with --games: whichever comes first)")
+    parser.add_argument("--workers", type=int, default=1, help="processes (one engine each)")
+    parser.add_argument("--random-plies", type=int, default=8, metavar="K",
+                        help="plies after the opening that may be random (default 8)")
+    parser.add_argument("--random-share", type=float, default=0.25, metavar="P",
+                        help="chance that each of those plies is a random legal move (default 0.25)")
+    parser.add_argument("--max-plies", type=int, default=320, help="a game this long is a draw")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same games")
+    parser.add_argument("--openings", metavar="FILE",
+                        help="USI move lines from the start position (default: Keisei's set)")
+    parser.add_argument("--progress", type=float, default=10.0, metavar="S",
+                        help="seconds between progress lines")
+    engine = parser.add_argument_group("usi: engines")
+    engine.add_argument("--depth", type=int, help="go depth N (default 4 when no limit is given)")
+    engine.add_argument("--nodes", type=int, help="go nodes N")
+    engine.add_argument("--byoyomi", type=int, metavar="MS", help="go byoyomi MS")
+    engine.add_argument("--usi-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="setoption (repeatable), e.g. 'Threads=1'")
+    engine.add_argument("--move-timeout", type=float, default=30.0, metavar="S",
+                        help="an engine silent this long forfeits the game")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if args.games is None and args.minutes is None:
+        problems.append("say how much to play: --games N, --minutes M or both")
+    if args.games is not None and args.games < 1:
+        problems.append("--games must be at least 1")
+    if args.minutes is not None and not args.minutes > 0:
+        problems.append("--minutes must be more than 0")
+    for flag in ("workers", "max_plies"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("depth", "nodes", "byoyomi"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            problems.append(f"--{flag} must be at least 1")
+    if args.random_plies < 0:
+        problems.append("--random-plies must be at least 0")
+    if not 0.0 <= args.random_share <= 1.0:
+        problems.append("--random-share must be from 0 to 1")
+    if not args.progress > 0 or not args.move_timeout > 0:
+        problems.append("--progress and --move-timeout must be more than 0")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    problems = check_arguments(args)
+    if problems:
+        print("keisei-generate: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    depth = args.depth
+    if args.engine.startswith("usi:") and depth is None and args.nodes is None and args.byoyomi is None:
+        depth = 4
+    output = Path(args.output)
+    try:
+        spec = parse_spec(args.engine, options=parse_options(args.usi_option), depth=depth,
+                          nodes=args.nodes, byoyomi_ms=args.byoyomi, move_timeout=args.move_timeout)
+        player = build_player(spec)  # a wrong command or option fails here, before any game
+        try:
+            start = getattr(player, "start", None)
+            if start is not None:
+                start()
+        finally:
+            player.close()
+        text = Path(args.openings).read_text(encoding="utf-8") if args.openings else None
+        openings = load_openings(text)
+        output.mkdir(parents=True, exist_ok=True)
+    except (EngineError, IllegalMoveError, ValueError, OSError, KeiseiError) as exc:
+        print(f"keisei-generate: {exc}", file=sys.stderr)
+        return 2
+    existing = sorted(output.glob("games-*.csa"))
+    if existing:
+        print(f"keisei-generate: appending to {len(existing)} existing file(s) in {output}; "
+              "use another --seed for new games", flush=True)
+    deadline = time.time() + 60 * args.minutes if args.minutes is not None else None
+    tasks = [GenerateTask(spec, worker, args.workers, args.games, deadline, openings,
+                          args.random_plies, args.random_share, args.max_plies, args.seed,
+                          str(output)) for worker in range(args.workers)]
+    print(f"generating with {spec.name} on {args.workers} process(es) into {output}", flush=True)
+    started = time.monotonic()
+    try:
+        totals = generate(tasks, args.progress)
+    except KeiseiError as exc:
+        logger.error("%s", exc)
+        return 1
+    seconds = time.monotonic() - started
+    print(f"done: {totals.line(seconds)} in {seconds:.0f} s; reasons: "
+          + ", ".join(f"{key} {value}" for key, value in sorted((totals.reasons or {}).items())))
+    summary = {"engine": spec.name, "spec": spec.spec, "workers": args.workers, "seed": args.seed,
+               "random_plies": args.random_plies, "random_share": args.random_share,
+               "max_plies": args.max_plies, **totals.to_dict(seconds)}
+    write_json_atomically(output / "summary.json", summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
