@@ -11,9 +11,14 @@ Elo difference of the final network against each, and one Elo per player fitted 
 those games plus greedy against random (random = 0). ``--ladder`` then plays the final
 network against every installed engine rung of ``keisei-eval --ladder``.
 
+``--init-from CHECKPOINT`` starts from a pre-trained network (``keisei-pretrain``) instead
+of random weights, as ``keisei-learner --init-from`` does: the curve's first point is that
+network, and the final network also plays it directly (colour-swapped pairs), which says
+whether PPO kept, lost or added to what pre-training taught.
+
 Usage: python -m bench.learning [--minutes 10] [--eval-games 200] [--curve 5]
 [--curve-games 100] [--ladder] [--ladder-games 100] [--save PATH.pt]
-[--set section.key=value ...]
+[--init-from CHECKPOINT] [--set section.key=value ...]
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ladder-games", type=int, default=100, help="games per ladder rung")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--init-from", metavar="CHECKPOINT",
+                        help="start from this pre-trained network instead of random weights")
     parser.add_argument("--save", metavar="PATH.pt",
                         help="also save the trained network (for keisei-eval or keisei-usi)")
     return parser
@@ -76,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         config = load_config(None, [*SETTINGS, f"run.dir={run_dir}", f"run.seed={args.seed}",
                                     *args.overrides])
-        with Learner(config, LearnerOptions()) as learner:
+        with Learner(config, LearnerOptions(init_from=args.init_from)) as learner:
             trainer = learner.trainer
             untrained = copy.deepcopy(trainer.model)
             curve = _train_with_curve(learner, 60 * args.minutes, max(args.curve, 1))
@@ -140,7 +147,8 @@ def _evaluate(args: argparse.Namespace, trainer: Trainer, untrained: nn.Module,
     pairings = [Pairing("greedy", "random", baseline)]
     print(f"greedy vs random: {baseline}")
     print(f"{'minutes':>7} {'steps':>10}  {'vs random':<28} {'vs greedy':<28}")
-    points = [(0.0, 0, untrained, "untrained", args.eval_games)]
+    first = "initial" if args.init_from else "untrained"
+    points = [(0.0, 0, untrained, first, args.eval_games)]
     points += [(minutes, step, model, f"curve{index}", args.curve_games)
                for index, (minutes, step, model) in enumerate(curve[:-1], 1)]
     minutes, step, model = curve[-1]
@@ -154,6 +162,15 @@ def _evaluate(args: argparse.Namespace, trainer: Trainer, untrained: nn.Module,
             for result in results), flush=True)
     for opponent, result in zip(("random", "greedy"), [p.result for p in pairings[-2:]], strict=True):
         print(f"trained vs {opponent}: {result}")
+    if args.init_from:
+        final = PolicyPlayer(model, "trained", device=trainer.device,
+                             autocast_dtype=trainer.autocast_dtype)
+        initial = PolicyPlayer(untrained, "initial", device=trainer.device,
+                               autocast_dtype=trainer.autocast_dtype)
+        direct = tally(play_match(final, initial, openings, range((args.eval_games + 1) // 2),
+                                  seed=seed))
+        pairings.append(Pairing("trained", "initial", direct))
+        print(f"trained vs initial: {direct}")
     return pairings
 
 

@@ -538,7 +538,9 @@ class Game:
             max_plies = (len(moves) if endgame == "%MAX_MOVES" and moves
                          else max(DEFAULT_MAX_PLIES, len(moves) + 1))
         try:
-            game = cls(sfen, max_plies=max_plies)
+            # No automatic declaration on replay: a player may play on from a position where
+            # declaring would win; a %KACHI end is checked below instead.
+            game = cls(sfen, max_plies=max_plies, entering_king=False)
         except InvalidSfenError as exc:
             raise RecordError(f"record's start position is invalid: {exc}") from exc
         for number, move in enumerate(moves, start=1):
@@ -547,6 +549,7 @@ class Game:
             if move not in game._legal:
                 raise RecordError(f"move {number} ({_describe(move)}) is illegal in {game.sfen()}")
             game.push(move)
+        game.entering_king = True  # for play from here on, as every Game
         known, claimed = _claimed_result(endgame, win, game.side_to_move)
         decided = game._outcome
         after = f"after move {len(moves)}" if moves else "at the start"
@@ -554,6 +557,9 @@ class Game:
             if known and claimed is not decided.winner:
                 raise RecordError(f"the record claims {_result_words(claimed)} ({endgame}) but "
                                   f"the position {after} is {decided}")
+            return game
+        if endgame == "%KACHI" and game.board.is_nyugyoku():
+            game._outcome = Outcome(game.side_to_move, Termination.ENTERING_KING)
             return game
         if endgame in _RULE_ENDINGS:
             raise RecordError(f"the record claims {_RULE_ENDINGS[endgame]} ({endgame}) but the "
@@ -570,7 +576,8 @@ def _describe(move: int) -> str:
     to_square, from_square = move & 0x7F, (move >> 7) & 0x7F
     if to_square >= 81 or from_square >= 88:
         return "<not a move>"
-    return str(cshogi.move_to_usi(move))
+    text = cshogi.move_to_usi(move)
+    return "<not a move>" if text is None else str(text)
 
 
 def _csa_ending(outcome: Outcome | None, to_move: Color, illegal: int | None) -> list[str]:

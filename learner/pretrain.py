@@ -454,6 +454,8 @@ def run(trainer: Pretrainer, metrics: MetricsWriter, dashboard: PretrainDashboar
         save()
         rate_start, rate_step = time.perf_counter(), trainer.step
 
+    if trainer.step == 0:  # the untrained network's figures: the baseline of the curve
+        checkpoint_here()
     while not trainer.finished():
         for samples in trainer.epoch_batches():
             trainer.train_batch(samples)

@@ -12,6 +12,8 @@ from keisei.ppo import (
     compute_gae,
     explained_variance,
     game_advantages,
+    init_kl_coef_at,
+    kl_from_reference,
     learning_rate_at,
     ppo_losses,
     shaping_advantages,
@@ -125,3 +127,33 @@ def test_learning_rate_schedules_and_explained_variance() -> None:
     assert explained_variance(targets, targets) == 1.0
     assert explained_variance(np.zeros(3), targets) == pytest.approx(1 - np.var(targets) / np.var(targets))
     assert math.isnan(explained_variance(np.zeros(3), np.ones(3)))
+
+
+def test_kl_from_reference_matches_hand_computed_values() -> None:
+    # Two positions over four actions; the last action is illegal in the first one.
+    reference = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    policy = torch.tensor([[0.25, 0.25, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    kl = kl_from_reference(policy.log(), reference.log())
+    first = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(1.0) + 0.25 * math.log(0.25 / 0.5)
+    second = sum(p * math.log(p / 0.25) for p in (0.1, 0.2, 0.3, 0.4))
+    assert kl.tolist() == pytest.approx([first, second], rel=1e-5)
+    assert first == pytest.approx(0.17328679513998632)
+    same = kl_from_reference(reference.log(), reference.log())
+    assert same.tolist() == pytest.approx([0.0, 0.0], abs=1e-7)
+
+
+def test_kl_gradient_pulls_toward_the_reference() -> None:
+    logits = torch.zeros(1, 3, requires_grad=True)
+    reference = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    kl_from_reference(torch.log_softmax(logits, dim=-1), reference).sum().backward()
+    # d/dz KL(r || softmax(z)) = softmax(z) - r
+    assert logits.grad is not None
+    assert logits.grad[0].tolist() == pytest.approx([1 / 3 - 0.7, 1 / 3 - 0.2, 1 / 3 - 0.1])
+
+
+def test_init_kl_coefficient_decays_linearly() -> None:
+    assert init_kl_coef_at(0.5, 0, 10**9) == 0.5
+    assert init_kl_coef_at(0.5, 1000, 0) == pytest.approx(0.5)
+    assert init_kl_coef_at(0.5, 1000, 500) == pytest.approx(0.25)
+    assert init_kl_coef_at(0.5, 1000, 1000) == 0.0
+    assert init_kl_coef_at(0.5, 1000, 5000) == 0.0

@@ -1,0 +1,139 @@
+"""Position samples and shards: what the network is taught, duplicates, the split, batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cshogi
+import numpy as np
+import pytest
+
+from keisei.dataset import (
+    RESULT_UNKNOWN,
+    DatasetError,
+    DuplicateFilter,
+    ShardSet,
+    decode_samples,
+    game_positions,
+    prepare_dataset,
+    read_summary,
+    split_of,
+    zobrist_keys,
+)
+from keisei.encoding import encode_observation, legal_action_mask, move_to_action
+from keisei.kifu import RecordedGame
+from keisei.shogi import Color, Game, play_random_game
+
+
+def recorded(game: Game, known: bool = True, origin: str = "x#1") -> RecordedGame:
+    return RecordedGame(origin, game, known)
+
+
+def test_samples_decode_to_what_the_network_sees_in_the_game() -> None:
+    game = play_random_game(seed=5, max_plies=60)
+    samples = game_positions(recorded(game))
+    decoded = decode_samples(samples)
+    replay = Game(game.start_sfen, max_plies=100)
+    for index, move in enumerate(game.moves):
+        board = replay.board
+        np.testing.assert_array_equal(decoded.observations[index],
+                                      encode_observation(board, replay.repetitions))
+        np.testing.assert_array_equal(decoded.legal_masks[index], legal_action_mask(board))
+        assert decoded.actions[index] == move_to_action(board, move)
+        replay.push(move)
+
+
+def test_results_are_from_the_movers_view() -> None:
+    game = Game()
+    for usi in ("7g7f", "3c3d", "8h2b+", "3a2b"):
+        game.push_usi(usi)
+    game.resign()  # Black to move resigns: White won
+    assert game.outcome is not None and game.outcome.winner is Color.WHITE
+    decoded = decode_samples(game_positions(recorded(game)))
+    np.testing.assert_array_equal(decoded.results, [-1, 1, -1, 1])  # Black, White, Black, White
+    assert decoded.result_known.all()
+    unknown = game_positions(recorded(game, known=False))
+    assert (unknown["result"] == RESULT_UNKNOWN).all()
+    assert not decode_samples(unknown).result_known.any()
+
+
+def test_repetitions_reach_the_planes() -> None:
+    game = Game()
+    for _ in range(2):
+        for usi in ("5i5h", "5a5b", "5h5i", "5b5a"):
+            game.push_usi(usi)
+    game.push_usi("7g7f")
+    samples = game_positions(recorded(game, known=False))
+    assert list(samples["repetitions"]) == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+
+
+def test_duplicate_filter_keeps_a_pair_at_most_max_times() -> None:
+    games = [Game() for _ in range(5)]
+    for game in games:
+        game.push_usi("7g7f")
+    kept = [len(DuplicateFilter(0).keep(zobrist_keys(game), game_positions(recorded(game))))
+            for game in games]
+    assert kept == [1] * 5
+    duplicates = DuplicateFilter(3)
+    kept = [len(duplicates.keep(zobrist_keys(game), game_positions(recorded(game))))
+            for game in games]
+    assert kept == [1, 1, 1, 0, 0] and duplicates.dropped == 2
+    other = Game()
+    other.push_usi("2g2f")  # another move from the same position is another pair
+    assert len(duplicates.keep(zobrist_keys(other), game_positions(recorded(other)))) == 1
+
+
+def test_split_is_by_game_and_stable() -> None:
+    origins = [f"records/game-{index}.csa#1" for index in range(2000)]
+    held = [origin for origin in origins if split_of(origin, 0.1) == "val"]
+    assert 150 < len(held) < 250
+    assert held == [origin for origin in origins if split_of(origin, 0.1) == "val"]
+    assert all(split_of(origin, 0.0) == "train" for origin in origins)
+
+
+def write_records(folder: Path, games: int) -> None:
+    folder.mkdir(parents=True)
+    text = "/\n".join(play_random_game(seed=seed, max_plies=80).to_csa() for seed in range(games))
+    (folder / "games.csa").write_text(text)
+
+
+def test_prepare_and_batches(tmp_path: Path) -> None:
+    write_records(tmp_path / "records", 40)
+    summary = prepare_dataset([tmp_path / "records"], tmp_path / "data", val_fraction=0.2,
+                              max_duplicates=0, shard_size=300)
+    assert summary.games == 40 and 0 < summary.games_val < 40
+    assert summary.positions_train + summary.positions_val == 40 * 80
+    assert read_summary(tmp_path / "data") == summary
+    train = ShardSet(tmp_path / "data", "train")
+    assert len(train) == summary.positions_train and max(train.sizes) == 300
+    everything = np.concatenate(list(train.batches(64, None)))
+    assert len(everything) == len(train)
+    shuffled = list(train.batches(64, np.random.default_rng(0), chunk_shards=2))
+    assert all(len(batch) == 64 for batch in shuffled)
+    assert len(shuffled) == len(train) // 64
+    seen = np.concatenate(shuffled)
+    assert not np.array_equal(seen, everything[:len(seen)])  # shuffled
+    assert set(map(bytes, seen)) <= set(map(bytes, everything))
+
+
+def test_an_empty_or_damaged_data_set_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "empty.csa").write_text("")
+    with pytest.raises(DatasetError, match="no training position"):
+        prepare_dataset([tmp_path / "records"], tmp_path / "data", val_fraction=0.1,
+                        max_duplicates=4)
+    with pytest.raises(DatasetError, match="not a prepared data set"):
+        read_summary(tmp_path / "data")
+    (tmp_path / "data" / "train-00000.npy").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="not a data shard"):
+        ShardSet(tmp_path / "data", "train")
+
+
+def test_a_sample_whose_move_is_illegal_is_refused() -> None:
+    game = Game()
+    game.push_usi("7g7f")
+    samples = game_positions(recorded(game))
+    board = cshogi.Board()
+    samples["action"][0] = move_to_action(board, board.move_from_usi("2g2f")) + 1
+    with pytest.raises(DatasetError, match="damaged"):
+        decode_samples(samples)

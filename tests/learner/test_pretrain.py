@@ -1,0 +1,186 @@
+"""keisei-pretrain end to end on small generated record sets, and the hand-over to PPO."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import learner_command, metrics_lines
+
+from keisei.checkpoint import latest_checkpoint, load_checkpoint
+from keisei.config import load_config
+from keisei.dataset import ShardSet, prepare_dataset
+from keisei.evaluation import GreedyPlayer, apply_decision, load_policy
+from keisei.shogi import Game
+from learner.pretrain import Pretrainer, main
+
+TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "run.threads=1",
+        "display.mode=plain", "pretrain.batch_size=64", "pretrain.val_fraction=0.2",
+        "pretrain.shard_size=512"]
+
+
+def greedy_games(folder: Path, games: int, seed: int = 0) -> Path:
+    """Greedy-vs-greedy games (take the best capture, else a random move) as one CSA file:
+    a record set with something learnable in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    player = GreedyPlayer()
+    texts = []
+    for index in range(games):
+        rng = random.Random(seed * 10_000 + index)
+        game = Game(max_plies=120)
+        while not game.is_over:
+            apply_decision(game, player.choose([game], [rng])[0])
+        texts.append(game.to_csa(("greedy", "greedy")))
+    path = folder / "greedy.csa"
+    path.write_text("/\n".join(texts))
+    return path
+
+
+def overrides(run_dir: Path, *extra: str) -> list[str]:
+    arguments = ["--set", f"run.dir={run_dir}"]
+    for item in (*TINY, *extra):
+        arguments += ["--set", item]
+    return arguments
+
+
+def test_training_lowers_the_held_out_loss(tmp_path: Path) -> None:
+    greedy_games(tmp_path / "records", 60)
+    prepare_dataset([tmp_path / "records"], tmp_path / "data", val_fraction=0.2, max_duplicates=4,
+                    shard_size=512)
+    config = load_config(overrides=[*TINY, "pretrain.learning_rate=0.003"])
+    trainer = Pretrainer(config, ShardSet(tmp_path / "data", "train"),
+                         ShardSet(tmp_path / "data", "val"), threading.Event())
+    before = trainer.validate()
+    assert before.positions > 200
+    for _ in range(3):
+        for samples in trainer.epoch_batches():
+            trainer.train_batch(samples)
+        trainer.next_epoch()
+    after = trainer.validate()
+    policy_before, value_before, accuracy_before = before.means()
+    policy_after, value_after, accuracy_after = after.means()
+    assert policy_after < policy_before - 0.3, (policy_before, policy_after)
+    assert accuracy_after > accuracy_before
+    assert value_after < value_before
+
+
+def test_the_command_writes_metrics_and_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
+    greedy_games(tmp_path / "records", 30)
+    run_dir = tmp_path / "run"
+    assert main([str(tmp_path / "records"), *overrides(run_dir, "pretrain.epochs=2")]) == 0
+    lines = metrics_lines(run_dir)
+    assert [line["epoch"] for line in lines] == [0.0, 1.0, 2.0]
+    assert lines[0]["step"] == 0 and lines[-1]["val_positions"] > 0
+    assert {"val_accuracy", "val_policy_loss", "val_value_loss", "train_accuracy",
+            "positions_per_second", "learning_rate"} <= set(lines[-1])
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    assert checkpoint is not None
+    state = load_checkpoint(checkpoint)
+    assert state["counters"]["step"] == lines[-1]["step"]
+    model, version = load_policy(checkpoint)  # what keisei-eval and keisei-usi load
+    assert version == 0 and model.config.channels == 16
+    # A new run over the same folder is refused; --resume with more epochs continues.
+    assert main([str(tmp_path / "records"), *overrides(run_dir, "pretrain.epochs=2")]) == 2
+    assert main(["--resume", *overrides(run_dir, "pretrain.epochs=3")]) == 0
+    lines = metrics_lines(run_dir)
+    assert [line["epoch"] for line in lines] == [0.0, 1.0, 2.0, 3.0]
+    assert lines[3]["step"] == lines[2]["step"] + (lines[2]["step"] - lines[1]["step"])
+
+
+def test_resume_mid_epoch_trains_the_same_batches(tmp_path: Path) -> None:
+    greedy_games(tmp_path / "records", 20)
+    prepare_dataset([tmp_path / "records"], tmp_path / "data", val_fraction=0.0, max_duplicates=0,
+                    shard_size=256)
+    config = load_config(overrides=TINY)
+    sets = (ShardSet(tmp_path / "data", "train"), ShardSet(tmp_path / "data", "val"))
+    whole = Pretrainer(config, *sets, threading.Event())
+    order = [samples.copy() for samples in whole.epoch_batches()]
+    first = Pretrainer(config, *sets, threading.Event())
+    for index, samples in enumerate(first.epoch_batches()):
+        first.train_batch(samples)
+        if index == 2:
+            break
+    second = Pretrainer(config, *sets, threading.Event())
+    second.load_state_dict(first.state_dict())
+    rest = list(second.epoch_batches())
+    assert len(rest) == len(order) - 3
+    assert all(np.array_equal(left, right) for left, right in zip(rest, order[3:], strict=True))
+
+
+def test_bad_input_gets_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(overrides(tmp_path / "run")) == 2
+    assert "holds no data set" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing"), *overrides(tmp_path / "run")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "bad.csa").write_text("PI\n+\n+9999FU\n")
+    assert main([str(tmp_path / "junk"), *overrides(tmp_path / "run2")]) == 2
+    assert "no training position" in capsys.readouterr().err
+
+
+def test_learner_starts_from_a_pretrained_checkpoint(tmp_path: Path) -> None:
+    greedy_games(tmp_path / "records", 20)
+    pre = tmp_path / "pre"
+    shape = ["model.blocks=1", "model.channels=16", "model.value_hidden=16"]
+    assert main([str(tmp_path / "records"), *overrides(pre, "pretrain.epochs=1")]) == 0
+    checkpoint = latest_checkpoint(pre / "checkpoints")
+    assert checkpoint is not None
+    wrong = subprocess.run(learner_command(tmp_path / "wrong", "model.channels=32",
+                                           "train.total_steps=128")
+                           + ["--init-from", str(checkpoint)],
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2
+    assert "model.channels = 32 here but 16" in wrong.stderr
+    run_dir = tmp_path / "ppo"
+    done = subprocess.run(learner_command(run_dir, *shape, "train.total_steps=256",
+                                          "train.init_kl_coef=0.5", "train.init_kl_steps=128")
+                          + ["--init-from", str(checkpoint)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = metrics_lines(run_dir)
+    assert [line["step"] for line in lines] == [128, 256]  # fresh counters
+    assert lines[0]["init_kl_coef"] == 0.5 and lines[0]["init_kl"] >= 0
+    assert lines[1]["init_kl_coef"] == 0.0 and lines[1]["init_kl"] is None
+    start = load_checkpoint(sorted((run_dir / "checkpoints").glob("*.pt"))[0])
+    assert start["counters"]["step"] == 0
+    pretrained = load_checkpoint(checkpoint)["model"]
+    assert all(np.array_equal(start["model"][key].numpy(), value.numpy())
+               for key, value in pretrained.items())
+    assert "reference_model" in start
+
+
+def test_sigterm_stops_with_a_checkpoint_and_resume_goes_on(tmp_path: Path) -> None:
+    greedy_games(tmp_path / "records", 30)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "learner.pretrain", str(tmp_path / "records"),
+               *overrides(run_dir, "pretrain.epochs=1000", "pretrain.batch_size=16")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(metrics_lines(run_dir)) < 2:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "no epoch within 120 s"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    assert checkpoint is not None
+    stopped_at = load_checkpoint(checkpoint)["counters"]["step"]
+    assert stopped_at >= metrics_lines(run_dir)[-1]["step"]
+    resumed = subprocess.run([sys.executable, "-m", "learner.pretrain", "--resume",
+                              *overrides(run_dir, "pretrain.epochs=3", "pretrain.batch_size=16")],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = metrics_lines(run_dir)
+    assert lines[-1]["epoch"] == 3.0 and lines[-1]["step"] > stopped_at

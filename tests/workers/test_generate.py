@@ -1,0 +1,66 @@
+"""keisei-generate: engine games as CSA that the record reader takes back, with a summary."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from keisei.evaluation import GreedyPlayer, load_openings
+from keisei.kifu import ReadStats, read_games
+from keisei.shogi import Game
+from workers.engines import resolve_command
+from workers.generate import main, start_game
+
+
+def test_the_record_starts_after_the_random_prefix() -> None:
+    opening = load_openings()[0]
+    player = GreedyPlayer()
+    rng = random.Random(3)
+    game = start_game(opening, 6, 1.0, 200, rng, lambda g: player.choose([g], [rng])[0])
+    prefix = Game()
+    for move in opening:
+        prefix.push_usi(move)
+    assert game.ply == 0 and game.start_sfen != prefix.sfen()
+    assert game.max_plies == 200
+    same = start_game(opening, 6, 0.0, 200, rng, lambda g: player.choose([g], [rng])[0])
+    assert same.ply == 0  # no random move: the prefix is the opening and the engine's moves
+
+
+def test_greedy_games_on_two_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "games"
+    assert main(["--engine", "greedy", "--games", "6", "--workers", "2", "--max-plies", "80",
+                 "--output", str(output), "--progress", "0.2"]) == 0
+    assert sorted(path.name for path in output.glob("*.csa")) == ["games-00.csa", "games-01.csa"]
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["games"] == 6 and sum(summary["results"].values()) == 6
+    stats = ReadStats()
+    games = list(read_games([output], stats))
+    assert len(games) == 6 and stats.skipped == 0
+    assert sum(item.game.ply for item in games) == summary["positions"]
+    assert all(item.result_known for item in games)
+    assert "done: 6 games" in capsys.readouterr().out
+
+
+def test_bad_arguments_and_engines_are_refused(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--output", str(tmp_path)]) == 2
+    assert "--games N, --minutes M or both" in capsys.readouterr().err
+    assert main(["--games", "2", "--random-share", "2", "--output", str(tmp_path)]) == 2
+    assert "--random-share" in capsys.readouterr().err
+    assert main(["--engine", "usi:/no/such/engine", "--games", "2", "--output", str(tmp_path)]) == 2
+    assert "engine" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("fairy-stockfish", path="/usr/games:/usr/bin") is None,
+                    reason="Fairy-Stockfish is not installed (apt-get install fairy-stockfish)")
+def test_fairy_stockfish_games(tmp_path: Path) -> None:
+    resolve_command("fairy-stockfish")
+    output = tmp_path / "fsf"
+    assert main(["--games", "2", "--depth", "1", "--output", str(output)]) == 0
+    games = list(read_games([output]))
+    assert len(games) == 2 and all(item.game.outcome is not None for item in games)
+    assert "fairy-stockfish (depth 1)" in (output / "games-00.csa").read_text()
