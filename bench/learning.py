@@ -120,7 +120,9 @@ def _train_with_curve(learner: Learner, budget: float,
               f"B/W/D {games.black_win_rate:.2f}/{games.white_win_rate:.2f}/"
               f"{games.draw_rate:.2f}  value loss {update.value_loss:.3f}  "
               f"entropy {update.entropy:.2f}  kl {update.approx_kl:.3f}  "
-              f"clip {update.clipfrac:.2f}  lag {update.policy_lag_mean:.1f}", flush=True)
+              f"clip {update.clipfrac:.2f}  lag {update.policy_lag_mean:.1f}"
+              + (f"  init_kl {update.init_kl:.3f} x {update.init_kl_coef:.2f}"
+                 if update.init_kl_coef else ""), flush=True)
         if elapsed >= budget:
             learner.stop.set()
         elif elapsed >= budget * (len(curve) + 1) / points:
