@@ -187,15 +187,24 @@ class DatasetSummary:
 def prepare_dataset(paths: Iterable[str | Path], directory: str | Path, *, val_fraction: float,
                     max_duplicates: int, shard_size: int = 65_536,
                     progress: float = 10.0) -> DatasetSummary:
-    """Read every record under ``paths`` into shards under ``directory`` (which must be
-    empty or absent) and write ``dataset.json``; returns its contents.
+    """Read every record under ``paths`` into shards under ``directory`` and write
+    ``dataset.json`` last; returns its contents. Shards left in ``directory`` by a
+    preparation that did not finish (no ``dataset.json``) are removed first.
 
     :raises FileNotFoundError: for a path that does not exist.
     :raises DatasetError: if no usable position was found.
     """
     sources = [str(path) for path in paths]
+    for source in sources:
+        if not Path(source).exists():
+            raise FileNotFoundError(f"{source}: no such file or folder")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    stale = [path for split in SPLITS for path in directory.glob(f"{split}-*.npy")]
+    if stale:  # shards without dataset.json: a preparation that did not finish
+        logger.info("%s: removing %d shard(s) of an unfinished preparation", directory, len(stale))
+        for path in stale:
+            path.unlink()
     stats = ReadStats()
     writers = {split: ShardWriter(directory, split, shard_size) for split in SPLITS}
     duplicates = DuplicateFilter(max_duplicates)

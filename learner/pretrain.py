@@ -490,6 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetError, FileNotFoundError, OSError) as exc:
         print(f"keisei-pretrain: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    except KeyboardInterrupt:
+        print(f"keisei-pretrain: interrupted while reading the records; {data} is incomplete "
+              "and is read again from the start next time", file=sys.stderr)
+        return ExitCode.INTERRUPTED
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / "config.toml", config.to_toml())
     logger.info("pre-training %s parameters on %d positions (%d held out), %d batches of %d per "

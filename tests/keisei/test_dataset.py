@@ -137,3 +137,17 @@ def test_a_sample_whose_move_is_illegal_is_refused() -> None:
     samples["action"][0] = move_to_action(board, board.move_from_usi("2g2f")) + 1
     with pytest.raises(DatasetError, match="damaged"):
         decode_samples(samples)
+
+
+def test_an_unfinished_preparation_is_replaced(tmp_path: Path) -> None:
+    write_records(tmp_path / "records", 4)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train-00007.npy").write_bytes(b"left by a preparation that was killed")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        prepare_dataset([tmp_path / "missing"], tmp_path / "other", val_fraction=0.1,
+                        max_duplicates=0)
+    assert not (tmp_path / "other").exists()
+    prepare_dataset([tmp_path / "records"], data, val_fraction=0.0, max_duplicates=0)
+    assert sorted(path.name for path in data.glob("*.npy")) == ["train-00000.npy"]
+    assert len(ShardSet(data, "train")) == 4 * 80
