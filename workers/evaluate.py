@@ -282,8 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", metavar="DIR",
                         help="folder for KIF/CSA records and results.json "
                              "(default: eval/NAME-YYYYmmdd-HHMMSS)")
-    engine = parser.add_argument_group("usi: opponents")
-    engine.add_argument("--depth", type=int, help="go depth N")
+    add_engine_arguments(parser, "usi: opponents", "go depth N")
+    return parser
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, title: str, depth_help: str) -> None:
+    """The ``usi:`` engine settings: ``--depth``, ``--nodes``, ``--byoyomi``,
+    ``--usi-option``, ``--move-timeout`` (checked by ``check_arguments``)."""
+    engine = parser.add_argument_group(title)
+    engine.add_argument("--depth", type=int, help=depth_help)
     engine.add_argument("--nodes", type=int, help="go nodes N")
     engine.add_argument("--byoyomi", type=int, metavar="MS", help="go byoyomi MS (default 100 "
                         "when neither depth nor nodes is given)")
@@ -291,27 +298,43 @@ def build_parser() -> argparse.ArgumentParser:
                         help="setoption (repeatable), e.g. 'Skill Level=-20'")
     engine.add_argument("--move-timeout", type=float, default=30.0, metavar="S",
                         help="an engine silent this long (plus byoyomi) forfeits the game")
-    return parser
 
 
-def check_arguments(args: argparse.Namespace) -> list[str]:
+def check_arguments(args: argparse.Namespace, at_least_one: Sequence[str]) -> list[str]:
+    """Problems with the flags in ``at_least_one`` and the engine settings."""
     problems = []
-    for flag in ("games", "workers", "threads", "max_plies"):
+    for flag in at_least_one:
         if getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be at least 1")
     for flag in ("depth", "nodes", "byoyomi"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             problems.append(f"--{flag} must be at least 1")
-    if args.temperature < 0 or args.move_timeout <= 0:
-        problems.append("--temperature must be >= 0 and --move-timeout > 0")
+    if args.move_timeout <= 0:
+        problems.append("--move-timeout must be more than 0")
     return problems
+
+
+def check_player(spec: PlayerSpec, device: str = "cpu") -> None:
+    """Build and start the player once, so a wrong command or option fails before any game.
+
+    :raises CheckpointError, EngineError: naming what is wrong.
+    """
+    player = build_player(spec, device)
+    try:
+        start = getattr(player, "start", None)
+        if start is not None:
+            start()
+    finally:
+        player.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    problems = check_arguments(args)
+    problems = check_arguments(args, ("games", "workers", "threads", "max_plies"))
+    if args.temperature < 0:
+        problems.append("--temperature must be >= 0")
     if problems:
         print("keisei-eval: " + "; ".join(problems), file=sys.stderr)
         return 2
@@ -327,14 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "nodes": args.nodes, "byoyomi_ms": args.byoyomi,
                       "move_timeout": args.move_timeout}
             rungs = [(parse_spec(spec, **engine), None) for spec in args.opponent]
-            for spec, _ in rungs:  # a wrong command or option fails here, before any game
-                opponent = build_player(spec, args.device)
-                start = getattr(opponent, "start", None)
-                try:
-                    if start is not None:
-                        start()
-                finally:
-                    opponent.close()
+            for spec, _ in rungs:
+                check_player(spec, args.device)
         text = Path(args.openings).read_text(encoding="utf-8") if args.openings else None
         openings = load_openings(text)
     except (CheckpointError, EngineError, IllegalMoveError, ValueError, OSError) as exc:

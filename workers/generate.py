@@ -41,8 +41,16 @@ from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import apply_decision, load_openings
 from keisei.files import write_json_atomically
 from keisei.shogi import Color, Game
+from workers import evaluate
 from workers.engines import EngineError
-from workers.evaluate import PlayerSpec, build_player, parse_options, parse_spec
+from workers.evaluate import (
+    PlayerSpec,
+    add_engine_arguments,
+    build_player,
+    check_player,
+    parse_options,
+    parse_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -236,38 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="USI move lines from the start position (default: Keisei's set)")
     parser.add_argument("--progress", type=float, default=10.0, metavar="S",
                         help="seconds between progress lines")
-    engine = parser.add_argument_group("usi: engines")
-    engine.add_argument("--depth", type=int, help="go depth N (default 4 when no limit is given)")
-    engine.add_argument("--nodes", type=int, help="go nodes N")
-    engine.add_argument("--byoyomi", type=int, metavar="MS", help="go byoyomi MS")
-    engine.add_argument("--usi-option", action="append", default=[], metavar="NAME=VALUE",
-                        help="setoption (repeatable), e.g. 'Threads=1'")
-    engine.add_argument("--move-timeout", type=float, default=30.0, metavar="S",
-                        help="an engine silent this long forfeits the game")
+    add_engine_arguments(parser, "usi: engines", "go depth N (default 4 when no limit is given)")
     return parser
 
 
 def check_arguments(args: argparse.Namespace) -> list[str]:
-    problems = []
+    problems = evaluate.check_arguments(args, ("workers", "max_plies"))
     if args.games is None and args.minutes is None:
         problems.append("say how much to play: --games N, --minutes M or both")
     if args.games is not None and args.games < 1:
         problems.append("--games must be at least 1")
     if args.minutes is not None and not args.minutes > 0:
         problems.append("--minutes must be more than 0")
-    for flag in ("workers", "max_plies"):
-        if getattr(args, flag) < 1:
-            problems.append(f"--{flag.replace('_', '-')} must be at least 1")
-    for flag in ("depth", "nodes", "byoyomi"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            problems.append(f"--{flag} must be at least 1")
     if args.random_plies < 0:
         problems.append("--random-plies must be at least 0")
     if not 0.0 <= args.random_share <= 1.0:
         problems.append("--random-share must be from 0 to 1")
-    if not args.progress > 0 or not args.move_timeout > 0:
-        problems.append("--progress and --move-timeout must be more than 0")
+    if not args.progress > 0:
+        problems.append("--progress must be more than 0")
     return problems
 
 
@@ -285,13 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = parse_spec(args.engine, options=parse_options(args.usi_option), depth=depth,
                           nodes=args.nodes, byoyomi_ms=args.byoyomi, move_timeout=args.move_timeout)
-        player = build_player(spec)  # a wrong command or option fails here, before any game
-        try:
-            start = getattr(player, "start", None)
-            if start is not None:
-                start()
-        finally:
-            player.close()
+        check_player(spec)
         text = Path(args.openings).read_text(encoding="utf-8") if args.openings else None
         openings = load_openings(text)
         output.mkdir(parents=True, exist_ok=True)
