@@ -36,6 +36,9 @@ from keisei.errors import KeiseiError
 from keisei.records import GameRecord
 from keisei.shogi import Termination
 
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+"""Where the learner's ROUTER listens unless told otherwise (weights one port above)."""
+
 PROTOCOL_VERSION = 1
 ACCEPTED_VERSIONS = (1,)
 WEIGHTS_TOPIC = b"weights"

@@ -38,7 +38,7 @@ from keisei.checkpoint import (
 from keisei.config import CheckpointConfig, Config, ConfigError
 from keisei.files import write_atomically, write_text_atomically
 from keisei.model import count_parameters
-from keisei.protocol import load_keys
+from keisei.protocol import DEFAULT_BIND, load_keys
 from learner.actors import ActorState, ActorTable
 from learner.dashboard import Dashboard, MetricsWriter
 from learner.local_actors import LocalActors
@@ -50,7 +50,6 @@ from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callbac
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BIND = "tcp://127.0.0.1:5555"
 REPORTED_ACTORS = 32
 """Actor rows in each metrics line (the most recently heard); the rest are only counted."""
 FINAL_RATING_SECONDS = 300.0

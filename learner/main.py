@@ -24,11 +24,12 @@ from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 
-from keisei.checkpoint import CheckpointError
 from keisei.config import Config, ConfigError, load_config, read_toml
-from keisei.protocol import ProtocolError
-from learner.app import DEFAULT_BIND, Learner, LearnerOptions, Outcome
+from keisei.protocol import DEFAULT_BIND, ProtocolError
 from learner.status import STATUS_STALE_SECONDS, print_status
+
+# learner.app (and with it torch) is imported only to train: `--status`, the health check
+# of a running learner, answers from status.json without it.
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
-EXIT_CODES = {Outcome.FINISHED: ExitCode.SUCCESS, Outcome.FAILED: ExitCode.FAILURE,
-              Outcome.INTERRUPTED: ExitCode.INTERRUPTED}
+EXIT_CODES = {"finished": ExitCode.SUCCESS, "failed": ExitCode.FAILURE,
+              "interrupted": ExitCode.INTERRUPTED}
+"""``learner.app.Outcome`` values → exit codes."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ExitCode.SUCCESS
         if args.status:
             return print_status(Path(config.run.dir))
+        from keisei.checkpoint import CheckpointError
+        from learner.app import Learner, LearnerOptions, Outcome
+
         options = LearnerOptions(local_actors=args.local_actors, remote_actors=args.remote_actors,
                                  bind=args.bind, curve_keys=args.curve_keys, resume=args.resume,
                                  init_from=args.init_from)
@@ -156,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, ProtocolError, OSError) as exc:
         logger.error("%s", exc)  # before training: cannot start; after: tearing down failed
         return ExitCode.USAGE if outcome is None else ExitCode.FAILURE
-    return EXIT_CODES[outcome]
+    return EXIT_CODES[outcome.value]
 
 
 if __name__ == "__main__":

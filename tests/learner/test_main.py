@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,23 @@ def test_a_run_that_cannot_bind_exits_2_and_leaves_the_directory_free(
                      "--bind", f"tcp://127.0.0.1:{port}"]) == 2
     assert "cannot bind" in capfd.readouterr().err
     assert main(arguments(tmp_path / "run", "train.total_steps=128")) == 0  # a new run, same folder
+
+
+def test_the_status_health_check_does_not_import_torch(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    status = {"mode": "distributed", "step": 4096, "epoch": 2, "policy_version": 2, "pid": 1,
+              "time": time.time(), "actors": [], "transitions": []}
+    (run_dir / "status.json").write_text(json.dumps(status))
+    script = ("import sys; from learner.main import main; "
+              f"code = main(['--status', '--set', 'run.dir={run_dir}']); "
+              "print('torch' in sys.modules, code)")
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert answer.stdout.splitlines()[-1] == "False 0", answer.stdout + answer.stderr
+    assert "mode distributed, step 4096" in answer.stdout
+    status["time"] = time.time() - 3600  # a learner that stopped answering
+    (run_dir / "status.json").write_text(json.dumps(status))
+    stale = subprocess.run([sys.executable, "-m", "learner.main", "--status", "--set",
+                            f"run.dir={run_dir}"], capture_output=True, text=True, timeout=60)
+    assert stale.returncode == 1 and "not responding" in stale.stderr
