@@ -37,6 +37,11 @@ def setting(default: Any, help: str, *, low: float | None = None, high: float | 
 @dataclass(frozen=True)
 class RunConfig:
     dir: str = setting("runs/default", "run directory: config.toml, checkpoints/, metrics.jsonl")
+    resume: str = setting("never", "what keisei-learner does when run.dir already holds a run "
+                          "(--resume overrides): never (refuse it), always (continue it; "
+                          "refuse an empty run.dir), auto (continue one if there is one, "
+                          "else start fresh: for unattended restarts)",
+                          choices=("never", "auto", "always"))
     seed: int = setting(0, "seed for weights, sampling and shuffling (a sequential CPU run "
                         "with the same seed and threads is reproducible)", low=0)
     device: str = setting("cpu", "torch device for the learner: cpu, cuda, cuda:N")

@@ -112,7 +112,8 @@ def check_run_directory(config: Config, resume: bool) -> list[Path]:
         return checkpoints
     if checkpoints or (run_dir / "metrics.jsonl").exists():
         raise ConfigError([f"run.dir = {str(run_dir)!r} already holds a run; pass --resume to "
-                           "continue it, or choose another run.dir"])
+                           "continue it (--resume auto, or run.resume = \"auto\", to continue "
+                           "whatever is there), or choose another run.dir"])
     return []
 
 

@@ -1,6 +1,6 @@
 """``keisei-learner``: train a Shogi policy by self-play PPO.
 
-Usage: ``keisei-learner [--config FILE.toml] [--set section.key=value ...] [--resume]
+Usage: ``keisei-learner [--config FILE.toml] [--set section.key=value ...] [--resume [MODE]]
 [--init-from CHECKPOINT] [--print-config]``. Exit codes: 0 finished; 1 failed while training (an error, a full
 disk; the last good checkpoint stays); 2 bad configuration or arguments, or a run that
 cannot start (run directory in use, no checkpoint that loads, address in use); 130
@@ -34,6 +34,9 @@ from learner.status import STATUS_STALE_SECONDS, print_status
 logger = logging.getLogger(__name__)
 
 
+RESUME_MODES = ("never", "auto", "always")
+
+
 class ExitCode(IntEnum):
     SUCCESS = 0
     FAILURE = 1
@@ -55,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TOML configuration file (default: $KEISEI_CONFIG)")
     parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                         dest="overrides", help="override one key (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in run.dir from its latest checkpoint")
+    parser.add_argument("--resume", nargs="?", const="always", choices=RESUME_MODES,
+                        metavar="never|auto|always",
+                        help="continue the run in run.dir from its latest checkpoint (bare "
+                             "--resume: always); auto continues one if run.dir holds one and "
+                             "otherwise starts fresh (default: run.resume, never)")
     parser.add_argument("--init-from", metavar="CHECKPOINT",
                         help="start a new run from this checkpoint's network (e.g. keisei-pretrain's): "
                              "fresh counters and optimizer; [model] must match it. With "
@@ -84,18 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
-    """Defaults < saved run config (with --resume) < --config file < --set.
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run (what a new run would refuse to overwrite)."""
+    return (any((run_dir / "checkpoints").glob("checkpoint-*.pt"))
+            or (run_dir / "metrics.jsonl").exists())
 
-    :raises ConfigError: for any invalid value, or --resume with nothing to resume.
+
+def resolve_config(args: argparse.Namespace) -> tuple[Config, bool]:
+    """The configuration and whether to resume: defaults < saved run config (when
+    resuming) < --config file < --set. ``--resume`` (or ``run.resume``) ``auto`` resumes
+    exactly when the run directory holds a run.
+
+    :raises ConfigError: for any invalid value, or a resume with nothing to resume.
     """
     config = load_config(args.config, args.overrides)
-    if not args.resume:
-        return config
-    saved = Path(config.run.dir) / "config.toml"
+    mode = args.resume or config.run.resume
+    run_dir = Path(config.run.dir)
+    if mode == "never" or (mode == "auto" and not holds_run(run_dir)):
+        return config, False
+    saved = run_dir / "config.toml"
     if not saved.is_file():
-        raise ConfigError([f"--resume: {saved} does not exist; there is no run to resume"])
-    return load_config(args.config, args.overrides, base=read_toml(saved))
+        raise ConfigError([f"--resume {mode}: {saved} does not exist; there is no run to resume"])
+    return load_config(args.config, args.overrides, base=read_toml(saved)), True
 
 
 def setup_logging(dashboard_on_tty: bool) -> None:
@@ -133,7 +149,7 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = resolve_config(args)
+        config, resume = resolve_config(args)
         if args.print_config:
             sys.stdout.write(config.to_toml())
             return ExitCode.SUCCESS
@@ -143,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from learner.app import Learner, LearnerOptions, Outcome
 
         options = LearnerOptions(local_actors=args.local_actors, remote_actors=args.remote_actors,
-                                 bind=args.bind, curve_keys=args.curve_keys, resume=args.resume,
+                                 bind=args.bind, curve_keys=args.curve_keys, resume=resume,
                                  init_from=args.init_from)
         options.check()
     except ConfigError as exc:

@@ -204,3 +204,19 @@ def actor_pids(port: int) -> list[int]:
                 and candidate.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(candidate.pid)
     return found
+
+
+def test_resume_auto_starts_fresh_then_continues(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = subprocess.run([*learner_command(run_dir, "train.total_steps=128"), "--resume", "auto"],
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert [line["step"] for line in metrics_lines(run_dir)] == [128]
+    again = subprocess.run([*learner_command(run_dir, "train.total_steps=256", "run.resume=auto")],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stderr
+    assert [line["step"] for line in metrics_lines(run_dir)] == [128, 256]
+    never = subprocess.run(learner_command(run_dir, "train.total_steps=384"), capture_output=True,
+                           text=True, timeout=60)
+    assert never.returncode == 2 and "--resume auto" in never.stderr
