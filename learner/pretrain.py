@@ -159,6 +159,8 @@ class Pretrainer:
         self.model: PolicyValueNet = build_model(config.model).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate,
                                            weight_decay=settings.weight_decay)
+        # float16 (CUDA) needs loss scaling against underflow, as in the learner
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.batches_per_epoch = len(train_set) // settings.batch_size
         if self.batches_per_epoch == 0:
             raise DatasetError(f"{len(train_set)} training positions make no batch of "
@@ -228,9 +230,11 @@ class Pretrainer:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {float(loss)} at position {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.running.add(len(samples), int(valued), float(policy.detach().sum()),
                          float(value.detach().sum()), int(hits.sum()))
         self.step += len(samples)
@@ -274,7 +278,7 @@ class Pretrainer:
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint: the learner's readers need ``model``, ``config`` and ``counters``."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "config": self.config.to_dict(),
+                "scaler": self.scaler.state_dict(), "config": self.config.to_dict(),
                 "counters": {"step": self.step, "epoch": self.epoch, "policy_version": 0,
                              "batches": self.batches, "batch_in_epoch": self.batch_in_epoch,
                              "seconds": self.seconds, "pretrain": True},
@@ -283,6 +287,7 @@ class Pretrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
         counters = state["counters"]
         self.step, self.epoch = int(counters["step"]), int(counters["epoch"])
         self.batches, self.batch_in_epoch = int(counters["batches"]), int(counters["batch_in_epoch"])
