@@ -163,7 +163,8 @@ class Actor:
         subscriber.setsockopt(zmq.SUBSCRIBE, WEIGHTS_TOPIC)
         if self.keys is not None:
             apply_keys(subscriber, self.keys)
-        subscriber.connect(self._weights_endpoint(welcome.weights_endpoint))
+        weights_endpoint = self._weights_endpoint(welcome.weights_endpoint)
+        subscriber.connect(weights_endpoint)
         self.subscriber = subscriber
         if self.collector is None or self.collector.config != selfplay:
             model = build_model(config.model).to(self.device)
@@ -172,7 +173,7 @@ class Actor:
                                        precision=self.precision)
             self.policy_version = -1  # no weights yet
         logger.info("welcomed by %s: policy version %d, %d games, weights from %s", self.learner,
-                    welcome.policy_version, selfplay.games, welcome.weights_endpoint)
+                    welcome.policy_version, selfplay.games, weights_endpoint)
         self.last_heard = time.monotonic()
         assert self.dealer is not None
         while not self.stop.is_set():
