@@ -63,11 +63,14 @@ class DatasetError(KeiseiError, ValueError):
     """A data set folder is missing, empty or damaged."""
 
 
-def game_positions(recorded: RecordedGame) -> np.ndarray:
-    """One sample per move of the game: the position before it, the move, the result."""
+def game_positions(recorded: RecordedGame) -> tuple[np.ndarray, np.ndarray]:
+    """One sample per move of the game (the position before it, the move, the result),
+    and the Zobrist key of each of those positions (for ``DuplicateFilter``), from one
+    replay."""
     game = recorded.game
     moves = game.moves
     samples = np.zeros(len(moves), dtype=POSITION_DTYPE)
+    keys = np.zeros(len(moves), dtype=np.uint64)
     outcome = game.outcome
     winner = outcome.winner if outcome is not None else None
     replay = Game(game.start_sfen, max_plies=len(moves) + 1)
@@ -78,12 +81,13 @@ def game_positions(recorded: RecordedGame) -> np.ndarray:
         samples["hcp"][index] = hcp
         samples["action"][index] = move_to_action(board, move)
         samples["repetitions"][index] = min(replay.repetitions, 3)
+        keys[index] = board.zobrist_hash()
         if not recorded.result_known:
             samples["result"][index] = RESULT_UNKNOWN
         elif winner is not None:
             samples["result"][index] = 1 if winner is replay.side_to_move else -1
         replay.push(move)
-    return samples
+    return samples, keys
 
 
 class DuplicateFilter:
@@ -95,12 +99,11 @@ class DuplicateFilter:
         self.counts = np.zeros(1 << bits if max_count else 1, dtype=np.uint8)
         self.dropped = 0
 
-    def keep(self, positions: Iterable[int], samples: np.ndarray) -> np.ndarray:
-        """The rows of ``samples`` to keep; ``positions`` are their Zobrist keys."""
+    def keep(self, samples: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """The rows of ``samples`` to keep; ``keys`` are their positions' Zobrist keys."""
         if not self.max_count:
             return samples
-        keys = np.fromiter(positions, dtype=np.uint64, count=len(samples))
-        mixed = keys ^ (samples["action"].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        mixed = keys.astype(np.uint64) ^ (samples["action"].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         mixed ^= mixed >> np.uint64(29)
         slots = (mixed & np.uint64(self.mask)).astype(np.int64)
         keep = np.zeros(len(samples), dtype=bool)
@@ -111,16 +114,6 @@ class DuplicateFilter:
         self.dropped += int((~keep).sum())
         kept: np.ndarray = samples[keep]
         return kept
-
-
-def zobrist_keys(game: Game) -> list[int]:
-    """The Zobrist key of the position before each move of ``game``."""
-    board = cshogi.Board(game.start_sfen)
-    keys = []
-    for move in game.moves:
-        keys.append(int(board.zobrist_hash()))
-        board.push(move)
-    return keys
 
 
 def split_of(origin: str, val_fraction: float) -> str:
@@ -213,7 +206,7 @@ def prepare_dataset(paths: Iterable[str | Path], directory: str | Path, *, val_f
     for recorded in read_games(sources, stats):
         split = split_of(recorded.origin, val_fraction)
         games_val += split == "val"
-        samples = duplicates.keep(zobrist_keys(recorded.game), game_positions(recorded))
+        samples = duplicates.keep(*game_positions(recorded))
         writers[split].add(samples)
         now = time.monotonic()
         if now - last >= progress:

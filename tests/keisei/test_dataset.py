@@ -18,7 +18,6 @@ from keisei.dataset import (
     prepare_dataset,
     read_summary,
     split_of,
-    zobrist_keys,
 )
 from keisei.encoding import encode_observation, legal_action_mask, move_to_action
 from keisei.kifu import RecordedGame
@@ -31,7 +30,7 @@ def recorded(game: Game, known: bool = True, origin: str = "x#1") -> RecordedGam
 
 def test_samples_decode_to_what_the_network_sees_in_the_game() -> None:
     game = play_random_game(seed=5, max_plies=60)
-    samples = game_positions(recorded(game))
+    samples = game_positions(recorded(game))[0]
     decoded = decode_samples(samples)
     replay = Game(game.start_sfen, max_plies=100)
     for index, move in enumerate(game.moves):
@@ -49,10 +48,10 @@ def test_results_are_from_the_movers_view() -> None:
         game.push_usi(usi)
     game.resign()  # Black to move resigns: White won
     assert game.outcome is not None and game.outcome.winner is Color.WHITE
-    decoded = decode_samples(game_positions(recorded(game)))
+    decoded = decode_samples(game_positions(recorded(game))[0])
     np.testing.assert_array_equal(decoded.results, [-1, 1, -1, 1])  # Black, White, Black, White
     assert decoded.result_known.all()
-    unknown = game_positions(recorded(game, known=False))
+    unknown = game_positions(recorded(game, known=False))[0]
     assert (unknown["result"] == RESULT_UNKNOWN).all()
     assert not decode_samples(unknown).result_known.any()
 
@@ -63,7 +62,7 @@ def test_repetitions_reach_the_planes() -> None:
         for usi in ("5i5h", "5a5b", "5h5i", "5b5a"):
             game.push_usi(usi)
     game.push_usi("7g7f")
-    samples = game_positions(recorded(game, known=False))
+    samples = game_positions(recorded(game, known=False))[0]
     assert list(samples["repetitions"]) == [0, 0, 0, 0, 1, 1, 1, 1, 2]
 
 
@@ -71,16 +70,16 @@ def test_duplicate_filter_keeps_a_pair_at_most_max_times() -> None:
     games = [Game() for _ in range(5)]
     for game in games:
         game.push_usi("7g7f")
-    kept = [len(DuplicateFilter(0).keep(zobrist_keys(game), game_positions(recorded(game))))
+    kept = [len(DuplicateFilter(0).keep(*game_positions(recorded(game))))
             for game in games]
     assert kept == [1] * 5
     duplicates = DuplicateFilter(3)
-    kept = [len(duplicates.keep(zobrist_keys(game), game_positions(recorded(game))))
+    kept = [len(duplicates.keep(*game_positions(recorded(game))))
             for game in games]
     assert kept == [1, 1, 1, 0, 0] and duplicates.dropped == 2
     other = Game()
     other.push_usi("2g2f")  # another move from the same position is another pair
-    assert len(duplicates.keep(zobrist_keys(other), game_positions(recorded(other)))) == 1
+    assert len(duplicates.keep(*game_positions(recorded(other)))) == 1
 
 
 def test_split_is_by_game_and_stable() -> None:
@@ -132,7 +131,7 @@ def test_an_empty_or_damaged_data_set_is_refused(tmp_path: Path) -> None:
 def test_a_sample_whose_move_is_illegal_is_refused() -> None:
     game = Game()
     game.push_usi("7g7f")
-    samples = game_positions(recorded(game))
+    samples = game_positions(recorded(game))[0]
     board = cshogi.Board()
     samples["action"][0] = move_to_action(board, board.move_from_usi("2g2f")) + 1
     with pytest.raises(DatasetError, match="damaged"):
