@@ -29,7 +29,8 @@ COPY pyproject.toml README.md LICENSE ./
 COPY keisei ./keisei
 COPY learner ./learner
 COPY workers ./workers
-RUN pip install --no-cache-dir .
+# with TensorBoard and plotting (keisei-plot), so metrics can be read from the image
+RUN pip install --no-cache-dir ".[plot,tensorboard]"
 COPY configs ./configs
 
 # Unprivileged user; run directories live under /app/runs (a volume in compose).

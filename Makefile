@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Each `make run` trains into a fresh run directory.
 RUN_DIR ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup run test soak bench clean
+.PHONY: setup run test soak docker-test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: setup
 
 soak: setup
 	$(BIN)/python -m pytest -m soak -s $(PYTEST_ARGS)
+
+# The compose stack with a real Docker engine (skips, saying why, without one).
+docker-test: setup
+	$(BIN)/python -m pytest -m docker -s $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.game_speed

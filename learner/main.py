@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--status", action="store_true",
                         help="print the mode and actor table of the run in run.dir (from its "
                              "status.json, refreshed each second while it runs) and exit; the exit "
-                             f"code is 1 when the status is older than {STATUS_STALE_SECONDS:.0f} s "
-                             "(a health check)")
+                             f"code is 1 when the status is missing or older than "
+                             f"{STATUS_STALE_SECONDS:.0f} s (a Docker health check)")
     return parser
 
 

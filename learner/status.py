@@ -14,15 +14,16 @@ STATUS_STALE_SECONDS = 15.0
 
 
 def print_status(run_dir: Path) -> int:
-    """Print the status of the run in ``run_dir``; 0 when it is fresh, 1 when it is older
-    than ``STATUS_STALE_SECONDS``, 2 when there is none to read."""
+    """Print the status of the run in ``run_dir``. The exit code is a Docker health
+    check's: 0 (healthy) when it is fresh, 1 (unhealthy) when it is older than
+    ``STATUS_STALE_SECONDS`` or there is none to read; Docker reserves 2."""
     path = run_dir / "status.json"
     try:
         status = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         print(f"keisei-learner: no readable status in {path} ({exc}); it is written while a run "
               "with actors is going", file=sys.stderr)
-        return 2
+        return 1
     age = time.time() - status["time"]
     print(f"{run_dir}: mode {status['mode']}, step {status['step']}, epoch {status['epoch']}, "
           f"policy v{status['policy_version']}, learner pid {status['pid']} (updated {age:.0f} s ago)")

@@ -10,7 +10,8 @@ for weights; then play with ``keisei.selfplay.Collector`` (the same collector th
 learner runs in-process), send finished games in batches, heartbeat every second,
 and switch to new weights as they arrive. If the learner falls silent the actor says
 so, drops its sockets and reconnects with exponential backoff, never spinning while it
-waits. ``shutdown``, SIGTERM and SIGINT end it cleanly, with a ``bye``.
+waits. ``shutdown``, SIGTERM and SIGINT end it cleanly, with a ``bye``; so does a
+learner silent for ``--give-up-after`` seconds (``KEISEI_GIVE_UP_AFTER``), if given.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class Actor:
 
     def __init__(self, learner: str, actor_id: str, games: int | None, device: str,
                  precision: str, max_pending_batches: int, stop: threading.Event,
-                 keys: CurveKeys | None = None) -> None:
+                 keys: CurveKeys | None = None, give_up_after: float | None = None) -> None:
         self.learner = learner
+        self.give_up_after = give_up_after  # seconds without a word from the learner; None: never
         self.keys = keys
         self.actor_id = actor_id
         self.games_override = games
@@ -102,7 +104,8 @@ class Actor:
 
     # --- lifecycle -----------------------------------------------------------------------
     def run(self) -> None:
-        """Connect (and reconnect) and play until stopped.
+        """Connect (and reconnect) and play until stopped, or until the learner has been
+        silent for ``give_up_after`` seconds.
 
         :raises LearnerRejected: if the learner refuses this actor.
         """
@@ -110,6 +113,11 @@ class Actor:
         while not self.stop.is_set():
             welcome = self._connect()
             if welcome is None:
+                silent = time.monotonic() - self.last_heard
+                if self.give_up_after is not None and silent >= self.give_up_after:
+                    logger.warning("learner %s silent for %.0f s (--give-up-after %g): stopping",
+                                   self.learner, silent, self.give_up_after)
+                    return
                 logger.warning("learner %s does not answer; retrying in %.0f s", self.learner, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
@@ -358,8 +366,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "learner's server.key, made by keisei-keys (default: $KEISEI_CURVE_KEYS)")
     parser.add_argument("--max-pending-batches", type=int, default=32,
                         help="game batches kept while the learner cannot receive")
+    parser.add_argument("--give-up-after", type=float, metavar="SECONDS",
+                        default=os.environ.get("KEISEI_GIVE_UP_AFTER"),
+                        help="exit (with 0) when no learner has answered for this long, e.g. one "
+                             "that finished or stopped for good (default: $KEISEI_GIVE_UP_AFTER, "
+                             "else keep retrying)")
     args = parser.parse_args(argv)
     problems = []
+    if args.give_up_after is not None and not args.give_up_after > 0:
+        problems.append(f"--give-up-after {args.give_up_after}: expected a number of seconds > 0")
     if not args.learner or urlsplit(args.learner).scheme != "tcp" or urlsplit(args.learner).port is None:
         problems.append(f"--learner {args.learner!r}: expected tcp://HOST:PORT")
     if args.games is not None and not 1 <= args.games <= 4096:
@@ -392,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     actor = Actor(args.learner, args.actor_id, args.games, args.device, args.precision,
-                  args.max_pending_batches, stop, keys)
+                  args.max_pending_batches, stop, keys, args.give_up_after)
     try:
         actor.run()
     except LearnerRejected as exc:

@@ -82,3 +82,7 @@ def test_the_status_health_check_does_not_import_torch(tmp_path: Path) -> None:
     stale = subprocess.run([sys.executable, "-m", "learner.main", "--status", "--set",
                             f"run.dir={run_dir}"], capture_output=True, text=True, timeout=60)
     assert stale.returncode == 1 and "not responding" in stale.stderr
+    (run_dir / "status.json").unlink()  # no learner has written one: unhealthy, not Docker's reserved 2
+    missing = subprocess.run([sys.executable, "-m", "learner.main", "--status", "--set",
+                              f"run.dir={run_dir}"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no readable status" in missing.stderr

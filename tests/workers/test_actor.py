@@ -56,3 +56,23 @@ def test_settings_beyond_this_machines_memory_are_refused_clearly(
                         lambda: SimpleNamespace(available=2 * 2**30))
     with pytest.raises(LearnerRejected, match=r"need about [0-9.]+ GiB; this machine has 2.0 GiB"):
         check_memory(ModelConfig(blocks=40, channels=512), SelfPlayConfig(games=4096, max_plies=10_000))
+
+
+def test_an_actor_gives_up_on_a_learner_silent_for_give_up_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(actor_module, "HANDSHAKE_SECONDS", 0.2)
+    never = Actor("tcp://127.0.0.1:1", "test", None, "cpu", "float32", 4, threading.Event())
+    never.last_heard -= 3600  # an hour without a learner: without give_up_after it retries on
+    finished = threading.Event()
+    waiting = threading.Thread(target=lambda: (never.run(), finished.set()), daemon=True)
+    waiting.start()
+    assert not finished.wait(1.0)
+    never.stop.set()
+    waiting.join(10)
+    never.close()
+    patient = Actor("tcp://127.0.0.1:1", "test", None, "cpu", "float32", 4, threading.Event(),
+                    give_up_after=0.5)
+    try:
+        patient.run()  # returns by itself once nothing has answered for 0.5 s
+        assert not patient.stop.is_set()
+    finally:
+        patient.close()
