@@ -12,6 +12,8 @@ and switch to new weights as they arrive. If the learner falls silent the actor 
 so, drops its sockets and reconnects with exponential backoff, never spinning while it
 waits. ``shutdown``, SIGTERM and SIGINT end it cleanly, with a ``bye``; so does a
 learner silent for ``--give-up-after`` seconds (``KEISEI_GIVE_UP_AFTER``), if given.
+Exit codes: 0 told to stop by the learner, or given up on it; 2 bad arguments or refused
+by the learner; 130 stopped by SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ HEARTBEAT_SECONDS = 1.0
 LEARNER_TIMEOUT_SECONDS = 10.0
 HANDSHAKE_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 30.0
+EXIT_SIGNALLED = 130
 
 
 class LearnerRejected(Exception):
@@ -394,9 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     stop = threading.Event()
+    signalled: list[int] = []
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         logger.info("received %s: stopping", signal.Signals(signum).name)
+        signalled.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -416,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         actor.close()
     logger.info("actor %s stopped after sending %d games", args.actor_id, actor.games_sent)
-    return 0
+    # 130 for a signal, as the learner: Docker's on-failure policy then brings back actors
+    # that a host shutdown stopped, and leaves those that the learner's shutdown ended
+    return EXIT_SIGNALLED if signalled else 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -76,3 +80,19 @@ def test_an_actor_gives_up_on_a_learner_silent_for_give_up_after(monkeypatch: py
         assert not patient.stop.is_set()
     finally:
         patient.close()
+
+
+def test_a_signal_ends_an_actor_with_130_for_restart_policies() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "workers.actor", "--learner", "tcp://127.0.0.1:1"],
+                               stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # its handlers are in place once it is retrying
+            if "does not answer" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
