@@ -178,20 +178,19 @@ class Stack:
         path.with_suffix(".tmp").chmod(0o644)
         path.with_suffix(".tmp").replace(path)
 
-    def compose_command(self, *args: str) -> list[str]:
-        return ["docker", "compose", "-p", self.name, "-f", str(ROOT / "docker-compose.yml"),
-                "-f", str(self.work / "override.yml"), *args]
-
     def compose(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(self.compose_command(*args), capture_output=True, text=True,
-                              timeout=timeout, env=self.env, cwd=ROOT)
+        command = ["docker", "compose", "-p", self.name, "-f", str(ROOT / "docker-compose.yml"),
+                   "-f", str(self.work / "override.yml"), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              env=self.env, cwd=ROOT)
         if check and done.returncode != 0:
             raise AssertionError(f"compose {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
         return done
 
-    def timed(self, phase: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def timed(self, phase: str, *args: str, timeout: float = 120,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
         start = time.monotonic()
-        done = self.compose(*args, timeout=timeout)
+        done = self.compose(*args, timeout=timeout, check=check)
         self.phases[phase] = time.monotonic() - start
         return done
 
@@ -208,6 +207,11 @@ class Stack:
 
     def metrics(self) -> list[dict]:
         return [json.loads(line) for line in self.volume_text("compose/metrics.jsonl").splitlines()]
+
+    def assert_steps_continue(self) -> None:
+        """One metrics line per epoch, each STEPS_PER_EPOCH on: no step lost or counted twice."""
+        steps = [line["step"] for line in self.metrics()]
+        assert steps == [STEPS_PER_EPOCH * (index + 1) for index in range(len(steps))], steps
 
     def wait(self, what: str, ready, timeout: float = 300) -> float:
         """Poll ``ready()`` until true; the seconds it took."""
@@ -291,9 +295,8 @@ def run_stack(stack: Stack, build_args: list[str]) -> None:
     phases["epoch after start"] = stack.wait("an epoch after start",
                                              lambda: len(stack.metrics()) > len(before))
     assert "resum" in stack.compose("logs", "--no-color", "learner").stdout.lower()
+    stack.assert_steps_continue()
     after = stack.metrics()
-    steps = [line["step"] for line in after]
-    assert steps == [STEPS_PER_EPOCH * (index + 1) for index in range(len(steps))], steps
     assert after[:len(before)] == before
     epochs = [line["epoch"] for line in after]
     assert epochs == sorted(set(epochs))
@@ -305,6 +308,7 @@ def run_stack(stack: Stack, build_args: list[str]) -> None:
     phases["restart after a crash"] = stack.wait(
         "the crashed learner restarted",
         lambda: stack.containers("learner")[0]["RestartCount"] == 1, timeout=60)
+
     def resumes() -> int:
         return stack.compose("logs", "--no-color", "learner").stdout.count("resumed from")
 
@@ -314,8 +318,7 @@ def run_stack(stack: Stack, build_args: list[str]) -> None:
     phases["epoch after the crash"] = stack.wait(
         "an epoch after the crash", lambda: stack.metrics()[-1]["time"] > trained_before, timeout=180)
     assert len(stack.metrics()) >= crashed_at - 1  # at most the epoch after the checkpoint lost
-    steps = [line["step"] for line in stack.metrics()]
-    assert steps == [STEPS_PER_EPOCH * (index + 1) for index in range(len(steps))], steps
+    stack.assert_steps_continue()
 
     # A host restart (the daemon stopped and started, where KEISEI_DOCKER_RESTART names a
     # command that does it): every container was stopped with SIGTERM and exited 130, so
@@ -333,8 +336,7 @@ def run_stack(stack: Stack, build_args: list[str]) -> None:
             "a distributed epoch after the daemon restart",
             lambda: stack.metrics()[-1]["time"] > trained_before and distributed_epoch(running),
             timeout=180)
-        steps = [line["step"] for line in stack.metrics()]
-        assert steps == [STEPS_PER_EPOCH * (index + 1) for index in range(len(steps))], steps
+        stack.assert_steps_continue()
     else:
         print("\nno daemon restart: KEISEI_DOCKER_RESTART is not set")
 
@@ -345,9 +347,7 @@ def run_stack(stack: Stack, build_args: list[str]) -> None:
         stack.compose("stop")
         target = stack.metrics()[-1]["step"] + 2 * STEPS_PER_EPOCH
         stack.configure(CONFIG.format(total_steps=target))
-        start = time.monotonic()
-        ended = stack.compose("up", *flags, timeout=600, check=False)
-        phases[phase] = time.monotonic() - start
+        ended = stack.timed(phase, "up", *flags, timeout=600, check=False)
         show(phase, ended)
         assert ended.returncode == 0, ended.stdout[-3000:] + ended.stderr[-2000:]
         assert stack.metrics()[-1]["step"] == target
@@ -363,9 +363,7 @@ def run_stack(stack: Stack, build_args: list[str]) -> None:
     # A bad configuration: the learner exits 2 and is tried five times more, then stays
     # down; the actors give up on it, so a plain `up` returns; the run is untouched.
     stack.configure(CONFIG.format(total_steps=target).replace("games = 8", "games = 0"))
-    start = time.monotonic()
-    failed = stack.compose("up", timeout=300, check=False)
-    phases["up with a bad configuration"] = time.monotonic() - start
+    failed = stack.timed("up with a bad configuration", "up", timeout=300, check=False)
     assert failed.returncode == 0, failed.stdout[-3000:] + failed.stderr[-2000:]
     show("up with a bad configuration", failed)
     assert "selfplay.games = 0" in stack.compose("logs", "--no-color", "learner").stdout
