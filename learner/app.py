@@ -212,9 +212,9 @@ class Learner:
         logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",
                     self.run_dir, f"{count_parameters(trainer.model):,}", config.selfplay.games,
                     trainer.device, torch.get_num_threads())
-        buffer = trainer.buffer
-        self._ledger_start = {"carried": buffer.size, "step": trainer.step,
-                              "stale": buffer.steps_dropped_stale, "in_process": buffer.steps_put_in_process,
+        counts = trainer.admission.counts()
+        self._ledger_start = {"carried": counts.steps_held, "step": trainer.step,
+                              "stale": counts.steps_dropped_stale,
                               "non_finite": trainer.steps_dropped_non_finite}
         self.checkpoints = Checkpoints(trainer, self.ratings, self.run_dir / "checkpoints",
                                        config.checkpoint)
@@ -235,7 +235,7 @@ class Learner:
         config, options, trainer = self.config, self.options, self.trainer
         keys = load_keys(options.curve_keys, "learner") if options.curve_keys else None
         self.server = self._stack.enter_context(LearnerServer(
-            options.bind, trainer.buffer, self.actors, config.to_dict(),
+            options.bind, trainer.admission, self.actors, config.to_dict(),
             lambda: trainer.policy_version, keys=keys, publish_interval=options.publish_interval,
             wire=config.wire, takeover_after=config.supervisor.heartbeat_timeout))
         self.server.publish(trainer.model.state_dict())  # version 0, or the resumed one
@@ -365,15 +365,15 @@ class Learner:
 
     def ledger(self) -> Ledger:
         """The step ledger (see ``reports.Ledger``); exact between epochs."""
-        trainer, buffer, start = self.trainer, self.trainer.buffer, self._ledger_start
-        wire = self.server.ledger_counts() if self.server is not None else {}
-        received = wire.get("received", 0) + buffer.steps_put_in_process - start["in_process"]
-        dropped = {"backpressure": wire.get("backpressure", 0),
-                   "stale": buffer.steps_dropped_stale - start["stale"],
-                   "invalid": wire.get("invalid", 0),
+        trainer, start = self.trainer, self._ledger_start
+        counts = trainer.admission.counts()
+        received = counts.steps_received + counts.steps_invalid + counts.steps_in_process
+        dropped = {"backpressure": counts.steps_dropped_backpressure,
+                   "stale": counts.steps_dropped_stale - start["stale"],
+                   "invalid": counts.steps_invalid,
                    "non_finite": trainer.steps_dropped_non_finite - start["non_finite"]}
         return Ledger(start["carried"], received, trainer.step - start["step"], dropped,
-                      buffer.size + buffer.reserved + wire.get("pending", 0))
+                      counts.steps_held + counts.steps_pending)
 
     def actors_report(self) -> ActorsReport | None:
         """The actors' part: counts by state for all, rows for the ``REPORTED_ACTORS`` most

@@ -5,8 +5,14 @@ with the values recorded when it was played), drops plies produced more than
 ``max_policy_lag`` policy versions ago (counted), and appends the rest. An epoch is
 ready when ``steps_per_epoch`` steps are held; ``take_epoch`` hands out exactly that
 many, first in first out, and the rest carry over to the next epoch. Every accepted
-step is handed out exactly once. ``put`` may be called from a receiving thread while
-the trainer takes epochs.
+step is handed out exactly once.
+
+The invariant that keeps training alive: **only** ``learner.admission.Admission`` calls
+``put``, holding its own lock, whoever played the game (a remote actor, a local actor or
+the learner's in-process collector). So there is one writer at a time, a game that does
+not fit (``BufferFullError``) waits in admission's queue instead of failing its writer,
+and no interleaving of writers or collection modes can end training. The trainer takes,
+commits and restores epochs from its own thread meanwhile.
 """
 
 from __future__ import annotations
@@ -97,7 +103,6 @@ class ExperienceBuffer:
         self.shaping_lambda = shaping_lambda
         self.policy_version = policy_version  # the current one, read from its owner
         self.steps_accepted = 0
-        self.steps_put_in_process = 0  # accepted or stale, from the learner's own collector
         self.steps_dropped_stale = 0
         self.last_game: FinishedGame | None = None  # the most recent game put, for records
         self.source_names = [IN_PROCESS, OTHERS]  # who played the steps: the ``sources`` column
@@ -118,6 +123,11 @@ class ExperienceBuffer:
     def reserved(self) -> int:
         """Steps of the epoch being trained on (taken, not yet committed)."""
         return self._reserved
+
+    def held(self) -> int:
+        """Steps held: waiting, plus the epoch being trained on (read together)."""
+        with self._lock:
+            return self._size + self._reserved
 
     def ready(self) -> bool:
         return self._size >= self.steps_per_epoch
@@ -152,8 +162,6 @@ class ExperienceBuffer:
             self._size += count
             self.steps_accepted += count
             self.steps_dropped_stale += game.length - count
-            if source == IN_PROCESS:
-                self.steps_put_in_process += game.length
             self._count_game(game)
             self.last_game = game
             if self._size >= self.steps_per_epoch:

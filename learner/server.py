@@ -3,9 +3,9 @@
 A ROUTER (``--bind``, default ``tcp://127.0.0.1:5555``) takes ``hello``, ``heartbeat``,
 ``games`` and ``bye`` from actors and answers ``welcome``/``reject``/``ack``/``shutdown``;
 a PUB one port above it publishes weights, again every ``publish_interval`` so a late
-joiner gets the current version within that time. Games are replayed and validated
-(``keisei.records.replay_game``) before they reach the buffer; anything malformed is
-dropped and counted, never raised. Only this thread touches the sockets; other threads
+joiner gets the current version within that time. Games go to ``learner.admission``,
+which validates them and queues them for the buffer (the same path the in-process
+collector's games take); anything malformed is dropped and counted, never raised. Only this thread touches the sockets; other threads
 call ``publish`` and ``close``.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +23,6 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from keisei.config import WireConfig
-from keisei.errors import KeiseiError
 from keisei.protocol import (
     ACCEPTED_VERSIONS,
     WEIGHTS_TOPIC,
@@ -45,9 +43,8 @@ from keisei.protocol import (
     decode,
     encode,
 )
-from keisei.records import FinishedGame, replay_game
 from learner.actors import ActorTable
-from learner.buffer import BufferFullError, ExperienceBuffer
+from learner.admission import Admission, InvalidGames
 
 logger = logging.getLogger(__name__)
 
@@ -80,28 +77,25 @@ def local_endpoint(bind: str) -> str:
 class LearnerServer:
     """ROUTER + PUB sockets and the thread that serves them (a context manager)."""
 
-    def __init__(self, bind: str, buffer: ExperienceBuffer, actors: ActorTable,
+    def __init__(self, bind: str, admission: Admission, actors: ActorTable,
                  settings: dict[str, dict[str, Any]], policy_version: Callable[[], int], *,
                  publish_interval: float = 2.0, heartbeat_interval: float = 1.0,
                  keys: CurveKeys | None = None, wire: WireConfig | None = None,
                  takeover_after: float = 5.0) -> None:
         self.bind = bind
         self.weights_endpoint = weights_bind_address(bind)
-        self.buffer = buffer
+        self.admission = admission
         self.actors = actors
         self.settings = settings
         self.publish_interval = publish_interval
         self.heartbeat_interval = heartbeat_interval
-        self.max_plies = int(settings["selfplay"]["max_plies"])
-        self.entering_king = bool(settings["selfplay"]["entering_king"])
         self.policy_version = policy_version  # the current one, read from its owner
         self.wire = wire if wire is not None else WireConfig()
         self.limits = Limits(int(self.wire.max_message_mb * (1 << 20)), self.wire.max_games_per_message,
                              self.wire.max_plies_per_game)
         self.takeover_after = takeover_after  # seconds of silence before an id may be claimed anew
-        self.counters = {"messages": 0, "invalid_messages": 0, "rejected_hellos": 0,
-                         "games_accepted": 0, "steps_received": 0, "games_invalid": 0,
-                         "steps_invalid": 0, "steps_dropped_backpressure": 0, "games_bytes": 0}
+        self._counters = {"messages": 0, "invalid_messages": 0, "rejected_hellos": 0,
+                          "games_bytes": 0}
         self._identities: dict[str, bytes] = {}  # actor id -> its connection, and back
         self._actor_of: dict[bytes, str] = {}
         # monotonic times the supervisor reads: the last games accepted, and since when the
@@ -109,9 +103,6 @@ class LearnerServer:
         self.last_games_at = time.monotonic()
         self.accepting_since = time.monotonic()
         self._was_accepting = True
-        self._pending: deque[tuple[FinishedGame, str]] = deque()  # (game, actor id)
-        self._pending_steps = 0
-        self._ledger_lock = threading.Lock()  # held while steps move between counters
         self._weights: list[Frame] | None = None
         self._weights_due = threading.Event()
         self._stopping = threading.Event()
@@ -192,8 +183,7 @@ class LearnerServer:
                     self._weights_due.clear()
                     self._publisher.send_multipart(self._weights, copy=False)
                     last_publish = now
-                with self._ledger_lock:
-                    self._flush_pending()
+                self.admission.flush()  # room freed by the trainer since the last round
                 wanting = self.accepting()
                 if wanting and not self._was_accepting:
                     self.accepting_since = now
@@ -204,7 +194,7 @@ class LearnerServer:
             logger.exception("learner server thread failed")
 
     def _handle(self, identity: bytes, frames: list[memoryview]) -> None:
-        self.counters["messages"] += 1
+        self._counters["messages"] += 1
         sender = self._actor_of.get(identity)
         if sender is not None and not self.actors.known(sender):
             self._drop_identity(sender)  # forgotten by the table (expired)
@@ -223,9 +213,8 @@ class LearnerServer:
                                   message.batches_dropped, message.steps_dropped)
             self._reply(identity, Ack(self.policy_version(), self.accepting()))
         elif isinstance(message, Games):
-            self.counters["games_bytes"] += sum(frame.nbytes for frame in frames)
-            with self._ledger_lock:
-                self._games(sender, message)
+            self._counters["games_bytes"] += sum(frame.nbytes for frame in frames)
+            self._games(sender, message)
         elif isinstance(message, Bye):
             self.actors.bye(sender)
             self._drop_identity(sender)
@@ -235,7 +224,7 @@ class LearnerServer:
 
     def _hello(self, identity: bytes, hello: Hello) -> None:
         if hello.protocol_version not in ACCEPTED_VERSIONS:
-            self.counters["rejected_hellos"] += 1
+            self._counters["rejected_hellos"] += 1
             reason = f"protocol version {hello.protocol_version} is not accepted"
             logger.warning("rejected actor %s: %s", hello.actor_id, reason)
             self._reply(identity, Reject(reason, ACCEPTED_VERSIONS))
@@ -250,7 +239,7 @@ class LearnerServer:
                                         takeover_after=self.takeover_after,
                                         capacity=self.wire.max_actors)
         if refused is not None:
-            self.counters["rejected_hellos"] += 1
+            self._counters["rejected_hellos"] += 1
             logger.warning("refused hello from %s: %s", hello.actor_id, refused)
             self._reply(identity, Reject(refused, ACCEPTED_VERSIONS))  # temporary: it may retry
             return
@@ -269,66 +258,30 @@ class LearnerServer:
             self._actor_of.pop(identity, None)
 
     def _games(self, sender: str, message: Games) -> None:
-        current = self.policy_version()
         try:
-            future = [record.policy_versions.max() for record in message.games
-                      if record.policy_versions.max() > current]
-            if future:
-                raise ValueError(f"policy version {int(max(future))} is newer than the learner's "
-                                 f"{current}")
-            games = [replay_game(record, self.max_plies, self.entering_king) for record in message.games]
-        except (KeiseiError, ValueError) as exc:
-            self.counters["games_invalid"] += len(message.games)
-            self.counters["steps_invalid"] += sum(record.length for record in message.games)
+            games = self.admission.receive(message.games, sender)
+        except InvalidGames as exc:
             self._invalid(sender, f"games rejected: {exc}")
             return
-        steps = sum(game.length for game in games)
         self.last_games_at = time.monotonic()
-        self.counters["games_accepted"] += len(games)
-        self.counters["steps_received"] += steps
-        self.actors.games(sender, len(games), steps)
-        self._pending.extend((game, sender) for game in games)
-        self._pending_steps += steps
-        self._flush_pending()
-
-    def ledger_counts(self) -> dict[str, int]:
-        """Steps received (valid or not), rejected as invalid, dropped for back-pressure and
-        waiting here, read together (no step is between two of them)."""
-        with self._ledger_lock:
-            counters = self.counters
-            return {"received": counters["steps_received"] + counters["steps_invalid"],
-                    "invalid": counters["steps_invalid"],
-                    "backpressure": counters["steps_dropped_backpressure"],
-                    "pending": self._pending_steps}
+        self.actors.games(sender, len(games), sum(game.length for game in games))
 
     @property
-    def pending_steps(self) -> int:
-        """Steps received and validated but waiting for room in the buffer."""
-        return self._pending_steps
+    def counters(self) -> dict[str, int]:
+        """The wire's counters (``wire_<name>`` in metrics): messages, and the games and
+        steps that came over it as admission counted them."""
+        counts = self.admission.counts()
+        return {**self._counters, "games_accepted": counts.games_received,
+                "steps_received": counts.steps_received, "games_invalid": counts.games_invalid,
+                "steps_invalid": counts.steps_invalid,
+                "steps_dropped_backpressure": counts.steps_dropped_backpressure}
 
     def accepting(self) -> bool:
-        """Whether actors should keep playing: the next epoch is not complete yet.
-
-        Beyond that their games would only wait and grow stale; pausing them also hands
-        the CPU to the PPO update when actors share the learner's machine.
-        """
-        return self.buffer.size + self._pending_steps < self.buffer.steps_per_epoch
-
-    def _flush_pending(self) -> None:
-        """Move received games into the buffer; when it is full they wait here (bounded)."""
-        while self._pending:
-            try:
-                self.buffer.put(*self._pending[0])
-            except BufferFullError:
-                break
-            self._pending_steps -= self._pending.popleft()[0].length
-        while self._pending_steps > self.buffer.capacity:
-            dropped, _ = self._pending.popleft()
-            self._pending_steps -= dropped.length
-            self.counters["steps_dropped_backpressure"] += dropped.length
+        """Whether actors should keep playing (see ``Admission.accepting``)."""
+        return self.admission.accepting()
 
     def _invalid(self, sender: str | None, reason: str) -> None:
-        self.counters["invalid_messages"] += 1
+        self._counters["invalid_messages"] += 1
         self.actors.invalid(sender)
         logger.warning("dropped a message from %s: %s", sender or "an unknown peer", reason)
 

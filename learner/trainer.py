@@ -49,6 +49,7 @@ from keisei.ppo import (
 )
 from keisei.records import unpack_masks, unpack_observations
 from keisei.selfplay import Collector
+from learner.admission import Admission
 from learner.buffer import EpochBatch, ExperienceBuffer
 from learner.reports import CollectReport, EpochReport, GamesReport, Mode, UpdateReport
 
@@ -91,7 +92,10 @@ class Trainer:
                                        policy_version=lambda: self.policy_version,
                                        shaping=train.shaping_scale > 0,
                                        shaping_lambda=train.shaping_lambda)
-        self.collector = Collector(model, selfplay, self.buffer, device=device,
+        # every game reaches the buffer through admission, the in-process collector's too
+        self.admission = Admission(self.buffer, lambda: self.policy_version,
+                                   max_plies=selfplay.max_plies, entering_king=selfplay.entering_king)
+        self.collector = Collector(model, selfplay, self.admission, device=device,
                                    seed=config.run.seed, precision=config.run.precision)
         # fused: one kernel for all parameters instead of one per tensor (~1 ms per step here)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate,
@@ -156,6 +160,9 @@ class Trainer:
         self.collector.model.eval()
         while not self.buffer.ready():
             self._check_stop()
+            self.admission.flush()  # games that waited for the room the last update freed
+            if self.buffer.ready():
+                break
             if self.mode() is Mode.SEQUENTIAL:
                 self.collector.step(self.policy_version)
                 continue

@@ -85,7 +85,7 @@ def test_two_actors_train_and_every_step_is_counted_once(tmp_path: Path) -> None
         assert buffer.steps_accepted == run.trainer.step + buffer.size  # trained or still held
         assert counters["steps_received"] == (buffer.steps_accepted + buffer.steps_dropped_stale
                                               + counters["steps_dropped_backpressure"]
-                                              + run.server.pending_steps)
+                                              + run.trainer.admission.counts().steps_pending)
         table = run.actors.snapshot()
         assert sum(info.steps_received for info in table) == counters["steps_received"]
         assert all(info.games_received > 0 for info in table)
