@@ -47,7 +47,8 @@ def measure(games: int, threads: int, seconds: float, precision: str,
     collector = Collector(build_model(Config().model), SelfPlayConfig(games=games),
                           sink if sink is not None else CountingSink(), precision=precision)
     collector.model.eval()
-    collector.collect(games * 3)  # warm-up
+    for _ in range(3):  # warm-up
+        collector.step(0)
     start_steps, started = collector.stats.steps, time.perf_counter()
     start = (collector.stats.inference_seconds, collector.stats.rules_seconds,
              collector.stats.encode_seconds)

@@ -42,7 +42,9 @@ def sequential(config: Config, seconds: float) -> tuple[float, list[FinishedGame
     torch.set_num_threads(1)
     sink = ListSink()
     collector = Collector(build_model(config.model), config.selfplay, sink, precision="auto")
-    collector.collect(config.selfplay.games * 3)
+    collector.model.eval()
+    for _ in range(3):
+        collector.step(0)
     start, started = collector.stats.steps, time.perf_counter()
     while time.perf_counter() - started < seconds:
         collector.step(0)
@@ -83,7 +85,7 @@ def through_actors(config: Config, actors: int, seconds: float, port: int) -> tu
 
 def serialisation(games: list[FinishedGame], max_plies: int) -> tuple[float, float, float]:
     """Bytes per step, actor encode seconds per step, learner decode+replay seconds per step."""
-    records = [game.to_record() for game in games]
+    records = list(games)
     steps = sum(record.length for record in records)
     started = time.perf_counter()
     for _ in range(20):

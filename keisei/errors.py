@@ -21,7 +21,18 @@ class IllegalMoveError(KeiseiError, ValueError):
 
 
 class RecordError(KeiseiError, ValueError):
-    """A game record (KIF, CSA) cannot be read or replayed."""
+    """A game record (KIF, CSA, a wire record) cannot be read or replayed; ``kind`` says
+    how, in a few words (one of ``RECORD_PROBLEMS``), for counts and summaries."""
+
+    def __init__(self, message: str, kind: str = "does not parse") -> None:
+        if kind not in RECORD_PROBLEMS:
+            raise ValueError(f"RecordError kind {kind!r} is not one of {RECORD_PROBLEMS}")
+        super().__init__(message)
+        self.kind = kind
+
+
+RECORD_PROBLEMS = ("does not parse", "bad position", "illegal move", "false result", "too long")
+"""The kinds of ``RecordError``."""
 
 
 class GameOverError(KeiseiError, RuntimeError):

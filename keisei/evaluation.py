@@ -326,17 +326,6 @@ def tally(played: Sequence[Scored]) -> MatchResult:
     return MatchResult(points.count(1.0), points.count(0.5), points.count(0.0))
 
 
-def play_against_random(model: nn.Module, games: int, *, seed: int = 0, max_plies: int = 512,
-                        device: str | torch.device = "cpu",
-                        autocast_dtype: torch.dtype | None = None) -> MatchResult:
-    """The network (its most probable move) against uniform random moves, from the
-    shipped openings in colour-swapped pairs (``games`` is rounded up to even)."""
-    policy = PolicyPlayer(model, "policy", device=device, autocast_dtype=autocast_dtype)
-    played = play_match(policy, RandomPlayer(), load_openings(), range((games + 1) // 2),
-                        seed=seed, max_plies=max_plies)
-    return tally(played)
-
-
 # --- ratings ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pairing:

@@ -197,7 +197,7 @@ def parse_records(name: str, data: bytes, stats: ReadStats | None = None) -> Ite
         try:
             game, known = _parse_one(chunk, fmt)
         except (RecordError, IllegalMoveError, InvalidSfenError) as exc:
-            stats.skip(origin, _kind(str(exc)), str(exc))
+            stats.skip(origin, _kind(exc), str(exc))
             continue
         if game.ply == 0:
             stats.skip(origin, "no moves", "the record holds no move")
@@ -221,17 +221,13 @@ def _split(text: str, fmt: str) -> list[str]:
     return [text]
 
 
-def _kind(message: str) -> str:
-    """A short category of a skip reason, for the counts."""
-    if "claims" in message or "says" in message:
-        return "false result"
-    if "illegal" in message or "is not a legal" in message or "follows the end" in message:
+def _kind(exc: RecordError | IllegalMoveError | InvalidSfenError) -> str:
+    """A short category of a skip reason, for the counts: the error's own."""
+    if isinstance(exc, IllegalMoveError):
         return "illegal move"
-    if "start position" in message or "SFEN" in message or "sfen" in message:
+    if isinstance(exc, InvalidSfenError):
         return "bad position"
-    if "too long" in message:
-        return "too long"
-    return "does not parse"
+    return exc.kind
 
 
 def _parse_one(text: str, fmt: str) -> tuple[Game, bool]:
@@ -244,7 +240,7 @@ def _parse_one(text: str, fmt: str) -> tuple[Game, bool]:
     else:
         game, known = _parse_usi_line(text)
     if game.ply > MAX_PLIES:
-        raise RecordError(f"the game is too long ({game.ply} plies; at most {MAX_PLIES})")
+        raise RecordError(f"the game is too long ({game.ply} plies; at most {MAX_PLIES})", "too long")
     return game, known
 
 
@@ -261,11 +257,11 @@ def _parse_usi_line(line: str) -> tuple[Game, bool]:
         words = words[:-2]
     moves = len(words) - words.index("moves") - 1 if "moves" in words else 0
     if moves > MAX_PLIES:
-        raise RecordError(f"the game is too long ({moves} plies; at most {MAX_PLIES})")
+        raise RecordError(f"the game is too long ({moves} plies; at most {MAX_PLIES})", "too long")
     try:
         game = Game.from_position(" ".join(words), max_plies=moves + 1)
     except IllegalMoveError as exc:
-        raise RecordError(f"illegal {exc}") from exc
+        raise RecordError(f"illegal {exc}", "illegal move") from exc
     decided = game.outcome
     if claimed is None:
         return game, decided is not None
@@ -273,7 +269,8 @@ def _parse_usi_line(line: str) -> tuple[Game, bool]:
     if decided is not None:
         if decided.winner is not winner:
             what = "a draw" if winner is None else f"a win for {winner}"
-            raise RecordError(f"the line claims {what} but the final position is {decided}")
+            raise RecordError(f"the line claims {what} but the final position is {decided}",
+                              "false result")
         return game, True
     # The result was decided off the board (resignation, adjudication): record it so.
     game.end(Outcome(winner, Termination.RESIGNATION if winner is not None

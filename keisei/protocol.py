@@ -39,8 +39,11 @@ from keisei.shogi import Termination
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 """Where the learner's ROUTER listens unless told otherwise (weights one port above)."""
 
-PROTOCOL_VERSION = 1
-ACCEPTED_VERSIONS = (1,)
+PROTOCOL_VERSION = 2
+"""2: ``hello`` no longer carries ``games``, ``heartbeat`` no longer ``games_sent`` and
+``ack`` no longer ``policy_version`` (nothing read them); actors heartbeat at the
+``welcome``'s ``heartbeat_interval``."""
+ACCEPTED_VERSIONS = (2,)
 WEIGHTS_TOPIC = b"weights"
 MAX_HEADER_BYTES = 1 << 20
 MAX_GAMES_PER_MESSAGE = 4096
@@ -80,7 +83,6 @@ class Hello:
     actor_id: str
     host: str
     pid: int
-    games: int
     protocol_version: int = PROTOCOL_VERSION
 
 
@@ -89,7 +91,6 @@ class Heartbeat:
     actor_id: str
     steps_per_second: float
     policy_version: int
-    games_sent: int = 0
     batches_dropped: int = 0
     steps_dropped: int = 0
 
@@ -112,7 +113,7 @@ class Welcome:
     weights_endpoint: str
     model: dict[str, Any]
     selfplay: dict[str, Any]
-    heartbeat_interval: float
+    heartbeat_interval: float  # seconds between the actor's heartbeats
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,6 @@ class Ack:
     """The learner's answer to a heartbeat. ``accepting`` False asks the actor to pause
     (its games would only wait, grow stale and take CPU from the learner)."""
 
-    policy_version: int
     accepting: bool = True
 
 
@@ -270,12 +270,11 @@ def _decode_plain(kind: MessageType, header: dict[str, Any]) -> Message:
     number = (int, float)
     if kind is MessageType.HELLO:
         return Hello(_text(header, "actor_id"), _text(header, "host"),
-                     _expect(header, "pid", int, 0), _expect(header, "games", int, 1, 100_000),
-                     _expect(header, "protocol_version", int))
+                     _expect(header, "pid", int, 0), _expect(header, "protocol_version", int))
     if kind is MessageType.HEARTBEAT:
         return Heartbeat(_text(header, "actor_id"), float(_expect(header, "steps_per_second", number, 0)),
                          _expect(header, "policy_version", int, -1),
-                         _expect(header, "games_sent", int, 0), _expect(header, "batches_dropped", int, 0),
+                         _expect(header, "batches_dropped", int, 0),
                          _expect(header, "steps_dropped", int, 0))
     if kind is MessageType.BYE:
         return Bye(_text(header, "actor_id"), _text(header, "reason"))
@@ -290,7 +289,7 @@ def _decode_plain(kind: MessageType, header: dict[str, Any]) -> Message:
         accepting = header.get("accepting")
         if not isinstance(accepting, bool):
             raise ProtocolError(f"field 'accepting' = {accepting!r} is not a boolean")
-        return Ack(_expect(header, "policy_version", int, 0), accepting)
+        return Ack(accepting)
     return Shutdown(_text(header, "reason"))
 
 

@@ -90,11 +90,6 @@ class FinishedGame(GameRecord):
     actions: np.ndarray  # (T,) int16
     players: np.ndarray  # (T,) uint8
 
-    def to_record(self) -> GameRecord:
-        """The wire form alone."""
-        return GameRecord(self.start_sfen, self.winner, self.reason, self.moves, self.log_probs,
-                          self.values, self.policy_versions)
-
 
 def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) -> FinishedGame:
     """Rebuild a ``FinishedGame`` from its wire form by replaying the moves through ``Game``.
@@ -107,27 +102,30 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) 
     try:
         game = Game(record.start_sfen, max_plies=max_plies, entering_king=entering_king)
     except InvalidSfenError as exc:
-        raise RecordError(f"start position: {exc}") from exc
+        raise RecordError(f"start position: {exc}", "bad position") from exc
     length = record.length
     planes = np.empty((length, *OBSERVATION_SHAPE), dtype=np.float32)
     turns = np.empty(length, dtype=np.uint8)
     legal_lists = []
     for ply, move in enumerate(record.moves.tolist()):
         if game.outcome is not None:
-            raise RecordError(f"ply {ply + 1} follows the end of the game ({game.outcome})")
+            raise RecordError(f"ply {ply + 1} follows the end of the game ({game.outcome})",
+                              "illegal move")
         legal = game.legal_moves()
         if move not in legal:
-            raise RecordError(f"ply {ply + 1}: move {move} is not legal in {game.sfen()}")
+            raise RecordError(f"ply {ply + 1}: move {move} is not legal in {game.sfen()}",
+                              "illegal move")
         fill_observation(planes, ply, game.board, game.repetitions)
         turns[ply] = game.board.turn
         legal_lists.append(legal)
         game.push(move)
     outcome = game.outcome
     if outcome is None:
-        raise RecordError(f"the game is not over after its {length} plies")
+        raise RecordError(f"the game is not over after its {length} plies", "false result")
     winner = DRAW if outcome.winner is None else outcome.winner.number
     if (winner, outcome.reason) != (record.winner, record.reason):
-        raise RecordError(f"claimed result {record.winner}/{record.reason} but the moves give {outcome}")
+        raise RecordError(f"claimed result {record.winner}/{record.reason} but the moves give {outcome}",
+                          "false result")
     actions, masks = sequence_actions_and_masks(legal_lists, turns, record.moves)
     return FinishedGame(
         start_sfen=game.start_sfen, winner=winner, reason=outcome.reason,

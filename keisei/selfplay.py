@@ -99,14 +99,6 @@ class Collector:
     def _new_game(self) -> Game:
         return Game(max_plies=self.config.max_plies, entering_king=self.config.entering_king)
 
-    def collect(self, steps: int, policy_version: int = 0) -> int:
-        """Play until at least ``steps`` plies have been recorded; return how many were."""
-        start = self.stats.steps
-        self.model.eval()
-        while self.stats.steps - start < steps:
-            self.step(policy_version)
-        return self.stats.steps - start
-
     def step(self, policy_version: int) -> int:
         """One ply in every game; finished games go to the sink. Returns how many finished."""
         started = time.perf_counter()

@@ -278,7 +278,7 @@ class Game:
 
     @property
     def side_to_move(self) -> Color:
-        return Color.BLACK if self.board.turn == 0 else Color.WHITE
+        return Color.from_number(self.board.turn)
 
     @property
     def outcome(self) -> Outcome | None:
@@ -405,7 +405,7 @@ class Game:
     def _adjudicate(self, occurrences: int) -> Outcome | None:
         """The result of the current position, if it ends the game (rules in the module doc)."""
         board = self.board
-        to_move = Color.BLACK if board.turn == 0 else Color.WHITE
+        to_move = Color.from_number(board.turn)
         if not self._legal:
             reason = Termination.CHECKMATE if board.is_check() else Termination.NO_LEGAL_MOVES
             return Outcome(to_move.opponent, reason)
@@ -542,12 +542,14 @@ class Game:
             # declaring would win; a %KACHI end is checked below instead.
             game = cls(sfen, max_plies=max_plies, entering_king=False)
         except InvalidSfenError as exc:
-            raise RecordError(f"record's start position is invalid: {exc}") from exc
+            raise RecordError(f"record's start position is invalid: {exc}", "bad position") from exc
         for number, move in enumerate(moves, start=1):
             if game.is_over:
-                raise RecordError(f"move {number} follows the end of the game ({game.outcome})")
+                raise RecordError(f"move {number} follows the end of the game ({game.outcome})",
+                                  "illegal move")
             if move not in game._legal:
-                raise RecordError(f"move {number} ({_describe(move)}) is illegal in {game.sfen()}")
+                raise RecordError(f"move {number} ({_describe(move)}) is illegal in {game.sfen()}",
+                                  "illegal move")
             game.push(move)
         game.entering_king = True  # for play from here on, as every Game
         known, claimed = _claimed_result(endgame, win, game.side_to_move)
@@ -556,14 +558,14 @@ class Game:
         if decided is not None:
             if known and claimed is not decided.winner:
                 raise RecordError(f"the record claims {_result_words(claimed)} ({endgame}) but "
-                                  f"the position {after} is {decided}")
+                                  f"the position {after} is {decided}", "false result")
             return game
         if endgame == "%KACHI" and game.board.is_nyugyoku():
             game._outcome = Outcome(game.side_to_move, Termination.ENTERING_KING)
             return game
         if endgame in _RULE_ENDINGS:
             raise RecordError(f"the record claims {_RULE_ENDINGS[endgame]} ({endgame}) but the "
-                              f"position {after} is not one")
+                              f"position {after} is not one", "false result")
         game._outcome = _recorded_outcome(endgame, win, game.side_to_move)
         return game
 
@@ -653,7 +655,7 @@ def _claimed_result(endgame: str, win: int, to_move: Color) -> tuple[bool, Color
         return False, None
     if stated is not None and stated is not implied:
         raise RecordError(f"the record says {_result_words(stated)} but its end ({endgame} with "
-                          f"{to_move} to move) means {_result_words(implied)}")
+                          f"{to_move} to move) means {_result_words(implied)}", "false result")
     return True, implied
 
 

@@ -23,7 +23,6 @@ class ActorInfo:
     actor_id: str
     host: str = ""
     pid: int = 0
-    games: int = 0
     state: ActorState = ActorState.STARTING
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
@@ -56,7 +55,7 @@ class ActorTable:
         self._lock = threading.Lock()
         self.clock = clock
 
-    def hello(self, actor_id: str, host: str, pid: int, games: int, *, new_connection: bool = True,
+    def hello(self, actor_id: str, host: str, pid: int, *, new_connection: bool = True,
               takeover_after: float = math.inf, capacity: int = 1_000_000) -> str | None:
         """Record a hello; return why it is refused, or None.
 
@@ -75,7 +74,7 @@ class ActorTable:
                     and previous.state not in (ActorState.STOPPED, ActorState.FAILED) \
                     and now - previous.last_seen <= takeover_after:
                 return f"actor id {actor_id!r} belongs to a live connection"
-            info = ActorInfo(actor_id, host, pid, games, connected_at=now, last_seen=now)
+            info = ActorInfo(actor_id, host, pid, connected_at=now, last_seen=now)
             if previous is not None:
                 info.restarts = previous.restarts
                 info.games_received, info.steps_received = previous.games_received, previous.steps_received

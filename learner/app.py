@@ -92,7 +92,9 @@ class LearnerOptions:
             raise ConfigError(problems)
 
 
-class Outcome(Enum):
+class RunOutcome(Enum):
+    """How a run ended (a game's end is ``keisei.shogi.Outcome``)."""
+
     FINISHED = "finished"  # reached train.total_steps
     INTERRUPTED = "interrupted"  # a stop was requested (the checkpoint is written)
     FAILED = "failed"  # an error, logged with its traceback (the checkpoint is written)
@@ -237,8 +239,10 @@ class Learner:
         self.server = self._stack.enter_context(LearnerServer(
             options.bind, trainer.admission, self.actors, config.to_dict(),
             lambda: trainer.policy_version, keys=keys, publish_interval=options.publish_interval,
+            heartbeat_interval=min(1.0, config.supervisor.heartbeat_timeout / 4),
             wire=config.wire, takeover_after=config.supervisor.heartbeat_timeout))
-        self.server.publish(trainer.model.state_dict())  # version 0, or the resumed one
+        trainer.weights_out = self.server.publish
+        trainer.publish(new_version=False)  # version 0, or the resumed one
         if options.local_actors:
             self.local = self._stack.enter_context(LocalActors(
                 options.local_actors, local_endpoint(options.bind), self.run_dir / "actors"))
@@ -316,11 +320,11 @@ class Learner:
             write_atomically(path, lambda stream: stream.writelines(kept))
 
     # --- training -----------------------------------------------------------------------
-    def run(self, until_step: int | None = None, callbacks: Sequence[Callback] = ()) -> Outcome:
+    def run(self, until_step: int | None = None, callbacks: Sequence[Callback] = ()) -> RunOutcome:
         """Train until ``until_step`` (default ``train.total_steps``) or a stop; then write a
         checkpoint. ``callbacks`` see each epoch's full report after the learner's own."""
         trainer = self.trainer
-        outcome = Outcome.FAILED
+        outcome = RunOutcome.FAILED
         try:
             async def on_epoch(report: EpochReport) -> None:
                 full = self._on_epoch(report)
@@ -328,13 +332,13 @@ class Learner:
                     await call_callback(callback, full)
 
             asyncio.run(train(trainer, [on_epoch], until_step))
-            outcome = Outcome.FINISHED
+            outcome = RunOutcome.FINISHED
             # The final policy's rating goes to ratings.json and the checkpoint; metrics.jsonl
             # keeps exactly one line per epoch.
             if self.ratings.finish(timeout=FINAL_RATING_SECONDS):
                 self.checkpoints.save(force=True)
         except (TrainingInterrupted, KeyboardInterrupt):
-            outcome = Outcome.INTERRUPTED
+            outcome = RunOutcome.INTERRUPTED
             logger.warning("interrupted at step %d; %d plies of unfinished games discarded",
                            trainer.step, trainer.collector.in_flight_steps())
         except OSError as exc:  # a full disk, a run directory gone: no traceback to read
@@ -347,14 +351,12 @@ class Learner:
             newest = latest_checkpoint(self.run_dir / "checkpoints")
             logger.error("could not write the final checkpoint: %s; --resume continues from %s",
                          exc, newest if newest is not None else "nothing")
-            outcome = Outcome.FAILED
+            outcome = RunOutcome.FAILED
         return outcome
 
     def _on_epoch(self, report: EpochReport) -> EpochReport:
-        """Publish the new policy, complete the epoch's report with the actors', the
-        supervisor's and the ratings' parts, then record and show it."""
-        if self.server is not None:
-            self.server.publish(self.trainer.model.state_dict())
+        """Complete the epoch's report with the actors', the supervisor's and the ratings'
+        parts, then record and show it (the trainer has published the new policy)."""
         full = replace(report, actors=self.actors_report(),
                        supervision=self.supervisor.report() if self.supervisor else None,
                        ratings=self.ratings.on_epoch(), ledger=self.ledger())

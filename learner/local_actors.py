@@ -46,9 +46,10 @@ class LocalActors:
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    def start(self, actor_id: str) -> subprocess.Popen[bytes]:
+    def start(self, actor_id: str, *options: str) -> subprocess.Popen[bytes]:
+        """Start ``keisei-actor`` as ``actor_id``, with any further command-line ``options``."""
         command = [sys.executable, "-m", "workers.actor", "--learner", self.endpoint,
-                   "--actor-id", actor_id, "--threads", str(self.threads)]
+                   "--actor-id", actor_id, "--threads", str(self.threads), *options]
         with open(self.log_dir / f"{actor_id}.log", "ab") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True,

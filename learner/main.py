@@ -46,7 +46,7 @@ class ExitCode(IntEnum):
 
 EXIT_CODES = {"finished": ExitCode.SUCCESS, "failed": ExitCode.FAILURE,
               "interrupted": ExitCode.INTERRUPTED}
-"""``learner.app.Outcome`` values → exit codes."""
+"""``learner.app.RunOutcome`` values → exit codes."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.status:
             return print_status(Path(config.run.dir))
         from keisei.checkpoint import CheckpointError
-        from learner.app import Learner, LearnerOptions, Outcome
+        from learner.app import Learner, LearnerOptions, RunOutcome
 
         options = LearnerOptions(local_actors=args.local_actors, remote_actors=args.remote_actors,
                                  bind=args.bind, curve_keys=args.curve_keys, resume=resume,
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     on_tty = config.display.mode == "rich" or (config.display.mode == "auto" and sys.stdout.isatty())
     setup_logging(on_tty)
-    outcome: Outcome | None = None
+    outcome: RunOutcome | None = None
     try:
         with Learner(config, options) as learner, stop_on_signals(learner.stop):
             outcome = learner.run()

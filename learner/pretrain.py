@@ -54,6 +54,7 @@ from keisei.dataset import (
     prepare_dataset,
     read_summary,
 )
+from keisei.errors import KeiseiError
 from keisei.files import write_text_atomically
 from keisei.model import (
     PolicyValueNet,
@@ -71,7 +72,7 @@ from learner.main import ExitCode, setup_logging, stop_on_signals
 logger = logging.getLogger(__name__)
 
 
-class PretrainInterrupted(Exception):
+class PretrainInterrupted(KeiseiError):
     """A stop was requested; raised between batches."""
 
 

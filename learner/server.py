@@ -139,12 +139,12 @@ class LearnerServer:
         self.close()
 
     # --- called from other threads -------------------------------------------------------
-    def publish(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Publish ``state_dict`` as the current policy version's weights (encoded here,
-        sent by the server thread)."""
+    def publish(self, policy_version: int, state_dict: dict[str, torch.Tensor]) -> None:
+        """Publish ``state_dict`` as ``policy_version``'s weights (encoded here, sent by the
+        server thread); ``Trainer.publish`` calls it."""
         tensors = {name: tensor.detach().float().cpu().numpy() if tensor.is_floating_point()
                    else tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
-        self._weights = [WEIGHTS_TOPIC, *encode(Weights(self.policy_version(), tensors))]
+        self._weights = [WEIGHTS_TOPIC, *encode(Weights(policy_version, tensors))]
         self._weights_due.set()
 
     def close(self) -> None:
@@ -211,7 +211,7 @@ class LearnerServer:
         elif isinstance(message, Heartbeat):
             self.actors.heartbeat(sender, message.steps_per_second, message.policy_version,
                                   message.batches_dropped, message.steps_dropped)
-            self._reply(identity, Ack(self.policy_version(), self.accepting()))
+            self._reply(identity, Ack(self.accepting()))
         elif isinstance(message, Games):
             self._counters["games_bytes"] += sum(frame.nbytes for frame in frames)
             self._games(sender, message)
@@ -234,7 +234,7 @@ class LearnerServer:
         if self._actor_of.get(identity, hello.actor_id) != hello.actor_id:
             refused = f"this connection already speaks for actor {self._actor_of[identity]!r}"
         else:
-            refused = self.actors.hello(hello.actor_id, hello.host, hello.pid, hello.games,
+            refused = self.actors.hello(hello.actor_id, hello.host, hello.pid,
                                         new_connection=held != identity,
                                         takeover_after=self.takeover_after,
                                         capacity=self.wire.max_actors)

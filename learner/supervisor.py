@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from keisei.config import SupervisorConfig
 from keisei.files import write_json_atomically
@@ -41,29 +41,41 @@ from learner.actors import ActorInfo, ActorState, ActorTable
 from learner.local_actors import LocalActors
 from learner.reports import Mode, SupervisionReport, Transition
 from learner.server import LearnerServer
-from learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 30.0
 
 
+class TrainingProgress(Protocol):
+    """What the supervisor reads of the trainer, for its reports and ``status.json``."""
+
+    @property
+    def step(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def policy_version(self) -> int: ...
+    @property
+    def in_flight_steps_discarded(self) -> int: ...
+
+
 class Supervisor:
     """Actor health, restarts and the collection mode (a context manager running a thread).
 
     It owns the mode: it starts ``distributed`` and switches it; the trainer reads it.
-    Of the trainer (``counters``) it reads only the counters. ``clock`` gives monotonic
+    Of the trainer it reads only its ``progress`` (step, epoch, policy version). ``clock`` gives monotonic
     seconds (the thread calls ``check(clock())``; tests call ``check`` with their own
     times and fakes of the server and the local actors).
     """
 
-    def __init__(self, config: SupervisorConfig, counters: Trainer, server: LearnerServer,
+    def __init__(self, config: SupervisorConfig, progress: TrainingProgress, server: LearnerServer,
                  actors: ActorTable, local: LocalActors | None, status_path: Path,
                  interval: float = 0.2, clock: Callable[[], float] = time.monotonic,
                  forget_after: float = 600.0,
                  ledger: Callable[[], dict[str, Any]] | None = None) -> None:
         self.config = config
-        self.counters = counters
+        self.progress = progress
         self.server = server
         self.actors = actors
         self.local = local
@@ -225,14 +237,14 @@ class Supervisor:
     def report(self) -> SupervisionReport:
         """The mode history and supervision counters, for each epoch's report."""
         return SupervisionReport(len(self.transitions), self.transitions[-10:], self.detections,
-                                 self.restarts, self.counters.in_flight_steps_discarded)
+                                 self.restarts, self.progress.in_flight_steps_discarded)
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
-        counters = self.counters
+        progress = self.progress
         return {"time": time.time(), "pid": os.getpid(), "mode": str(self.mode),
-                "step": counters.step, "epoch": counters.epoch,
-                "policy_version": counters.policy_version,
+                "step": progress.step, "epoch": progress.epoch,
+                "policy_version": progress.policy_version,
                 "actors": [info.as_dict(now) for info in self.actors.snapshot()],
                 "ledger": self.ledger() if self.ledger is not None else None,
                 "transitions": [asdict(item) for item in self.transitions[-20:]]}

@@ -1,7 +1,9 @@
 """The training loop: collect → update → publish → callbacks, and nothing else.
 
 ``Trainer.collect()`` fills the buffer with one epoch of steps, ``Trainer.update()`` runs
-PPO on it, ``Trainer.publish()`` bumps the policy version. ``train()`` is the one loop;
+PPO on it, ``Trainer.publish()`` makes the updated weights the next policy version and
+sends them to whoever broadcasts them (``weights_out``: the server, when actors are
+wired in). ``train()`` is the one loop;
 callbacks (the learner's epoch handler, or a test's) receive each epoch's
 ``EpochReport`` and may be plain functions or coroutines: ``call_callback`` awaits a
 result only when it is awaitable, inside the single event loop that
@@ -115,6 +117,8 @@ class Trainer:
         self.in_flight_steps_discarded = 0
         self.steps_dropped_non_finite = 0
         self.reference: PolicyValueNet | None = None  # the initial policy of an --init-from run
+        # where published weights go (policy version, state dict); none when sequential only
+        self.weights_out: Callable[[int, dict[str, torch.Tensor]], None] | None = None
 
     @classmethod
     def build(cls, config: Config, stop: threading.Event | None = None, threads: int | None = None,
@@ -222,9 +226,13 @@ class Trainer:
         return UpdateReport(**figures, update_seconds=time.perf_counter() - started,
                             policy_lag_mean=float(lag.mean()), policy_lag_max=int(lag.max()))
 
-    def publish(self) -> None:
-        """Make the updated weights the current policy version."""
-        self.policy_version += 1
+    def publish(self, new_version: bool = True) -> None:
+        """Make the model's weights the next policy version (``new_version``; otherwise
+        send the current one again, e.g. at start-up) and hand them to ``weights_out``."""
+        if new_version:
+            self.policy_version += 1
+        if self.weights_out is not None:
+            self.weights_out(self.policy_version, self.model.state_dict())
 
     def _check_stop(self) -> None:
         if self.stop.is_set():

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 EPOCH_FIELDS = {
     "approx_kl", "black_win_rate", "clipfrac", "collect_seconds", "collected_steps", "draw_rate",
@@ -43,12 +48,80 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair found")
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float, what: str,
+             context: Callable[[], str] | None = None) -> None:
+    """Poll ``condition`` until it holds; on a timeout, fail saying what was awaited and
+    ``context()`` (e.g. the learner's last log lines)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            detail = f"\n{context()}" if context is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
         time.sleep(0.05)
+
+
+class LogTail(logging.Handler):
+    """The last ``size`` log lines of this process, for failure messages."""
+
+    def __init__(self, size: int = 40) -> None:
+        super().__init__(logging.INFO)
+        self.lines: deque[str] = deque(maxlen=size)
+        self.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(name)s: "
+                                            "%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def text(self) -> str:
+        return "the learner's last log lines:\n  " + "\n  ".join(self.lines)
+
+
+class Training:
+    """A ``Learner.run`` on a background thread (see ``training``)."""
+
+    def __init__(self, learner: Any, until_step: int) -> None:
+        self.learner = learner
+        self.outcome: Any = None  # learner.app.RunOutcome once run() returned
+        self.log = LogTail()
+        self.thread = threading.Thread(target=self._run, args=(until_step,), name="training",
+                                       daemon=True)
+
+    def _run(self, until_step: int) -> None:
+        self.outcome = self.learner.run(until_step=until_step)
+
+    def context(self) -> str:
+        ended = "" if self.thread.is_alive() else f"training ended: {self.outcome}\n"
+        return ended + self.log.text()
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """``wait_for`` that fails at once, with the log, if training ends meanwhile."""
+        def holds() -> bool:
+            if not self.thread.is_alive():
+                raise AssertionError(f"training ended ({self.outcome}) while waiting for {what}\n"
+                                     f"{self.log.text()}")
+            return condition()
+        wait_for(holds, timeout, what, self.context)
+
+
+@contextmanager
+def training(learner: Any, until_step: int = 10**12, join_timeout: float = 60) -> Iterator[Training]:
+    """Run ``learner`` on a background thread until the block ends, then stop it and
+    check it stopped; the caller asserts ``outcome`` (``INTERRUPTED`` when the block
+    stopped it)."""
+    run = Training(learner, until_step)
+    root = logging.getLogger()
+    root.addHandler(run.log)
+    previous = root.level
+    root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)
+    run.thread.start()
+    try:
+        yield run
+    finally:
+        learner.stop.set()
+        run.thread.join(timeout=join_timeout)
+        root.removeHandler(run.log)
+        root.setLevel(previous)
+        assert not run.thread.is_alive(), f"the training loop did not stop\n{run.log.text()}"
 
 
 def epoch_report(step: int, epoch: int, policy_loss: float = 0.5, rating: object = None) -> object:

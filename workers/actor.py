@@ -37,6 +37,7 @@ import zmq
 
 from keisei.config import ConfigError, ModelConfig, SelfPlayConfig, build_config
 from keisei.encoding import NUM_ACTIONS, NUM_PLANES, encode_observation
+from keisei.errors import KeiseiError
 from keisei.model import build_model
 from keisei.protocol import (
     PROTOCOL_VERSION,
@@ -64,13 +65,14 @@ from keisei.shogi import Game
 logger = logging.getLogger("keisei.actor")
 
 HEARTBEAT_SECONDS = 1.0
+"""Between heartbeats until a ``welcome`` says the learner's interval."""
 LEARNER_TIMEOUT_SECONDS = 10.0
 HANDSHAKE_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 30.0
 EXIT_SIGNALLED = 130
 
 
-class LearnerRejected(Exception):
+class LearnerRejected(KeiseiError):
     """The learner refused this actor (a protocol version it does not accept)."""
 
 
@@ -98,6 +100,7 @@ class Actor:
         self.max_pending_batches = max_pending_batches
         self.games_sent = self.batches_dropped = self.steps_dropped = 0
         self.last_heard = self.last_heartbeat = self.last_flush = time.monotonic()
+        self.heartbeat_interval = HEARTBEAT_SECONDS  # the learner's, once welcomed
         self.steps_at_heartbeat = 0
         self.accepting = True  # the learner's back-pressure signal, from its acks
 
@@ -139,8 +142,7 @@ class Actor:
             apply_keys(dealer, self.keys)
         dealer.connect(self.learner)
         self.dealer = dealer
-        games = self.games_override or 0
-        self._send(Hello(self.actor_id, socket.gethostname(), os.getpid(), max(games, 1)))
+        self._send(Hello(self.actor_id, socket.gethostname(), os.getpid()))
         deadline = time.monotonic() + HANDSHAKE_SECONDS
         while time.monotonic() < deadline and not self.stop.is_set():
             if dealer.poll(200):
@@ -183,8 +185,10 @@ class Actor:
                                        seed=int.from_bytes(os.urandom(4), "little"),
                                        precision=self.precision)
             self.policy_version = -1  # no weights yet
-        logger.info("welcomed by %s: policy version %d, %d games, weights from %s", self.learner,
-                    welcome.policy_version, selfplay.games, weights_endpoint)
+        self.heartbeat_interval = welcome.heartbeat_interval
+        logger.info("welcomed by %s: policy version %d, %d games, weights from %s, a heartbeat "
+                    "every %.2g s", self.learner, welcome.policy_version, selfplay.games,
+                    weights_endpoint, welcome.heartbeat_interval)
         self.last_heard = time.monotonic()
         assert self.dealer is not None
         while not self.stop.is_set():
@@ -235,7 +239,7 @@ class Actor:
                 logger.info("learner asked to shut down: %s", reply.reason or "no reason given")
                 self.stop.set()
         now = time.monotonic()
-        if now - self.last_heartbeat >= HEARTBEAT_SECONDS:
+        if now - self.last_heartbeat >= self.heartbeat_interval:
             self._heartbeat(now)
         if self.finished and (now - self.last_flush >= 0.5 or len(self.finished) >= 64):
             self.outbox.append(Games(self.actor_id, self.finished))
@@ -290,7 +294,7 @@ class Actor:
         self.steps_at_heartbeat, self.last_heartbeat = steps, now
         try:
             self._send(Heartbeat(self.actor_id, rate, self.policy_version,
-                                 self.games_sent, self.batches_dropped, self.steps_dropped),
+                                 self.batches_dropped, self.steps_dropped),
                        flags=zmq.NOBLOCK)
         except zmq.Again:
             pass

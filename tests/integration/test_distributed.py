@@ -21,7 +21,7 @@ from keisei.protocol import Games, Hello, Reject, Welcome, decode, encode
 from keisei.records import GameRecord
 from keisei.selfplay import Collector
 from learner.actors import ActorState
-from learner.app import Learner, LearnerOptions, Outcome
+from learner.app import Learner, LearnerOptions, RunOutcome
 from learner.local_actors import LocalActors
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
@@ -45,7 +45,7 @@ class Run:
         timer = threading.Timer(timeout, self.learner.stop.set)
         timer.start()
         try:
-            assert self.learner.run(until_step=until) is Outcome.FINISHED
+            assert self.learner.run(until_step=until) is RunOutcome.FINISHED
         finally:
             timer.cancel()
 
@@ -135,15 +135,15 @@ def test_malformed_traffic_is_dropped_and_counted_while_training_goes_on(tmp_pat
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(run.bind)
         try:
-            old = msgpack.unpackb(bytes(encode(Hello("old", "h", 1, 8))[0]))
-            old.update(protocol_version=99)
+            old = {"type": "hello", "version": 1, "actor_id": "old", "host": "h", "pid": 1,
+                   "games": 8, "protocol_version": 1}  # an actor of protocol 1
             send(dealer, [msgpack.packb(old)])
             assert dealer.poll(5000)
             reject = decode(dealer.recv_multipart())
-            assert isinstance(reject, Reject) and reject.accepted_versions == (1,)
-            assert "99" in reject.reason
+            assert isinstance(reject, Reject) and reject.accepted_versions == (2,)
+            assert reject.reason == "protocol version 1 is not accepted"
             send(dealer, [b"\x00garbage"])  # not msgpack, before any hello
-            send(dealer, encode(Hello("rogue", "h", 1, 8)))
+            send(dealer, encode(Hello("rogue", "h", 1)))
             assert dealer.poll(5000) and isinstance(decode(dealer.recv_multipart()), Welcome)
             with LocalActors(1, run.bind, tmp_path / "logs"):
                 run.train_epochs(1)
@@ -179,7 +179,7 @@ def test_malformed_traffic_is_dropped_and_counted_while_training_goes_on(tmp_pat
 
 
 def hello(dealer: zmq.Socket, actor_id: str) -> object:
-    send(dealer, encode(Hello(actor_id, "h", 1, 8)))
+    send(dealer, encode(Hello(actor_id, "h", 1)))
     assert dealer.poll(5000), f"no answer to the hello of {actor_id}"
     return decode(dealer.recv_multipart())
 
@@ -199,7 +199,7 @@ def test_floods_hijacks_oversized_and_future_messages_are_refused(tmp_path: Path
             flooder.setsockopt(zmq.LINGER, 0)
             flooder.connect(run.bind)
             for index in range(300):  # one socket, a new id each time
-                send(flooder, encode(Hello(f"flood-{index}", "h", 1, 8)))
+                send(flooder, encode(Hello(f"flood-{index}", "h", 1)))
             wait_for(lambda: run.server.counters["rejected_hellos"] >= 300 - 16, 20,
                      "the flood to be refused past the table's 16 entries")
             flooder.close()

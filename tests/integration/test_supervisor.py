@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import signal
-import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import pytest
-from helpers import free_port_pair, wait_for
+from helpers import Training, free_port_pair, training
 
 from keisei.config import load_config
-from learner.app import Learner, LearnerOptions, Outcome
+from learner.app import Learner, LearnerOptions, RunOutcome
 from learner.local_actors import LocalActors
 from learner.reports import Mode
 from learner.trainer import Trainer
@@ -26,20 +26,15 @@ TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfpla
 
 
 @contextmanager
-def supervised(tmp_path: Path, local_actors: int, *extra: str) -> Iterator[Learner]:
-    """A learner training in a background thread, supervised, with local actors."""
+def supervised(tmp_path: Path, local_actors: int, *extra: str) -> Iterator[Training]:
+    """A learner training in a background thread, supervised, with local actors; it must
+    end ``INTERRUPTED`` (stopped by the test), never ``FAILED``."""
     config = load_config(None, [*TINY, f"run.dir={tmp_path}", *extra])
     options = LearnerOptions(local_actors=local_actors, remote_actors=True,
                              bind=f"tcp://127.0.0.1:{free_port_pair()}", publish_interval=0.5)
-    with Learner(config, options) as learner:
-        thread = threading.Thread(target=learner.run, kwargs={"until_step": 10**9}, daemon=True)
-        thread.start()
-        try:
-            yield learner
-        finally:
-            learner.stop.set()
-            thread.join(timeout=30)
-            assert not thread.is_alive(), "the training loop did not stop"
+    with Learner(config, options) as learner, training(learner) as run:
+        yield run
+    assert run.outcome is RunOutcome.INTERRUPTED, run.context()
 
 
 def info(learner: Learner, actor_id: str):  # type: ignore[no-untyped-def]
@@ -56,7 +51,8 @@ def actor_processes(bind: str) -> list[psutil.Process]:
 
 
 def test_killed_actor_is_detected_restarted_and_training_goes_on(tmp_path: Path) -> None:
-    with supervised(tmp_path, 2) as learner:
+    with supervised(tmp_path, 2) as run:
+        learner, wait_for = run.learner, run.wait_for
         assert learner.local is not None and learner.supervisor is not None
         trainer = learner.trainer
         wait_for(lambda: trainer.epoch >= 2, 60, "two epochs with two actors")
@@ -74,7 +70,8 @@ def test_killed_actor_is_detected_restarted_and_training_goes_on(tmp_path: Path)
 
 
 def test_all_actors_dead_downgrades_then_a_new_actor_upgrades(tmp_path: Path) -> None:
-    with supervised(tmp_path, 2, "supervisor.max_restarts=0") as learner:
+    with supervised(tmp_path, 2, "supervisor.max_restarts=0") as run:
+        learner, wait_for = run.learner, run.wait_for
         assert learner.local is not None and learner.supervisor is not None
         trainer, bind = learner.trainer, learner.options.bind
         wait_for(lambda: trainer.epoch >= 1, 60, "an epoch with actors")
@@ -102,6 +99,35 @@ def test_exception_in_an_update_exits_cleanly_with_a_checkpoint_and_reaps_actors
     options = LearnerOptions(local_actors=1, bind=f"tcp://127.0.0.1:{free_port_pair()}")
     config = load_config(None, [*TINY, f"run.dir={tmp_path}"])
     with Learner(config, options) as learner:
-        assert learner.run() is Outcome.FAILED
+        assert learner.run() is RunOutcome.FAILED
     assert list((tmp_path / "checkpoints").glob("checkpoint-*.pt"))
     assert actor_processes(options.bind) == []
+
+
+@pytest.mark.slow
+def test_an_actor_delivering_large_batches_while_sequential_never_ends_training(tmp_path: Path) -> None:
+    """Games from a peer and from the in-process collector race for the buffer for a
+    minute: one remote actor plays 64 games at once (batches of thousands of steps,
+    several times the buffer) while the learner stays sequential (it wants two actors).
+    Training must go on throughout and every step be accounted for."""
+    seconds = 60.0
+    with supervised(tmp_path, 0, "supervisor.min_actors=2", "supervisor.collect_timeout=1",
+                    "supervisor.stall_timeout=600") as run:
+        learner, trainer = run.learner, run.learner.trainer
+        assert learner.supervisor is not None
+        run.wait_for(lambda: learner.mode() is Mode.SEQUENTIAL, 30, "the downgrade")
+        with LocalActors(0, learner.options.bind, tmp_path / "big") as big:
+            big.start("big", "--games", "64")  # a remote actor: the supervisor leaves it be
+            run.wait_for(lambda: learner.actors.known("big") and info(learner, "big").games_received > 0,
+                         60, "the big actor's first games")
+            ends, epoch = time.monotonic() + seconds, trainer.epoch
+            while time.monotonic() < ends:
+                run.wait_for(lambda e=epoch: trainer.epoch > e, 30, "training to advance")
+                epoch = trainer.epoch
+                assert learner.mode() is Mode.SEQUENTIAL
+                assert learner.ledger().balanced, learner.ledger()
+        delivered = info(learner, "big").steps_received
+    assert [t.mode for t in learner.supervisor.transitions] == ["sequential"]
+    ledger = learner.ledger()
+    assert ledger.balanced, ledger
+    assert delivered > 4 * trainer.buffer.capacity and ledger.dropped["backpressure"] > 0

@@ -22,7 +22,6 @@ from keisei.evaluation import (
     fit_ratings,
     load_openings,
     load_policy,
-    play_against_random,
     play_match,
     tally,
 )
@@ -144,9 +143,14 @@ def test_resign_and_forfeit_decisions_end_games() -> None:
 def test_policy_player_and_match_against_random_are_reproducible() -> None:
     torch.manual_seed(0)
     model = build_model(PRESETS["tiny"])
-    result = play_against_random(model, 6, seed=1, max_plies=60)
+    def against_random() -> MatchResult:
+        policy = PolicyPlayer(model, "policy")
+        return tally(play_match(policy, RandomPlayer(), load_openings(), range(3), seed=1,
+                                max_plies=60))
+
+    result = against_random()
     assert result.games == 6
-    assert play_against_random(model, 6, seed=1, max_plies=60) == result
+    assert against_random() == result
     sampled = PolicyPlayer(model, "sampled", temperature=1.0)
     games = [Game() for _ in range(3)]
     first = sampled.choose(games, [random.Random(index) for index in range(3)])

@@ -11,6 +11,7 @@ from keisei.config import SelfPlayConfig
 from keisei.errors import RecordError
 from keisei.model import PRESETS, build_model
 from keisei.protocol import (
+    ACCEPTED_VERSIONS,
     Ack,
     Bye,
     Games,
@@ -50,9 +51,9 @@ def finished() -> list[FinishedGame]:
 
 
 @pytest.mark.parametrize("message", [
-    Hello("actor-1", "host", 123, 64), Heartbeat("actor-1", 812.5, 7, 3, 1, 90), Bye("a", "sigterm"),
+    Hello("actor-1", "host", 123), Heartbeat("actor-1", 812.5, 7, 1, 90), Bye("a", "sigterm"),
     Welcome(4, "tcp://127.0.0.1:5556", {"blocks": 2}, {"games": 8}, 1.0), Reject("old", (1,)),
-    Ack(9), Ack(9, accepting=False), Shutdown("done"),
+    Ack(), Ack(accepting=False), Shutdown("done"),
 ])
 def test_plain_messages_round_trip(message) -> None:
     frames = encode(message)
@@ -61,7 +62,7 @@ def test_plain_messages_round_trip(message) -> None:
 
 
 def test_games_round_trip_and_replay_to_the_same_training_data(finished) -> None:
-    frames = encode(Games("actor-1", [game.to_record() for game in finished]))
+    frames = encode(Games("actor-1", list(finished)))
     steps = sum(game.length for game in finished)
     assert sum(memoryview(frame).nbytes for frame in frames[1:]) == 16 * steps  # 16 bytes a ply
     decoded = decode([bytes(frame) for frame in frames])
@@ -84,18 +85,27 @@ def test_weights_round_trip() -> None:
 
 
 def test_hello_of_another_version_decodes_so_it_can_be_rejected() -> None:
-    header = msgpack.unpackb(encode(Hello("a", "h", 1, 8))[0])
+    header = msgpack.unpackb(encode(Hello("a", "h", 1))[0])
     header.update(version=99, protocol_version=99)
     hello = decode([msgpack.packb(header)])
     assert isinstance(hello, Hello) and hello.protocol_version == 99
-    header = msgpack.unpackb(encode(Ack(1))[0])
+    header = msgpack.unpackb(encode(Ack())[0])
     header["version"] = 99
     with pytest.raises(ProtocolError, match="version 99 is not accepted"):
         decode([msgpack.packb(header)])
 
 
+def test_a_version_1_hello_decodes_so_that_the_actor_gets_a_clear_reject() -> None:
+    """Actors of protocol 1 (before 2 dropped ``games`` from ``hello``) say hello so."""
+    old = {"type": "hello", "version": 1, "actor_id": "old", "host": "h", "pid": 7, "games": 64,
+           "protocol_version": 1}
+    hello = decode([msgpack.packb(old)])
+    assert isinstance(hello, Hello) and hello.protocol_version == 1
+    assert 1 not in ACCEPTED_VERSIONS
+
+
 def games_frames(finished) -> list[bytes]:
-    return [bytes(frame) for frame in encode(Games("a", [game.to_record() for game in finished[:2]]))]
+    return [bytes(frame) for frame in encode(Games("a", list(finished[:2])))]
 
 
 def test_malformed_messages_are_refused(finished) -> None:
@@ -106,7 +116,7 @@ def test_malformed_messages_are_refused(finished) -> None:
         "not msgpack": [b"\xc1\xc1\xc1"],
         "not a map": [msgpack.packb([1, 2])],
         "unknown type": [msgpack.packb({"type": "launch", "version": 1})],
-        "extra frame": [encode(Ack(1))[0], b"x"],
+        "extra frame": [encode(Ack())[0], b"x"],
         "missing field": [msgpack.packb({"type": "heartbeat", "version": 1, "actor_id": "a"})],
         "bool as int": [msgpack.packb({"type": "ack", "version": 1, "policy_version": True})],
         "missing frame": good[:-1],
@@ -137,7 +147,7 @@ def test_nan_and_out_of_range_values_are_refused(finished) -> None:
 
 
 def test_replay_refuses_illegal_moves_and_false_results(finished) -> None:
-    record = finished[0].to_record()
+    record = finished[0]
     frames = games_frames(finished)
     moves = np.frombuffer(frames[1], np.int32).copy()
     moves[1] = moves[0]  # the same move again: illegal for the other side

@@ -39,7 +39,7 @@ def record(length: int, seed: int) -> GameRecord:
                       rng.integers(0, 5, length).astype(np.int32))
 
 
-VALID = [encode(Hello("a", "h", 1, 8)), encode(Heartbeat("a", 10.0, 3, 1, 0, 0)),
+VALID = [encode(Hello("a", "h", 1)), encode(Heartbeat("a", 10.0, 3, 0, 0)),
          encode(Bye("a", "done")), encode(Games("a", [record(7, 1), record(3, 2)])),
          encode(Weights(2, {"w": np.ones((2, 3), np.float32), "n": np.arange(4, dtype=np.int64)}))]
 

@@ -16,15 +16,15 @@ class Clock:
 def test_an_id_held_by_a_live_connection_cannot_be_taken() -> None:
     clock = Clock()
     table = ActorTable(clock=clock)
-    assert table.hello("a", "h", 1, 8) is None
+    assert table.hello("a", "h", 1) is None
     table.games("a", 2, 100)
     clock.now += 3
-    refused = table.hello("a", "evil", 666, 8, takeover_after=5.0)
+    refused = table.hello("a", "evil", 666, takeover_after=5.0)
     assert refused is not None and "live connection" in refused
     info = table.snapshot()[0]
     assert (info.pid, info.games_received) == (1, 2)  # the holder's entry is untouched
     clock.now += 5.1  # silent past the takeover time: a reconnecting actor may claim it
-    assert table.hello("a", "h", 2, 8, takeover_after=5.0) is None
+    assert table.hello("a", "h", 2, takeover_after=5.0) is None
     assert table.snapshot()[0].pid == 2 and table.snapshot()[0].games_received == 2
 
 
@@ -32,22 +32,22 @@ def test_an_id_is_free_again_after_bye_failure_or_a_supervised_restart() -> None
     clock = Clock()
     table = ActorTable(clock=clock)
     for actor_id in ("bye", "failed", "restarted"):
-        table.hello(actor_id, "h", 1, 8)
+        table.hello(actor_id, "h", 1)
     table.bye("bye")
     table.mark("failed", ActorState.FAILED)
     table.restarted("restarted")
     for actor_id in ("bye", "failed", "restarted"):
-        assert table.hello(actor_id, "h", 2, 8, takeover_after=5.0) is None, actor_id
-    assert table.hello("restarted", "h", 3, 8, takeover_after=5.0) is not None  # once only
+        assert table.hello(actor_id, "h", 2, takeover_after=5.0) is None, actor_id
+    assert table.hello("restarted", "h", 3, takeover_after=5.0) is not None  # once only
 
 
 def test_repeating_hello_on_the_same_connection_keeps_the_start_time() -> None:
     clock = Clock()
     table = ActorTable(clock=clock)
-    table.hello("squatter", "h", 1, 8)
+    table.hello("squatter", "h", 1)
     for _ in range(20):
         clock.now += 3
-        assert table.hello("squatter", "h", 1, 8, new_connection=False) is None
+        assert table.hello("squatter", "h", 1, new_connection=False) is None
     info = table.snapshot()[0]
     assert info.connected_at == 100.0 and info.last_seen == clock.now
 
@@ -56,12 +56,12 @@ def test_the_table_is_bounded_and_forgets_the_long_gone() -> None:
     clock = Clock()
     table = ActorTable(clock=clock)
     for index in range(4):
-        assert table.hello(f"a{index}", "h", 1, 8, capacity=4) is None
-    refused = table.hello("a4", "h", 1, 8, capacity=4)
+        assert table.hello(f"a{index}", "h", 1, capacity=4) is None
+    refused = table.hello("a4", "h", 1, capacity=4)
     assert refused is not None and "full" in refused
     clock.now += 50
     table.heartbeat("a0", 1.0, 0, 0, 0)
     clock.now += 20
     assert sorted(table.forget(60.0, keep={"a1"})) == ["a2", "a3"]
     assert {info.actor_id for info in table.snapshot()} == {"a0", "a1"}
-    assert table.hello("a4", "h", 1, 8, capacity=4) is None
+    assert table.hello("a4", "h", 1, capacity=4) is None

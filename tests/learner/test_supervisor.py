@@ -28,7 +28,7 @@ class Clock:
 
 
 @dataclass
-class Counters:
+class Progress:
     step: int = 0
     epoch: int = 0
     policy_version: int = 0
@@ -97,10 +97,10 @@ def rig(tmp_path: Path) -> Rig:
     clock = Clock()
     actors = ActorTable(clock=clock)
     server, local = FakeServer(clock), FakeLocal("local-0", "local-1")
-    supervisor = Supervisor(CONFIG, Counters(), server, actors, local, tmp_path / "status.json",
+    supervisor = Supervisor(CONFIG, Progress(), server, actors, local, tmp_path / "status.json",
                             clock=clock)
     for actor_id in local.processes:
-        actors.hello(actor_id, "host", 1, 8)
+        actors.hello(actor_id, "host", 1)
     return Rig(clock, actors, server, local, supervisor)
 
 
@@ -141,7 +141,7 @@ def test_silence_makes_an_actor_stale_and_speaking_makes_it_healthy(rig: Rig) ->
 
 
 def test_a_remote_actor_silent_for_three_timeouts_is_failed(rig: Rig) -> None:
-    rig.actors.hello("remote", "elsewhere", 7, 8)
+    rig.actors.hello("remote", "elsewhere", 7)
     rig.deliver("remote")
     rig.advance(5.2)
     assert rig.state("remote") is ActorState.STALE
@@ -186,7 +186,7 @@ def test_no_data_for_collect_timeout_downgrades_and_new_games_upgrade(rig: Rig) 
     rig.local.dead["local-0"] = "exited with code -15"
     rig.advance(60)
     assert rig.local.started == []  # local actors are not retried after a downgrade
-    rig.actors.hello("remote", "elsewhere", 7, 8)
+    rig.actors.hello("remote", "elsewhere", 7)
     rig.advance(1.0)
     assert rig.supervisor.mode is Mode.SEQUENTIAL  # a hello alone does not upgrade
     rig.deliver("remote")
@@ -218,14 +218,14 @@ def test_min_actors_must_deliver_before_an_upgrade(tmp_path: Path) -> None:
     config = SupervisorConfig(heartbeat_timeout=5.0, stall_timeout=60.0, collect_timeout=30.0,
                               min_actors=2)
     server = FakeServer(clock)
-    supervisor = Supervisor(config, Counters(), server, actors, None, tmp_path / "status.json",
+    supervisor = Supervisor(config, Progress(), server, actors, None, tmp_path / "status.json",
                             clock=clock)
     clock.now += 31
     supervisor.check(clock.now)
     assert supervisor.mode is Mode.SEQUENTIAL
     clock.now += 1
     for name in ("a", "b"):
-        actors.hello(name, "h", 1, 8)
+        actors.hello(name, "h", 1)
     actors.games("a", 1, 50)
     supervisor.check(clock.now)
     assert supervisor.mode is Mode.SEQUENTIAL
@@ -235,10 +235,10 @@ def test_min_actors_must_deliver_before_an_upgrade(tmp_path: Path) -> None:
 
 
 def test_an_actor_repeating_hello_cannot_hold_the_downgrade_off(rig: Rig) -> None:
-    rig.actors.hello("squatter", "elsewhere", 9, 8)
+    rig.actors.hello("squatter", "elsewhere", 9)
     for _ in range(25):  # says hello every 3 s on its connection, never sends a game
         rig.advance(3.0)
-        rig.actors.hello("squatter", "elsewhere", 9, 8, new_connection=False)
+        rig.actors.hello("squatter", "elsewhere", 9, new_connection=False)
         rig.actors.heartbeat("local-0", 1.0, 0, 0, 0)
         rig.actors.heartbeat("local-1", 1.0, 0, 0, 0)
     assert rig.supervisor.mode is Mode.SEQUENTIAL

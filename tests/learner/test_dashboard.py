@@ -1,0 +1,34 @@
+"""The plain-log epoch line says what is true."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from helpers import epoch_report
+
+from learner.dashboard import Dashboard
+from learner.reports import ActorsReport, EpochReport, GamesReport
+
+
+def with_actors(report: EpochReport, time: float, received: int) -> EpochReport:
+    actors = ActorsReport([], 0.0, {"steps_received": received}, {"healthy": 2, "stale": 0})
+    return dataclasses.replace(report, time=time, actors=actors)
+
+
+def test_an_epoch_without_finished_games_says_so_instead_of_nan() -> None:
+    report = dataclasses.replace(epoch_report(256, 1), games=GamesReport(0, float("nan"), float("nan"),
+                                                                            float("nan"), float("nan"), {}))
+    line = Dashboard.summary_line(report)
+    assert "no game finished" in line and "nan" not in line
+    assert "games 2 len 64 B/W/D 0.50/0.50/0.00" in Dashboard.summary_line(epoch_report(256, 1))
+
+
+def test_actor_rate_is_what_they_delivered_between_epochs() -> None:
+    dashboard = Dashboard.__new__(Dashboard)  # only the rate's state is needed
+    dashboard._received_at = None
+    first = with_actors(epoch_report(256, 1), time=100.0, received=1000)  # type: ignore[arg-type]
+    second = with_actors(epoch_report(512, 2), time=102.0, received=1600)  # type: ignore[arg-type]
+    assert dashboard._actor_steps_per_second(first) is None
+    rate = dashboard._actor_steps_per_second(second)
+    assert rate == 300.0
+    assert "actors 2 healthy, 300 steps/s delivered" in Dashboard.summary_line(second, rate)
