@@ -33,13 +33,13 @@ from torch import nn
 
 from keisei.checkpoint import save_policy
 from keisei.config import load_config
+from keisei.elo import fit_ratings
 from keisei.evaluation import (
     GreedyPlayer,
     MatchResult,
     Pairing,
     PolicyPlayer,
     RandomPlayer,
-    fit_ratings,
     load_openings,
     play_match,
     tally,

@@ -10,14 +10,13 @@ Players here need no process of their own: ``RandomPlayer``, ``GreedyPlayer`` (a
 material player) and ``PolicyPlayer`` (a network). Engines that run as subprocesses
 (USI engines, GNU Shogi) live in ``workers.engines`` and follow the same protocol.
 
-Elo: ``MatchResult.elo`` is the difference implied by one match's score, with a 95%
-interval; ``fit_ratings`` fits one rating per player to many matches (Bradley-Terry
-maximum likelihood, draws as half a win) anchored on one player.
+Elo: ``MatchResult.elo`` is the difference implied by one match's score, with its 95%
+interval; the maths, and the fit of one rating per player to many matches, are in
+``keisei.elo``.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,19 +26,16 @@ from pathlib import Path
 from typing import Protocol
 
 import cshogi
-import numpy as np
 import torch
 from torch import nn
 
 from keisei.checkpoint import CheckpointError, load_checkpoint
 from keisei.config import build_config
+from keisei.elo import Z_95, elo_estimate, elo_interval, format_elo
 from keisei.encoding import PIECE_VALUES, BatchEncoder
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.model import PolicyValueNet, autocast, build_model, choose_actions, masked_logits
 from keisei.shogi import Color, Game
-
-ANCHOR = "random"
-"""The player every rating table is anchored on (rated 0)."""
 
 
 class Special(StrEnum):
@@ -203,52 +199,22 @@ class MatchResult:
         return (self.wins + 0.5 * self.draws) / self.games if self.games else float("nan")
 
     def elo(self) -> tuple[float, float]:
-        """Elo difference and the half-width of its 95% interval (normal approximation).
+        """The Elo difference and half the width of its 95% interval (``elo_interval``;
+        the interval is not symmetric). A perfect or zero score: ±inf, inf."""
+        low, high = self.elo_interval()
+        return elo_estimate(self.wins, self.draws, self.losses), (high - low) / 2
 
-        A perfect or zero score has no finite estimate: ±inf.
-        """
-        if self.games == 0:
-            return float("nan"), float("nan")
-        score = self.score
-        if score <= 0.0 or score >= 1.0:
-            return (math.inf if score >= 1.0 else -math.inf), math.inf
-        per_game = [1.0] * self.wins + [0.5] * self.draws + [0.0] * self.losses
-        deviation = float(np.std(per_game)) / math.sqrt(self.games)
-        low = max(score - 1.96 * deviation, 1e-6)
-        high = min(score + 1.96 * deviation, 1 - 1e-6)
-        return elo_of_score(score) + 0.0, (elo_of_score(high) - elo_of_score(low)) / 2
-
-    def elo_interval(self, z: float = 1.96) -> tuple[float, float]:
-        """A 95% interval for the Elo difference from the Wilson score interval, which
-        stays sensible at extreme scores: a perfect score gives (finite low, +inf). Draws
-        narrow it (their lower per-game variance counts as more effective games)."""
-        if self.games == 0:
-            return float("nan"), float("nan")
-        score = self.score
-        games = float(self.games)
-        per_game = [1.0] * self.wins + [0.5] * self.draws + [0.0] * self.losses
-        variance = float(np.var(per_game))
-        if variance > 0:
-            games *= score * (1 - score) / variance
-        center = (score + z * z / (2 * games)) / (1 + z * z / games)
-        spread = z * math.sqrt(score * (1 - score) / games + z * z / (4 * games * games)) / (1 + z * z / games)
-        low, high = center - spread, center + spread
-        return (elo_of_score(low) if low > 0 else -math.inf,
-                elo_of_score(high) if high < 1 else math.inf)
+    def elo_interval(self, z: float = Z_95) -> tuple[float, float]:
+        """The 95% interval of the Elo difference (``keisei.elo.elo_interval``)."""
+        return elo_interval(self.wins, self.draws, self.losses, z)
 
     def __add__(self, other: MatchResult) -> MatchResult:
         return MatchResult(self.wins + other.wins, self.draws + other.draws,
                            self.losses + other.losses)
 
     def __str__(self) -> str:
-        elo, margin = self.elo()
         return (f"+{self.wins} ={self.draws} -{self.losses} (score {self.score:.3f}, "
-                f"Elo {elo:+.0f} ± {margin:.0f})")
-
-
-def elo_of_score(score: float) -> float:
-    """The Elo difference at which the expected score is ``score`` (0 < score < 1)."""
-    return -400.0 * math.log10(1.0 / score - 1.0)
+                f"Elo {format_elo(self.wins, self.draws, self.losses)})")
 
 
 @dataclass
@@ -335,6 +301,18 @@ class Pairing:
     second: str
     result: MatchResult
 
+    @property
+    def wins(self) -> int:
+        return self.result.wins
+
+    @property
+    def draws(self) -> int:
+        return self.result.draws
+
+    @property
+    def losses(self) -> int:
+        return self.result.losses
+
     def to_dict(self) -> dict[str, object]:
         return {"first": self.first, "second": self.second, "wins": self.result.wins,
                 "draws": self.result.draws, "losses": self.result.losses}
@@ -343,56 +321,3 @@ class Pairing:
     def from_dict(cls, data: dict[str, object]) -> Pairing:
         return cls(str(data["first"]), str(data["second"]),
                    MatchResult(int(data["wins"]), int(data["draws"]), int(data["losses"])))  # type: ignore[call-overload]
-
-
-def fit_ratings(pairings: Sequence[Pairing], anchor: str = ANCHOR, *,
-                prior_draws: float = 1.0, iterations: int = 10_000) -> dict[str, float]:
-    """One Elo rating per player, anchored so that ``anchor`` is 0.
-
-    Bradley-Terry maximum likelihood by minorise-maximise iteration (Hunter 2004), a draw
-    counting half a win to each side. ``prior_draws`` virtual draws are added to every
-    pairing so a perfect score gives a large but finite rating.
-
-    :raises ValueError: if ``anchor`` played no game, or a player is not connected to it.
-    """
-    players = sorted({p.first for p in pairings} | {p.second for p in pairings})
-    if anchor not in players:
-        raise ValueError(f"the anchor {anchor!r} played no rated game")
-    index = {name: position for position, name in enumerate(players)}
-    size = len(players)
-    games = np.zeros((size, size))
-    points = np.zeros(size)
-    for pairing in pairings:
-        a, b, result = index[pairing.first], index[pairing.second], pairing.result
-        if a == b or result.games == 0:
-            continue
-        total = result.games + prior_draws
-        games[a, b] += total
-        games[b, a] += total
-        points[a] += result.wins + 0.5 * (result.draws + prior_draws)
-        points[b] += result.losses + 0.5 * (result.draws + prior_draws)
-    _check_connected(players, games, index[anchor])
-    strength = np.ones(size)
-    for _ in range(iterations):
-        denominators = (games / (strength[:, None] + strength[None, :])).sum(axis=1)
-        updated = points / denominators
-        updated /= np.exp(np.log(updated).mean())
-        if np.max(np.abs(updated - strength) / strength) < 1e-10:
-            strength = updated
-            break
-        strength = updated
-    ratings = 400.0 * np.log10(strength / strength[index[anchor]])
-    return {name: float(ratings[index[name]]) for name in players}
-
-
-def _check_connected(players: list[str], games: np.ndarray, anchor: int) -> None:
-    reached, frontier = {anchor}, [anchor]
-    while frontier:
-        current = frontier.pop()
-        for other in np.nonzero(games[current])[0]:
-            if int(other) not in reached:
-                reached.add(int(other))
-                frontier.append(int(other))
-    missing = [players[position] for position in range(len(players)) if position not in reached]
-    if missing:
-        raise ValueError(f"no chain of games links {missing} to the anchor {players[anchor]!r}")

@@ -4,7 +4,7 @@ Every ``evaluation.every_epochs`` epochs the current network is saved to the rat
 (``RUN/ratings/pool/step-N.pt``) and a separate ``keisei-eval`` process plays it against
 ``random``, ``greedy`` and the last ``pool_size`` rated policies. Training does not wait:
 the job's results are picked up at the first epoch after it finishes, join every earlier
-result, and the whole table is refitted (``keisei.evaluation.fit_ratings``). The table
+result, and the whole table is refitted (``keisei.elo.fit_ratings``). The table
 goes into checkpoints, ``RUN/ratings.json``, the dashboard and the JSONL metrics
 (``ratings``, ``elo``, ``elo_step``, ``win_rate_random``, ``win_rate_greedy``). A job
 still running when the next one is due is left alone and the new one skipped (counted).
@@ -25,12 +25,11 @@ from typing import Any
 
 from keisei.checkpoint import save_policy
 from keisei.config import EvaluationConfig
+from keisei.elo import ANCHOR, fit_ratings
 from keisei.evaluation import (
-    ANCHOR,
     GreedyPlayer,
     Pairing,
     RandomPlayer,
-    fit_ratings,
     load_openings,
     play_match,
     tally,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import multiprocessing
 import multiprocessing.pool
 import random
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from keisei import elo
 from keisei.checkpoint import CheckpointError
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import (
@@ -233,15 +233,8 @@ def _slug(name: str) -> str:
 
 
 def format_elo(result: MatchResult) -> str:
-    """``+191 [+119, +282]``: the estimate and its 95% (Wilson) interval."""
-    def signed(value: float) -> str:
-        return ("+inf" if value > 0 else "-inf") if math.isinf(value) else f"{value:+.0f}"
-
-    elo, _ = result.elo()
-    if math.isnan(elo):
-        return "-"
-    low, high = result.elo_interval()
-    return f"{signed(elo)} [{signed(low)}, {signed(high)}]"
+    """``+191 [+119, +282]``: the estimate and its 95% interval (``keisei.elo``)."""
+    return elo.format_elo(result.wins, result.draws, result.losses)
 
 
 def print_table(name: str, rows: Sequence[tuple[str, MatchResult | None, str]]) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from keisei.checkpoint import CheckpointError, save_checkpoint, save_policy
 from keisei.config import build_config
+from keisei.elo import elo_of_score, fit_ratings
 from keisei.errors import IllegalMoveError
 from keisei.evaluation import (
     GreedyPlayer,
@@ -18,8 +19,6 @@ from keisei.evaluation import (
     PolicyPlayer,
     RandomPlayer,
     Special,
-    elo_of_score,
-    fit_ratings,
     load_openings,
     load_policy,
     play_match,
@@ -34,9 +33,11 @@ def test_score_and_elo_arithmetic() -> None:
     assert even.score == 0.5 and even.elo()[0] == pytest.approx(0.0)
     better = MatchResult(wins=75, draws=0, losses=25)
     assert better.elo()[0] == pytest.approx(190.848, abs=1e-3)  # -400 log10(1/0.75 - 1)
-    # by hand: sd of 75 ones and 25 zeros = sqrt(.75 * .25) = .4330; / sqrt(100) = .04330;
-    # .75 ± 1.96 * .04330 = [.6651, .8349] -> Elo [119.2, 281.5]: half-width 81.2
-    assert better.elo()[1] == pytest.approx(81.2, abs=0.1)
+    # by hand, Wilson: centre (.75 + z²/200) / (1 + z²/100) = .7408, half-width
+    # z sqrt(.001875 + z²/40000) / (1 + z²/100) = .0838: [.6570, .8246] -> Elo [112.9, 268.8],
+    # half-width 78.0 (the one interval logs and tables show)
+    assert better.elo_interval() == pytest.approx((112.9, 268.8), abs=0.1)
+    assert better.elo()[1] == pytest.approx(78.0, abs=0.1)
     assert MatchResult(1, 2, 1).score == 0.5
     assert elo_of_score(10 / 11) == pytest.approx(400.0)  # 10:1 odds is 400 Elo
     # the interval shrinks with more games at the same score
@@ -44,7 +45,7 @@ def test_score_and_elo_arithmetic() -> None:
     assert MatchResult(3000, 0, 1000).elo()[1] < MatchResult(300, 0, 100).elo()[1]
     assert MatchResult(5, 0, 0).elo() == (math.inf, math.inf)
     assert MatchResult(0, 0, 5).elo()[0] == -math.inf
-    assert "+75 =0 -25" in str(better)
+    assert str(better) == "+75 =0 -25 (score 0.750, Elo +191 [+113, +269])"
     # Wilson interval: holds the estimate, shrinks with games, is one-sided at a perfect score
     low, high = better.elo_interval()
     assert low < better.elo()[0] < high and 100 < low and high < 300
