@@ -37,6 +37,7 @@ from keisei.checkpoint import (
 )
 from keisei.config import CheckpointConfig, Config, ConfigError
 from keisei.files import write_atomically, write_text_atomically
+from keisei.kifu import to_csa, to_kif
 from keisei.model import count_parameters
 from keisei.protocol import DEFAULT_BIND, load_keys
 from learner.actors import ActorState, ActorTable
@@ -154,8 +155,8 @@ class Checkpoints:
         record = game.to_game()
         names = (f"Keisei v{int(game.policy_versions[0])}", f"Keisei v{int(game.policy_versions[-1])}")
         stem = folder / f"game-{self.trainer.step:012d}"
-        stem.with_suffix(".kif").write_text(record.to_kif(names), encoding="cp932")
-        stem.with_suffix(".csa").write_text(record.to_csa(names), encoding="utf-8")
+        stem.with_suffix(".kif").write_text(to_kif(record, names), encoding="cp932")
+        stem.with_suffix(".csa").write_text(to_csa(record, names), encoding="utf-8")
 
 
 class Learner:

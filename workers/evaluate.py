@@ -47,6 +47,7 @@ from keisei.evaluation import (
     tally,
 )
 from keisei.files import write_json_atomically
+from keisei.kifu import to_csa, to_kif
 from keisei.shogi import Termination
 from workers.engines import EngineError, GnuShogiPlayer, SearchLimit, UsiPlayer, UsiSettings
 
@@ -173,7 +174,7 @@ def record_of(item: PlayedGame) -> MatchGame:
     assert game.outcome is not None
     return MatchGame(item.index, item.opening, item.names,
                       item.first_points, game.ply, str(game.outcome.reason),
-                      game.to_kif(item.names), game.to_csa(item.names))
+                      to_kif(game, item.names), to_csa(game, item.names))
 
 
 @dataclass(frozen=True)

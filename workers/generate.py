@@ -40,6 +40,7 @@ from typing import Any
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import apply_decision, load_openings
 from keisei.files import write_json_atomically
+from keisei.kifu import to_csa
 from keisei.shogi import Color, Game
 from workers import evaluate
 from workers.engines import EngineError
@@ -128,7 +129,7 @@ def play_games(task: GenerateTask, progress: Any) -> None:
                                   task.max_plies, rng, choose)
                 while not game.is_over:
                     apply_decision(game, choose(game))
-                handle.write(("/\n" if handle.tell() else "") + game.to_csa((player.name,) * 2))
+                handle.write(("/\n" if handle.tell() else "") + to_csa(game, (player.name,) * 2))
                 handle.flush()
                 outcome = game.outcome
                 assert outcome is not None

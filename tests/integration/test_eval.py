@@ -17,8 +17,9 @@ import torch
 from keisei.checkpoint import save_checkpoint
 from keisei.config import build_config
 from keisei.evaluation import GreedyPlayer, RandomPlayer, load_openings, play_match, tally
+from keisei.kifu import read_csa, read_kif
 from keisei.model import build_model
-from keisei.shogi import Game, Termination
+from keisei.shogi import Termination
 from workers.engines import (
     EngineError,
     GnuShogiPlayer,
@@ -74,11 +75,11 @@ def test_match_against_fairy_stockfish_writes_records_that_parse(checkpoints: li
     kifs = sorted(tmp_path.rglob("*.kif"))
     assert len(kifs) == 4
     for kif in kifs:
-        from_kif = Game.from_kif(kif.read_text(encoding="cp932"))
-        from_csa = Game.from_csa(kif.with_suffix(".csa").read_text(encoding="utf-8"))
+        from_kif = read_kif(kif.read_text(encoding="cp932"))
+        from_csa = read_csa(kif.with_suffix(".csa").read_text(encoding="utf-8"))
         assert from_kif.moves == from_csa.moves and len(from_kif.moves) > 8  # opening + play
         assert from_kif.outcome is not None and from_kif.outcome == from_csa.outcome
-    assert len({tuple(Game.from_kif(kif.read_text(encoding="cp932")).moves) for kif in kifs}) == 4
+    assert len({tuple(read_kif(kif.read_text(encoding="cp932")).moves) for kif in kifs}) == 4
 
 
 def test_sjaak_plays_drops_through_the_at_sign_mapping() -> None:

@@ -16,7 +16,7 @@ import psutil
 from helpers import free_port_pair, learner_command, metrics_lines
 
 from keisei.checkpoint import latest_checkpoint, load_checkpoint
-from keisei.shogi import Game
+from keisei.kifu import read_csa, read_kif
 
 
 @contextmanager
@@ -61,9 +61,9 @@ def test_sigterm_checkpoints_and_resume_continues_the_counters(tmp_path: Path) -
     final = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
     assert final["counters"]["step"] == target
     kif = sorted((run_dir / "games").glob("game-*.kif"))[-1]  # a sample game per checkpoint
-    replayed = Game.from_kif(kif.read_text(encoding="cp932"), max_plies=64)
+    replayed = read_kif(kif.read_text(encoding="cp932"), max_plies=64)
     assert replayed.outcome is not None
-    assert Game.from_csa(kif.with_suffix(".csa").read_text(), max_plies=64).moves == replayed.moves
+    assert read_csa(kif.with_suffix(".csa").read_text(), max_plies=64).moves == replayed.moves
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     assert saved["train"]["total_steps"] == target and saved["model"]["channels"] == 16
 

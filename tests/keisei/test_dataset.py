@@ -20,7 +20,7 @@ from keisei.dataset import (
     split_of,
 )
 from keisei.encoding import encode_observation, legal_action_mask, move_to_action
-from keisei.kifu import RecordedGame
+from keisei.kifu import RecordedGame, to_csa
 from keisei.shogi import Color, Game, play_random_game
 
 
@@ -92,7 +92,7 @@ def test_split_is_by_game_and_stable() -> None:
 
 def write_records(folder: Path, games: int) -> None:
     folder.mkdir(parents=True)
-    text = "/\n".join(play_random_game(seed=seed, max_plies=80).to_csa() for seed in range(games))
+    text = "/\n".join(to_csa(play_random_game(seed=seed, max_plies=80)) for seed in range(games))
     (folder / "games.csa").write_text(text)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keisei.kifu import ReadStats, parse_records, read_games
+from keisei.kifu import ReadStats, parse_records, read_csa, read_games, to_csa, to_kif
 from keisei.shogi import Color, Game, Termination, play_random_game
 
 GOOD_CSA = """V2.2
@@ -56,8 +56,8 @@ def test_skipped_records_are_logged_with_file_game_and_ply(caplog: pytest.LogCap
 
 
 def test_kif_reads_and_a_result_line_that_contradicts_the_resignation_is_false() -> None:
-    game = Game.from_csa(GOOD_CSA)
-    kif = game.to_kif()
+    game = read_csa(GOOD_CSA)
+    kif = to_kif(game)
     stats = ReadStats()
     assert len(list(parse_records("a.kif", kif.encode("cp932"), stats))) == 1
     lie = kif.replace("後手の勝ち", "先手の勝ち")  # Black resigned, yet "Black wins"
@@ -69,7 +69,7 @@ def test_kif_reads_and_a_result_line_that_contradicts_the_resignation_is_false()
 def test_csa_claiming_a_draw_where_the_rules_see_mate_is_false() -> None:
     mated = Game.from_position(MATE_USI)
     assert mated.outcome is not None and mated.outcome.reason is Termination.CHECKMATE
-    text = mated.to_csa().replace("%TORYO", "%MAX_MOVES")
+    text = to_csa(mated).replace("%TORYO", "%MAX_MOVES")
     stats = ReadStats()
     assert not list(parse_records("m.csa", text.encode(), stats))
     assert stats.skipped_reasons == {"false result": 1}
@@ -103,7 +103,7 @@ def test_folders_zip_and_tar_archives_are_walked(tmp_path: Path) -> None:
     records = tmp_path / "records"
     (records / "deep" / "er").mkdir(parents=True)
     (records / "one.csa").write_bytes(csa_file(GOOD_CSA))
-    (records / "deep" / "er" / "two.kif").write_text(Game.from_csa(GOOD_CSA).to_kif(),
+    (records / "deep" / "er" / "two.kif").write_text(to_kif(read_csa(GOOD_CSA)),
                                                     encoding="cp932")
     (records / "notes.txt").write_text("not a record")
     zipped = tmp_path / "games.zip"
@@ -145,7 +145,7 @@ def test_long_decided_records_are_not_cut_to_a_draw() -> None:
         game.pop()
     game.resign()
     assert game.ply > 512
-    again = Game.from_csa(game.to_csa())
+    again = read_csa(to_csa(game))
     assert again.outcome == game.outcome
 
 
@@ -157,15 +157,15 @@ def test_a_player_may_play_on_where_declaring_would_win() -> None:
     played = Game(sfen, entering_king=False)
     for usi in ("1a2b", "5i5h", "2b1a", "5h5i"):
         played.push_usi(usi)
-    text = played.to_csa()
-    declared = Game.from_csa(text.replace("%CHUDAN", "%KACHI"))
+    text = to_csa(played)
+    declared = read_csa(text.replace("%CHUDAN", "%KACHI"))
     assert declared.outcome is not None and declared.outcome.reason is Termination.ENTERING_KING
-    resigned = Game.from_csa(text.replace("%CHUDAN", "%TORYO"))
+    resigned = read_csa(text.replace("%CHUDAN", "%TORYO"))
     assert resigned.ply == 4 and resigned.outcome is not None
     assert resigned.outcome.winner is Color.WHITE
     false = Game(max_plies=10)
     false.push_usi("7g7f")
     stats = ReadStats()
-    assert not list(parse_records("k.csa", false.to_csa().replace("%CHUDAN", "%KACHI").encode(),
+    assert not list(parse_records("k.csa", to_csa(false).replace("%CHUDAN", "%KACHI").encode(),
                                   stats))
     assert stats.skipped_reasons == {"false result": 1}

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from keisei.errors import GameOverError, IllegalMoveError, InvalidSfenError, RecordError
+from keisei.kifu import read_csa, read_kif, to_csa, to_kif
 from keisei.shogi import (
     STARTING_SFEN,
     Color,
@@ -176,7 +177,7 @@ def test_forfeit_gives_the_win_to_the_opponent_and_records_read_it_as_a_loss() -
     assert game.forfeit() == Outcome(Color.WHITE, Termination.FORFEIT)
     with pytest.raises(GameOverError):
         game.forfeit()
-    for back in (Game.from_csa(game.to_csa()), Game.from_kif(game.to_kif())):
+    for back in (read_csa(to_csa(game)), read_kif(to_kif(game))):
         assert back.moves == game.moves
         assert back.outcome == Outcome(Color.WHITE, Termination.RESIGNATION)  # as a loss on time
 
@@ -232,10 +233,10 @@ def finished_games() -> list[Game]:
 def test_csa_round_trip_keeps_moves_start_and_outcome() -> None:
     reasons = set()
     for game in finished_games():
-        back = Game.from_csa(game.to_csa())
+        back = read_csa(to_csa(game))
         assert back.moves == game.moves
         assert back.start_sfen == game.start_sfen
-        assert back.outcome == game.outcome, game.to_csa()
+        assert back.outcome == game.outcome, to_csa(game)
         reasons.add(game.outcome.reason if game.outcome else None)
     assert {Termination.CHECKMATE, Termination.MAX_PLIES, Termination.PERPETUAL_CHECK,
             Termination.REPETITION, Termination.ENTERING_KING, Termination.RESIGNATION} <= reasons
@@ -245,18 +246,18 @@ def test_kif_round_trip_of_even_games() -> None:
     for game in finished_games():
         if game.start_sfen != STARTING_SFEN:
             continue
-        text = game.to_kif()
+        text = to_kif(game)
         assert text.encode("cp932")  # a .kif file is cp932
-        back = Game.from_kif(text)
+        back = read_kif(text)
         assert back.moves == game.moves
         assert back.outcome == game.outcome, text[-200:]
 
 
 def test_kif_with_board_diagram_start_is_refused_clearly() -> None:
-    text = play_random_game(1, max_plies=10, sfen=MATSURI).to_kif()
+    text = to_kif(play_random_game(1, max_plies=10, sfen=MATSURI))
     assert "後手の持駒" in text  # written with a board diagram for GUIs
     with pytest.raises(RecordError, match="board diagram"):
-        Game.from_kif(text)
+        read_kif(text)
 
 
 def test_usi_position_round_trip() -> None:
@@ -268,7 +269,7 @@ def test_usi_position_round_trip() -> None:
 
 def test_bad_records_raise_record_error() -> None:
     with pytest.raises(RecordError):
-        Game.from_csa("V2.2\nPI\n+\n+7775FU\n")
+        read_csa("V2.2\nPI\n+\n+7775FU\n")
     with pytest.raises(IllegalMoveError, match="move 2"):
         Game.from_position("startpos moves 7g7f 7g7f")
     with pytest.raises(InvalidSfenError):

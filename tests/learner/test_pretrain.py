@@ -18,6 +18,7 @@ from keisei.checkpoint import latest_checkpoint, load_checkpoint
 from keisei.config import load_config
 from keisei.dataset import ShardSet, prepare_dataset
 from keisei.evaluation import GreedyPlayer, apply_decision, load_policy
+from keisei.kifu import to_csa
 from keisei.shogi import Game
 from learner.pretrain import Pretrainer, main
 
@@ -37,7 +38,7 @@ def greedy_games(folder: Path, games: int, seed: int = 0) -> Path:
         game = Game(max_plies=120)
         while not game.is_over:
             apply_decision(game, player.choose([game], [rng])[0])
-        texts.append(game.to_csa(("greedy", "greedy")))
+        texts.append(to_csa(game, ("greedy", "greedy")))
     path = folder / "greedy.csa"
     path.write_text("/\n".join(texts))
     return path
