@@ -29,6 +29,7 @@ COPY pyproject.toml README.md LICENSE ./
 COPY keisei ./keisei
 COPY learner ./learner
 COPY workers ./workers
+COPY pretrain ./pretrain
 # with TensorBoard and plotting (keisei-plot), so metrics can be read from the image
 RUN pip install --no-cache-dir ".[plot,tensorboard]"
 COPY configs ./configs

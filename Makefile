@@ -29,8 +29,8 @@ run: setup
 	$(BIN)/keisei-learner --config configs/quick.toml --set run.dir=$(RUN_DIR) --local-actors 2
 
 test: setup
-	$(BIN)/ruff check keisei learner workers tests bench
-	$(BIN)/mypy --strict keisei/ learner/ workers/
+	$(BIN)/ruff check keisei learner workers pretrain tests bench
+	$(BIN)/mypy --strict keisei/ learner/ workers/ pretrain/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 soak: setup

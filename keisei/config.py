@@ -377,6 +377,20 @@ def overrides_to_layer(overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
     return layer
 
 
+def load_saved_config(path: str | Path | None, overrides: Sequence[str], run_dir: Path,
+                      flag: str = "--resume") -> Config:
+    """The configuration to resume the run in ``run_dir`` with: defaults < its saved
+    ``config.toml`` < the TOML file at ``path`` < ``overrides``.
+
+    :raises ConfigError: if the run has no saved configuration (``flag`` names the option
+        that asked for the resume), or a value is invalid.
+    """
+    saved = run_dir / "config.toml"
+    if not saved.is_file():
+        raise ConfigError([f"{flag}: {saved} does not exist; there is no run to resume"])
+    return load_config(path, overrides, base=read_toml(saved))
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 base: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
     """Defaults, then ``base`` (e.g. a resumed run's saved config), then the TOML file at

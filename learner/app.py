@@ -28,20 +28,16 @@ from typing import IO
 
 import torch
 
-from keisei.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+from keisei.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from keisei.config import CheckpointConfig, Config, ConfigError
 from keisei.files import write_atomically, write_text_atomically
 from keisei.kifu import to_csa, to_kif
+from keisei.metrics import MetricsWriter
 from keisei.model import count_parameters
 from keisei.protocol import DEFAULT_BIND, load_keys
+from keisei.runs import CheckpointWriter, check_run_directory, load_newest
 from learner.actors import ActorState, ActorTable
-from learner.dashboard import Dashboard, MetricsWriter
+from learner.dashboard import Dashboard
 from learner.local_actors import LocalActors
 from learner.ratings import Ratings
 from learner.reports import ActorsReport, EpochReport, Ledger, Mode
@@ -101,25 +97,6 @@ class RunOutcome(Enum):
     FAILED = "failed"  # an error, logged with its traceback (the checkpoint is written)
 
 
-def check_run_directory(config: Config, resume: bool) -> list[Path]:
-    """The checkpoints to resume from, newest first (none for a new run).
-
-    :raises ConfigError: if a new run would overwrite an existing one, or a resume finds
-        no checkpoint.
-    """
-    run_dir = Path(config.run.dir)
-    checkpoints = list_checkpoints(run_dir / "checkpoints")[::-1]
-    if resume:
-        if not checkpoints:
-            raise ConfigError([f"--resume: no checkpoint in {run_dir / 'checkpoints'}"])
-        return checkpoints
-    if checkpoints or (run_dir / "metrics.jsonl").exists():
-        raise ConfigError([f"run.dir = {str(run_dir)!r} already holds a run; pass --resume to "
-                           "continue it (--resume auto, or run.resume = \"auto\", to continue "
-                           "whatever is there), or choose another run.dir"])
-    return []
-
-
 class Checkpoints:
     """Checkpoints every ``every_epochs`` epochs (keeping the last ``keep``), each with the
     latest finished self-play game beside it as KIF and CSA in ``games/``."""
@@ -127,7 +104,7 @@ class Checkpoints:
     def __init__(self, trainer: Trainer, ratings: Ratings, directory: Path,
                  config: CheckpointConfig) -> None:
         self.trainer, self.ratings, self.directory, self.config = trainer, ratings, directory, config
-        self.saved_step = -1
+        self.writer = CheckpointWriter(directory, config.keep)
 
     def on_epoch(self) -> None:
         if self.trainer.epoch % self.config.every_epochs == 0:
@@ -136,11 +113,10 @@ class Checkpoints:
     def save(self, force: bool = False) -> Path | None:
         """Write a checkpoint unless this step has one (``force``: write it again)."""
         trainer = self.trainer
-        if trainer.step == self.saved_step and not force:
+        path = self.writer.save(trainer.step, lambda: {**trainer.state_dict(),
+                                                       "ratings": self.ratings.state_dict()}, force)
+        if path is None:
             return None
-        state = {**trainer.state_dict(), "ratings": self.ratings.state_dict()}
-        path = save_checkpoint(self.directory, trainer.step, state, self.config.keep)
-        self.saved_step = trainer.step
         self._write_sample_game()
         logger.info("checkpoint %s (step %d, policy version %d)", path, trainer.step,
                     trainer.policy_version)
@@ -195,7 +171,9 @@ class Learner:
 
     def _open(self) -> None:
         config, options, stack = self.config, self.options, self._stack
-        resume_from = check_run_directory(config, options.resume)
+        resume_from = check_run_directory(
+            self.run_dir, options.resume, resume_hint="pass --resume to continue it (--resume "
+            "auto, or run.resume = \"auto\", to continue whatever is there)")
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         for partial in (self.run_dir / "checkpoints").glob(".checkpoint-*.tmp"):
             partial.unlink(missing_ok=True)  # left by a crash during a write
@@ -259,20 +237,7 @@ class Learner:
         :raises ConfigError: if none loads, or the network differs from the config's.
         """
         trainer = self.trainer
-        skipped = []
-        for checkpoint in checkpoints:
-            try:
-                state = load_checkpoint(checkpoint, map_location=trainer.device)
-                break
-            except CheckpointError as exc:
-                logger.warning("skipping checkpoint %s", exc)
-                skipped.append(str(exc))
-        else:
-            raise ConfigError(["--resume: no checkpoint loads", *skipped])
-        saved_model, model = state["config"]["model"], self.config.to_dict()["model"]
-        if saved_model != model:
-            raise ConfigError([f"[model] {model} differs from the checkpoint's {saved_model}; "
-                               "a resumed run keeps its network"])
+        checkpoint, state = load_newest(checkpoints, self.config, map_location=trainer.device)
         trainer.load_state_dict(state)
         if "ratings" in state:
             self.ratings.load_state_dict(state["ratings"])

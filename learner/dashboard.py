@@ -2,20 +2,17 @@
 
 ``Dashboard`` is a ``rich`` live view refreshed on a time interval (it reads the
 trainer's live state, so it moves during long phases too), or plain log lines when
-stdout is not a terminal. ``MetricsWriter`` appends one JSON object per epoch to
-``metrics.jsonl``.
+stdout is not a terminal. ``metrics.jsonl`` is written by ``keisei.metrics.MetricsWriter``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import time
-from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -30,64 +27,6 @@ from learner.supervisor import Supervisor
 from learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
-
-
-class JsonReport(Protocol):
-    def to_json(self) -> dict[str, Any]: ...
-
-
-class MetricsWriter:
-    """Appends each epoch's metrics as one JSON line (flushed, so a crash keeps them), and
-    writes their numeric fields as TensorBoard scalars under ``tensorboard_dir`` when the
-    ``tensorboard`` package is installed."""
-
-    def __init__(self, path: str | Path, tensorboard_dir: str | Path | None = None) -> None:
-        self.path = Path(path)
-        self._stream: IO[str] | None = open(self.path, "a", encoding="utf-8")
-        self._tensorboard: Any = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                logger.info("TensorBoard scalars off: pip install tensorboard to get them")
-            else:
-                self._tensorboard = SummaryWriter(str(tensorboard_dir))
-                logger.info("TensorBoard scalars in %s (tensorboard --logdir %s)", tensorboard_dir,
-                            tensorboard_dir)
-
-    def __call__(self, report: JsonReport) -> None:
-        if self._stream is None:
-            raise RuntimeError(f"MetricsWriter for {self.path} is closed")
-        metrics = report.to_json()
-        self._stream.write(json.dumps(metrics, sort_keys=True) + "\n")
-        self._stream.flush()
-        if self._tensorboard is not None:
-            self._write_scalars(metrics)
-
-    def _write_scalars(self, metrics: dict[str, Any]) -> None:
-        step = int(metrics.get("step", 0))
-        for key, value in metrics.items():
-            if key in ("step", "elo", "elo_step") or isinstance(value, bool):
-                continue
-            if isinstance(value, int | float) and math.isfinite(value):
-                self._tensorboard.add_scalar(key, value, step)
-        if isinstance(metrics.get("elo"), int | float):
-            self._tensorboard.add_scalar("elo", metrics["elo"], int(metrics.get("elo_step", step)))
-        self._tensorboard.flush()
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
-
-    def __enter__(self) -> MetricsWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _format(value: Any, digits: int = 4) -> str:

@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from enum import IntEnum
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
-from keisei.config import Config, ConfigError, load_config, read_toml
+from keisei.cli import ExitCode, setup_logging, stop_on_signals
+from keisei.config import Config, ConfigError, load_config, load_saved_config
 from keisei.protocol import DEFAULT_BIND, ProtocolError
 from learner.status import STATUS_STALE_SECONDS, print_status
 
@@ -35,13 +31,6 @@ logger = logging.getLogger(__name__)
 
 
 RESUME_MODES = ("never", "auto", "always")
-
-
-class ExitCode(IntEnum):
-    SUCCESS = 0
-    FAILURE = 1
-    USAGE = 2
-    INTERRUPTED = 130
 
 
 EXIT_CODES = {"finished": ExitCode.SUCCESS, "failed": ExitCode.FAILURE,
@@ -108,42 +97,16 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, bool]:
     run_dir = Path(config.run.dir)
     if mode == "never" or (mode == "auto" and not holds_run(run_dir)):
         return config, False
-    saved = run_dir / "config.toml"
-    if not saved.is_file():
-        raise ConfigError([f"--resume {mode}: {saved} does not exist; there is no run to resume"])
-    return load_config(args.config, args.overrides, base=read_toml(saved)), True
+    return load_saved_config(args.config, args.overrides, run_dir, f"--resume {mode}"), True
 
 
-def setup_logging(dashboard_on_tty: bool) -> None:
-    handler: logging.Handler
-    if dashboard_on_tty:
-        from rich.logging import RichHandler  # keeps log lines above the live view
+def dashboard_log_handler() -> logging.Handler:
+    """Log lines for a terminal with the live dashboard: printed above it."""
+    from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False)
-        handler.setFormatter(logging.Formatter("%(process)d %(name)s %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-
-
-@contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM request a stop at the next safe point; a second SIGINT aborts at once."""
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        logger.warning("received %s: stopping after the current step, then checkpointing",
-                       signal.Signals(signum).name)
-        stop.set()
-
-    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    handler = RichHandler(show_path=False)
+    handler.setFormatter(logging.Formatter("%(process)d %(name)s %(message)s"))
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keisei-learner: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     on_tty = config.display.mode == "rich" or (config.display.mode == "auto" and sys.stdout.isatty())
-    setup_logging(on_tty)
+    setup_logging(dashboard_log_handler() if on_tty else None)
     outcome: RunOutcome | None = None
     try:
         with Learner(config, options) as learner, stop_on_signals(learner.stop):

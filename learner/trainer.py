@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from keisei.config import Config, ConfigError
+from keisei.config import Config
 from keisei.errors import KeiseiError
 from keisei.model import (
     PolicyValueNet,
@@ -50,6 +50,7 @@ from keisei.ppo import (
     shaping_weight,
 )
 from keisei.records import unpack_masks, unpack_observations
+from keisei.runs import resolve_device
 from keisei.selfplay import Collector
 from learner.admission import Admission
 from learner.buffer import EpochBatch, ExperienceBuffer
@@ -129,13 +130,7 @@ class Trainer:
 
         :raises ConfigError: if the device or precision cannot be used here.
         """
-        device = torch.device(config.run.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError([f"run.device = {config.run.device!r}: CUDA is not available here"])
-        try:
-            resolve_precision(config.run.precision, device)
-        except ValueError as exc:
-            raise ConfigError([f"run.precision = {config.run.precision!r}: {exc}"]) from exc
+        device, _ = resolve_device(config)
         torch.set_num_threads(threads or config.run.threads or os.cpu_count() or 1)
         random.seed(config.run.seed)
         np.random.seed(config.run.seed % 2**32)

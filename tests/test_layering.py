@@ -1,5 +1,5 @@
-"""The dependency rule, checked on the source: keisei is a library; learner and workers
-import keisei and never each other; only keisei/protocol.py touches sockets."""
+"""The dependency rule, checked on the source: keisei is a library; learner, workers and
+pretrain import keisei and never each other; only keisei/protocol.py touches sockets."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FORBIDDEN = {
-    "keisei": {"learner", "workers", "rich", "subprocess", "multiprocessing"},
-    "learner": {"workers"},
-    "workers": {"learner"},
+    "keisei": {"learner", "workers", "pretrain", "rich", "subprocess", "multiprocessing"},
+    "learner": {"workers", "pretrain"},
+    "workers": {"learner", "pretrain"},
+    "pretrain": {"learner", "workers"},
 }
 SOCKET_MODULES = {"zmq", "socket"}
 

@@ -131,7 +131,7 @@ def test_garbage_is_answered_and_survived(checkpoint: Path) -> None:
         client.close()
 
 
-@pytest.mark.parametrize("command", ["keisei.usi", "workers.evaluate"])
+@pytest.mark.parametrize("command", ["workers.usi", "workers.evaluate"])
 def test_a_file_that_is_not_a_checkpoint_gets_one_clear_line(tmp_path: Path, command: str) -> None:
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 50)

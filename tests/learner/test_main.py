@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import free_port_pair
 
-import learner.app as app
+import keisei.runs as runs
 from learner.main import main
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
@@ -28,14 +28,14 @@ def arguments(run_dir: Path, *extra: str) -> list[str]:
 
 def test_a_full_disk_stops_training_with_one_line_and_exit_code_1(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
-    real = app.save_checkpoint
+    real = runs.save_checkpoint
 
     def full_after_the_first(directory, step, state, keep):  # type: ignore[no-untyped-def]
         if step > 0:
             raise OSError(errno.ENOSPC, "No space left on device", str(directory))
         return real(directory, step, state, keep)
 
-    monkeypatch.setattr(app, "save_checkpoint", full_after_the_first)
+    monkeypatch.setattr(runs, "save_checkpoint", full_after_the_first)
     assert main(arguments(tmp_path / "run")) == 1
     err = capfd.readouterr().err
     assert "training stopped at step 128: [Errno 28] No space left on device" in err

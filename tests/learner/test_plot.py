@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import EPOCH_FIELDS, epoch_report
 
-from learner.dashboard import MetricsWriter
+from keisei.metrics import MetricsWriter
 from learner.plot import main, read_metrics
 from learner.reports import Rating
 

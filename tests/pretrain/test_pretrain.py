@@ -20,7 +20,7 @@ from keisei.dataset import ShardSet, prepare_dataset
 from keisei.evaluation import GreedyPlayer, apply_decision, load_policy
 from keisei.kifu import to_csa
 from keisei.shogi import Game
-from learner.pretrain import Pretrainer, main
+from pretrain.main import Pretrainer, main
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "run.threads=1",
         "display.mode=plain", "pretrain.batch_size=64", "pretrain.val_fraction=0.2",
@@ -160,7 +160,7 @@ def test_learner_starts_from_a_pretrained_checkpoint(tmp_path: Path) -> None:
 def test_sigterm_stops_with_a_checkpoint_and_resume_goes_on(tmp_path: Path) -> None:
     greedy_games(tmp_path / "records", 30)
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "learner.pretrain", str(tmp_path / "records"),
+    command = [sys.executable, "-m", "pretrain.main", str(tmp_path / "records"),
                *overrides(run_dir, "pretrain.epochs=1000", "pretrain.batch_size=16")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -179,7 +179,7 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_goes_on(tmp_path: Path) -> N
     assert checkpoint is not None
     stopped_at = load_checkpoint(checkpoint)["counters"]["step"]
     assert stopped_at >= metrics_lines(run_dir)[-1]["step"]
-    resumed = subprocess.run([sys.executable, "-m", "learner.pretrain", "--resume",
+    resumed = subprocess.run([sys.executable, "-m", "pretrain.main", "--resume",
                               *overrides(run_dir, "pretrain.epochs=3", "pretrain.batch_size=16")],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

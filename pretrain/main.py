@@ -42,10 +42,11 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.table import Table
 
-from keisei.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from keisei.config import Config, ConfigError, load_config, read_toml
+from keisei.cli import ExitCode, setup_logging, stop_on_signals
+from keisei.config import Config, ConfigError, load_config, load_saved_config
 from keisei.dataset import (
     DatasetError,
     DecodedBatch,
@@ -56,18 +57,17 @@ from keisei.dataset import (
 )
 from keisei.errors import KeiseiError
 from keisei.files import write_text_atomically
+from keisei.metrics import MetricsWriter
 from keisei.model import (
     PolicyValueNet,
     autocast,
     build_model,
     count_parameters,
     masked_logits,
-    resolve_precision,
     to_device,
 )
 from keisei.ppo import learning_rate_at
-from learner.dashboard import MetricsWriter
-from learner.main import ExitCode, setup_logging, stop_on_signals
+from keisei.runs import CheckpointWriter, check_run_directory, load_newest, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -148,13 +148,7 @@ class Pretrainer:
         self.train_set, self.val_set = train_set, val_set
         self.stop = stop
         settings = config.pretrain
-        self.device = torch.device(config.run.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError([f"run.device = {config.run.device!r}: CUDA is not available here"])
-        try:
-            self.autocast_dtype = resolve_precision(config.run.precision, self.device)
-        except ValueError as exc:
-            raise ConfigError([f"run.precision = {config.run.precision!r}: {exc}"]) from exc
+        self.device, self.autocast_dtype = resolve_device(config)
         torch.manual_seed(config.run.seed)
         random.seed(config.run.seed)
         self.model: PolicyValueNet = build_model(config.model).to(self.device)
@@ -390,13 +384,8 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path, Path]:
     config = load_config(args.config, args.overrides)
     run_dir = Path(config.run.dir)
     if args.resume:
-        saved = run_dir / "config.toml"
-        if not saved.is_file():
-            raise ConfigError([f"--resume: {saved} does not exist; there is no run to resume"])
-        config = load_config(args.config, args.overrides, base=read_toml(saved))
-    elif list_checkpoints(run_dir / "checkpoints") or (run_dir / "metrics.jsonl").exists():
-        raise ConfigError([f"run.dir = {str(run_dir)!r} already holds a run; pass --resume to "
-                           "continue it, or choose another run.dir"])
+        config = load_saved_config(args.config, args.overrides, run_dir)
+    check_run_directory(run_dir, args.resume)
     data = Path(args.data) if args.data else run_dir / "data"
     if not (data / "dataset.json").is_file() and not args.records:
         raise ConfigError([f"{data} holds no data set: name the records to read (files, "
@@ -426,21 +415,11 @@ def resume(trainer: Pretrainer, run_dir: Path) -> None:
 
     :raises ConfigError: if none does, or its network differs from the config's.
     """
-    problems = []
-    for checkpoint in list_checkpoints(run_dir / "checkpoints")[::-1]:
-        try:
-            state = load_checkpoint(checkpoint)
-        except CheckpointError as exc:
-            logger.warning("skipping checkpoint %s", exc)
-            problems.append(str(exc))
-            continue
-        if state["config"]["model"] != trainer.config.to_dict()["model"]:
-            raise ConfigError([f"[model] differs from {checkpoint}'s {state['config']['model']}"])
-        trainer.load_state_dict(state)
-        logger.info("resumed from %s at position %d (epoch %d, batch %d)", checkpoint,
-                    trainer.step, trainer.epoch, trainer.batch_in_epoch)
-        return
-    raise ConfigError(["--resume: no checkpoint loads", *problems])
+    checkpoints = check_run_directory(run_dir, resume=True)
+    checkpoint, state = load_newest(checkpoints, trainer.config)
+    trainer.load_state_dict(state)
+    logger.info("resumed from %s at position %d (epoch %d, batch %d)", checkpoint,
+                trainer.step, trainer.epoch, trainer.batch_in_epoch)
 
 
 def run(trainer: Pretrainer, metrics: MetricsWriter, dashboard: PretrainDashboard,
@@ -485,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keisei-pretrain: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     on_tty = config.display.mode == "rich" or (config.display.mode == "auto" and sys.stdout.isatty())
-    setup_logging(on_tty)
+    setup_logging(RichHandler(show_path=False) if on_tty else None)  # lines above the live table
     torch.set_num_threads(config.run.threads or os.cpu_count() or 1)
     stop = threading.Event()
     try:
@@ -508,15 +487,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config.pretrain.epochs,
                 f", at most {config.pretrain.minutes:g} min" if config.pretrain.minutes else "",
                 torch.get_num_threads())
-    saved = {"step": -1}
+    writer = CheckpointWriter(run_dir / "checkpoints", config.checkpoint.keep)
 
     def save() -> None:
-        if trainer.step == saved["step"]:
-            return
-        path = save_checkpoint(run_dir / "checkpoints", trainer.step, trainer.state_dict(),
-                               config.checkpoint.keep)
-        saved["step"] = trainer.step
-        logger.info("checkpoint %s", path)
+        path = writer.save(trainer.step, trainer.state_dict)
+        if path is not None:
+            logger.info("checkpoint %s", path)
 
     code = ExitCode.SUCCESS
     with (MetricsWriter(run_dir / "metrics.jsonl", run_dir / "tensorboard") as metrics,
