@@ -36,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         config = load_config(None, [
             f"run.dir={run_dir}", f"run.threads={args.threads}", "model.blocks=2",
-            "model.channels=32", "train.steps_per_epoch=256", "train.ppo_epochs=10",
+            "model.channels=32", "train.steps_per_epoch=256", "train.ppo_passes=10",
             "train.minibatch_size=64", f"train.total_steps={256 * args.epochs}",
             f"selfplay.games={args.games}", "train.max_policy_lag=1000", "display.mode=plain",
             "evaluation.every_epochs=0", f"checkpoint.every_epochs={args.epochs + 1}"])

@@ -45,7 +45,7 @@ def main() -> None:
         print(f"default network {config.model.blocks}x{config.model.channels}, {os.cpu_count()} threads, "
               f"precision {precision} ({trainer.autocast_dtype or 'float32'}): "
               f"{samples / seconds:7.0f} samples/s  ({train.steps_per_epoch} steps x "
-              f"{train.ppo_epochs} passes, minibatch {train.minibatch_size}: {seconds / args.updates:.1f} s/update)")
+              f"{train.ppo_passes} passes, minibatch {train.minibatch_size}: {seconds / args.updates:.1f} s/update)")
 
 
 if __name__ == "__main__":

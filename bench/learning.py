@@ -51,7 +51,7 @@ from workers import evaluate
 
 # Chosen for learning speed on 2 CPU cores: a small net sees many games in the budget.
 SETTINGS = ["model.blocks=4", "model.channels=48", "selfplay.games=64", "selfplay.max_plies=256",
-            "train.steps_per_epoch=2048", "train.ppo_epochs=4", "train.minibatch_size=128",
+            "train.steps_per_epoch=2048", "train.ppo_passes=4", "train.minibatch_size=128",
             "train.learning_rate=0.001", "train.lr_schedule=constant", "train.ent_coef=0.01",
             "train.max_policy_lag=64", "train.total_steps=1000000000", "display.mode=plain",
             "evaluation.every_epochs=0", "checkpoint.every_epochs=1000000"]

@@ -9,6 +9,7 @@ is allowed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from keisei.errors import KeiseiError
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(KeiseiError, ValueError):
@@ -78,7 +81,9 @@ class SelfPlayConfig:
 class TrainConfig:
     total_steps: int = setting(1_000_000, "stop after this many training steps (plies)", low=1)
     steps_per_epoch: int = setting(4096, "steps collected per PPO update", low=16)
-    ppo_epochs: int = setting(4, "passes over each epoch's data", low=1, high=100)
+    ppo_passes: int = setting(4, "passes over each epoch's data (at most: train.target_kl may "
+                              "stop the update sooner; each report's ppo_passes says how many ran)",
+                              low=1, high=100)
     minibatch_size: int = setting(256, "samples per gradient step", low=1)
     learning_rate: float = setting(3e-4, "initial Adam learning rate", low=0.0, high=1.0)
     lr_schedule: str = setting("linear", "learning-rate decay over total_steps",
@@ -307,6 +312,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
+RENAMED_KEYS = {"train.ppo_epochs": "train.ppo_passes"}
+"""Old key → its new name: still read (saved runs and users' files hold them), with a
+warning."""
+
+
 def build_config(layers: Iterable[Mapping[str, Mapping[str, Any]]]) -> Config:
     """Apply layers of ``{section: {key: value}}`` over the defaults, later layers winning.
 
@@ -326,6 +336,10 @@ def build_config(layers: Iterable[Mapping[str, Mapping[str, Any]]]) -> Config:
             fields = {item.name: item for item in dataclasses.fields(classes[section])}
             for key, value in values.items():
                 name = f"{section}.{key}"
+                if name in RENAMED_KEYS:
+                    logger.warning("%s is now called %s; read as that", name, RENAMED_KEYS[name])
+                    name = RENAMED_KEYS[name]
+                    key = name.split(".", 1)[1]
                 if key not in fields:
                     problems.append(f"{name}: unknown key; {section} has {', '.join(fields)}")
                     continue

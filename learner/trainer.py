@@ -245,7 +245,7 @@ class Trainer:
         weight = shaping_weight(train.shaping_scale, train.shaping_anneal_steps, self.step)
         kl_coef = (init_kl_coef_at(train.init_kl_coef, train.init_kl_steps, self.step)
                    if self.reference is not None else 0.0)
-        while passes < train.ppo_epochs:
+        while passes < train.ppo_passes:
             passes += 1
             order = self.shuffle_rng.permutation(batch.size)
             approx_kl = 0.0

@@ -148,7 +148,7 @@ def epoch_report(step: int, epoch: int, policy_loss: float = 0.5, rating: object
 
 CLI_TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
             "selfplay.max_plies=64", "train.steps_per_epoch=128", "train.minibatch_size=32",
-            "train.ppo_epochs=1", "run.threads=1", "checkpoint.every_epochs=1",
+            "train.ppo_passes=1", "run.threads=1", "checkpoint.every_epochs=1",
             "display.mode=plain", "evaluation.every_epochs=0"]
 """A learner run of a few seconds an epoch, for tests of the command."""
 

@@ -26,7 +26,7 @@ from learner.local_actors import LocalActors
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
         "selfplay.max_plies=64", "train.steps_per_epoch=256", "train.minibatch_size=64",
-        "train.ppo_epochs=1", "train.max_policy_lag=1000", "evaluation.every_epochs=0",
+        "train.ppo_passes=1", "train.max_policy_lag=1000", "evaluation.every_epochs=0",
         "display.mode=plain", "supervisor.collect_timeout=600"]
 
 

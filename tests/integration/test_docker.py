@@ -57,7 +57,7 @@ max_plies = 64
 total_steps = {total_steps}
 steps_per_epoch = 256
 minibatch_size = 64
-ppo_epochs = 1
+ppo_passes = 1
 max_policy_lag = 1000
 
 [evaluation]

@@ -20,7 +20,7 @@ from learner.trainer import Trainer
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
         "selfplay.max_plies=64", "train.steps_per_epoch=256", "train.minibatch_size=64",
-        "train.ppo_epochs=1", "train.max_policy_lag=1000", "supervisor.heartbeat_timeout=2",
+        "train.ppo_passes=1", "train.max_policy_lag=1000", "supervisor.heartbeat_timeout=2",
         "supervisor.stall_timeout=3", "supervisor.collect_timeout=4", "run.threads=1",
         "evaluation.every_epochs=0", "display.mode=plain"]
 

@@ -56,7 +56,7 @@ def test_actor_on_a_second_host_trains_the_learner(two_hosts: tuple[str, str], t
     learner_ns, actor_ns = two_hosts
     endpoint = f"tcp://{LEARNER_ADDRESS}:{free_port_pair()}"
     settings = ["model.blocks=1", "model.channels=16", "selfplay.games=8", "selfplay.max_plies=64",
-                "train.steps_per_epoch=256", "train.minibatch_size=64", "train.ppo_epochs=1",
+                "train.steps_per_epoch=256", "train.minibatch_size=64", "train.ppo_passes=1",
                 "train.total_steps=768", "run.threads=1", "display.mode=plain",
                 f"run.dir={tmp_path / 'run'}"]
     learner_command = ["ip", "netns", "exec", learner_ns, sys.executable, "-m", "learner.main",

@@ -75,3 +75,10 @@ def test_configuration_reference_is_up_to_date() -> None:
     reference = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert reference.read_text() == markdown_reference(), (
         "docs/configuration.md is stale: run python -m keisei.config > docs/configuration.md")
+
+
+def test_a_renamed_key_is_still_read_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        config = load_config(None, ["train.ppo_epochs=3"])  # the name before ppo_passes
+    assert config.train.ppo_passes == 3
+    assert "train.ppo_epochs is now called train.ppo_passes" in caplog.text

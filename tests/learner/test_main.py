@@ -18,7 +18,7 @@ from learner.main import main
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
         "selfplay.max_plies=48", "train.steps_per_epoch=128", "train.minibatch_size=64",
-        "train.ppo_epochs=1", "run.threads=1", "checkpoint.every_epochs=1", "display.mode=plain",
+        "train.ppo_passes=1", "run.threads=1", "checkpoint.every_epochs=1", "display.mode=plain",
         "evaluation.every_epochs=0", "train.total_steps=512"]
 
 
