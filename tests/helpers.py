@@ -76,13 +76,28 @@ class LogTail(logging.Handler):
         return "the learner's last log lines:\n  " + "\n  ".join(self.lines)
 
 
+@contextmanager
+def log_tail() -> Iterator[LogTail]:
+    """The last log lines of this process (INFO and above) while the block runs."""
+    tail = LogTail()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(tail)
+    root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)
+    try:
+        yield tail
+    finally:
+        root.removeHandler(tail)
+        root.setLevel(previous)
+
+
 class Training:
     """A ``Learner.run`` on a background thread (see ``training``)."""
 
     def __init__(self, learner: Any, until_step: int) -> None:
         self.learner = learner
         self.outcome: Any = None  # learner.app.RunOutcome once run() returned
-        self.log = LogTail()
+        self.log = LogTail()  # replaced by the one ``training`` installs
         self.thread = threading.Thread(target=self._run, args=(until_step,), name="training",
                                        daemon=True)
 
@@ -109,19 +124,14 @@ def training(learner: Any, until_step: int = 10**12, join_timeout: float = 60) -
     check it stopped; the caller asserts ``outcome`` (``INTERRUPTED`` when the block
     stopped it)."""
     run = Training(learner, until_step)
-    root = logging.getLogger()
-    root.addHandler(run.log)
-    previous = root.level
-    root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)
-    run.thread.start()
-    try:
-        yield run
-    finally:
-        learner.stop.set()
-        run.thread.join(timeout=join_timeout)
-        root.removeHandler(run.log)
-        root.setLevel(previous)
-        assert not run.thread.is_alive(), f"the training loop did not stop\n{run.log.text()}"
+    with log_tail() as run.log:
+        run.thread.start()
+        try:
+            yield run
+        finally:
+            learner.stop.set()
+            run.thread.join(timeout=join_timeout)
+    assert not run.thread.is_alive(), f"the training loop did not stop\n{run.log.text()}"
 
 
 def epoch_report(step: int, epoch: int, policy_loss: float = 0.5, rating: object = None) -> object:

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
-from helpers import DISTRIBUTED_FIELDS, EPOCH_FIELDS, free_port_pair, wait_for
+from helpers import DISTRIBUTED_FIELDS, EPOCH_FIELDS, LogTail, free_port_pair, log_tail, wait_for
 
 from keisei.config import load_config
 from keisei.protocol import Games, Hello, Reject, Welcome, decode, encode
@@ -33,8 +33,9 @@ TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfpla
 class Run:
     """A learner with remote actors, trained a few epochs at a time from the test."""
 
-    def __init__(self, learner: Learner) -> None:
+    def __init__(self, learner: Learner, log: LogTail) -> None:
         self.learner = learner
+        self.log = log
         self.trainer, self.actors, self.bind = learner.trainer, learner.actors, learner.options.bind
         assert learner.server is not None
         self.server = learner.server
@@ -45,9 +46,10 @@ class Run:
         timer = threading.Timer(timeout, self.learner.stop.set)
         timer.start()
         try:
-            assert self.learner.run(until_step=until) is RunOutcome.FINISHED
+            outcome = self.learner.run(until_step=until)
         finally:
             timer.cancel()
+        assert outcome is RunOutcome.FINISHED, f"{outcome} (after {timeout} s?)\n{self.log.text()}"
 
     def actor(self, actor_id: str):  # type: ignore[no-untyped-def]
         return next(info for info in self.actors.snapshot() if info.actor_id == actor_id)
@@ -58,8 +60,8 @@ def learner(tmp_path: Path, *extra: str) -> Iterator[Run]:
     config = load_config(None, [*TINY, f"run.dir={tmp_path / 'run'}", *extra])
     options = LearnerOptions(remote_actors=True, bind=f"tcp://127.0.0.1:{free_port_pair()}",
                              threads=1, publish_interval=0.5)
-    with Learner(config, options) as running:
-        yield Run(running)
+    with log_tail() as log, Learner(config, options) as running:
+        yield Run(running, log)
 
 
 def test_two_actors_train_and_every_step_is_counted_once(tmp_path: Path) -> None:
