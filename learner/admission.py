@@ -22,7 +22,6 @@ can make another fail: ``BufferFullError`` is caught here and only ever means "w
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,7 +64,6 @@ class Admission:
         self.policy_version = policy_version
         self.max_plies = max_plies
         self.entering_king = entering_king
-        self.last_received_at = time.monotonic()  # the last valid games from a peer
         self._pending: deque[tuple[FinishedGame, str]] = deque()  # (game, source)
         self._pending_steps = 0
         self._games_received = 0
@@ -99,7 +97,6 @@ class Admission:
         with self._lock:
             self._games_received += len(games)
             self._steps_received += sum(game.length for game in games)
-            self.last_received_at = time.monotonic()
             self._enqueue(games, source)
         return games
 

@@ -5,8 +5,8 @@ A ROUTER (``--bind``, default ``tcp://127.0.0.1:5555``) takes ``hello``, ``heart
 a PUB one port above it publishes weights, again every ``publish_interval`` so a late
 joiner gets the current version within that time. Games go to ``learner.admission``,
 which validates them and queues them for the buffer (the same path the in-process
-collector's games take); anything malformed is dropped and counted, never raised. Only this thread touches the sockets; other threads
-call ``publish`` and ``close``.
+collector's games take); anything malformed is dropped and counted, never raised. Only
+this thread touches the sockets; other threads call ``publish`` and ``close``.
 """
 
 from __future__ import annotations
