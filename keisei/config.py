@@ -204,6 +204,38 @@ class DisplayConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """Tree search over the network (``keisei.search``): its parameters and defaults."""
+
+    visits: int = setting(256, "visits per move when no time is given", low=1, high=10_000_000)
+    c_puct: float = setting(1.5, "PUCT exploration constant", low=0.01, high=100)
+    fpu_reduction: float = setting(0.2, "first-play urgency below the root: an unvisited move "
+                                   "is valued at the parent's value minus this times "
+                                   "sqrt(prior mass already visited)", low=0, high=2)
+    gumbel_visits: int = setting(32, "budgets of at most this many visits use Gumbel root "
+                                 "selection with sequential halving (0: never)", low=0,
+                                 high=10_000)
+    gumbel_actions: int = setting(16, "root moves Gumbel selection considers", low=2, high=600)
+    gumbel_c_visit: float = setting(50.0, "sigma(q) = (c_visit + max visits) * c_scale * q",
+                                    low=0, high=10_000)
+    gumbel_c_scale: float = setting(0.1, "see gumbel_c_visit", low=0, high=100)
+    leaf_batch: int = setting(16, "leaves gathered per network call when searching one "
+                              "game (with virtual loss)", low=1, high=1024)
+    virtual_loss: float = setting(1.0, "visits of a lost game added to a path awaiting its "
+                                  "evaluation (one game only)", low=0, high=100)
+    cache_positions: int = setting(100_000, "network outputs kept, keyed by position hash "
+                                   "(0: no cache)", low=0, high=100_000_000)
+    root_mate_plies: int = setting(5, "cshogi's mate search at the root, up to this many "
+                                   "plies (a mate in one is always looked for); a mate found "
+                                   "is played at once", low=0, high=15)
+    dirichlet_alpha: float = setting(0.15, "Dirichlet noise at the root in self-play",
+                                     low=0.001, high=10)
+    dirichlet_fraction: float = setting(0.25, "share of the root prior replaced by that noise "
+                                        "in self-play (0: none); evaluation never adds it",
+                                        low=0, high=1)
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -215,6 +247,7 @@ class Config:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     wire: WireConfig = field(default_factory=WireConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

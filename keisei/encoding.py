@@ -148,6 +148,12 @@ def move_to_action(board: cshogi.Board, move: int) -> int:
     return action
 
 
+def legal_actions(board: cshogi.Board, moves: Sequence[int]) -> np.ndarray:
+    """The action index of each of ``moves`` (legal moves of ``board``) for its side to move."""
+    actions: np.ndarray = _LABELS[board.turn, np.asarray(moves, dtype=np.int64) & 0x7FFF]
+    return actions
+
+
 def action_to_move(board: cshogi.Board, action: int) -> int:
     """The legal move of ``board`` whose action index is ``action``.
 
