@@ -30,10 +30,11 @@ Values are from the side to move's view, in [-1, 1]. The module is pure: a netwo
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -84,6 +85,11 @@ class SearchResult:
     """The deepest ply a visit reached."""
     mate: bool = False
     """True when the move is a forced mate (found at the root or proven by the search)."""
+    mate_plies: int | None = None
+    """Plies to the mate when known (1 for a mate in one)."""
+    lines: list[tuple[int, float, list[int]]] = field(default_factory=list)
+    """The most visited root moves, best first (``Search.lines`` of them): visits, value
+    for the side to move, principal variation (for USI ``MultiPV``)."""
 
     @property
     def nodes(self) -> int:
@@ -176,15 +182,20 @@ class Search:
         self.network_positions = 0  # positions sent to the network (cache misses)
         self._planes = np.zeros((0, *OBSERVATION_SHAPE), dtype=np.float32)
         self._staged = 0  # rows of ``_planes`` waiting for the next network call
+        self.lines = 1  # root moves each result describes (``SearchResult.lines``)
 
     # --- the public entry points -------------------------------------------------------
     def search(self, games: Sequence[Game], visits: int | None = None,
-               seconds: float | None = None) -> list[SearchResult]:
+               seconds: float | None = None, *, stop: threading.Event | None = None,
+               progress: Callable[[list[SearchResult], float], None] | None = None,
+               progress_every: float = 1.0) -> list[SearchResult]:
         """Search every game's position and return one result each.
 
         The budget is ``visits`` per game (default ``search.visits``), or, with
         ``seconds``, as many as fit in that time (at least one pass; ``visits`` then caps
-        it if given).
+        it if given). ``stop`` ends the search early (it still returns its best so far);
+        ``progress`` is called every ``progress_every`` seconds with the results so far
+        and the seconds spent (for USI ``info`` lines).
 
         :raises ValueError: if a game is over (there is nothing to search).
         """
@@ -198,14 +209,20 @@ class Search:
         if budget < 1:
             raise ValueError(f"visits={budget} must be at least 1")
         gumbel = seconds is None and 0 < budget <= self.config.gumbel_visits
-        deadline = None if seconds is None else time.monotonic() + seconds
+        started = time.monotonic()
+        deadline = None if seconds is None else started + seconds
+        next_progress = started + progress_every
         trees = [_Tree(game, budget, gumbel) for game in games]
         self._start(trees)
         while True:
             active = [tree for tree in trees if not tree.done]
-            if not active or (deadline is not None and time.monotonic() >= deadline
-                              and all(tree.spent > 0 for tree in trees)):
+            now = time.monotonic()
+            if not active or (stop is not None and stop.is_set()) or (
+                    deadline is not None and now >= deadline and all(tree.spent for tree in trees)):
                 break
+            if progress is not None and now >= next_progress:
+                next_progress = now + progress_every
+                progress([self._result(tree) for tree in trees], now - started)
             per_tree = self.config.leaf_batch if len(active) == 1 and not gumbel else 1
             self._pass(active, per_tree)
         return [self._result(tree) for tree in trees]
@@ -433,8 +450,10 @@ class Search:
             index = moves.index(tree.mate_move)
             visits[index] = max(tree.budget if tree.budget < 2**62 else 1, 1)
             policy = visits / visits.sum()
+            plies = 1 if tree.game.board.mate_move_in_1ply() else None
             return SearchResult(tree.mate_move, moves, visits, policy, 1.0, [tree.mate_move], 1,
-                                mate=True)
+                                mate=True, mate_plies=plies,
+                                lines=[(int(visits[index]), 1.0, [tree.mate_move])])
         winning = [index for index, child in enumerate(root.children)
                    if child is not None and child.terminal == -1.0]
         if tree.gumbel and len(root.moves) > 1:
@@ -442,16 +461,23 @@ class Search:
             best = max(tree.candidates, key=lambda index: scores[index])
             completed = self._completed_q(root, tree.network_value)
             policy = _softmax(root.logits + self._sigma(root, completed))
+        elif root.visits.sum() == 0:  # stopped before any visit: the network's choice
+            best = int(np.argmax(root.priors))
+            policy = root.priors.copy()
         else:
             q = np.divide(root.value_sums, root.visits, out=np.full(len(root.moves), -2.0),
                           where=root.visits > 0)
             best = int(np.lexsort((q, root.visits))[-1])  # most visits, then best Q
-            policy = root.visits / max(root.visits.sum(), 1.0)
+            policy = root.visits / root.visits.sum()
         if winning and best not in winning:  # a move the search proved wins
             best = max(winning, key=lambda index: root.visits[index])
+        order = [best] + [int(index) for index in np.argsort(-root.visits, kind="stable")
+                          if index != best and root.visits[index] > 0][:self.lines - 1]
+        lines = [(int(root.visits[index]),
+                  float(root.value_sums[index] / root.visits[index]) if root.visits[index] else root.q(),
+                  self._principal_variation(root, index)) for index in order]
         return SearchResult(root.moves[best], list(root.moves), root.visits.copy(), policy,
-                            root.q(), self._principal_variation(root, best), tree.depth,
-                            mate=bool(winning))
+                            root.q(), lines[0][2], tree.depth, mate=bool(winning), lines=lines)
 
     @staticmethod
     def _principal_variation(root: Node, first: int) -> list[int]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import queue
 import random
+import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +122,9 @@ def test_garbage_is_answered_and_survived(checkpoint: Path) -> None:
             assert client.until("info string")[-1].startswith("info string")
         client.send("position startpos moves 7g7f")  # still usable afterwards
         client.send("go infinite")
+        client.send("isready")  # answered while it searches
+        client.until("readyok")
+        client.send("stop")
         move = client.until("bestmove")[-1].split()[1]
         Game.from_position(f"startpos moves 7g7f {move}")
         client.send("position sfen 4k4/4G4/4P4/9/9/9/9/9/4K4 w - 1")  # white is mated
@@ -127,6 +132,53 @@ def test_garbage_is_answered_and_survived(checkpoint: Path) -> None:
         assert client.until("bestmove")[-1] == "bestmove resign"
         client.send("quit")
         assert client.process.wait(timeout=10) == 0
+    finally:
+        client.close()
+
+
+INFO = re.compile(r"^info depth (\d+) seldepth (\d+)( multipv \d+)? nodes (\d+) nps \d+ "
+                  r"time \d+ score (cp -?\d+|mate (\d+|\+)) pv( [0-9a-zA-Z*+]+)+$")
+
+
+@pytest.mark.parametrize("go", ["go btime 60000 wtime 60000 byoyomi 200",
+                                "go btime 2000 wtime 2000 binc 100 winc 100",
+                                "go btime 0 wtime 0 byoyomi 300", "go movetime 200",
+                                "go nodes 300", "go", "go infinite"])
+def test_every_time_control_gives_a_legal_move_and_well_formed_info(checkpoint: Path, go: str) -> None:
+    client = start(checkpoint)
+    try:
+        client.send("setoption name MultiPV value 2")
+        client.send("position startpos moves 7g7f 3c3d")
+        started = time.monotonic()
+        client.send(go)
+        if go == "go infinite":
+            time.sleep(1.5)
+            client.send("stop")
+        lines = client.until("bestmove")
+        elapsed = time.monotonic() - started
+        infos = [line for line in lines if line.startswith("info depth")]
+        assert infos and all(INFO.match(line) for line in infos), infos
+        last = INFO.match(infos[-1])
+        assert last is not None
+        move = lines[-1].split()[1]
+        Game.from_position(f"startpos moves 7g7f 3c3d {move}")  # legal
+        assert infos[-1].split(" pv ")[1].split()[0] == move or " multipv 2 " in infos[-1]
+        if go == "go nodes 300":
+            assert int(last.group(4)) <= 300
+        if "movetime" in go or "byoyomi 200" in go:
+            assert elapsed < 3.0, elapsed  # the budget, plus start-up of a first search
+    finally:
+        client.close()
+
+
+def test_policy_only_plays_without_search(checkpoint: Path) -> None:
+    client = start(checkpoint)
+    try:
+        client.send("setoption name PolicyOnly value true")
+        client.send("position startpos")
+        client.send("go btime 1000 wtime 1000 byoyomi 100")
+        lines = client.until("bestmove")
+        assert lines[-2].startswith("info depth 1 score cp ") and lines[-2].endswith(lines[-1].split()[1])
     finally:
         client.close()
 
