@@ -162,6 +162,9 @@ class EvaluationConfig:
                          "from the shipped openings; rounded up to even)", low=2, high=10_000)
     pool_size: int = setting(4, "past rated policies each new one also plays", low=0, high=100)
     max_plies: int = setting(256, "a rating game this long is a draw", low=16, high=100_000)
+    visits: int = setting(0, "the rated policy searches this many visits per move (0: its "
+                          "policy alone, the cheapest; a rating then costs about visits times "
+                          "more network calls)", low=0, high=100_000)
 
 
 @dataclass(frozen=True)

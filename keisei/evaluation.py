@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from keisei.checkpoint import CheckpointError, load_checkpoint
-from keisei.config import build_config
+from keisei.config import SearchConfig, build_config
 from keisei.elo import Z_95, elo_estimate, elo_interval, format_elo
 from keisei.encoding import PIECE_VALUES, BatchEncoder
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.model import PolicyValueNet, autocast, build_model, choose_actions, masked_logits
+from keisei.search import Search, network_evaluator
 from keisei.shogi import Color, Game
 
 
@@ -133,6 +134,37 @@ class PolicyPlayer:
 
     def close(self) -> None:
         pass
+
+
+class SearchPlayer:
+    """A network with tree search (``keisei.search``): ``visits`` per move, or
+    ``movetime`` seconds per move. The positions of all the games it is to move in are
+    searched together (one network call per pass for all of them), without noise."""
+
+    def __init__(self, model: nn.Module, name: str, *, visits: int | None = None,
+                 movetime: float | None = None, config: SearchConfig | None = None,
+                 device: str | torch.device = "cpu",
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        if visits is None and movetime is None:
+            raise ValueError("a SearchPlayer needs visits or a movetime")
+        self.name = name
+        self.visits = visits
+        self.movetime = movetime
+        self.search = Search(network_evaluator(model, device, autocast_dtype), config)
+
+    def choose(self, games: Sequence[Game], rngs: Sequence[random.Random]) -> list[Decision]:
+        results = self.search.search(list(games), self.visits, self.movetime)
+        return [result.move for result in results]
+
+    def close(self) -> None:
+        self.search.cache.clear()
+
+
+def search_budget_name(visits: int | None, movetime_ms: int | None) -> str:
+    """How a search budget is written in names and tables: ``256 visits``, ``500 ms``."""
+    if movetime_ms is not None:
+        return f"{movetime_ms} ms" + (f", at most {visits} visits" if visits else "")
+    return f"{visits} visits" if visits else "policy"
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[PolicyValueNet, int]:

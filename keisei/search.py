@@ -218,7 +218,8 @@ class Search:
             active = [tree for tree in trees if not tree.done]
             now = time.monotonic()
             if not active or (stop is not None and stop.is_set()) or (
-                    deadline is not None and now >= deadline and all(tree.spent for tree in trees)):
+                    deadline is not None and now >= deadline
+                    and all(tree.spent or tree.done for tree in trees)):
                 break
             if progress is not None and now >= next_progress:
                 next_progress = now + progress_every

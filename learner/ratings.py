@@ -137,6 +137,8 @@ class Ratings:
                    "--name", name, "--games", str(self.config.games), "--max-plies",
                    str(self.config.max_plies), "--seed", str(trainer.config.run.seed + trainer.epoch),
                    "--threads", "1", "--device", "cpu", "--output", str(folder)]
+        if self.config.visits:
+            command += ["--visits", str(self.config.visits)]
         for opponent in opponents:
             command += ["--opponent", opponent]
         with open(folder / "log.txt", "wb") as log:

@@ -3,13 +3,16 @@ checkpoints and real Shogi engines, with Elo estimates.
 
 Usage::
 
-    keisei-eval --checkpoint PATH --opponent SPEC [--opponent SPEC ...] [--games N]
-                [--workers W] [--seed S] [--output DIR]
-    keisei-eval --checkpoint PATH --ladder [--games N] [--workers W]
+    keisei-eval --checkpoint PATH [--visits N | --movetime MS] --opponent SPEC
+                [--opponent SPEC ...] [--games N] [--workers W] [--seed S] [--output DIR]
+    keisei-eval --checkpoint PATH [--visits N | --movetime MS] --ladder [--games N]
 
-``SPEC`` is ``random``, ``greedy``, ``checkpoint:PATH``, ``usi:COMMAND`` (with
-``--depth``/``--nodes``/``--byoyomi`` and ``--usi-option NAME=VALUE``) or
-``gnushogi:DEPTH``. Every match is colour-swapped pairs from the shipped openings.
+The checkpoint plays its policy's best move, or searches (``keisei.search``) ``--visits``
+per move or ``--movetime`` milliseconds per move; the budget is part of its name in
+every table and record. ``SPEC`` is ``random``, ``greedy``, ``checkpoint:PATH`` (a
+search budget may follow: ``checkpoint:PATH@256`` visits, ``checkpoint:PATH@500ms``),
+``usi:COMMAND`` (with ``--depth``/``--nodes``/``--byoyomi`` and ``--usi-option
+NAME=VALUE``) or ``gnushogi:DEPTH``. Every match is colour-swapped pairs from the shipped openings.
 Games are written as KIF and CSA under ``--output``, with ``results.json``.
 Exit codes: 0 done, 1 failed, 2 bad arguments, checkpoint or engine.
 """
@@ -41,9 +44,11 @@ from keisei.evaluation import (
     Player,
     PolicyPlayer,
     RandomPlayer,
+    SearchPlayer,
     load_openings,
     load_policy,
     play_match,
+    search_budget_name,
     tally,
 )
 from keisei.files import write_json_atomically
@@ -66,6 +71,8 @@ class PlayerSpec:
     byoyomi_ms: int | None = None
     move_timeout: float = 30.0
     temperature: float = 0.0
+    visits: int | None = None  # a checkpoint that searches: visits per move
+    movetime_ms: int | None = None  # ... or milliseconds per move
 
 
 def parse_spec(spec: str, *, name: str | None = None, options: dict[str, str] | None = None,
@@ -80,7 +87,11 @@ def parse_spec(spec: str, *, name: str | None = None, options: dict[str, str] | 
     if kind in ("random", "greedy") and not argument:
         return PlayerSpec(spec, name or kind)
     if kind == "checkpoint" and argument:
-        return PlayerSpec(spec, name or Path(argument).stem)
+        path, _, budget = argument.rpartition("@") if "@" in argument else (argument, "", "")
+        visits, movetime_ms = parse_budget(budget) if budget else (None, None)
+        default = Path(path).stem + (f" ({search_budget_name(visits, movetime_ms)})" if budget else "")
+        return PlayerSpec(f"checkpoint:{path}", name or default, visits=visits,
+                          movetime_ms=movetime_ms)
     if kind == "gnushogi":
         if not argument.isdigit() or not 1 <= int(argument) <= 29:
             raise ValueError(f"{spec!r}: gnushogi:DEPTH takes a depth from 1 to 29")
@@ -90,8 +101,19 @@ def parse_spec(spec: str, *, name: str | None = None, options: dict[str, str] | 
         program = Path(argument.split()[0]).name
         return PlayerSpec(spec, name or f"{program} ({limit.describe()})", dict(options or {}),
                           depth, nodes, byoyomi_ms, move_timeout)
-    raise ValueError(f"{spec!r} is not an opponent: use random, greedy, checkpoint:PATH, "
-                     "usi:COMMAND or gnushogi:DEPTH")
+    raise ValueError(f"{spec!r} is not an opponent: use random, greedy, checkpoint:PATH[@VISITS|"
+                     "@MSms], usi:COMMAND or gnushogi:DEPTH")
+
+
+def parse_budget(text: str) -> tuple[int | None, int | None]:
+    """``256`` (visits per move) or ``500ms`` (milliseconds per move) → (visits, ms).
+
+    :raises ValueError: naming the budget that does not parse.
+    """
+    number = text.removesuffix("ms")
+    if not number.isdigit() or int(number) < 1:
+        raise ValueError(f"search budget {text!r}: expected VISITS (e.g. 256) or MSms (e.g. 500ms)")
+    return (None, int(number)) if text.endswith("ms") else (int(number), None)
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, str]:
@@ -117,6 +139,10 @@ def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
         return GreedyPlayer(spec.name)
     if kind == "checkpoint":
         model, _ = load_policy(argument, device)
+        if spec.visits or spec.movetime_ms:
+            movetime = spec.movetime_ms / 1000 if spec.movetime_ms else None
+            return SearchPlayer(model, spec.name, visits=spec.visits, movetime=movetime,
+                                device=device)
         return PolicyPlayer(model, spec.name, temperature=spec.temperature, device=device)
     if kind == "gnushogi":
         return GnuShogiPlayer(int(argument), move_timeout=spec.move_timeout, name=spec.name)
@@ -255,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keisei-eval", description="Play a Keisei checkpoint against opponents and estimate Elo.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="opponents: random | greedy | checkpoint:PATH | usi:COMMAND | gnushogi:DEPTH\n"
+        epilog="opponents: random | greedy | checkpoint:PATH[@VISITS|@MSms] | usi:COMMAND | "
+               "gnushogi:DEPTH\n"
                "ladder rungs (weak to strong, those installed): "
                + ", ".join(spec.name for spec in LADDER))
     parser.add_argument("--checkpoint", required=True, help="the Keisei checkpoint to evaluate")
@@ -268,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same games")
     parser.add_argument("--max-plies", type=int, default=320, help="a game this long is a draw")
+    parser.add_argument("--visits", type=int, metavar="N",
+                        help="the checkpoint searches N visits per move (keisei.search; "
+                             "default: it plays its policy's best move)")
+    parser.add_argument("--movetime", type=int, metavar="MS",
+                        help="the checkpoint searches MS milliseconds per move (with --visits: "
+                             "at most that many)")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sample the checkpoint's moves at this temperature (0: best move)")
     parser.add_argument("--device", default="cpu")
@@ -329,13 +362,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = check_arguments(args, ("games", "workers", "threads", "max_plies"))
     if args.temperature < 0:
         problems.append("--temperature must be >= 0")
+    for flag in ("visits", "movetime"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            problems.append(f"--{flag} must be at least 1")
     if problems:
         print("keisei-eval: " + "; ".join(problems), file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    name = args.name or Path(args.checkpoint).stem
+    budget = (f" ({search_budget_name(args.visits, args.movetime)})"
+              if args.visits or args.movetime else "")
+    name = args.name or Path(args.checkpoint).stem + budget
     try:
-        me = PlayerSpec(f"checkpoint:{args.checkpoint}", name, temperature=args.temperature)
+        me = PlayerSpec(f"checkpoint:{args.checkpoint}", name, temperature=args.temperature,
+                        visits=args.visits, movetime_ms=args.movetime)
         build_player(me, args.device).close()
         if args.ladder:
             rungs = ladder_specs()
@@ -394,6 +433,7 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
             pool.join()
     print_table(me.name, rows)
     summary = {"player": me.name, "checkpoint": args.checkpoint, "seed": args.seed,
+               "search": {"visits": me.visits, "movetime_ms": me.movetime_ms},
                "games_per_opponent": 2 * ((args.games + 1) // 2),
                "pairings": [pairing.to_dict() for pairing in pairings],
                "opponents": [asdict(spec) for spec, skipped in rungs if skipped is None],

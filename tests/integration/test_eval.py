@@ -215,3 +215,26 @@ def test_keisei_usi_as_a_usi_opponent_and_the_ladder(checkpoints: list[Path], tm
     for rung in ("random", "greedy", "fsf-skill-20-d1", "gnushogi-d1", "gps-ld4-100ms"):
         assert rung in table
     assert table.index("random") < table.index("greedy") < table.index("gps-ld4-100ms")
+
+
+def test_a_searching_checkpoint_names_its_budget_in_tables_and_records(checkpoints: list[Path],
+                                                                        tmp_path: Path) -> None:
+    done = keisei_eval("--checkpoint", str(checkpoints[0]), "--visits", "16", "--opponent",
+                       "greedy", "--opponent", f"checkpoint:{checkpoints[1]}@50ms", "--games", "2",
+                       "--max-plies", "40", "--output", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    name = f"{checkpoints[0].stem} (16 visits)"
+    assert f"{name} against:" in done.stdout and f"{checkpoints[1].stem} (50 ms)" in done.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["player"] == name and results["search"] == {"visits": 16, "movetime_ms": None}
+    assert {game["black"] for game in results["games"]} >= {name}
+    assert [opponent["movetime_ms"] for opponent in results["opponents"]] == [None, 50]
+
+
+def test_a_bad_search_budget_is_one_clear_line(checkpoints: list[Path], tmp_path: Path) -> None:
+    for args, message in ((["--visits", "0"], "--visits must be at least 1"),
+                          (["--opponent", f"checkpoint:{checkpoints[1]}@fast"], "search budget 'fast'")):
+        extra = [] if "--opponent" in args else ["--opponent", "random"]
+        done = keisei_eval("--checkpoint", str(checkpoints[0]), *args, *extra, "--output",
+                           str(tmp_path))
+        assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -144,6 +144,13 @@ def test_a_time_budget_is_respected() -> None:
     assert time.perf_counter() - started < 1.5 and result.visits.sum() > 0
 
 
+def test_a_time_budget_ends_even_when_a_game_is_decided_by_a_root_mate() -> None:
+    started = time.perf_counter()
+    results = Search(MaterialNetwork(), config()).search([Game(MATE_IN_ONE), Game()], seconds=0.3)
+    assert time.perf_counter() - started < 1.5
+    assert results[0].mate and results[1].visits.sum() > 0
+
+
 def test_the_cache_serves_positions_seen_before() -> None:
     network = MaterialNetwork()
     search = Search(network, config())
