@@ -52,18 +52,11 @@ def positions(paths: list[str], skip_plies: int, limit: int) -> Iterator[Positio
                     result = 0.0
                 else:
                     result = 1.0 if outcome.winner is mover else -1.0
-                yield Position(_snapshot(replay), move, result)
+                yield Position(replay.copy(), move, result)
                 count += 1
                 if count >= limit:
                     return
             replay.push(move)
-
-
-def _snapshot(game: Game) -> Game:
-    copy = Game(game.start_sfen, max_plies=game.max_plies)
-    for move in game.moves:
-        copy.push(move)
-    return copy
 
 
 @dataclass

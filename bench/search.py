@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -95,8 +96,7 @@ def main() -> None:
         games = positions(batch)
         per_call = config.search.leaf_batch if batch == 1 else batch
         forward = forward_rate(evaluate, positions(per_call), per_call, args.seconds)
-        search = Search(evaluate, config.search.__class__(**{**vars(config.search),
-                                                              "cache_positions": 0}))
+        search = Search(evaluate, replace(config.search, cache_positions=0))
         visits, network_share = search_rate(search, games, args.seconds)
         print(f"  {batch:3d} game(s) searched together ({per_call} positions a call): "
               f"{visits:7.0f} visits/s, forward {forward:7.0f} positions/s, ratio "

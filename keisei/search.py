@@ -45,6 +45,9 @@ from keisei.encoding import OBSERVATION_SHAPE, fill_observation, legal_actions
 from keisei.model import autocast
 from keisei.shogi import Game
 
+UNBOUNDED = 2**62
+"""A visit budget no search reaches: search until told to stop (or out of time)."""
+
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """Observations ``(N, *OBSERVATION_SHAPE)`` float32 → (logits ``(N, NUM_ACTIONS)``,
 values ``(N,)`` in [-1, 1], the side to move's)."""
@@ -134,7 +137,7 @@ class _Tree:
     """One game's search: its root, its own copy of the game, and its budget."""
 
     def __init__(self, game: Game, budget: int, gumbel: bool) -> None:
-        self.game = _copy_game(game)
+        self.game = game.copy()  # its own, to push and pop moves on
         self.root = Node()
         self.budget = budget
         self.spent = 0
@@ -205,7 +208,7 @@ class Search:
         if seconds is None:
             budget = visits if visits is not None else self.config.visits
         else:
-            budget = visits if visits is not None else 2**62
+            budget = visits if visits is not None else UNBOUNDED
         if budget < 1:
             raise ValueError(f"visits={budget} must be at least 1")
         gumbel = seconds is None and 0 < budget <= self.config.gumbel_visits
@@ -449,7 +452,7 @@ class Search:
             moves = tree.game.legal_moves()
             visits = np.zeros(len(moves))
             index = moves.index(tree.mate_move)
-            visits[index] = max(tree.budget if tree.budget < 2**62 else 1, 1)
+            visits[index] = tree.budget if tree.budget < UNBOUNDED else 1
             policy = visits / visits.sum()
             plies = 1 if tree.game.board.mate_move_in_1ply() else None
             return SearchResult(tree.mate_move, moves, visits, policy, 1.0, [tree.mate_move], 1,
@@ -497,14 +500,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max())
     result: np.ndarray = shifted / shifted.sum()
     return result
-
-
-def _copy_game(game: Game) -> Game:
-    """A game of its own for a tree to push and pop moves on."""
-    copy = Game(game.start_sfen, max_plies=game.max_plies, entering_king=game.entering_king)
-    for move in game.moves:
-        copy.push(move)
-    return copy
 
 
 def _root_mate(game: Game, plies: int) -> int | None:

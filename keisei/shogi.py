@@ -299,6 +299,14 @@ class Game:
         """The illegal move that ended the game, if one did (it was not played)."""
         return self._illegal_move
 
+    def copy(self) -> Game:
+        """A game of its own with the same start, settings and moves (replayed, so its
+        repetition counts are the same; a result decided off the board is not copied)."""
+        copy = Game(self.start_sfen, max_plies=self.max_plies, entering_king=self.entering_king)
+        for move in self._moves:
+            copy.push(move)
+        return copy
+
     def is_legal(self, move: int) -> bool:
         """Whether ``move`` (a cshogi move int) is legal in the current position."""
         return move in self._legal

@@ -38,7 +38,7 @@ from keisei.encoding import BatchEncoder
 from keisei.errors import KeiseiError
 from keisei.evaluation import load_policy
 from keisei.model import PolicyValueNet, choose_actions, masked_logits, to_device
-from keisei.search import Search, SearchResult, network_evaluator
+from keisei.search import UNBOUNDED, Search, SearchResult, network_evaluator
 from keisei.shogi import Color, Game
 
 NO_PLY_LIMIT = 100_000
@@ -205,10 +205,10 @@ class UsiEngine:
         self._thinking.start()
 
     def _budget(self, words: list[str]) -> tuple[int | None, float | None]:
-        """(visits, seconds) for this move; (2**62, None) for ``infinite`` and ``ponder``."""
+        """(visits, seconds) for this move; (UNBOUNDED, None) for ``infinite`` and ``ponder``."""
         cap = int(self.options["Visits"]) or None
         if "infinite" in words or "ponder" in words:
-            return (cap or 2**62), None
+            return (cap or UNBOUNDED), None
         if "nodes" in words:
             nodes = int(words[words.index("nodes") + 1])
             return (min(nodes, cap) if cap else nodes), None

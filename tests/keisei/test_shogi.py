@@ -284,3 +284,14 @@ def test_random_games_end_and_keep_the_board_consistent() -> None:
             game.push(rng.choice(game.legal_moves()))
         assert game.board.is_ok()
         assert game.ply <= 300
+
+
+def test_a_copy_has_the_same_history_and_is_independent() -> None:
+    game = Game(max_plies=50)
+    for usi in ("5i4h", "5a4b", "4h5i", "4b5a"):
+        game.push_usi(usi)
+    copy = game.copy()
+    assert copy.sfen() == game.sfen() and copy.repetitions == game.repetitions == 1
+    assert copy.moves == game.moves and copy.max_plies == 50
+    copy.push_usi("7g7f")
+    assert game.ply == 4 and copy.ply == 5
