@@ -75,6 +75,15 @@ class SelfPlayConfig:
                                "with the network's own log-probability of that move so PPO "
                                "learns it as if sampled; 0: off. Evaluation and keisei-usi play "
                                "the network alone", low=0, high=7)
+    search_share: float = setting(0.0, "search targets: the share of plies on which self-play "
+                                  "also runs a small search (the [search] settings, with "
+                                  "exploration noise) and sends its improved policy to the "
+                                  "learner as a training target (train.search_coef); the move "
+                                  "played is still sampled from the network; 0: off",
+                                  low=0.0, high=1.0)
+    search_visits: int = setting(16, "visits of that search (at most search.gumbel_visits: "
+                                 "Gumbel root, whose completed-Q policy is the target; more: "
+                                 "PUCT, whose visit distribution is)", low=1, high=100_000)
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,11 @@ class TrainConfig:
     target_kl: float = setting(0.0, "stop the update early when approx KL exceeds this (0: never)",
                                low=0.0)
     normalize_advantages: bool = setting(True, "normalise advantages per minibatch")
+    search_coef: float = setting(1.0, "weight of the cross-entropy toward self-play's search "
+                                 "targets (selfplay.search_share), per position of the "
+                                 "minibatch: the loss gains search_coef x the sum of the "
+                                 "targets' cross-entropies / the minibatch size", low=0.0,
+                                 high=100.0)
     shaping_scale: float = setting(0.05, "reward shaping from material: each move's advantage "
                                    "gains scale x (gamma Phi(s') - Phi(s)), Phi the mover's "
                                    "material balance (pawn 1 ... rook 10, on the board and in "

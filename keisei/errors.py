@@ -31,7 +31,8 @@ class RecordError(KeiseiError, ValueError):
         self.kind = kind
 
 
-RECORD_PROBLEMS = ("does not parse", "bad position", "illegal move", "false result", "too long")
+RECORD_PROBLEMS = ("does not parse", "bad position", "illegal move", "false result", "too long",
+                   "bad target")
 """The kinds of ``RecordError``."""
 
 

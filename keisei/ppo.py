@@ -119,6 +119,24 @@ def kl_from_reference(log_probs: torch.Tensor, reference_log_probs: torch.Tensor
     return torch.where(reference_probs > 0, terms, torch.zeros_like(terms)).sum(dim=-1)
 
 
+def search_cross_entropy(log_probs: torch.Tensor, target_actions: torch.Tensor,
+                         target_probs: torch.Tensor) -> torch.Tensor:
+    """Per row, the cross-entropy ``-sum_a p(a) log pi(a)`` of the policy toward a search
+    target (0 for a row without one).
+
+    ``log_probs`` ``(B, NUM_ACTIONS)`` are the policy's log-softmax over legal moves;
+    ``target_actions`` ``(B, W)`` the target's actions (-1 pads) and ``target_probs``
+    ``(B, W)`` their probabilities (0 pads). Padding adds nothing and passes no gradient,
+    even where the padded index is an illegal move (log-probability ``-inf``). Grill et al.
+    2020: with the search's improved policy as ``p``, descending this is itself a
+    regularised policy-improvement step.
+    """
+    present = target_probs > 0
+    picked = log_probs.gather(1, target_actions.long().clamp(min=0))
+    picked = picked.masked_fill(~present, 0.0)
+    return -(target_probs * picked).sum(dim=-1)
+
+
 @dataclass(frozen=True)
 class PPOLosses:
     loss: torch.Tensor

@@ -12,7 +12,9 @@ byte length against what the protocol expects (not merely what the header claims
 and that floats are finite. Any violation raises ``ProtocolError`` naming it.
 
 A finished game crosses the wire as its start position and moves plus, per ply, the
-behaviour log-probability, value and policy version: 16 bytes a ply. The learner
+behaviour log-probability, value and policy version: 16 bytes a ply; and its search
+targets, if any (``selfplay.search_share``): per target the ply, the count and the root
+value, and per target move the move and its probability. The learner
 replays the moves through ``keisei.shogi.Game`` (``keisei.records.replay_game``),
 which rebuilds the observation planes and legal masks and rejects any illegal move
 or misreported result. Bit-packed planes and masks would be about 1 510 bytes a ply.
@@ -32,18 +34,19 @@ import msgpack
 import numpy as np
 import zmq.auth
 
-from keisei.errors import KeiseiError
-from keisei.records import GameRecord
+from keisei.errors import KeiseiError, RecordError
+from keisei.records import TARGET_WIDTH, GameRecord, check_targets
 from keisei.shogi import Termination
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 """Where the learner's ROUTER listens unless told otherwise (weights one port above)."""
 
-PROTOCOL_VERSION = 2
-"""2: ``hello`` no longer carries ``games``, ``heartbeat`` no longer ``games_sent`` and
-``ack`` no longer ``policy_version`` (nothing read them); actors heartbeat at the
-``welcome``'s ``heartbeat_interval``."""
-ACCEPTED_VERSIONS = (2,)
+PROTOCOL_VERSION = 3
+"""3: games carry search targets (five more array frames) and ``welcome`` the learner's
+``search`` settings. 2: ``hello`` no longer carries ``games``, ``heartbeat`` no longer
+``games_sent`` and ``ack`` no longer ``policy_version`` (nothing read them); actors
+heartbeat at the ``welcome``'s ``heartbeat_interval``."""
+ACCEPTED_VERSIONS = (3,)
 WEIGHTS_TOPIC = b"weights"
 MAX_HEADER_BYTES = 1 << 20
 MAX_GAMES_PER_MESSAGE = 4096
@@ -114,6 +117,7 @@ class Welcome:
     model: dict[str, Any]
     selfplay: dict[str, Any]
     heartbeat_interval: float  # seconds between the actor's heartbeats
+    search: dict[str, Any] = field(default_factory=dict)  # the learner's [search] settings
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,11 @@ _REASONS = list(Termination)
 # Per-ply arrays of a games message, in frame order, with their one allowed dtype.
 GAME_ARRAYS = (("moves", np.dtype(np.int32)), ("log_probs", np.dtype(np.float32)),
                ("values", np.dtype(np.float32)), ("policy_versions", np.dtype(np.int32)))
+# Per-target arrays, then per-target-move arrays (search targets), in frame order.
+TARGET_ARRAYS = (("target_plies", np.dtype(np.int32)), ("target_counts", np.dtype(np.int32)),
+                 ("target_values", np.dtype(np.float32)))
+TARGET_MOVE_ARRAYS = (("target_moves", np.dtype(np.int32)), ("target_probs", np.dtype(np.float32)))
+_ALL_GAME_ARRAYS = GAME_ARRAYS + TARGET_ARRAYS + TARGET_MOVE_ARRAYS
 _WEIGHT_DTYPES = {"float32", "float16", "int64"}
 
 
@@ -163,9 +172,9 @@ def encode(message: Message) -> list[Frame]:
     frames: list[Frame] = []
     if isinstance(message, Games):
         header["actor_id"] = message.actor_id
-        header["games"] = [[game.start_sfen, game.length, game.winner, _REASONS.index(game.reason)]
-                           for game in message.games]
-        for name, dtype in GAME_ARRAYS:
+        header["games"] = [[game.start_sfen, game.length, game.winner, _REASONS.index(game.reason),
+                            game.targets, len(game.target_moves)] for game in message.games]
+        for name, dtype in _ALL_GAME_ARRAYS:
             joined = np.concatenate([np.asarray(getattr(game, name), dtype=dtype)
                                      for game in message.games]) if message.games else np.zeros(0, dtype)
             frames.append(_raw(joined))
@@ -281,7 +290,8 @@ def _decode_plain(kind: MessageType, header: dict[str, Any]) -> Message:
     if kind is MessageType.WELCOME:
         return Welcome(_expect(header, "policy_version", int, 0), _text(header, "weights_endpoint"),
                        _expect(header, "model", dict), _expect(header, "selfplay", dict),
-                       float(_expect(header, "heartbeat_interval", number, 0.01, 3600)))
+                       float(_expect(header, "heartbeat_interval", number, 0.01, 3600)),
+                       _expect(header, "search", dict))
     if kind is MessageType.REJECT:
         versions = _expect(header, "accepted_versions", list)
         return Reject(_text(header, "reason"), tuple(int(v) for v in versions))
@@ -307,22 +317,31 @@ def _decode_games(header: dict[str, Any], payload: Sequence[Frame], limits: Limi
     most = limits.max_games_per_message
     if not 1 <= len(entries) <= most:
         raise ProtocolError(f"games message holds {len(entries)} games (1..{most})")
-    if len(payload) != len(GAME_ARRAYS):
-        raise ProtocolError(f"games message has {len(payload)} array frames, expected {len(GAME_ARRAYS)}")
-    lengths = []
+    if len(payload) != len(_ALL_GAME_ARRAYS):
+        raise ProtocolError(f"games message has {len(payload)} array frames, expected "
+                            f"{len(_ALL_GAME_ARRAYS)}")
+    lengths, target_counts, move_counts = [], [], []
     for index, entry in enumerate(entries):
-        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)
+        if not (isinstance(entry, list) and len(entry) == 6 and isinstance(entry[0], str)
                 and all(isinstance(item, int) and not isinstance(item, bool) for item in entry[1:])):
-            raise ProtocolError(f"game {index}: entry {entry!r} is not [sfen, length, winner, reason]")
-        sfen, length, winner, reason = entry
+            raise ProtocolError(f"game {index}: entry {entry!r} is not [sfen, length, winner, "
+                                "reason, targets, target moves]")
+        sfen, length, winner, reason, targets, target_moves = entry
         if not 1 <= length <= limits.max_plies_per_game or winner not in (-1, 0, 1) \
                 or not 0 <= reason < len(_REASONS) or len(sfen) > _TEXT:
             raise ProtocolError(f"game {index}: length {length}, winner {winner} or reason {reason} "
                                 "out of range")
+        if not 0 <= targets <= length or not targets <= target_moves <= targets * TARGET_WIDTH:
+            raise ProtocolError(f"game {index}: {targets} search targets with {target_moves} moves "
+                                f"in {length} plies (at most one a ply, 1..{TARGET_WIDTH} moves each)")
         lengths.append(length)
-    total = sum(lengths)
-    arrays = {name: _array(frame, dtype, total, name)
-              for (name, dtype), frame in zip(GAME_ARRAYS, payload, strict=True)}
+        target_counts.append(targets)
+        move_counts.append(target_moves)
+    sizes = {name: sum(lengths) for name, _ in GAME_ARRAYS}
+    sizes.update({name: sum(target_counts) for name, _ in TARGET_ARRAYS})
+    sizes.update({name: sum(move_counts) for name, _ in TARGET_MOVE_ARRAYS})
+    arrays = {name: _array(frame, dtype, sizes[name], name)
+              for (name, dtype), frame in zip(_ALL_GAME_ARRAYS, payload, strict=True)}
     log_probs, values = arrays["log_probs"], arrays["values"]
     if not (np.isfinite(log_probs).all() and np.isfinite(values).all()):
         raise ProtocolError("games message carries NaN or infinite log-probabilities or values")
@@ -330,10 +349,21 @@ def _decode_games(header: dict[str, Any], payload: Sequence[Frame], limits: Limi
         raise ProtocolError("games message carries log-probabilities above 0 or values outside [-1, 1]")
     if (arrays["policy_versions"] < 0).any():
         raise ProtocolError("games message carries negative policy versions")
-    bounds = np.cumsum([0, *lengths])
-    games = [GameRecord(start_sfen=entry[0], winner=entry[2], reason=_REASONS[entry[3]],
-                        **{name: array[bounds[i]:bounds[i + 1]] for name, array in arrays.items()})
-             for i, entry in enumerate(entries)]
+    bounds = {name: np.cumsum([0, *counts]) for name, counts in
+              (("ply", lengths), ("target", target_counts), ("move", move_counts))}
+    kinds = {**{name: "ply" for name, _ in GAME_ARRAYS},
+             **{name: "target" for name, _ in TARGET_ARRAYS},
+             **{name: "move" for name, _ in TARGET_MOVE_ARRAYS}}
+    games = []
+    for i, entry in enumerate(entries):
+        parts = {name: array[bounds[kinds[name]][i]:bounds[kinds[name]][i + 1]]
+                 for name, array in arrays.items()}
+        game = GameRecord(start_sfen=entry[0], winner=entry[2], reason=_REASONS[entry[3]], **parts)
+        try:
+            check_targets(game)
+        except RecordError as exc:
+            raise ProtocolError(f"game {i}: {exc}") from exc
+        games.append(game)
     return Games(actor_id, games)
 
 

@@ -11,7 +11,7 @@ The collector, the server and the buffer share this module; it knows no sockets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from keisei.encoding import (
     NUM_PLANES,
     OBSERVATION_SHAPE,
     fill_observation,
+    legal_actions,
     sequence_actions_and_masks,
 )
 from keisei.errors import InvalidSfenError, RecordError
@@ -29,6 +30,11 @@ OBSERVATION_BITS = NUM_PLANES * 81
 OBSERVATION_BYTES = (OBSERVATION_BITS + 7) // 8
 MASK_BYTES = (NUM_ACTIONS + 7) // 8
 DRAW = -1
+TARGET_WIDTH = 32
+"""Most moves a search target keeps: the actor sends the ``TARGET_WIDTH`` likeliest moves of
+its search's improved policy, renormalised (the buffer stores targets this wide)."""
+TARGET_TOLERANCE = 1e-3
+"""How far from 1 a search target's probabilities may sum."""
 
 
 def pack_observations(observations: np.ndarray) -> np.ndarray:
@@ -58,6 +64,11 @@ class GameRecord:
 
     ``winner`` is 0 (black), 1 (white) or ``DRAW``; ``log_probs`` and ``values`` are
     the behaviour policy's, from the mover's view.
+
+    **Search targets** (``selfplay.search_share``), sparse: on ply ``target_plies[k]`` a
+    search ran and its improved policy gives ``target_probs`` to ``target_moves`` (the
+    ``target_counts[k]`` entries of target k, in order of k); ``target_values[k]`` is the
+    search's root value for the mover. Games without search have them empty.
     """
 
     start_sfen: str
@@ -67,10 +78,21 @@ class GameRecord:
     log_probs: np.ndarray  # float32
     values: np.ndarray  # float32
     policy_versions: np.ndarray  # int32
+    target_plies: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32), kw_only=True)
+    target_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32), kw_only=True)
+    target_moves: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32), kw_only=True)
+    target_probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), kw_only=True)
+    target_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32),
+                                      kw_only=True)
 
     @property
     def length(self) -> int:
         return len(self.moves)
+
+    @property
+    def targets(self) -> int:
+        """Plies that carry a search target."""
+        return len(self.target_plies)
 
     def to_game(self) -> Game:
         """Replay the moves into a ``Game`` (for KIF/CSA records)."""
@@ -83,12 +105,62 @@ class GameRecord:
 @dataclass(frozen=True, eq=False)
 class FinishedGame(GameRecord):
     """A finished game with its training data; ``players[t]`` is the mover of ply t
-    (0 black, 1 white)."""
+    (0 black, 1 white); ``target_actions`` are the action indices of ``target_moves``."""
 
     observations: np.ndarray  # (T, OBSERVATION_BYTES) uint8, bit-packed planes
     legal_masks: np.ndarray  # (T, MASK_BYTES) uint8, bit-packed
     actions: np.ndarray  # (T,) int16
     players: np.ndarray  # (T,) uint8
+    target_actions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16), kw_only=True)
+
+    def dense_targets(self) -> tuple[np.ndarray, np.ndarray]:
+        """The search targets per ply: actions ``(T, TARGET_WIDTH)`` int16 (-1 where none)
+        and probabilities ``(T, TARGET_WIDTH)`` float32 (0 where none)."""
+        actions = np.full((self.length, TARGET_WIDTH), -1, dtype=np.int16)
+        probs = np.zeros((self.length, TARGET_WIDTH), dtype=np.float32)
+        start = 0
+        for ply, count in zip(self.target_plies.tolist(), self.target_counts.tolist(), strict=True):
+            actions[ply, :count] = self.target_actions[start:start + count]
+            probs[ply, :count] = self.target_probs[start:start + count]
+            start += count
+        return actions, probs
+
+
+def check_targets(record: GameRecord) -> None:
+    """Check a record's search targets against its length (legality is checked on replay):
+    plies in order and in the game, 1 to ``TARGET_WIDTH`` moves each, no move twice,
+    probabilities finite, non-negative and summing to 1, values in [-1, 1].
+
+    :raises RecordError: naming the first problem.
+    """
+    plies, counts = record.target_plies, record.target_counts
+    if not (len(counts) == len(plies) == len(record.target_values)):
+        raise RecordError(f"{len(plies)} target plies, {len(counts)} counts and "
+                          f"{len(record.target_values)} values", "bad target")
+    if int(counts.sum()) != len(record.target_moves) or len(record.target_moves) != len(record.target_probs):
+        raise RecordError(f"target counts sum to {int(counts.sum())} for {len(record.target_moves)} "
+                          f"moves and {len(record.target_probs)} probabilities", "bad target")
+    if len(plies) and (plies[0] < 0 or plies[-1] >= record.length or (np.diff(plies) <= 0).any()):
+        raise RecordError(f"target plies must increase within the game's {record.length} plies",
+                          "bad target")
+    if ((counts < 1) | (counts > TARGET_WIDTH)).any():
+        raise RecordError(f"a target has {int(counts.min())}..{int(counts.max())} moves "
+                          f"(1..{TARGET_WIDTH})", "bad target")
+    probs = record.target_probs
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise RecordError("target probabilities must be finite and non-negative", "bad target")
+    if not np.isfinite(record.target_values).all() or (np.abs(record.target_values) > 1 + 1e-3).any():
+        raise RecordError("target values must lie in [-1, 1]", "bad target")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    sums = np.add.reduceat(probs, bounds[:-1]) if len(plies) else np.zeros(0)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > TARGET_TOLERANCE)
+    if len(bad):
+        raise RecordError(f"the target of ply {int(plies[bad[0]]) + 1} sums to {float(sums[bad[0]]):.4f}, "
+                          "not 1", "bad target")
+    for k in range(len(plies)):
+        moves = record.target_moves[bounds[k]:bounds[k + 1]]
+        if len(np.unique(moves)) != len(moves):
+            raise RecordError(f"the target of ply {int(plies[k]) + 1} names a move twice", "bad target")
 
 
 def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) -> FinishedGame:
@@ -104,9 +176,12 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) 
     except InvalidSfenError as exc:
         raise RecordError(f"start position: {exc}", "bad position") from exc
     length = record.length
+    check_targets(record)
     planes = np.empty((length, *OBSERVATION_SHAPE), dtype=np.float32)
     turns = np.empty(length, dtype=np.uint8)
     legal_lists = []
+    target_actions = np.zeros(len(record.target_moves), dtype=np.int16)
+    targets = _target_slices(record)
     for ply, move in enumerate(record.moves.tolist()):
         if game.outcome is not None:
             raise RecordError(f"ply {ply + 1} follows the end of the game ({game.outcome})",
@@ -115,6 +190,14 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) 
         if move not in legal:
             raise RecordError(f"ply {ply + 1}: move {move} is not legal in {game.sfen()}",
                               "illegal move")
+        target = targets.get(ply)
+        if target is not None:
+            target_moves = record.target_moves[target].tolist()
+            illegal = [item for item in target_moves if item not in legal]
+            if illegal:
+                raise RecordError(f"ply {ply + 1}: the search target names move {illegal[0]}, "
+                                  f"not legal in {game.sfen()}", "bad target")
+            target_actions[target] = legal_actions(game.board, target_moves)
         fill_observation(planes, ply, game.board, game.repetitions)
         turns[ply] = game.board.turn
         legal_lists.append(legal)
@@ -132,5 +215,19 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) 
         moves=record.moves.astype(np.int32), log_probs=record.log_probs.astype(np.float32),
         values=record.values.astype(np.float32),
         policy_versions=record.policy_versions.astype(np.int32),
+        target_plies=record.target_plies.astype(np.int32),
+        target_counts=record.target_counts.astype(np.int32),
+        target_moves=record.target_moves.astype(np.int32),
+        target_probs=record.target_probs.astype(np.float32),
+        target_values=record.target_values.astype(np.float32),
         observations=pack_observations(planes), legal_masks=pack_masks(masks), actions=actions,
-        players=turns)
+        players=turns, target_actions=target_actions)
+
+
+def _target_slices(record: GameRecord) -> dict[int, slice]:
+    """Ply → the slice of ``target_moves``/``target_probs`` holding its target."""
+    slices, start = {}, 0
+    for ply, count in zip(record.target_plies.tolist(), record.target_counts.tolist(), strict=True):
+        slices[ply] = slice(start, start + count)
+        start += count
+    return slices

@@ -7,6 +7,13 @@ the only per-game Python work is ``Game.push``). A finished game is handed to
 the sink (with its training data for the learner's buffer, as a bare wire record for an
 actor) and a new game starts in its slot.
 
+**Search targets** (``selfplay.search_share`` > 0): before each ply, a random share of
+the games is also searched (``keisei.search``, ``selfplay.search_visits`` visits, all
+those games' trees batched together, exploration noise on) and the search's improved
+policy over the position's moves is recorded as that ply's training target (its
+``TARGET_WIDTH`` likeliest moves, renormalised). The move played is still sampled from
+the network, so the recorded behaviour log-probabilities stay exact for PPO.
+
 The collector knows nothing of sockets, processes or the protocol: a remote actor passes
 a sink that sends records to the learner, the learner's sequential fallback passes its
 buffer. Records and their packing live in ``keisei.records``.
@@ -22,18 +29,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from keisei.config import SelfPlayConfig
-from keisei.encoding import BatchEncoder, move_to_action
+from keisei.config import SearchConfig, SelfPlayConfig
+from keisei.encoding import BatchEncoder, legal_actions, move_to_action
 from keisei.model import autocast, choose_actions, masked_logits, resolve_precision, to_device
 from keisei.records import (
     DRAW,
     MASK_BYTES,
     OBSERVATION_BYTES,
+    TARGET_WIDTH,
     FinishedGame,
     GameRecord,
     pack_masks,
     pack_observations,
 )
+from keisei.search import Search, SearchResult, network_evaluator
 from keisei.shogi import Game
 
 
@@ -61,6 +70,8 @@ class CollectorStats:
     encode_seconds: float = 0.0
     inference_seconds: float = 0.0
     rules_seconds: float = 0.0
+    searches: int = 0  # positions searched for a target
+    search_seconds: float = 0.0
 
 
 class Collector:
@@ -68,14 +79,16 @@ class Collector:
 
     ``sink`` takes finished games: a ``GameSink`` gets them with their training data, a
     ``RecordSink`` only their wire record. Whoever owns the weights in ``model`` passes
-    their policy version to ``step``, which stamps it on every ply.
+    their policy version to ``step``, which stamps it on every ply. ``search`` configures
+    the search of ``config.search_share`` (default: ``SearchConfig()``).
     """
 
     def __init__(self, model: nn.Module, config: SelfPlayConfig, sink: GameSink | RecordSink, *,
                  device: str | torch.device = "cpu", seed: int = 0,
-                 precision: str = "float32") -> None:
+                 precision: str = "float32", search: SearchConfig | None = None) -> None:
         self.model = model
         self.config = config
+        self.search_config = search if search is not None else SearchConfig()
         self.sink = sink
         self.device = torch.device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
@@ -95,6 +108,12 @@ class Collector:
         self._values = np.zeros((slots, plies), dtype=np.float32)
         self._players = np.zeros((slots, plies), dtype=np.uint8)
         self._versions = np.zeros((slots, plies), dtype=np.int32)
+        self._rng = np.random.default_rng(seed)
+        self._search: Search | None = None
+        self._searched_version = -1  # the weights the search's cache holds outputs of
+        # per slot, the targets of the game in it: (ply, moves, actions, probs, root value)
+        self._targets: list[list[tuple[int, list[int], np.ndarray, np.ndarray, float]]] = \
+            [[] for _ in range(slots)]
 
     def _new_game(self) -> Game:
         return Game(max_plies=self.config.max_plies, entering_king=self.config.entering_king)
@@ -102,6 +121,8 @@ class Collector:
     def step(self, policy_version: int) -> int:
         """One ply in every game; finished games go to the sink. Returns how many finished."""
         started = time.perf_counter()
+        if self.config.search_share > 0:
+            self._search_targets(policy_version)
         observations, masks = self._encoder.encode(self._games)
         encoded = time.perf_counter()
         forced = self._mating_actions(masks) if self.config.mate_search else None
@@ -122,6 +143,27 @@ class Collector:
         stats.inference_seconds += inferred - encoded
         stats.rules_seconds += done - inferred
         return finished
+
+    def _search_targets(self, policy_version: int) -> None:
+        """Search a random ``search_share`` of the games together and keep each one's
+        improved policy as the target of the ply about to be played."""
+        slots = np.flatnonzero(self._rng.random(len(self._games)) < self.config.search_share)
+        if not len(slots):
+            return
+        started = time.perf_counter()
+        if self._search is None:
+            evaluate = network_evaluator(self.model, self.device, self.autocast_dtype)
+            self._search = Search(evaluate, self.search_config, noise=True,
+                                  seed=int(self._rng.integers(2**31)))
+        if policy_version != self._searched_version:  # outputs of older weights
+            self._search.cache.clear()
+            self._searched_version = policy_version
+        games = [self._games[slot] for slot in slots]
+        results = self._search.search(games, visits=self.config.search_visits)
+        for slot, game, result in zip(slots.tolist(), games, results, strict=True):
+            self._targets[slot].append((int(self._ply[slot]), *_target(game, result)))
+        self.stats.searches += len(slots)
+        self.stats.search_seconds += time.perf_counter() - started
 
     def _mating_actions(self, masks: np.ndarray) -> np.ndarray:
         """Per game, the action of the first move of a legal forced mate within
@@ -182,28 +224,53 @@ class Collector:
         outcome = game.outcome
         assert outcome is not None  # only finished games reach here
         length = int(self._ply[slot])
+        targets = self._targets[slot]
         record = GameRecord(game.start_sfen, DRAW if outcome.winner is None else outcome.winner.number,
                             outcome.reason, self._moves[slot, :length].copy(),
                             self._log_probs[slot, :length].copy(), self._values[slot, :length].copy(),
-                            self._versions[slot, :length].copy())
+                            self._versions[slot, :length].copy(),
+                            target_plies=np.array([item[0] for item in targets], dtype=np.int32),
+                            target_counts=np.array([len(item[1]) for item in targets], dtype=np.int32),
+                            target_moves=np.array([move for item in targets for move in item[1]],
+                                                  dtype=np.int32),
+                            target_probs=np.concatenate([item[3] for item in targets]
+                                                        or [np.zeros(0, np.float32)]),
+                            target_values=np.array([item[4] for item in targets], dtype=np.float32))
+        target_actions = np.concatenate([item[2] for item in targets] or [np.zeros(0, np.int16)])
         self.stats.games += 1
         self._games[slot] = self._new_game()
         self._ply[slot] = 0
+        self._targets[slot] = []
         if isinstance(self.sink, RecordSink):
             self.sink.put_record(record)
             return
         self.sink.put(FinishedGame(**vars(record), observations=self._observations[slot, :length].copy(),
                                    legal_masks=self._masks[slot, :length].copy(),
                                    actions=self._actions[slot, :length].copy(),
-                                   players=self._players[slot, :length].copy()))
+                                   players=self._players[slot, :length].copy(),
+                                   target_actions=target_actions.astype(np.int16)))
 
     def discard_in_flight(self) -> int:
         """Abandon every unfinished game (new ones start); return the plies dropped."""
         dropped = self.in_flight_steps()
         self._games = [self._new_game() for _ in self._games]
         self._ply[:] = 0
+        self._targets = [[] for _ in self._games]
         return dropped
 
     def in_flight_steps(self) -> int:
         """Plies recorded in games not finished yet (lost if the collector is dropped)."""
         return int(self._ply.sum())
+
+
+def _target(game: Game, result: SearchResult) -> tuple[list[int], np.ndarray, np.ndarray, float]:
+    """A search result as a training target: the ``TARGET_WIDTH`` likeliest moves of its
+    improved policy (none of zero probability), their action indices and probabilities
+    (renormalised, float32), and the root value."""
+    order = np.argsort(-result.policy, kind="stable")[:TARGET_WIDTH]
+    order = order[result.policy[order] > 0]
+    moves = [result.moves[index] for index in order.tolist()]
+    probs = result.policy[order].astype(np.float64)
+    probs = (probs / probs.sum()).astype(np.float32)
+    actions = legal_actions(game.board, moves).astype(np.int16)
+    return moves, actions, probs, float(np.clip(result.value, -1.0, 1.0))

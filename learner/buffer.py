@@ -27,7 +27,7 @@ import torch
 from keisei.encoding import material_balance
 from keisei.errors import KeiseiError
 from keisei.ppo import game_advantages, shaping_advantages
-from keisei.records import DRAW, MASK_BYTES, OBSERVATION_BYTES, FinishedGame
+from keisei.records import DRAW, MASK_BYTES, OBSERVATION_BYTES, TARGET_WIDTH, FinishedGame
 
 
 class BufferFullError(KeiseiError, RuntimeError):
@@ -48,6 +48,8 @@ class EpochBatch:
     shaping_advantages: np.ndarray  # (N,) float32, per unit of shaping weight
     policy_versions: np.ndarray  # (N,) int32
     sources: np.ndarray  # (N,) int16, index into ExperienceBuffer.source_names
+    search_actions: np.ndarray  # (N, TARGET_WIDTH) int16, a search target's moves (-1: none)
+    search_probs: np.ndarray  # (N, TARGET_WIDTH) float32, their probabilities (0: none)
 
     @property
     def size(self) -> int:
@@ -77,6 +79,8 @@ _COLUMNS = {
     "shaping_advantages": (np.float32, ()),
     "policy_versions": (np.int32, ()),
     "sources": (np.int16, ()),
+    "search_actions": (np.int16, (TARGET_WIDTH,)),
+    "search_probs": (np.float32, (TARGET_WIDTH,)),
 }
 IN_PROCESS = "in-process"
 """The source name of games the learner's own collector played."""
@@ -145,6 +149,7 @@ class ExperienceBuffer:
         if self.shaping:
             shaping = shaping_advantages(game.players, material_balance(game.observations),
                                          self.gamma, self.shaping_lambda)
+        search_actions, search_probs = game.dense_targets()
         with self._lock:
             fresh = game.policy_versions >= self.policy_version() - self.max_policy_lag
             count = int(fresh.sum())
@@ -156,7 +161,8 @@ class ExperienceBuffer:
             columns = {"observations": game.observations, "legal_masks": game.legal_masks,
                        "actions": game.actions, "log_probs": game.log_probs,
                        "values": game.values, "advantages": advantages, "returns": returns,
-                       "shaping_advantages": shaping, "policy_versions": game.policy_versions}
+                       "shaping_advantages": shaping, "policy_versions": game.policy_versions,
+                       "search_actions": search_actions, "search_probs": search_probs}
             for name, column in columns.items():
                 self._arrays[name][rows] = column[fresh]
             self._size += count
@@ -264,6 +270,9 @@ class ExperienceBuffer:
             state = {**state, "shaping_advantages": torch.zeros(held)}
         if "sources" not in state:  # saved before sources: count them as in-process
             state = {**state, "sources": torch.zeros(held, dtype=torch.int16)}
+        if "search_actions" not in state:  # saved before search targets: none
+            state = {**state, "search_actions": torch.full((held, TARGET_WIDTH), -1, dtype=torch.int16),
+                     "search_probs": torch.zeros(held, TARGET_WIDTH)}
         sizes = {len(tensor) for tensor in state.values()}
         if set(state) != set(self._arrays) or len(sizes) != 1:
             raise ValueError(f"saved buffer has columns {sorted(state)} of sizes {sorted(sizes)}")

@@ -52,6 +52,11 @@ class UpdateReport:
     run's penalty is on (null otherwise)."""
     init_kl_coef: float = 0.0
     """The KL penalty's weight this update (``train.init_kl_coef``, decaying)."""
+    search_loss: float = math.nan
+    """Mean cross-entropy of the policy toward the epoch's search targets
+    (``selfplay.search_share``; null when it has none)."""
+    search_targets: int = 0
+    """Steps of the epoch that carried a search target."""
 
 
 @dataclass(frozen=True)

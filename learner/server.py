@@ -249,7 +249,8 @@ class LearnerServer:
         self._actor_of[identity] = hello.actor_id
         logger.info("actor %s joined from %s (pid %d)", hello.actor_id, hello.host, hello.pid)
         self._reply(identity, Welcome(self.policy_version(), self.weights_endpoint, self.settings["model"],
-                                      self.settings["selfplay"], self.heartbeat_interval))
+                                      self.settings["selfplay"], self.heartbeat_interval,
+                                      self.settings.get("search", {})))
         self._weights_due.set()  # so the newcomer gets weights now, not at the next interval
 
     def _drop_identity(self, actor_id: str) -> None:

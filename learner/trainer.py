@@ -47,6 +47,7 @@ from keisei.ppo import (
     kl_from_reference,
     learning_rate_at,
     ppo_losses,
+    search_cross_entropy,
     shaping_weight,
 )
 from keisei.records import unpack_masks, unpack_observations
@@ -242,6 +243,7 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         passes = 0
+        search_sum, search_count = 0.0, 0
         weight = shaping_weight(train.shaping_scale, train.shaping_anneal_steps, self.step)
         kl_coef = (init_kl_coef_at(train.init_kl_coef, train.init_kl_steps, self.step)
                    if self.reference is not None else 0.0)
@@ -254,6 +256,10 @@ class Trainer:
                 losses, grad_norm = self._minibatch_step(batch, order[start:start + minibatch],
                                                          weight, kl_coef)
                 approx_kl = float(losses["approx_kl"])
+                search_loss = losses.pop("search_loss")
+                if math.isfinite(search_loss):  # a minibatch without targets has none
+                    search_sum += search_loss
+                    search_count += 1
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + value
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
@@ -263,7 +269,9 @@ class Trainer:
         figures: dict[str, Any] = {key: value / count for key, value in sums.items()}
         figures.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
                        shaping_weight=weight, init_kl_coef=kl_coef,
-                       explained_variance=explained_variance(batch.values, batch.returns))
+                       explained_variance=explained_variance(batch.values, batch.returns),
+                       search_loss=search_sum / search_count if search_count else math.nan,
+                       search_targets=int((batch.search_probs.sum(axis=1) > 0).sum()))
         return figures
 
     def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray, shaping: float,
@@ -297,6 +305,15 @@ class Trainer:
                                                     dim=-1)
             init_kl = kl_from_reference(log_probs, reference_log_probs).mean()
             loss = loss + kl_coef * init_kl
+        search_probs = batch.search_probs[rows]
+        targets = int((search_probs.sum(axis=1) > 0).sum())
+        search_loss = torch.full((), math.nan)  # measured only where there are targets
+        if targets:
+            cross_entropy = search_cross_entropy(
+                log_probs, to_device(batch.search_actions[rows], device),
+                to_device(search_probs, device))
+            search_loss = cross_entropy.sum() / targets
+            loss = loss + train.search_coef * cross_entropy.sum() / len(rows)
         if not torch.isfinite(loss):
             raise NonFiniteUpdate(f"PPO loss is {float(losses.loss.detach())} (policy "
                                   f"{float(losses.policy_loss.detach())}, value "
@@ -316,7 +333,8 @@ class Trainer:
             self.optimizer.step()
         values = {"loss": loss, "policy_loss": losses.policy_loss,
                   "value_loss": losses.value_loss, "entropy": losses.entropy,
-                  "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac, "init_kl": init_kl}
+                  "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac, "init_kl": init_kl,
+                  "search_loss": search_loss}
         return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
 
     # --- state --------------------------------------------------------------------------

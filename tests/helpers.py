@@ -19,7 +19,8 @@ EPOCH_FIELDS = {
     "approx_kl", "black_win_rate", "clipfrac", "collect_seconds", "collected_steps", "draw_rate",
     "encode_seconds", "entropy", "epoch", "explained_variance", "games", "grad_norm",
     "inference_seconds", "init_kl", "init_kl_coef", "learning_rate", "loss", "mean_game_length", "mode", "policy_lag_max",
-    "policy_lag_mean", "policy_loss", "policy_version", "ppo_passes", "rules_seconds",
+    "policy_lag_mean", "policy_loss", "policy_version", "ppo_passes", "rules_seconds", "search_loss",
+    "search_targets",
     "shaping_weight", "step", "steps_dropped_stale", "steps_per_second", "terminations", "time",
     "update_seconds", "value_loss", "white_win_rate"}
 """metrics.jsonl's fields from the training loop itself (users' scripts read these names)."""

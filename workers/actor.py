@@ -163,7 +163,8 @@ class Actor:
     def _play(self, welcome: Welcome) -> None:
         """Subscribe to weights, then collect until stopped or the learner goes silent."""
         try:
-            config = build_config([{"model": welcome.model, "selfplay": welcome.selfplay}])
+            config = build_config([{"model": welcome.model, "selfplay": welcome.selfplay,
+                                    "search": welcome.search}])
         except ConfigError as exc:
             raise LearnerRejected(f"the learner sent settings this actor cannot use: {exc}") from exc
         selfplay = config.selfplay
@@ -179,11 +180,12 @@ class Actor:
         weights_endpoint = self._weights_endpoint(welcome.weights_endpoint)
         subscriber.connect(weights_endpoint)
         self.subscriber = subscriber
-        if self.collector is None or self.collector.config != selfplay:
+        if self.collector is None or self.collector.config != selfplay \
+                or self.collector.search_config != config.search:
             model = build_model(config.model).to(self.device)
             self.collector = Collector(model, selfplay, self, device=self.device,
                                        seed=int.from_bytes(os.urandom(4), "little"),
-                                       precision=self.precision)
+                                       precision=self.precision, search=config.search)
             self.policy_version = -1  # no weights yet
         self.heartbeat_interval = welcome.heartbeat_interval
         logger.info("welcomed by %s: policy version %d, %d games, weights from %s, a heartbeat "

@@ -40,13 +40,13 @@ class Run:
         assert learner.server is not None
         self.server = learner.server
 
-    def train_epochs(self, epochs: int, timeout: float = 120.0) -> None:
+    def train_epochs(self, epochs: int, timeout: float = 120.0, callbacks: tuple = ()) -> None:
         """Run the learner for ``epochs`` more epochs; fail rather than hang."""
         until = self.trainer.step + epochs * self.trainer.config.train.steps_per_epoch
         timer = threading.Timer(timeout, self.learner.stop.set)
         timer.start()
         try:
-            outcome = self.learner.run(until_step=until)
+            outcome = self.learner.run(until_step=until, callbacks=callbacks)
         finally:
             timer.cancel()
         assert outcome is RunOutcome.FINISHED, f"{outcome} (after {timeout} s?)\n{self.log.text()}"
@@ -137,13 +137,13 @@ def test_malformed_traffic_is_dropped_and_counted_while_training_goes_on(tmp_pat
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(run.bind)
         try:
-            old = {"type": "hello", "version": 1, "actor_id": "old", "host": "h", "pid": 1,
-                   "games": 8, "protocol_version": 1}  # an actor of protocol 1
+            old = {"type": "hello", "version": 2, "actor_id": "old", "host": "h", "pid": 1,
+                   "protocol_version": 2}  # an actor of protocol 2 (games without search targets)
             send(dealer, [msgpack.packb(old)])
             assert dealer.poll(5000)
             reject = decode(dealer.recv_multipart())
-            assert isinstance(reject, Reject) and reject.accepted_versions == (2,)
-            assert reject.reason == "protocol version 1 is not accepted"
+            assert isinstance(reject, Reject) and reject.accepted_versions == (3,)
+            assert reject.reason == "protocol version 2 is not accepted"
             send(dealer, [b"\x00garbage"])  # not msgpack, before any hello
             send(dealer, encode(Hello("rogue", "h", 1)))
             assert dealer.poll(5000) and isinstance(decode(dealer.recv_multipart()), Welcome)
@@ -244,3 +244,18 @@ def test_floods_hijacks_oversized_and_future_messages_are_refused(tmp_path: Path
         assert len(metrics["actors"]) <= 16 and len(line) < 20_000
         assert sum(metrics["actor_states"].values()) == len(run.actors.snapshot())
         assert run.learner.ledger().balanced
+
+
+def test_an_actor_sends_search_targets_that_the_learner_trains_on(tmp_path: Path) -> None:
+    with learner(tmp_path, "selfplay.search_share=0.25", "selfplay.search_visits=4",
+                 "search.gumbel_actions=4") as run:
+        reports: list = []
+        with LocalActors(1, run.bind, tmp_path / "logs"):
+            run.train_epochs(2, callbacks=(reports.append,))
+        assert run.actor("local-0").games_received > 0
+        assert run.server.counters["games_invalid"] == 0
+        from_actor = [report for report in reports if report.collect.collected_steps == 0]
+        assert from_actor, "no epoch came from the actor alone"
+        for report in from_actor:
+            share = report.update.search_targets / run.trainer.config.train.steps_per_epoch
+            assert 0.1 < share < 0.4 and np.isfinite(report.update.search_loss)

@@ -16,6 +16,7 @@ from keisei.ppo import (
     kl_from_reference,
     learning_rate_at,
     ppo_losses,
+    search_cross_entropy,
     shaping_advantages,
     shaping_weight,
 )
@@ -157,3 +158,18 @@ def test_init_kl_coefficient_decays_linearly() -> None:
     assert init_kl_coef_at(0.5, 1000, 500) == pytest.approx(0.25)
     assert init_kl_coef_at(0.5, 1000, 1000) == 0.0
     assert init_kl_coef_at(0.5, 1000, 5000) == 0.0
+
+
+def test_search_cross_entropy_matches_hand_values_and_ignores_padding() -> None:
+    # row 0: legal moves 0, 1, 2 with policy (0.5, 0.25, 0.25); target 0.8 on 1, 0.2 on 2
+    # row 1: no target (all padding); action 3 is illegal (-inf) and appears only as padding
+    log_probs = torch.log(torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.7, 0.1, 0.1, 0.1]]))
+    log_probs.requires_grad_(True)
+    actions = torch.tensor([[1, 2, 3, -1], [-1, -1, -1, -1]])
+    probs = torch.tensor([[0.8, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    loss = search_cross_entropy(log_probs, actions, probs)
+    expected = -(0.8 * math.log(0.25) + 0.2 * math.log(0.25))
+    assert loss.tolist() == pytest.approx([expected, 0.0])
+    loss.sum().backward()
+    assert log_probs.grad is not None and torch.isfinite(log_probs.grad).all()
+    assert log_probs.grad.flatten().tolist() == pytest.approx([0.0, -0.8, -0.2, 0.0] + [0.0] * 4)

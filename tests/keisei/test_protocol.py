@@ -25,7 +25,7 @@ from keisei.protocol import (
     decode,
     encode,
 )
-from keisei.records import FinishedGame, replay_game
+from keisei.records import FinishedGame, GameRecord, replay_game
 from keisei.selfplay import Collector
 
 MAX_PLIES = 40
@@ -123,8 +123,10 @@ def test_malformed_messages_are_refused(finished) -> None:
         "short frame (wrong dtype or shape)": [*good[:2], good[2][:-4], *good[3:]],
         "wide dtype": [*good[:1], np.frombuffer(good[1], np.int32).astype(np.int64).tobytes(), *good[2:]],
         "bad game entry": [msgpack.packb({**header, "games": [["", 0, 0, 0]]}), *good[1:]],
-        "bad reason": [msgpack.packb({**header, "games": [[g[0], g[1], g[2], 99] for g in header["games"]]}),
+        "bad reason": [msgpack.packb({**header, "games": [[g[0], g[1], g[2], 99, 0, 0] for g in header["games"]]}),
                        *good[1:]],
+        "old game entry (protocol 2)": [msgpack.packb({**header, "games": [g[:4] for g in header["games"]]}),
+                                        *good[1:5]],
         "oversized header": [b"\x00" * (2 << 20)],
     }
     for name, frames in cases.items():
@@ -143,7 +145,7 @@ def test_nan_and_out_of_range_values_are_refused(finished) -> None:
     versions = np.frombuffer(good[4], np.int32).copy()
     versions[0] = -1
     with pytest.raises(ProtocolError, match="negative"):
-        decode([*good[:4], versions.tobytes()])
+        decode([*good[:4], versions.tobytes(), *good[5:]])
 
 
 def test_replay_refuses_illegal_moves_and_false_results(finished) -> None:
@@ -161,3 +163,73 @@ def test_replay_refuses_illegal_moves_and_false_results(finished) -> None:
         replay_game(lied.games[0], MAX_PLIES)
     with pytest.raises(RecordError, match="not over"):
         replay_game(record, MAX_PLIES + 100)
+
+
+@pytest.fixture(scope="module")
+def searched() -> list[FinishedGame]:
+    """Games whose every ply carries a search target."""
+    torch.manual_seed(0)
+    sink = ListSink()
+    collector = Collector(build_model(PRESETS["tiny"]),
+                          SelfPlayConfig(games=3, max_plies=24, search_share=1.0, search_visits=8),
+                          sink, seed=2)
+    while len(sink.games) < 3:
+        collector.step(0)
+    return sink.games
+
+
+def test_search_targets_cross_the_wire_and_replay_to_the_same_actions(searched) -> None:
+    assert all(game.targets == game.length for game in searched)
+    decoded = decode([bytes(frame) for frame in encode(Games("a", list(searched)))])
+    assert isinstance(decoded, Games)
+    for original, record in zip(searched, decoded.games, strict=True):
+        rebuilt = replay_game(record, 24)
+        for name in ("target_plies", "target_counts", "target_moves", "target_probs",
+                     "target_values", "target_actions"):
+            assert np.array_equal(getattr(rebuilt, name), getattr(original, name)), name
+        actions, probs = rebuilt.dense_targets()
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+        masks = np.unpackbits(rebuilt.legal_masks, axis=1).astype(bool)
+        rows = np.repeat(np.arange(rebuilt.length), probs.shape[1]).reshape(probs.shape)
+        assert masks[rows[probs > 0], actions[probs > 0]].all()  # every target move is legal
+
+
+def _with(record: FinishedGame, **arrays: np.ndarray) -> GameRecord:
+    fields = {name: getattr(record, name) for name in (
+        "moves", "log_probs", "values", "policy_versions", "target_plies", "target_counts",
+        "target_moves", "target_probs", "target_values")}
+    return GameRecord(record.start_sfen, record.winner, record.reason,
+                      **{**fields, **arrays})  # type: ignore[arg-type]
+
+
+def test_bad_search_targets_are_refused_naming_the_problem(searched) -> None:
+    game = searched[0]
+    first = int(game.target_counts[0])
+    probs = game.target_probs.copy()
+    probs[0] += 0.5
+    moves = game.target_moves.copy()
+    moves[:2] = moves[0] if first > 1 else moves[:2]
+    cases = {
+        "sums to": _with(game, target_probs=probs),
+        "must increase": _with(game, target_plies=game.target_plies[::-1].copy()),
+        "finite and non-negative": _with(game, target_probs=-game.target_probs),
+        "target values": _with(game, target_values=game.target_values + 3),
+        "counts sum": _with(game, target_moves=game.target_moves[:-1]),
+    }
+    if first > 1:
+        cases["twice"] = _with(game, target_moves=moves)
+    for problem, record in cases.items():
+        with pytest.raises(ProtocolError, match=problem if problem != "counts sum" else "target_probs"):
+            decode([bytes(frame) for frame in encode(Games("a", [record]))])
+        with pytest.raises(RecordError, match=problem) as caught:
+            replay_game(record, 24)
+        assert caught.value.kind == "bad target"
+    # a move legal elsewhere but not at the ply its target names: found on replay
+    one = _with(game, target_plies=game.target_plies[:1], target_counts=np.array([1], np.int32),
+                target_moves=game.moves[1:2].copy(), target_probs=np.ones(1, np.float32),
+                target_values=game.target_values[:1])
+    record = decode([bytes(frame) for frame in encode(Games("a", [one]))])
+    assert isinstance(record, Games)
+    with pytest.raises(RecordError, match="not legal") as caught:
+        replay_game(record.games[0], 24)  # the second ply's move named at the first ply
+    assert caught.value.kind == "bad target"

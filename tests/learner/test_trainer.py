@@ -7,11 +7,15 @@ import dataclasses
 import math
 import threading
 
+import numpy as np
 import pytest
 import torch
 from helpers import EPOCH_FIELDS
 
 from keisei.config import Config, load_config
+from keisei.model import masked_logits
+from keisei.ppo import search_cross_entropy
+from keisei.records import unpack_masks, unpack_observations
 from learner.reports import EpochReport, Mode
 from learner.trainer import EpochDropped, Trainer, TrainingInterrupted, train
 
@@ -143,3 +147,49 @@ def test_an_epoch_that_goes_non_finite_is_dropped_counted_and_training_goes_on(
     reports: list[EpochReport] = []
     asyncio.run(train(trainer, [reports.append]))  # the loop carries on past it
     assert trainer.step == 256 and [report.epoch for report in reports] == [1, 2]
+
+
+def _trained_toward_sure_targets(search_coef: float) -> tuple[float, float, int, float]:
+    """Collect an epoch with search targets on about half the plies, make each target sure
+    of one legal move (a random network's search barely differs from its policy, so
+    this makes the pull visible), update once; return the cross-entropy toward those
+    targets before and after, and the update's search_targets and search_loss."""
+    config = tiny_config("selfplay.search_share=0.5", "selfplay.search_visits=4",
+                         f"train.search_coef={search_coef}", "train.learning_rate=0.003",
+                         "train.ent_coef=0")
+    trainer = Trainer.build(config, threading.Event())
+    trainer.collect()
+    batch = trainer.buffer.take_epoch()
+    has_target = batch.search_probs.sum(axis=1) > 0
+    assert 0.3 < has_target.mean() < 0.7  # about search_share of the plies
+    assert np.allclose(batch.search_probs[has_target].sum(axis=1), 1.0, atol=1e-3)
+    order = np.argsort(-batch.search_probs, axis=1)
+    chosen = np.take_along_axis(batch.search_actions, order[:, 1:2], axis=1)[:, 0]
+    batch.search_actions[:] = -1
+    batch.search_probs[:] = 0
+    batch.search_actions[has_target, 0] = chosen[has_target]
+    batch.search_probs[has_target, 0] = 1.0
+    trainer.buffer.restore_epoch(batch)
+    rows = np.flatnonzero(has_target)
+    observations = torch.from_numpy(unpack_observations(batch.observations[rows])).float()
+    legal = torch.from_numpy(unpack_masks(batch.legal_masks[rows]))
+
+    def cross_entropy() -> float:
+        trainer.model.eval()
+        with torch.no_grad():
+            logits, _ = trainer.model(observations)
+            log_probs = torch.log_softmax(masked_logits(logits, legal), dim=-1)
+            return float(search_cross_entropy(log_probs, torch.from_numpy(batch.search_actions[rows]),
+                                              torch.from_numpy(batch.search_probs[rows])).mean())
+
+    before = cross_entropy()
+    report = trainer.update()
+    return before, cross_entropy(), report.search_targets, report.search_loss
+
+
+def test_search_targets_reach_the_buffer_and_the_update_pulls_the_policy_toward_them() -> None:
+    before, after, targets, search_loss = _trained_toward_sure_targets(20.0)
+    assert targets > 0 and math.isfinite(search_loss) and search_loss < before
+    before_off, after_off, targets_off, _ = _trained_toward_sure_targets(0.0)
+    assert before_off == pytest.approx(before) and targets_off == targets  # same data
+    assert after < before - 0.2 and after < after_off - 0.2  # the term, not PPO, pulled it
