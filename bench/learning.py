@@ -17,7 +17,7 @@ network, and the final network also plays it directly (colour-swapped pairs), wh
 whether PPO kept, lost or added to what pre-training taught.
 
 Usage: python -m bench.learning [--minutes 10] [--eval-games 200] [--curve 5]
-[--curve-games 100] [--ladder] [--ladder-games 100] [--save PATH.pt]
+[--curve-games 100] [--ladder] [--ladder-games 100] [--save PATH.pt] [--save-curve DIR]
 [--init-from CHECKPOINT] [--set section.key=value ...]
 """
 
@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -75,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from this pre-trained network instead of random weights")
     parser.add_argument("--save", metavar="PATH.pt",
                         help="also save the trained network (for keisei-eval or keisei-usi)")
+    parser.add_argument("--save-curve", metavar="DIR",
+                        help="also save every curve point's network as DIR/curveN.pt (the final "
+                             "one as DIR/trained.pt), named by minutes and steps in DIR/curve.json, "
+                             "to evaluate them later (e.g. keisei-eval --visits against engines)")
     return parser
 
 
@@ -94,6 +100,8 @@ def main() -> None:
     ratings = fit_ratings(pairings)
     print("fitted Elo (random = 0): " + ", ".join(f"{name} {elo:+.0f}" for name, elo in
                                                    sorted(ratings.items(), key=lambda item: item[1])))
+    if args.save_curve:
+        _save_curve(Path(args.save_curve), curve, config.to_dict())
     with tempfile.TemporaryDirectory() as folder:
         path = Path(args.save or Path(folder) / "trained.pt")
         save_policy(path, {"model": trainer.model.state_dict(), "config": config.to_dict(),
@@ -102,6 +110,20 @@ def main() -> None:
             evaluate.main(["--checkpoint", str(path), "--name", "trained", "--ladder",
                            "--games", str(args.ladder_games), "--seed", str(args.seed + 100),
                            "--output", str(Path(folder) / "ladder")])
+
+
+def _save_curve(folder: Path, curve: list[tuple[float, int, nn.Module]],
+                config: dict[str, Any]) -> None:
+    """Every curve point's network as a policy file, and what each one is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    points = []
+    for index, (minutes, step, model) in enumerate(curve, 1):
+        name = "trained" if index == len(curve) else f"curve{index}"
+        save_policy(folder / f"{name}.pt", {"model": model.state_dict(), "config": config,
+                                            "counters": {"step": step, "policy_version": 0}})
+        points.append({"name": name, "minutes": round(minutes, 2), "step": step})
+    (folder / "curve.json").write_text(json.dumps(points, indent=1) + "\n")
+    print(f"curve networks saved in {folder}")
 
 
 def _train_with_curve(learner: Learner, budget: float,

@@ -8,7 +8,9 @@ output is already there (so a measurement can be resumed or its evaluation repea
 2. ``keisei-pretrain``: ``--pretrain-minutes`` of training on them (the 4×48 network
    that ``bench.learning`` trains, so ``bench.learning --init-from`` can carry on);
 3. ``keisei-eval``: the pre-trained network against ``random``, ``greedy`` and the
-   ladder rungs named by ``--rungs`` (``--games`` each, colour-swapped pairs).
+   ladder rungs named by ``--rungs`` (``--games`` each, colour-swapped pairs), playing
+   its policy or, with ``--visits N`` / ``--movetime MS``, searching (results in
+   ``WORK/eval`` or ``WORK/eval-<budget>``, so budgets can be compared on one network).
 
 Prints the generation summary, the held-out move accuracy and losses before and after,
 and the score table with Elo intervals. Then, for the PPO phase::
@@ -18,7 +20,7 @@ and the score table with Elo intervals. Then, for the PPO phase::
 
 Usage: python -m bench.pretraining [--work DIR] [--generate-minutes 10]
 [--pretrain-minutes 10] [--workers 2] [--engine-depth 4] [--games 100]
-[--rungs fsf-skill-20-d1,fsf-d1,gnushogi-d1]
+[--rungs fsf-skill-20-d1,fsf-d1,gnushogi-d1] [--visits N | --movetime MS]
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--games", type=int, default=100, help="evaluation games per opponent")
     parser.add_argument("--rungs", default="fsf-skill-20-d1,fsf-d1,gnushogi-d1",
                         help="ladder rungs to play (names as keisei-eval --ladder prints them)")
+    parser.add_argument("--visits", type=int, help="the network searches N visits a move")
+    parser.add_argument("--movetime", type=int, metavar="MS",
+                        help="the network searches MS milliseconds a move")
     return parser
 
 
@@ -57,7 +62,11 @@ def run(command: list[str]) -> None:
 def main() -> None:
     args = build_parser().parse_args()
     work = Path(args.work)
-    records, pretrain, evaluation = work / "records", work / "pretrain", work / "eval"
+    budget = (["--visits", str(args.visits)] if args.visits else []) + (
+        ["--movetime", str(args.movetime)] if args.movetime else [])
+    suffix = "".join(f"-{args.visits}v" if args.visits else "") + (
+        f"-{args.movetime}ms" if args.movetime else "")
+    records, pretrain, evaluation = work / "records", work / "pretrain", work / f"eval{suffix}"
     bin_dir = Path(sys.executable).parent
     if not (records / "summary.json").is_file():
         run([str(bin_dir / "keisei-generate"), "--engine", "usi:fairy-stockfish", "--depth",
@@ -81,7 +90,7 @@ def main() -> None:
     if not (evaluation / "results.json").is_file():
         opponents = ["--opponent", "random", "--opponent", "greedy"]
         run([str(bin_dir / "keisei-eval"), "--checkpoint", str(checkpoint), "--name", "pretrained",
-             *opponents, "--games", str(args.games), "--workers", str(args.workers),
+             *budget, *opponents, "--games", str(args.games), "--workers", str(args.workers),
              "--output", str(evaluation / "basic")])
         for name in wanted:
             spec = rungs[name]
@@ -91,7 +100,7 @@ def main() -> None:
             for key, value in spec.options.items():
                 engine += ["--usi-option", f"{key}={value}"]
             run([str(bin_dir / "keisei-eval"), "--checkpoint", str(checkpoint), "--name",
-                 "pretrained", *engine, "--games", str(args.games), "--workers",
+                 "pretrained", *budget, *engine, "--games", str(args.games), "--workers",
                  str(args.workers), "--output", str(evaluation / name)])
         (evaluation / "results.json").write_text("{}\n")
     summary = json.loads((records / "summary.json").read_text())
@@ -110,7 +119,8 @@ def main() -> None:
         for pairing in data["pairings"]:
             result = MatchResult(pairing["wins"], pairing["draws"], pairing["losses"])
             name = pairing["second"] if results.parent.name == "basic" else results.parent.name
-            print(f"pretrained vs {name}: {result} over {result.games} games")
+            print(f"pretrained{' (' + suffix[1:] + ')' if suffix else ''} vs {name}: {result} "
+                  f"over {result.games} games")
 
 
 if __name__ == "__main__":
