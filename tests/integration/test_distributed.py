@@ -256,6 +256,8 @@ def test_an_actor_sends_search_targets_that_the_learner_trains_on(tmp_path: Path
         assert run.server.counters["games_invalid"] == 0
         from_actor = [report for report in reports if report.collect.collected_steps == 0]
         assert from_actor, "no epoch came from the actor alone"
-        for report in from_actor:
-            share = report.update.search_targets / run.trainer.config.train.steps_per_epoch
-            assert 0.1 < share < 0.4 and np.isfinite(report.update.search_loss)
+        targets = sum(report.update.search_targets for report in from_actor)
+        share = targets / (len(from_actor) * run.trainer.config.train.steps_per_epoch)
+        assert 0 < share < 0.6  # about a quarter of the plies: 0 or 0.6 is 1 in 10^4 or less
+        assert all(np.isfinite(report.update.search_loss) for report in from_actor
+                   if report.update.search_targets)
