@@ -73,7 +73,7 @@ def main() -> None:
                 table[run, name, opponent] = play(Path(run) / f"{name}.pt", opponent, output, args)
     print(f"search budget: {budget}; {args.games} games per point and opponent "
           f"(colour-swapped pairs, seed {args.seed})")
-    width = 30
+    width = 34
     for opponent in opponents:
         print(f"\nagainst {opponent}:")
         print(f"{'point':>8} " + "".join(f"{Path(run).name[:width - 2]:<{width}}" for run in curves))
@@ -88,7 +88,7 @@ def main() -> None:
                 result = table[run, str(point["name"]), opponent]
                 cells.append(f"{point['minutes']:4.1f}m {int(str(point['step'])) // 1000:5d}k "
                              f"{result.score:.3f} (+{result.wins} ={result.draws} "
-                             f"-{result.losses})".ljust(width))
+                             f"-{result.losses})  ".ljust(width))
             print(f"{row + 1:>8} " + "".join(cells))
 
 

@@ -144,7 +144,9 @@ def _train_with_curve(learner: Learner, budget: float,
               f"entropy {update.entropy:.2f}  kl {update.approx_kl:.3f}  "
               f"clip {update.clipfrac:.2f}  lag {update.policy_lag_mean:.1f}"
               + (f"  init_kl {update.init_kl:.3f} x {update.init_kl_coef:.2f}"
-                 if update.init_kl_coef else ""), flush=True)
+                 if update.init_kl_coef else "")
+              + (f"  search {update.search_loss:.3f} on {update.search_targets}"
+                 if update.search_targets else ""), flush=True)
         if elapsed >= budget:
             learner.stop.set()
         elif elapsed >= budget * (len(curve) + 1) / points:
