@@ -81,9 +81,9 @@ class SelfPlayConfig:
                                   "learner as a training target (train.search_coef); the move "
                                   "played is still sampled from the network; 0: off",
                                   low=0.0, high=1.0)
-    search_visits: int = setting(16, "visits of that search (at most search.gumbel_visits: "
-                                 "Gumbel root, whose completed-Q policy is the target; more: "
-                                 "PUCT, whose visit distribution is)", low=1, high=100_000)
+    search_visits: int = setting(16, "visits of that search; it always uses the Gumbel root "
+                                 "(sequential halving), whose completed-Q policy is the target",
+                                 low=1, high=100_000)
 
 
 @dataclass(frozen=True)
@@ -229,9 +229,11 @@ class SearchConfig:
     fpu_reduction: float = setting(0.2, "first-play urgency below the root: an unvisited move "
                                    "is valued at the parent's value minus this times "
                                    "sqrt(prior mass already visited)", low=0, high=2)
-    gumbel_visits: int = setting(32, "budgets of at most this many visits use Gumbel root "
-                                 "selection with sequential halving (0: never)", low=0,
-                                 high=10_000)
+    gumbel_visits: int = setting(0, "budgets of at most this many visits use Gumbel root "
+                                 "selection with sequential halving instead of PUCT when "
+                                 "playing (self-play's target search always does); 0: never. "
+                                 "Measured against GNU Shogi depth 1 at 16 visits (40 games "
+                                 "each): PUCT 12 wins, Gumbel 1", low=0, high=10_000)
     gumbel_actions: int = setting(16, "root moves Gumbel selection considers", low=2, high=600)
     gumbel_c_visit: float = setting(50.0, "sigma(q) = (c_visit + max visits) * c_scale * q",
                                     low=0, high=10_000)

@@ -9,7 +9,8 @@ per tree per pass, no virtual loss needed). A single game gathers up to
 * **PUCT** (AlphaZero): a move's score is ``Q + c_puct · P · sqrt(N) / (1 + n)``; an
   unvisited move below the root is valued at the parent's value minus
   ``fpu_reduction · sqrt(prior mass already visited)`` (first-play urgency).
-* **Gumbel** (Danihelka et al. 2022) for budgets of at most ``search.gumbel_visits``: at
+* **Gumbel** (Danihelka et al. 2022) for budgets of at most ``search.gumbel_visits`` (0 by
+  default: PUCT played better at small budgets; self-play's target search always uses it): at
   the root, the ``gumbel_actions`` moves with the highest ``logit + g`` (g Gumbel noise
   in self-play, 0 when evaluating) are searched by sequential halving; the move kept is
   the best by ``logit + g + sigma(Q)``, and the improved policy is

@@ -9,8 +9,8 @@ actor) and a new game starts in its slot.
 
 **Search targets** (``selfplay.search_share`` > 0): before a random share of the plies,
 every game is also searched (``keisei.search``, ``selfplay.search_visits`` visits, all
-those games' trees batched together, exploration noise on) and the search's improved
-policy over the position's moves is recorded as that ply's training target (its
+those games' trees batched together, the Gumbel root with its noise) and the search's
+completed-Q policy over the position's moves is recorded as that ply's training target (its
 ``TARGET_WIDTH`` likeliest moves, renormalised). The move played is still sampled from
 the network, so the recorded behaviour log-probabilities stay exact for PPO.
 
@@ -22,7 +22,7 @@ buffer. Records and their packing live in ``keisei.records``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -156,8 +156,10 @@ class Collector:
         started = time.perf_counter()
         if self._search is None:
             evaluate = network_evaluator(self.model, self.device, self.autocast_dtype)
-            self._search = Search(evaluate, self.search_config, noise=True,
-                                  seed=int(self._rng.integers(2**31)))
+            # the Gumbel root at any budget: its completed-Q policy is the target
+            gumbel = replace(self.search_config, gumbel_visits=max(
+                self.search_config.gumbel_visits, self.config.search_visits))
+            self._search = Search(evaluate, gumbel, noise=True, seed=int(self._rng.integers(2**31)))
         if policy_version != self._searched_version:  # outputs of older weights
             self._search.cache.clear()
             self._searched_version = policy_version

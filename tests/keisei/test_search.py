@@ -34,7 +34,8 @@ class MaterialNetwork:
 
 
 def config(**changes: object) -> SearchConfig:
-    return SearchConfig(**{"root_mate_plies": 0, **changes})  # type: ignore[arg-type]
+    # gumbel_visits 32: budgets up to 32 take the Gumbel root, larger ones PUCT
+    return SearchConfig(**{"root_mate_plies": 0, "gumbel_visits": 32, **changes})  # type: ignore[arg-type]
 
 
 def test_a_mate_in_one_at_the_root_is_played_at_once() -> None:
