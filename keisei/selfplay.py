@@ -152,7 +152,6 @@ class Collector:
         the network mostly idle (measured: about twice the cost for the same targets)."""
         if self._rng.random() >= self.config.search_share:
             return
-        slots = self._slots  # every game: one network call per pass carries them all
         started = time.perf_counter()
         if self._search is None:
             evaluate = network_evaluator(self.model, self.device, self.autocast_dtype)
@@ -163,11 +162,10 @@ class Collector:
         if policy_version != self._searched_version:  # outputs of older weights
             self._search.cache.clear()
             self._searched_version = policy_version
-        games = [self._games[slot] for slot in slots]
-        results = self._search.search(games, visits=self.config.search_visits)
-        for slot, game, result in zip(slots.tolist(), games, results, strict=True):
+        results = self._search.search(self._games, visits=self.config.search_visits)
+        for slot, (game, result) in enumerate(zip(self._games, results, strict=True)):
             self._targets[slot].append((int(self._ply[slot]), *_target(game, result)))
-        self.stats.searches += len(slots)
+        self.stats.searches += len(self._games)
         self.stats.search_seconds += time.perf_counter() - started
 
     def _mating_actions(self, masks: np.ndarray) -> np.ndarray:
