@@ -46,6 +46,19 @@ from keisei.search import Search, SearchResult, network_evaluator
 from keisei.shogi import Game
 
 
+@dataclass(frozen=True)
+class WatchedGame:
+    """The game in the collector's first slot as it stands after a ply (``Collector.watch``):
+    ``values`` are the value head's, one per ply played, from the mover's view (``movers``:
+    0 black, 1 white). ``number`` counts the games that slot has started."""
+
+    number: int
+    start_sfen: str
+    moves: tuple[int, ...]
+    values: tuple[float, ...]
+    movers: tuple[int, ...]
+
+
 class GameSink(Protocol):
     """Where finished games with their training data go: the learner's buffer."""
 
@@ -109,6 +122,10 @@ class Collector:
         self._players = np.zeros((slots, plies), dtype=np.uint8)
         self._versions = np.zeros((slots, plies), dtype=np.int32)
         self._rng = np.random.default_rng(seed)
+        self.watch = False
+        """When set, ``watched`` follows the first slot's game after every ply (a web view)."""
+        self.watched: WatchedGame | None = None
+        self._watched_number = 0
         self._search: Search | None = None
         self._searched_version = -1  # the weights the search's cache holds outputs of
         # per slot, the targets of the game in it: (ply, moves, actions, probs, root value)
@@ -134,8 +151,12 @@ class Collector:
         for slot, (game, move) in enumerate(zip(self._games, moves.tolist(), strict=True)):
             game.push(move)
             if game.outcome is not None:
+                if slot == 0:
+                    self._watched_number += 1
                 self._finish(slot)
                 finished += 1
+        if self.watch:
+            self._publish_watched()
         done = time.perf_counter()
         stats = self.stats
         stats.steps += len(self._games)
@@ -253,12 +274,21 @@ class Collector:
                                    players=self._players[slot, :length].copy(),
                                    target_actions=target_actions.astype(np.int16)))
 
+    def _publish_watched(self) -> None:
+        """Replace ``watched`` (a reference swap: a reader never waits for the collector)."""
+        plies = int(self._ply[0])
+        self.watched = WatchedGame(self._watched_number, self._games[0].start_sfen,
+                                   tuple(self._moves[0, :plies].tolist()),
+                                   tuple(self._values[0, :plies].tolist()),
+                                   tuple(self._players[0, :plies].tolist()))
+
     def discard_in_flight(self) -> int:
         """Abandon every unfinished game (new ones start); return the plies dropped."""
         dropped = self.in_flight_steps()
         self._games = [self._new_game() for _ in self._games]
         self._ply[:] = 0
         self._targets = [[] for _ in self._games]
+        self._watched_number += 1
         return dropped
 
     def in_flight_steps(self) -> int:

@@ -44,6 +44,7 @@ from learner.reports import ActorsReport, EpochReport, Ledger, Mode
 from learner.server import LearnerServer, local_endpoint, weights_bind_address
 from learner.supervisor import Supervisor
 from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callback, train
+from learner.web import LiveGame, WebView, parse_address
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class LearnerOptions:
     """A checkpoint (``keisei-pretrain``'s or a learner's) whose network a new run starts from."""
     threads: int | None = None  # torch CPU threads; default run.threads, or all cores
     publish_interval: float = 2.0  # seconds between repeats of the current weights
+    web: str | None = None
+    """``[HOST:]PORT`` to serve the web view of the run on (``learner.web``); None: no web view."""
 
     @property
     def distributed(self) -> bool:
@@ -85,6 +88,11 @@ class LearnerOptions:
             weights_bind_address(self.bind)
         except ValueError as exc:
             problems.append(str(exc))
+        if self.web is not None:
+            try:
+                parse_address(self.web)
+            except ValueError as exc:
+                problems.append(f"--web: {exc}")
         if problems:
             raise ConfigError(problems)
 
@@ -150,6 +158,7 @@ class Learner:
         self.server: LearnerServer | None = None
         self.local: LocalActors | None = None
         self.supervisor: Supervisor | None = None
+        self.web: WebView | None = None
         self._stack = ExitStack()
 
     def mode(self) -> Mode:
@@ -209,6 +218,9 @@ class Learner:
             trainer, config.display, self.stream, actors=self.actors if options.distributed else None,
             supervisor=self.supervisor, ratings=self.ratings))
         stack.enter_context(self.ratings)
+        if options.web is not None:
+            self.web = stack.enter_context(WebView(options.web, [self.run_dir], self.live_game))
+            trainer.collector.watch = True
 
     def _open_distributed(self) -> None:
         """The server (sockets and their thread), then the local actor processes, then the
@@ -331,6 +343,24 @@ class Learner:
         self.checkpoints.on_epoch()
         self.dashboard(full)
         return full
+
+    def live_game(self) -> LiveGame | None:
+        """The web view's live board: the in-process game being played (sequential mode),
+        else the latest game delivered. Called from the web server's threads: it only
+        reads references that training replaces, and never waits for it."""
+        watched = self.trainer.collector.watched
+        if watched is not None and self.mode() is Mode.SEQUENTIAL:
+            return LiveGame(f"in-process:{watched.number}", "in-process self-play game, being played",
+                            watched.start_sfen, watched.moves, watched.values, watched.movers)
+        game = self.trainer.buffer.last_game
+        if game is None:
+            return None
+        winner = {0: "black", 1: "white"}.get(int(game.winner))
+        result = f"{winner} wins by {game.reason}" if winner else f"draw by {game.reason}"
+        versions = f"v{int(game.policy_versions[0])}" if len(game.policy_versions) else ""
+        return LiveGame(f"delivered:{id(game)}", f"latest game delivered (policy {versions})",
+                        game.start_sfen, tuple(game.moves.tolist()), tuple(game.values.tolist()),
+                        tuple(game.players.tolist()), result)
 
     def ledger(self) -> Ledger:
         """The step ledger (see ``reports.Ledger``); exact between epochs."""

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--curve-keys", default=os.environ.get("KEISEI_CURVE_KEYS"), metavar="DIR",
                         help="accept only actors with an authorised CurveZMQ key: DIR is made by "
                              "keisei-keys (server.key_secret, authorized/) (default: $KEISEI_CURVE_KEYS)")
+    parser.add_argument("--web", metavar="[HOST:]PORT", default=os.environ.get("KEISEI_WEB"),
+                        help="serve a live web view of the run (default host 127.0.0.1; a host "
+                             "beyond loopback exposes it, read-only, to the network; default: "
+                             "$KEISEI_WEB, none)")
     parser.add_argument("--status", action="store_true",
                         help="print the mode and actor table of the run in run.dir (from its "
                              "status.json, refreshed each second while it runs) and exit; the exit "
@@ -123,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         options = LearnerOptions(local_actors=args.local_actors, remote_actors=args.remote_actors,
                                  bind=args.bind, curve_keys=args.curve_keys, resume=resume,
-                                 init_from=args.init_from)
+                                 init_from=args.init_from, web=args.web)
         options.check()
     except ConfigError as exc:
         print(f"keisei-learner: {exc}", file=sys.stderr)

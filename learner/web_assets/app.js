@@ -1,0 +1,523 @@
+// Keisei's web view: curves, tables and a board, updated by server-sent events.
+"use strict";
+
+const COLORS = ["#b03a2e", "#1f77b4", "#2e7d32", "#8e44ad", "#e67e22", "#16a085", "#7f8c8d"];
+const PIECES = { P: "歩", L: "香", N: "桂", S: "銀", G: "金", B: "角", R: "飛", K: "玉",
+  "+P": "と", "+L": "杏", "+N": "圭", "+S": "全", "+B": "馬", "+R": "龍" };
+const HAND_ORDER = ["R", "B", "G", "S", "N", "L", "P"];
+const RANKS = "一二三四五六七八九";
+const CHARTS = [
+  { title: "policy loss", series: [["policy_loss"]] },
+  { title: "value loss", series: [["value_loss"]] },
+  { title: "entropy", series: [["entropy"]] },
+  { title: "approximate KL", series: [["approx_kl"]], log: true },
+  { title: "clip fraction", series: [["clipfrac"]] },
+  { title: "explained variance", series: [["explained_variance"]] },
+  { title: "steps/s (learner ─, actors ┄)", series: [["steps_per_second"], ["actor_steps_per_second", [4, 3]]] },
+  { title: "game length (plies)", series: [["mean_game_length"]] },
+  { title: "results (black ─, white ┄, draw ···)", series: [["black_win_rate"], ["white_win_rate", [4, 3]], ["draw_rate", [1, 3]]] },
+  { title: "Elo (random = 0), 95% interval", elo: true },
+  { title: "search target loss", series: [["search_loss"]] },
+];
+
+const state = {
+  runs: [],            // summaries from the server
+  shown: new Set(),    // run ids drawn
+  data: new Map(),     // run id -> { generation, fields, points }
+  fetching: new Set(),
+  xAxis: "step",
+  game: null,          // the game on the board
+  ply: 0,
+  followLive: true,
+  live: null,
+};
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, attrs = {}, text) => {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+};
+const fmt = (value, digits = 3) => {
+  if (value === null || value === undefined || Number.isNaN(value)) return "—";
+  if (typeof value !== "number") return String(value);
+  if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en");
+  return Number(value.toPrecision(digits)).toString();
+};
+const duration = (seconds) => {
+  if (seconds === null || seconds === undefined) return "—";
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+};
+
+async function getJSON(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  return response.json();
+}
+
+// --- runs and curves ---------------------------------------------------------------------------
+function takeRuns(runs) {
+  const first = state.runs.length === 0;
+  state.runs = runs;
+  if (first) runs.forEach((run) => state.shown.add(run.id));
+  renderRunPicker();
+  renderOverview();
+  renderTables();
+  for (const run of runs) {
+    const data = state.data.get(run.id);
+    if (!data || data.generation !== run.generation || data.points.length < run.points) fetchPoints(run.id);
+  }
+  renderTimeline();
+  drawCharts();
+}
+
+async function fetchPoints(id) {
+  if (state.fetching.has(id)) return;
+  state.fetching.add(id);
+  try {
+    for (;;) {
+      let data = state.data.get(id);
+      const from = data ? data.points.length : 0;
+      const query = data ? `gen=${data.generation}&from=${from}` : "from=0";
+      const answer = await getJSON(`/api/runs/${id}/metrics?${query}`);
+      if (!data || answer.generation !== data.generation || answer.from === 0 && from !== 0) {
+        data = { generation: answer.generation, fields: answer.fields, points: [] };
+        state.data.set(id, data);
+      }
+      data.points.push(...answer.points);
+      if (answer.points.length === 0 || data.points.length >= answer.total) break;
+    }
+  } catch (error) {
+    console.warn(error);
+  } finally {
+    state.fetching.delete(id);
+  }
+  drawCharts();
+  renderTimeline();
+}
+
+function renderRunPicker() {
+  const box = $("runs");
+  box.replaceChildren();
+  state.runs.forEach((run, index) => {
+    const label = el("label", { title: run.path });
+    const check = el("input", { type: "checkbox" });
+    check.checked = state.shown.has(run.id);
+    check.addEventListener("change", () => {
+      if (check.checked) state.shown.add(run.id); else state.shown.delete(run.id);
+      drawCharts();
+    });
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = COLORS[index % COLORS.length];
+    label.append(check, swatch, document.createTextNode(run.name));
+    box.append(label);
+  });
+}
+
+function renderOverview() {
+  const box = $("overview");
+  box.replaceChildren();
+  for (const run of state.runs) {
+    const item = (name, value, cls) => {
+      const span = el("span", { class: "item" });
+      span.append(document.createTextNode(`${name} `));
+      const b = el("b", cls ? { class: cls } : {}, value);
+      span.append(b);
+      box.append(span);
+    };
+    if (state.runs.length > 1) item("run", run.name);
+    item("step", run.total_steps ? `${fmt(run.step)} / ${fmt(run.total_steps)}` : fmt(run.step));
+    item("epoch", fmt(run.epoch));
+    item("steps/s", fmt(run.steps_per_second));
+    if (run.actor_steps_per_second !== null) item("actors' steps/s", fmt(run.actor_steps_per_second));
+    item("mode", run.mode || "—", run.mode ? `mode-${run.mode}` : undefined);
+    item("policy", run.policy_version === null || run.policy_version === undefined ? "—" : `v${run.policy_version}`);
+    item("to the end", run.step !== null && run.total_steps && run.step >= run.total_steps ? "finished" : duration(run.eta_seconds));
+    if (run.games !== null && run.games !== undefined) item("games this epoch", fmt(run.games));
+  }
+}
+
+function renderTables() {
+  const run = state.runs[0];
+  if (!run) return;
+  table($("actors"), ["actor", "host", "state", "steps/s", "policy", "games", "restarts", "dropped", "heard"],
+    (run.actors || []).map((a) => [a.actor_id, a.host, a.state, fmt(a.steps_per_second), `v${a.policy_version}`,
+      fmt(a.games_received), fmt(a.restarts), fmt(a.steps_dropped), `${fmt(a.seconds_since_heard)} s ago`]),
+    (row) => [2, `state-${row[2]}`]);
+  const ledger = run.ledger;
+  table($("ledger"), ["", "steps"], ledger ? [
+    ["carried (resumed)", fmt(ledger.carried)], ["received", fmt(ledger.received)], ["trained", fmt(ledger.trained)],
+    ...Object.entries(ledger.dropped || {}).map(([k, v]) => [`dropped: ${k}`, fmt(v)]),
+    ["waiting", fmt(ledger.waiting)]] : []);
+  const ratings = [...(run.ratings || [])].sort((a, b) => (b.elo ?? -1e9) - (a.elo ?? -1e9));
+  table($("ratings"), ["player", "step", "Elo", "± 95%", "games"],
+    ratings.map((r) => [r.name, r.step === null || r.step === undefined ? "" : fmt(r.step), fmt(r.elo, 4),
+      r.interval === undefined ? "" : fmt(r.interval, 3), fmt(r.games)]));
+  table($("transitions"), ["when", "to", "cause"],
+    [...(run.transitions || [])].reverse().map((t) => [new Date(t.time * 1000).toLocaleTimeString(), t.mode, t.cause]));
+}
+
+function table(node, head, rows, cellClass) {
+  node.replaceChildren();
+  const tr = el("tr");
+  head.forEach((h) => tr.append(el("th", {}, h)));
+  node.append(tr);
+  if (rows.length === 0) {
+    const empty = el("tr");
+    empty.append(el("td", { colspan: String(head.length) }, "none yet"));
+    node.append(empty);
+  }
+  for (const row of rows) {
+    const line = el("tr");
+    row.forEach((value, i) => {
+      const td = el("td", {}, value);
+      if (cellClass) { const [index, cls] = cellClass(row); if (index === i) td.className = cls; }
+      line.append(td);
+    });
+    node.append(line);
+  }
+}
+
+function renderTimeline() {
+  const box = $("timeline");
+  box.replaceChildren();
+  const run = state.runs[0];
+  if (!run || !run.modes || run.modes.length === 0) return;
+  const data = state.data.get(run.id);
+  const key = state.xAxis === "step" ? 0 : 1;
+  const last = data && data.points.length ? data.points[data.points.length - 1][key] : null;
+  const first = run.modes[0][key];
+  if (last === null || first === null || last <= first) return;
+  run.modes.forEach((change, i) => {
+    const start = change[key], end = i + 1 < run.modes.length ? run.modes[i + 1][key] : last;
+    if (start === null || end === null) return;
+    const span = el("span", { class: change[2], title: `${change[2]} from ${state.xAxis} ${fmt(start)}` });
+    span.style.left = `${(100 * (start - first)) / (last - first)}%`;
+    span.style.width = `${Math.max(0.3, (100 * (end - start)) / (last - first))}%`;
+    box.append(span);
+  });
+}
+
+function buildCharts() {
+  const box = $("charts");
+  for (const spec of CHARTS) {
+    const card = el("div", { class: "chart" });
+    card.append(el("h4", {}, spec.title));
+    const canvas = el("canvas", { width: "480", height: "150", "data-title": spec.title, "data-points": "0" });
+    card.append(canvas);
+    box.append(card);
+    spec.canvas = canvas;
+  }
+}
+
+function drawCharts() {
+  for (const spec of CHARTS) drawChart(spec);
+}
+
+function drawChart(spec) {
+  const canvas = spec.canvas;
+  const ctx = canvas.getContext("2d");
+  const width = canvas.width, height = canvas.height;
+  const pad = { left: 48, right: 8, top: 6, bottom: 18 };
+  ctx.clearRect(0, 0, width, height);
+  const lines = []; // { color, dash, xs, ys, bars }
+  state.runs.forEach((run, index) => {
+    if (!state.shown.has(run.id)) return;
+    const data = state.data.get(run.id);
+    const color = COLORS[index % COLORS.length];
+    if (spec.elo) {
+      const rows = (run.ratings || []).filter((r) => r.step !== null && r.step !== undefined && r.elo !== null);
+      rows.sort((a, b) => a.step - b.step);
+      const xs = rows.map((r) => state.xAxis === "step" ? r.step : stepToTime(data, r.step));
+      lines.push({ color, dash: [], xs, ys: rows.map((r) => r.elo), bars: rows.map((r) => r.interval ?? 0) });
+      return;
+    }
+    if (!data) return;
+    const xKey = data.fields.indexOf(state.xAxis);
+    for (const [field, dash] of spec.series) {
+      const yKey = data.fields.indexOf(field);
+      const xs = [], ys = [];
+      for (const point of data.points) {
+        const x = point[xKey], y = point[yKey];
+        if (x === null || y === null || (spec.log && y <= 0)) continue;
+        xs.push(x); ys.push(spec.log ? Math.log10(y) : y);
+      }
+      lines.push({ color, dash: dash || [], xs, ys });
+    }
+  });
+  let count = 0, xMin = Infinity, xMax = -Infinity, yMin = Infinity, yMax = -Infinity;
+  for (const line of lines) {
+    line.xs.forEach((x, i) => {
+      if (x === null || x === undefined) return;
+      const bar = line.bars ? line.bars[i] : 0;
+      xMin = Math.min(xMin, x); xMax = Math.max(xMax, x);
+      yMin = Math.min(yMin, line.ys[i] - bar); yMax = Math.max(yMax, line.ys[i] + bar);
+      count += 1;
+    });
+  }
+  canvas.dataset.points = String(count);
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#777";
+  if (count === 0) { ctx.fillText("no data yet", width / 2 - 30, height / 2); return; }
+  if (xMax === xMin) { xMax += 1; xMin -= 1; }
+  if (yMax === yMin) { yMax += Math.abs(yMax) * 0.1 || 1; yMin -= Math.abs(yMin) * 0.1 || 1; }
+  const span = yMax - yMin; yMax += span * 0.05; yMin -= span * 0.05;
+  const X = (x) => pad.left + ((x - xMin) / (xMax - xMin)) * (width - pad.left - pad.right);
+  const Y = (y) => height - pad.bottom - ((y - yMin) / (yMax - yMin)) * (height - pad.top - pad.bottom);
+  ctx.strokeStyle = "#ddd"; ctx.lineWidth = 1;
+  for (let i = 0; i <= 3; i++) {
+    const y = yMin + ((yMax - yMin) * i) / 3;
+    ctx.beginPath(); ctx.moveTo(pad.left, Y(y)); ctx.lineTo(width - pad.right, Y(y)); ctx.stroke();
+    ctx.fillText(spec.log ? `1e${fmt(y, 2)}` : fmt(y), 2, Y(y) + 4);
+  }
+  ctx.fillText(state.xAxis === "step" ? fmt(xMin) : duration(xMin), pad.left, height - 4);
+  const right = state.xAxis === "step" ? fmt(xMax) : duration(xMax);
+  ctx.fillText(right, width - pad.right - ctx.measureText(right).width, height - 4);
+  for (const line of lines) {
+    ctx.strokeStyle = line.color; ctx.fillStyle = line.color; ctx.lineWidth = 1.5; ctx.setLineDash(line.dash);
+    ctx.beginPath();
+    let started = false;
+    line.xs.forEach((x, i) => {
+      if (x === null || x === undefined) return;
+      if (!started) { ctx.moveTo(X(x), Y(line.ys[i])); started = true; } else ctx.lineTo(X(x), Y(line.ys[i]));
+    });
+    ctx.stroke();
+    ctx.setLineDash([]);
+    if (line.bars) {
+      line.xs.forEach((x, i) => {
+        if (x === null || x === undefined) return;
+        ctx.beginPath();
+        ctx.moveTo(X(x), Y(line.ys[i] - line.bars[i])); ctx.lineTo(X(x), Y(line.ys[i] + line.bars[i]));
+        ctx.stroke();
+        ctx.fillRect(X(x) - 2, Y(line.ys[i]) - 2, 4, 4);
+      });
+    }
+  }
+}
+
+function stepToTime(data, step) {
+  if (!data) return null;
+  for (const point of data.points) if (point[0] >= step) return point[1];
+  return null;
+}
+
+// --- the board -----------------------------------------------------------------------------------
+function parseSfen(sfen) {
+  const [placement, turn, hands] = sfen.split(" ");
+  const cells = [];
+  for (const row of placement.split("/")) {
+    const line = [];
+    for (let i = 0; i < row.length; i++) {
+      const c = row[i];
+      if (c >= "1" && c <= "9") { for (let k = 0; k < Number(c); k++) line.push(null); continue; }
+      let piece = c;
+      if (c === "+") { piece = "+" + row[++i]; }
+      const upper = piece.toUpperCase();
+      line.push({ kind: upper, white: piece !== upper });
+    }
+    cells.push(line);
+  }
+  const hand = { black: {}, white: {} };
+  if (hands && hands !== "-") {
+    let count = "";
+    for (const c of hands) {
+      if (c >= "0" && c <= "9") { count += c; continue; }
+      const side = c === c.toUpperCase() ? hand.black : hand.white;
+      side[c.toUpperCase()] = (side[c.toUpperCase()] || 0) + (count ? Number(count) : 1);
+      count = "";
+    }
+  }
+  return { cells, turn, hand };
+}
+
+function square(usi) { // "7f" -> [row, col]
+  return [usi.charCodeAt(1) - 97, 9 - Number(usi[0])];
+}
+
+function moveLabel(game, index) {
+  const usi = game.moves[index];
+  const before = parseSfen(game.sfens[index]);
+  const mark = before.turn === "b" ? "☗" : "☖";
+  const to = usi.slice(2, 4);
+  const previous = index > 0 ? game.moves[index - 1].slice(2, 4) : null;
+  const where = to === previous ? "同" : `${to[0]}${RANKS[to.charCodeAt(1) - 97]}`;
+  if (usi[1] === "*") return `${mark}${where}${PIECES[usi[0]]}打`;
+  const [row, col] = square(usi.slice(0, 2));
+  const piece = before.cells[row][col];
+  const name = piece ? PIECES[piece.kind] : "?";
+  return `${mark}${where}${name}${usi.endsWith("+") ? "成" : ""}`;
+}
+
+function showGame(game, keepPly) {
+  const sameGame = state.game && game && state.game.key === game.key && state.game.path === game.path;
+  state.game = game;
+  if (!game) { renderBoard(); return; }
+  game.labels = game.moves.map((_, i) => moveLabel(game, i));
+  if (!sameGame || !keepPly) state.ply = game.moves.length;
+  state.ply = Math.min(state.ply, game.moves.length);
+  $("game-source").textContent = game.source || (game.path ? `${game.black} vs ${game.white}: ${game.path}` : "");
+  $("game-result").textContent = game.live ? "being played" : (game.result || "");
+  const list = $("move-list");
+  list.replaceChildren();
+  game.labels.forEach((label, i) => {
+    const li = el("li", { "data-ply": String(i + 1) }, `${i + 1}. ${label}`);
+    li.addEventListener("click", () => { setFollow(false); state.ply = i + 1; renderBoard(); });
+    list.append(li);
+  });
+  renderBoard();
+}
+
+function renderBoard() {
+  const game = state.game;
+  const board = $("board");
+  board.replaceChildren();
+  const sfen = game ? game.sfens[state.ply] : "lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL b - 1";
+  const position = parseSfen(sfen);
+  const lastMove = game && state.ply > 0 ? game.moves[state.ply - 1] : null;
+  const to = lastMove ? square(lastMove.slice(2, 4)) : null;
+  const from = lastMove && lastMove[1] !== "*" ? square(lastMove.slice(0, 2)) : null;
+  position.cells.forEach((line, row) => line.forEach((piece, col) => {
+    const classes = ["cell"];
+    if (piece && piece.white) classes.push("white");
+    if (piece && piece.kind.startsWith("+")) classes.push("promoted");
+    if (to && to[0] === row && to[1] === col) classes.push("last-to");
+    if (from && from[0] === row && from[1] === col) classes.push("last-from");
+    const text = piece ? (piece.kind === "K" && piece.white ? "王" : PIECES[piece.kind]) : "";
+    board.append(el("div", { class: classes.join(" ") }, text));
+  }));
+  for (const color of ["black", "white"]) {
+    const hand = position.hand[color];
+    const parts = HAND_ORDER.filter((k) => hand[k]).map((k) => hand[k] > 1 ? `${PIECES[k]}${hand[k]}` : PIECES[k]);
+    $(`hand-${color}`).textContent = parts.join(" ") || "なし";
+  }
+  const plies = game ? game.moves.length : 0;
+  const count = $("ply-count");
+  count.textContent = `${state.ply} / ${plies}`;
+  board.dataset.ply = String(state.ply);
+  board.dataset.plies = String(plies);
+  board.dataset.game = game ? (game.key || game.path || "") : "";
+  for (const li of $("move-list").children) li.classList.toggle("current", Number(li.dataset.ply) === state.ply);
+  const current = $("move-list").querySelector("li.current");
+  if (current && state.followLive) current.scrollIntoView({ block: "nearest" });
+  drawValues();
+}
+
+function drawValues() {
+  const canvas = $("value-chart");
+  const ctx = canvas.getContext("2d");
+  const width = canvas.width, height = canvas.height;
+  ctx.clearRect(0, 0, width, height);
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#777";
+  const game = state.game;
+  const values = game && game.values ? game.values : [];
+  canvas.dataset.points = String(values.length);
+  if (!values.length) { ctx.fillText(game ? "no evaluations for this game" : "", 8, height / 2); return; }
+  const X = (i) => 4 + (i / Math.max(1, values.length - 1)) * (width - 8);
+  const Y = (v) => height / 2 - v * (height / 2 - 6);
+  ctx.strokeStyle = "#ccc"; ctx.beginPath(); ctx.moveTo(0, Y(0)); ctx.lineTo(width, Y(0)); ctx.stroke();
+  ctx.fillText("value for black (+1 black wins)", 6, 12);
+  ctx.strokeStyle = "#b03a2e"; ctx.lineWidth = 1.5; ctx.beginPath();
+  values.forEach((v, i) => { if (v === null) return; if (i === 0) ctx.moveTo(X(i), Y(v)); else ctx.lineTo(X(i), Y(v)); });
+  ctx.stroke();
+  if (state.ply > 0) {
+    ctx.strokeStyle = "#333"; ctx.lineWidth = 1;
+    const x = X(Math.min(values.length - 1, state.ply - 1));
+    ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, height); ctx.stroke();
+  }
+}
+
+// A game being played shows its newest position; a finished one that was delivered whole
+// (from actors) is played back from the start, four plies a second.
+let playback = null;
+function followLive() {
+  const game = state.live;
+  if (playback) { clearInterval(playback); playback = null; }
+  if (!game) { showGame(null); return; }
+  showGame(game, false);
+  if (game.live || game.moves.length === 0) return;
+  state.ply = 0;
+  renderBoard();
+  playback = setInterval(() => {
+    if (!state.followLive || state.game !== game || state.ply >= game.moves.length) {
+      clearInterval(playback); playback = null; return;
+    }
+    state.ply += 1;
+    renderBoard();
+  }, 250);
+}
+
+function setFollow(on) {
+  state.followLive = on;
+  $("live-button").classList.toggle("on", on);
+  if (on) followLive();
+}
+
+function step(delta) {
+  if (!state.game) return;
+  setFollow(false);
+  state.ply = Math.max(0, Math.min(state.game.moves.length, state.ply + delta));
+  renderBoard();
+}
+
+async function refreshGameList() {
+  const select = $("game-list");
+  const run = state.runs[0];
+  if (!run) return;
+  try {
+    const answer = await getJSON(`/api/runs/${run.id}/games`);
+    const chosen = select.value;
+    select.replaceChildren();
+    for (const game of answer.games) {
+      const option = el("option", { value: `${run.id}|${game.path}` }, `${game.kind}: ${game.name}`);
+      select.append(option);
+    }
+    if (chosen) select.value = chosen;
+  } catch (error) { console.warn(error); }
+}
+
+async function openGame(value) {
+  const cut = value.indexOf("|");
+  const id = value.slice(0, cut), path = value.slice(cut + 1);
+  const game = await getJSON(`/api/runs/${id}/game?path=${encodeURIComponent(path)}`);
+  setFollow(false);
+  showGame(game, false);
+  state.ply = 0;
+  renderBoard();
+}
+
+// --- wiring ------------------------------------------------------------------------------------
+function connect() {
+  const status = $("connection");
+  const source = new EventSource("/api/events");
+  source.addEventListener("open", () => { status.textContent = "live"; status.className = "connection live"; });
+  source.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "connection"; });
+  source.addEventListener("runs", (event) => { takeRuns(JSON.parse(event.data).runs); refreshGameList(); });
+  source.addEventListener("live", (event) => {
+    state.live = JSON.parse(event.data);
+    if (state.followLive) followLive();
+  });
+}
+
+function start() {
+  buildCharts();
+  renderBoard();
+  $("x-axis").addEventListener("change", (event) => { state.xAxis = event.target.value; drawCharts(); renderTimeline(); });
+  $("live-button").addEventListener("click", () => setFollow(!state.followLive));
+  $("first").addEventListener("click", () => step(-1e9));
+  $("back").addEventListener("click", () => step(-1));
+  $("forward").addEventListener("click", () => step(1));
+  $("last").addEventListener("click", () => step(1e9));
+  $("game-list").addEventListener("change", (event) => openGame(event.target.value));
+  document.addEventListener("keydown", (event) => {
+    if (event.target.tagName === "SELECT") return;
+    if (event.key === "ArrowLeft") step(-1);
+    if (event.key === "ArrowRight") step(1);
+  });
+  connect();
+}
+
+start();

@@ -1,0 +1,128 @@
+"""The web view in a real browser: a tiny training run with ``--web``, watched in headless
+Chromium (Debian's ``chromium``, driven by Playwright). Skips, saying why, where there is
+no browser. Screenshots go to ``$KEISEI_SCREENSHOTS`` when it is set (else the test's
+temporary folder)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import learner_command, metrics_lines
+
+CHROMIUM = os.environ.get("KEISEI_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("no chromium here (Debian: apt-get install chromium; .ci/run installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                 args=["--no-sandbox", "--disable-gpu"])
+        except Exception as exc:  # a browser that cannot start here
+            pytest.skip(f"{CHROMIUM} does not start headless: {exc}")
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def number(page: Any, selector: str, attribute: str) -> int:
+    return int(page.get_attribute(selector, attribute) or 0)
+
+
+def until(condition: Any, timeout: float, what: str) -> None:
+    """Poll from Python (the page's Content-Security-Policy forbids evaluated strings, so
+    Playwright's ``wait_for_function`` cannot run in it)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_training_run_watched_in_a_browser(tmp_path: Path, browser: Any) -> None:
+    shots = Path(os.environ.get("KEISEI_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    run_dir, port = tmp_path / "run", free_port()
+    command = [*learner_command(run_dir, "train.total_steps=1000000", "selfplay.max_plies=96",
+                                "train.steps_per_epoch=256"), "--web", f"127.0.0.1:{port}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(metrics_lines(run_dir)) < 1:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "no epoch within 120 s"
+            time.sleep(0.2)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"http://127.0.0.1:{port}/", timeout=30_000)
+        page.wait_for_selector("#connection.live", timeout=30_000)
+
+        # the board follows the in-process game: it advances while training runs
+        until(lambda: number(page, "#board", "data-plies") > 0, 30, "a game on the board")
+        first = (page.get_attribute("#board", "data-game"), number(page, "#board", "data-plies"))
+        until(lambda: (page.get_attribute("#board", "data-game"),
+                       number(page, "#board", "data-plies")) != first, 30, "the board to advance")
+        assert page.locator("#board .cell").count() == 81
+        # (a new game may have just started: wait for its first move)
+        until(lambda: page.locator("#move-list li").count() >= 1, 30, "a move in the move list")
+        until(lambda: number(page, "#value-chart", "data-points") >= 1, 30,
+              "the value head's evaluation over the game")
+
+        # the curves gain points while training runs
+        chart = "canvas[data-title='policy loss']"
+        until(lambda: number(page, chart, "data-points") >= 1, 30, "a point on the curves")
+        before = number(page, chart, "data-points")
+        until(lambda: number(page, chart, "data-points") > before, 60, "the curves to gain points")
+        assert "step" in page.inner_text("#overview")
+        page.screenshot(path=str(shots / "web-live.png"), full_page=True)
+
+        # a finished game (the sample game written with each checkpoint) replays move by move
+        until(lambda: page.locator("#game-list option").count() > 0, 60, "a finished game listed")
+        value = page.locator("#game-list option").first.get_attribute("value")
+        page.select_option("#game-list", value)
+        path = value.split("|", 1)[1]
+        until(lambda: page.get_attribute("#board", "data-game") == path, 10, "the game on the board")
+        assert number(page, "#board", "data-ply") == 0
+        plies = number(page, "#board", "data-plies")
+        assert plies > 0
+        page.click("#forward")
+        page.click("#forward")
+        assert number(page, "#board", "data-ply") == 2
+        page.click("#back")
+        assert number(page, "#board", "data-ply") == 1
+        page.click("#last")
+        assert number(page, "#board", "data-ply") == plies
+        assert page.locator("#move-list li.current").count() == 1
+        page.screenshot(path=str(shots / "web-replay.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
