@@ -50,13 +50,15 @@ from keisei.shogi import Game
 class WatchedGame:
     """The game in the collector's first slot as it stands after a ply (``Collector.watch``):
     ``values`` are the value head's, one per ply played, from the mover's view (``movers``:
-    0 black, 1 white). ``number`` counts the games that slot has started."""
+    0 black, 1 white). ``number`` counts the games that slot has started. A game that
+    ended on this ply is published once, with its ``result``, before the next one."""
 
     number: int
     start_sfen: str
     moves: tuple[int, ...]
     values: tuple[float, ...]
     movers: tuple[int, ...]
+    result: str | None = None
 
 
 class GameSink(Protocol):
@@ -151,12 +153,14 @@ class Collector:
         for slot, (game, move) in enumerate(zip(self._games, moves.tolist(), strict=True)):
             game.push(move)
             if game.outcome is not None:
+                if slot == 0 and self.watch:
+                    self._publish_watched(str(game.outcome))
                 if slot == 0:
                     self._watched_number += 1
                 self._finish(slot)
                 finished += 1
-        if self.watch:
-            self._publish_watched()
+            elif slot == 0 and self.watch:
+                self._publish_watched()
         done = time.perf_counter()
         stats = self.stats
         stats.steps += len(self._games)
@@ -274,13 +278,13 @@ class Collector:
                                    players=self._players[slot, :length].copy(),
                                    target_actions=target_actions.astype(np.int16)))
 
-    def _publish_watched(self) -> None:
+    def _publish_watched(self, result: str | None = None) -> None:
         """Replace ``watched`` (a reference swap: a reader never waits for the collector)."""
         plies = int(self._ply[0])
         self.watched = WatchedGame(self._watched_number, self._games[0].start_sfen,
                                    tuple(self._moves[0, :plies].tolist()),
                                    tuple(self._values[0, :plies].tolist()),
-                                   tuple(self._players[0, :plies].tolist()))
+                                   tuple(self._players[0, :plies].tolist()), result)
 
     def discard_in_flight(self) -> int:
         """Abandon every unfinished game (new ones start); return the plies dropped."""

@@ -36,6 +36,7 @@ from keisei.metrics import MetricsWriter
 from keisei.model import count_parameters
 from keisei.protocol import DEFAULT_BIND, load_keys
 from keisei.runs import CheckpointWriter, check_run_directory, load_newest
+from keisei.selfplay import WatchedGame
 from learner.actors import ActorState, ActorTable
 from learner.dashboard import Dashboard
 from learner.local_actors import LocalActors
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 REPORTED_ACTORS = 32
 """Actor rows in each metrics line (the most recently heard); the rest are only counted."""
+LIVE_RESULT_SECONDS = 3.0
+"""How long the web view's live board keeps an in-process game's end before the next game."""
 FINAL_RATING_SECONDS = 300.0
 """At the end of a finished run, how long to wait for a rating job still running."""
 
@@ -159,6 +162,7 @@ class Learner:
         self.local: LocalActors | None = None
         self.supervisor: Supervisor | None = None
         self.web: WebView | None = None
+        self._finished_watch: tuple[WatchedGame, float] | None = None
         self._stack = ExitStack()
 
     def mode(self) -> Mode:
@@ -350,8 +354,14 @@ class Learner:
         reads references that training replaces, and never waits for it."""
         watched = self.trainer.collector.watched
         if watched is not None and self.mode() is Mode.SEQUENTIAL:
-            return LiveGame(f"in-process:{watched.number}", "in-process self-play game, being played",
-                            watched.start_sfen, watched.moves, watched.values, watched.movers)
+            now = time.monotonic()
+            if watched.result is not None:
+                self._finished_watch = (watched, now)
+            elif self._finished_watch is not None and now - self._finished_watch[1] < LIVE_RESULT_SECONDS:
+                watched = self._finished_watch[0]  # its end stays on the board a moment
+            return LiveGame(f"in-process:{watched.number}", "in-process self-play game",
+                            watched.start_sfen, watched.moves, watched.values, watched.movers,
+                            watched.result)
         game = self.trainer.buffer.last_game
         if game is None:
             return None
