@@ -10,8 +10,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
-# Each `make run` trains into a fresh run directory.
+# Each `make run` trains into a fresh run directory, watched at http://$(WEB)/
 RUN_DIR ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
+WEB ?= 127.0.0.1:8080
 
 .PHONY: setup run test soak docker-test bench clean
 
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 run: setup
-	$(BIN)/keisei-learner --config configs/quick.toml --set run.dir=$(RUN_DIR) --local-actors 2
+	$(BIN)/keisei-learner --config configs/quick.toml --set run.dir=$(RUN_DIR) --local-actors 2 --web $(WEB)
 
 test: setup
 	$(BIN)/ruff check keisei learner workers pretrain tests bench

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def service(compose: dict, name: str) -> tuple[list[str], dict[str, str]]:
     spec = compose["services"][name]
     command = list(spec["command"])
     command[0] = str(BIN / command[0])  # the console script installed beside this Python
-    environment = {key: re.sub(r"//(learner|0\.0\.0\.0):", "//127.0.0.1:", str(value))
+    environment = {key: re.sub(r"(//|^)(learner|0\.0\.0\.0):", r"\g<1>127.0.0.1:", str(value))
                    for key, value in spec.get("environment", {}).items()}
     return command, {**os.environ, **environment}
 
@@ -45,7 +46,9 @@ def test_dockerfile_ships_every_package_and_config() -> None:
         assert re.search(rf"^COPY {folder} ", dockerfile, re.MULTILINE), folder
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert compose["services"]["learner"]["expose"] == ["5555", "5556"]
-    assert "ports" not in compose["services"]["learner"]  # compose network only
+    # the ZeroMQ ports on the compose network only; the web view on the host's loopback only
+    assert compose["services"]["learner"]["ports"] == ["127.0.0.1:${KEISEI_WEB_PORT:-8080}:8080"]
+    assert compose["services"]["learner"]["environment"]["KEISEI_WEB"] == "0.0.0.0:8080"
     assert compose["services"]["actor"]["deploy"]["replicas"] >= 1
 
 
@@ -55,6 +58,9 @@ def test_compose_services_train_as_processes(tmp_path: Path) -> None:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 5555)) == 0:
             pytest.skip("port 5555, which docker-compose.yml uses, is taken on this machine")
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8080)) == 0:
+            pytest.skip("port 8080, the web view's in docker-compose.yml, is taken on this machine")
     shutil.copytree(ROOT / "configs", tmp_path / "configs")  # the image's /app/configs
     learner_command, learner_env = service(compose, "learner")
     actor_command, actor_env = service(compose, "actor")
@@ -73,6 +79,8 @@ def test_compose_services_train_as_processes(tmp_path: Path) -> None:
             time.sleep(0.5)
         first = metrics(run_dir / "metrics.jsonl")[0]
         assert first["mode"] == "distributed" and len(first["actors"]) == replicas
+        with urllib.request.urlopen("http://127.0.0.1:8080/api/runs", timeout=10) as page:
+            assert json.loads(page.read())["runs"][0]["step"] is not None  # the web view
         health = compose["services"]["learner"]["healthcheck"]["test"][1:]
         health[0] = str(BIN / health[0])
         checked = subprocess.run(health, env=learner_env, cwd=tmp_path, capture_output=True,

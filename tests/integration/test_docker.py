@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,6 +275,15 @@ def run_stack(stack: Stack, build_args: list[str]) -> None:
     phases["first distributed epoch"] = stack.wait("a distributed epoch with 2 actors",
                                                    lambda: distributed_epoch(2))
     phases["healthy"] = stack.wait("learner healthy", lambda: health() == "healthy", timeout=120)
+
+    def web_view() -> bool:  # published on the host's loopback
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:8080/api/runs", timeout=5) as page:
+                return json.loads(page.read())["runs"][0]["step"] is not None
+        except OSError:
+            return False
+
+    phases["web view"] = stack.wait("the web view on 127.0.0.1:8080", web_view, timeout=60)
 
     # Scale: a third actor joins; the learner container is the same, never restarted.
     stack.timed("scale to 3", "up", "-d", "--scale", "actor=3", "--no-recreate")
