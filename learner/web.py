@@ -373,7 +373,7 @@ class RunFiles:
 
     def _list_games(self) -> list[dict[str, Any]]:
         found = []
-        for pattern, kind in (("games/*.csa", "sample"), ("ratings/*/*/*.csa", "rating")):
+        for pattern, kind in (("games/*.csa", "sample"), ("ratings/jobs/*/*/*.csa", "rating")):
             for file in self.path.glob(pattern):
                 try:
                     mtime = file.stat().st_mtime
@@ -381,7 +381,7 @@ class RunFiles:
                     continue
                 relative = file.relative_to(self.path).as_posix()
                 found.append({"path": relative, "kind": kind, "mtime": mtime,
-                              "name": relative.removeprefix("ratings/").removeprefix("games/")})
+                              "name": relative.removeprefix("ratings/jobs/").removeprefix("games/")})
         found.sort(key=lambda item: (item["mtime"], item["path"]), reverse=True)
         return found[:MAX_GAMES_LISTED]
 

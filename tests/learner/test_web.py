@@ -57,7 +57,7 @@ def write_run(run_dir: Path, epochs: int = 3) -> None:
     games = run_dir / "games"
     games.mkdir()
     (games / "game-000000000256.csa").write_text(to_csa(play_random_game(seed=3, max_plies=30)))
-    rating_games = run_dir / "ratings" / "step-000000000256" / "greedy"
+    rating_games = run_dir / "ratings" / "jobs" / "step-000000000256" / "greedy"
     rating_games.mkdir(parents=True)
     (rating_games / "0001-a-vs-b.csa").write_text(to_csa(play_random_game(seed=4, max_plies=20)))
 
