@@ -65,6 +65,8 @@ MAX_RESPONSE_POINTS = 5000
 """Curve points in one response; the page asks again from where it stopped."""
 MAX_KEPT_POINTS = 20000
 """Curve points kept per run; beyond, every other old point is dropped (the curve thins)."""
+MAX_KEPT_CHANGES = 1000
+"""Mode changes kept per run (the newest)."""
 MAX_GAMES_LISTED = 500
 """Finished games listed per run (the newest)."""
 MAX_GAME_BYTES = 1 << 20
@@ -317,6 +319,11 @@ class RunFiles:
                 self.transitions[float(item["time"])] = {
                     "time": item["time"], "mode": str(item.get("mode")),
                     "cause": str(item.get("cause"))[:200]}
+        if len(self.transitions) > MAX_KEPT_CHANGES:  # a run that changed mode very often
+            for key in sorted(self.transitions)[:-MAX_KEPT_CHANGES]:
+                del self.transitions[key]
+        if len(self.modes) > MAX_KEPT_CHANGES:
+            self.modes = self.modes[-MAX_KEPT_CHANGES:]
         self.last = {key: value for key, value in record.items() if key != "actors"}
         self.last["actors"] = record.get("actors") or []
 
