@@ -214,6 +214,9 @@ class Learner:
                                        config.checkpoint)
         if options.distributed:
             self._open_distributed()
+        if options.web is not None:  # like the sockets: a port in use leaves no run behind
+            self.web = stack.enter_context(WebView(options.web, [self.run_dir], self.live_game))
+            trainer.collector.watch = True
         if not resume_from:  # so a crash at any moment from here on leaves a run to resume
             self.checkpoints.save()  # (after the sockets: a start that fails leaves no run)
         self.metrics = stack.enter_context(MetricsWriter(self.run_dir / "metrics.jsonl",
@@ -222,9 +225,6 @@ class Learner:
             trainer, config.display, self.stream, actors=self.actors if options.distributed else None,
             supervisor=self.supervisor, ratings=self.ratings))
         stack.enter_context(self.ratings)
-        if options.web is not None:
-            self.web = stack.enter_context(WebView(options.web, [self.run_dir], self.live_game))
-            trainer.collector.watch = True
 
     def _open_distributed(self) -> None:
         """The server (sockets and their thread), then the local actor processes, then the

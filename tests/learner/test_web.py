@@ -303,3 +303,19 @@ def test_the_learner_option_is_checked() -> None:
 
     with pytest.raises(ConfigError, match="--web: web address"):
         replace(LearnerOptions(), web="localhost:http").check()
+
+
+def test_a_web_port_in_use_stops_the_learner_before_it_writes_a_run(tmp_path: Path) -> None:
+    from helpers import learner_command
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run_dir = tmp_path / "run"
+        result = subprocess.run([*learner_command(run_dir, "train.total_steps=128"),
+                                 "--web", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"web view: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert not list((run_dir / "checkpoints").glob("checkpoint-*.pt"))
