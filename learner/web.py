@@ -337,6 +337,10 @@ class RunFiles:
             eta = None
             if self.total_steps is not None and step is not None and rate:
                 eta = max(0.0, (self.total_steps - step) / rate)
+            try:
+                age = time.time() - (self.path / "metrics.jsonl").stat().st_mtime
+            except OSError:
+                age = None
             status = self.status or {}
             fresh_status = bool(status) and time.time() - float(status.get("time", 0)) < 30
             actors = status.get("actors") if fresh_status else last.get("actors")
@@ -349,6 +353,7 @@ class RunFiles:
                 "steps_per_second": rate, "actor_steps_per_second": _number(
                     last.get("actor_steps_per_second")),
                 "eta_seconds": eta, "time": last.get("time"),
+                "seconds_since_epoch": None if age is None else round(age, 1),
                 "status_time": status.get("time") if status else None,
                 "ledger": status.get("ledger") if fresh_status and status.get("ledger")
                 else last.get("ledger"),

@@ -136,6 +136,9 @@ function renderOverview() {
     item("mode", run.mode || "—", run.mode ? `mode-${run.mode}` : undefined);
     item("policy", run.policy_version === null || run.policy_version === undefined ? "—" : `v${run.policy_version}`);
     item("to the end", run.step !== null && run.total_steps && run.step >= run.total_steps ? "finished" : duration(run.eta_seconds));
+    if (run.seconds_since_epoch !== null && run.seconds_since_epoch !== undefined) {
+      item("last epoch", `${duration(run.seconds_since_epoch)} ago`);
+    }
     if (run.games !== null && run.games !== undefined) item("games this epoch", fmt(run.games));
   }
 }
