@@ -159,6 +159,9 @@ function renderTables() {
   table($("ratings"), ["player", "step", "Elo", "± 95%", "games"],
     ratings.map((r) => [r.name, r.step === null || r.step === undefined ? "" : fmt(r.step), fmt(r.elo, 4),
       r.interval === undefined ? "" : fmt(r.interval, 3), fmt(r.games)]));
+  const scores = Object.entries(run.ladder || {});
+  $("ladder").textContent = scores.length
+    ? `newest rated policy's scores: ${scores.map(([name, score]) => `${name} ${fmt(score)}`).join(", ")}` : "";
   table($("transitions"), ["when", "to", "cause"],
     [...(run.transitions || [])].reverse().map((t) => [new Date(t.time * 1000).toLocaleTimeString(), t.mode, t.cause]));
 }
