@@ -10,7 +10,7 @@ of each window from ``metrics.jsonl`` (the steps trained between the last epoch 
 the window and the last epoch in it, over the time between them), then the ratio of the
 browsers' mean to the mean without. The first window (warm-up) is not counted.
 
-Usage: python -m bench.web [--window 60] [--pairs 3] [--local-actors 2]
+Usage: python -m bench.web [--window 60] [--pairs 3] [--local-actors 2] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="(none, two browsers) window pairs")
     parser.add_argument("--local-actors", type=int, default=2)
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        dest="overrides", help="override a key of configs/quick.toml (repeatable; "
+                        "e.g. train.steps_per_epoch=512 for more epochs in a window)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -60,6 +63,8 @@ def main() -> None:
                    "--set", f"run.dir={run_dir}", "--set", "train.total_steps=100000000",
                    "--set", "display.mode=plain", "--set", "evaluation.every_epochs=0",
                    "--local-actors", str(args.local_actors), "--web", f"127.0.0.1:{port}"]
+        for override in args.overrides:
+            command += ["--set", override]
         learner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         results: dict[str, list[float]] = {"none": [], "two browsers": []}
         try:
