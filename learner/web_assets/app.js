@@ -71,7 +71,9 @@ function takeRuns(runs) {
     if (!data || data.generation !== run.generation || data.points.length < run.points) fetchPoints(run.id);
   }
   renderTimeline();
-  drawCharts();
+  // the curves are redrawn when points arrive (fetchPoints); here only when ratings changed
+  const ratings = JSON.stringify(runs.map((run) => run.ratings));
+  if (ratings !== state.ratingsDrawn) { state.ratingsDrawn = ratings; drawCharts(); }
 }
 
 async function fetchPoints(id) {
@@ -358,17 +360,23 @@ function moveLabel(game, index) {
 }
 
 function showGame(game, keepPly) {
-  const sameGame = state.game && game && state.game.key === game.key && state.game.path === game.path;
+  const previous = state.game;
+  const sameGame = previous && game && previous.key === game.key && previous.path === game.path;
+  // the same game, a few moves on (a game being played): only the new moves are added
+  const extended = sameGame && previous.labels && game.moves.length >= previous.moves.length;
   state.game = game;
   if (!game) { renderBoard(); return; }
-  game.labels = game.moves.map((_, i) => moveLabel(game, i));
+  const list = $("move-list");
+  const from = extended ? previous.labels.length : 0;
+  game.labels = (extended ? previous.labels : []).concat(
+    game.moves.slice(from).map((_, i) => moveLabel(game, from + i)));
   if (!sameGame || !keepPly) state.ply = game.moves.length;
   state.ply = Math.min(state.ply, game.moves.length);
   $("game-source").textContent = game.source || (game.path ? `${game.black} vs ${game.white}: ${game.path}` : "");
   $("game-result").textContent = game.live ? "being played" : (game.result || "");
-  const list = $("move-list");
-  list.replaceChildren();
-  game.labels.forEach((label, i) => {
+  if (!extended) list.replaceChildren();
+  game.labels.slice(from).forEach((label, k) => {
+    const i = from + k;
     const li = el("li", { "data-ply": String(i + 1) }, `${i + 1}. ${label}`);
     li.addEventListener("click", () => { setFollow(false); state.ply = i + 1; renderBoard(); });
     list.append(li);
@@ -405,9 +413,16 @@ function renderBoard() {
   board.dataset.ply = String(state.ply);
   board.dataset.plies = String(plies);
   board.dataset.game = game ? (game.key || game.path || "") : "";
-  for (const li of $("move-list").children) li.classList.toggle("current", Number(li.dataset.ply) === state.ply);
-  const current = $("move-list").querySelector("li.current");
-  if (current && state.followLive) current.scrollIntoView({ block: "nearest" });
+  const list = $("move-list");
+  const before = list.querySelector("li.current");
+  const current = state.ply > 0 ? list.children[state.ply - 1] : null;
+  if (before !== current) {
+    if (before) before.classList.remove("current");
+    if (current) {
+      current.classList.add("current");
+      if (state.followLive) list.scrollTop = Math.max(0, current.offsetTop - list.offsetTop - list.clientHeight / 2);
+    }
+  }
   drawValues();
 }
 
