@@ -8,7 +8,9 @@ live board follows the game being played ply by ply). The run alternates windows
 ``chromium``, through Playwright) on the page, ``--pairs`` times, and reports the steps/s
 of each window from ``metrics.jsonl`` (the steps trained between the last epoch before
 the window and the last epoch in it, over the time between them), then the ratio of the
-browsers' mean to the mean without. The first window (warm-up) is not counted.
+browsers' mean to the mean without, and each pair's ratio with their median. The first
+window (warm-up) is not counted. Run it on an otherwise idle machine: another load that
+changes during the run moves whole windows.
 
 Usage: python -m bench.web [--window 60] [--pairs 3] [--local-actors 2] [--set KEY=VALUE ...]
 """
@@ -103,11 +105,17 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 learner.kill()
     none, watched = statistics.mean(results["none"]), statistics.mean(results["two browsers"])
-    if none == 0 or watched == 0:
+    if min(results["none"] + results["two browsers"]) == 0:
         raise SystemExit("bench.web: a window trained no epoch; use a longer --window")
     spread = (f" (windows without: {', '.join(f'{r:.0f}' for r in results['none'])}; with: "
               f"{', '.join(f'{r:.0f}' for r in results['two browsers'])})")
     print(f"steps/s: none {none:.1f}, two browsers {watched:.1f}: ratio {watched / none:.3f}{spread}")
+    # each pair's ratio (a window with browsers against the one just before it without):
+    # a load that changes during the run moves the means, but shows here as one odd pair
+    pairs = [with_ / without for without, with_ in zip(results["none"], results["two browsers"],
+                                                         strict=True)]
+    print(f"pair ratios: {', '.join(f'{ratio:.3f}' for ratio in pairs)}; median "
+          f"{statistics.median(pairs):.3f}")
 
 
 if __name__ == "__main__":
