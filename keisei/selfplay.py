@@ -153,14 +153,14 @@ class Collector:
         for slot, (game, move) in enumerate(zip(self._games, moves.tolist(), strict=True)):
             game.push(move)
             if game.outcome is not None:
-                if slot == 0 and self.watch:
-                    self._publish_watched(str(game.outcome))
-                if slot == 0:
+                if slot == 0:  # the watched slot: its end is shown before the next game
+                    if self.watch:
+                        self._publish_watched(str(game.outcome))
                     self._watched_number += 1
                 self._finish(slot)
                 finished += 1
-            elif slot == 0 and self.watch:
-                self._publish_watched()
+        if self.watch and self._ply[0]:  # (a ply of 0: the end just published stays)
+            self._publish_watched()
         done = time.perf_counter()
         stats = self.stats
         stats.steps += len(self._games)

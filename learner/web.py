@@ -229,6 +229,7 @@ class RunFiles:
         self._games: list[dict[str, Any]] = []
         self._games_listed = -math.inf
         self.version = 0  # changes whenever anything shown changed
+        self._newest: LiveGame | None = None  # the newest sample game, once read
 
     # --- reading ----------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
@@ -422,13 +423,17 @@ class RunFiles:
         samples = [item for item in self.games() if item["kind"] == "sample"]
         if not samples:
             return None
-        path = self.path / samples[0]["path"]
+        newest = samples[0]
+        key = f"{self.index}:{newest['path']}:{newest['mtime']}"
+        if self._newest is not None and self._newest.key == key:
+            return self._newest  # read once, not once a second for every page
         try:
-            game = read_csa(path.read_text(encoding="utf-8", errors="replace"))
+            game = read_csa((self.path / newest["path"]).read_text(encoding="utf-8", errors="replace"))
         except (OSError, KeiseiError):
             return None
-        return LiveGame(f"{self.index}:{samples[0]['path']}", f"{self.name}: {samples[0]['name']}",
-                        game.start_sfen, tuple(game.moves), result=_result(game))
+        self._newest = LiveGame(key, f"{self.name}: {newest['name']}", game.start_sfen,
+                                tuple(game.moves), result=_result(game))
+        return self._newest
 
 
 def _number(value: Any) -> float | None:
@@ -661,8 +666,7 @@ class WebServer(ThreadingHTTPServer):
                     messages.append(("runs", {"runs": [run.summary() for run in self.runs]}))
                     sent_runs = versions
                 live = self.live_game()
-                live_key = None if live is None else (live["key"] if "key" in live else None,
-                                                      len(live["moves"]), live["result"])
+                live_key = None if live is None else (live["key"], len(live["moves"]), live["result"])
                 if live_key != sent_live:
                     messages.append(("live", live))
                     sent_live = live_key
