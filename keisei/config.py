@@ -214,6 +214,16 @@ class WireConfig:
 
 
 @dataclass(frozen=True)
+class RanksConfig:
+    checksum_every: int = setting(10, "with several learner ranks: compare a checksum of every "
+                                  "rank's weights every this many epochs (written to "
+                                  "metrics.jsonl; 0: never)", low=0, high=1_000_000)
+    timeout: float = setting(600.0, "seconds a rank waits for the others at a meeting point "
+                             "(an update, a checkpoint) before the job ends; a rank whose "
+                             "process is gone is noticed at once", low=10.0, high=86_400)
+
+
+@dataclass(frozen=True)
 class DisplayConfig:
     mode: str = setting("auto", "auto: rich dashboard on a TTY, plain log lines otherwise",
                         choices=("auto", "rich", "plain"))
@@ -267,6 +277,7 @@ class Config:
     wire: WireConfig = field(default_factory=WireConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    ranks: RanksConfig = field(default_factory=RanksConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

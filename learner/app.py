@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import torch
 
@@ -40,8 +40,16 @@ from keisei.selfplay import WatchedGame
 from learner.actors import ActorState, ActorTable
 from learner.dashboard import Dashboard
 from learner.local_actors import LocalActors
+from learner.ranks import (
+    RankFailed,
+    Ranks,
+    merge_shards,
+    rank_bind,
+    split_buffer,
+    weights_checksum,
+)
 from learner.ratings import Ratings
-from learner.reports import ActorsReport, EpochReport, Ledger, Mode
+from learner.reports import ActorsReport, EpochReport, Ledger, Mode, RanksReport
 from learner.server import LearnerServer, local_endpoint, weights_bind_address
 from learner.supervisor import Supervisor
 from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callback, train
@@ -122,10 +130,33 @@ class Checkpoints:
             self.save()
 
     def save(self, force: bool = False) -> Path | None:
-        """Write a checkpoint unless this step has one (``force``: write it again)."""
-        trainer = self.trainer
-        path = self.writer.save(trainer.step, lambda: {**trainer.state_dict(),
-                                                       "ratings": self.ratings.state_dict()}, force)
+        """Write a checkpoint unless this step has one (``force``: write it again).
+
+        With ranks every rank calls it at the same point: rank 0 gathers every shard's
+        waiting steps and writes one checkpoint holding them all."""
+        trainer, ranks = self.trainer, self.trainer.ranks
+        if trainer.step == self.writer.saved_step and not force:
+            return None
+        def state() -> dict[str, Any]:
+            return {**trainer.state_dict(), "ratings": self.ratings.state_dict()}
+
+        if ranks is not None:
+            shards = ranks.all_gather(trainer.shard_state())
+            if not ranks.is_main:
+                self.writer.saved_step = trainer.step
+                return None
+            merged = merge_shards(shards)
+            own = state
+
+            def state() -> dict[str, Any]:
+                full = own()
+                counters = {**full["counters"], "sources": merged["sources"],
+                            "games": sum(shard["games"] for shard in shards),
+                            "steps_dropped_stale": sum(shard["stale"] for shard in shards),
+                            "steps_dropped_non_finite": sum(shard["non_finite"] for shard in shards)}
+                return {**full, "buffer": merged["buffer"], "counters": counters,
+                        "ranks": ranks.world}
+        path = self.writer.save(trainer.step, state, force=True)
         if path is None:
             return None
         self._write_sample_game()
@@ -150,12 +181,17 @@ class Learner:
     """One training run and everything it owns (see the module docstring)."""
 
     def __init__(self, config: Config, options: LearnerOptions | None = None,
-                 stream: IO[str] | None = None) -> None:
+                 stream: IO[str] | None = None, ranks: Ranks | None = None) -> None:
         self.config = config
+        self.ranks = ranks  # one rank of a multi-rank learner (``learner.ranks``); None: alone
+        self.main = ranks is None or ranks.is_main  # rank 0 owns metrics, ratings, checkpoints
         self.options = options if options is not None else LearnerOptions()
         self.options.check()
         self.stream = stream  # the dashboard's (default: stdout)
         self.run_dir = Path(config.run.dir)
+        # where this rank's own files go (status.json, the local actors' logs)
+        self.rank_dir = (self.run_dir if ranks is None or ranks.is_main
+                         else self.run_dir / "ranks" / f"rank-{ranks.rank}")
         self.stop = threading.Event()  # set it (e.g. from a signal handler) to stop at a safe point
         self.actors = ActorTable()
         self.server: LearnerServer | None = None
@@ -184,25 +220,39 @@ class Learner:
 
     def _open(self) -> None:
         config, options, stack = self.config, self.options, self._stack
-        resume_from = check_run_directory(
-            self.run_dir, options.resume, resume_hint="pass --resume to continue it (--resume "
-            "auto, or run.resume = \"auto\", to continue whatever is there)")
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for partial in (self.run_dir / "checkpoints").glob(".checkpoint-*.tmp"):
-            partial.unlink(missing_ok=True)  # left by a crash during a write
+        resume_from: list[Path] = []
+        problem: Exception | None = None
+        try:
+            if self.main:
+                resume_from = check_run_directory(
+                    self.run_dir, options.resume, resume_hint="pass --resume to continue it "
+                    "(--resume auto, or run.resume = \"auto\", to continue whatever is there)")
+                (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+                for partial in (self.run_dir / "checkpoints").glob(".checkpoint-*.tmp"):
+                    partial.unlink(missing_ok=True)  # left by a crash during a write
+            self.rank_dir.mkdir(parents=True, exist_ok=True)
+        except (ConfigError, OSError) as exc:
+            if self.ranks is None:
+                raise
+            problem = exc  # said to the other ranks first (``_start_ranks``)
         # Local actors take one thread each, but they pause as soon as the next epoch is
         # buffered (back-pressure in the heartbeat ack), so they and the PPO update take
         # turns on the cores rather than share them: the learner keeps every core.
-        self.trainer = trainer = Trainer.build(config, self.stop, options.threads, self.mode)
-        self.ratings = Ratings(config.evaluation, self.run_dir, trainer)
-        if resume_from:
+        self.trainer = trainer = Trainer.build(config, self.stop, options.threads, self.mode,
+                                               self.ranks)
+        evaluation = config.evaluation if self.main else replace(config.evaluation, every_epochs=0)
+        self.ratings = Ratings(evaluation, self.run_dir, trainer)
+        if self.ranks is not None:
+            resume_from = self._start_ranks(resume_from, problem)
+        elif resume_from:
             if options.init_from:
                 logger.info("--init-from %s: not used, the resumed run continues from its own "
                             "checkpoint", options.init_from)
             self._resume(resume_from)
         elif options.init_from:
             self._init_from(Path(options.init_from))
-        write_text_atomically(self.run_dir / "config.toml", config.to_toml())
+        if self.main:
+            write_text_atomically(self.run_dir / "config.toml", config.to_toml())
         logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",
                     self.run_dir, f"{count_parameters(trainer.model):,}", config.selfplay.games,
                     trainer.device, torch.get_num_threads())
@@ -214,16 +264,17 @@ class Learner:
                                        config.checkpoint)
         if options.distributed:
             self._open_distributed()
-        if options.web is not None:  # like the sockets: a port in use leaves no run behind
+        if options.web is not None and self.main:  # like the sockets: a port in use leaves no run behind
             self.web = stack.enter_context(WebView(options.web, [self.run_dir], self.live_game))
             trainer.collector.watch = True
         if not resume_from:  # so a crash at any moment from here on leaves a run to resume
             self.checkpoints.save()  # (after the sockets: a start that fails leaves no run)
-        self.metrics = stack.enter_context(MetricsWriter(self.run_dir / "metrics.jsonl",
-                                                         self.run_dir / "tensorboard"))
-        self.dashboard = stack.enter_context(Dashboard(
+        self.metrics = (stack.enter_context(MetricsWriter(self.run_dir / "metrics.jsonl",
+                                                          self.run_dir / "tensorboard"))
+                        if self.main else None)
+        self.dashboard = (stack.enter_context(Dashboard(
             trainer, config.display, self.stream, actors=self.actors if options.distributed else None,
-            supervisor=self.supervisor, ratings=self.ratings))
+            supervisor=self.supervisor, ratings=self.ratings)) if self.main else None)
         stack.enter_context(self.ratings)
 
     def _open_distributed(self) -> None:
@@ -231,8 +282,9 @@ class Learner:
         supervisor that watches both; undone in reverse order."""
         config, options, trainer = self.config, self.options, self.trainer
         keys = load_keys(options.curve_keys, "learner") if options.curve_keys else None
+        bind = rank_bind(options.bind, self.ranks.rank) if self.ranks is not None else options.bind
         self.server = self._stack.enter_context(LearnerServer(
-            options.bind, trainer.admission, self.actors, config.to_dict(),
+            bind, trainer.admission, self.actors, config.to_dict(),
             lambda: trainer.policy_version, keys=keys, publish_interval=options.publish_interval,
             heartbeat_interval=min(1.0, config.supervisor.heartbeat_timeout / 4),
             wire=config.wire, takeover_after=config.supervisor.heartbeat_timeout))
@@ -241,11 +293,78 @@ class Learner:
         trainer.publish(new_version=False)  # version 0, or the resumed one
         if options.local_actors:
             self.local = self._stack.enter_context(LocalActors(
-                options.local_actors, local_endpoint(options.bind), self.run_dir / "actors"))
+                options.local_actors, local_endpoint(bind), self.rank_dir / "actors",
+                prefix="local" if self.ranks is None else f"rank{self.ranks.rank}-local"))
         self.supervisor = self._stack.enter_context(Supervisor(
             config.supervisor, trainer, self.server, self.actors, self.local,
-            self.run_dir / "status.json", forget_after=config.wire.forget_after,
+            self.rank_dir / "status.json", forget_after=config.wire.forget_after,
             ledger=lambda: asdict(self.ledger())))
+
+    def _start_ranks(self, resume_from: list[Path], problem: Exception | None) -> list[Path]:
+        """Every rank starts from rank 0's state: a resumed checkpoint (its waiting steps
+        dealt out in equal shares, whatever number of ranks wrote it), an ``--init-from``
+        network, or rank 0's fresh weights. A problem on rank 0 ends every rank.
+
+        :raises ConfigError: naming rank 0's problem.
+        """
+        ranks, trainer = self.ranks, self.trainer
+        assert ranks is not None
+        parts: list[dict[str, Any]] | None = None
+        if ranks.is_main:
+            try:
+                if problem is not None:
+                    raise problem
+                parts = self._rank_states(resume_from)
+            except (ConfigError, CheckpointError, OSError) as exc:
+                ranks.scatter([{"problem": str(exc)}] * ranks.world)
+                raise
+        mine = ranks.scatter(parts)
+        if "problem" in mine:
+            raise ConfigError([f"rank 0 could not start the run: {mine['problem']}"])
+        if problem is not None:  # this rank's own (its directory), now that rank 0 knows
+            raise problem
+        if "state" in mine:
+            trainer.load_state_dict(mine["state"])
+            if ranks.is_main and "ratings" in mine["state"]:
+                self.ratings.load_state_dict(mine["state"]["ratings"])
+            trainer.reseed_rank()
+            logger.info("rank %d resumed at step %d with %d waiting steps of the checkpoint",
+                        ranks.rank, trainer.step, trainer.buffer.size)
+            if ranks.is_main:
+                self._truncate_metrics(trainer.step)
+        elif "reference" in mine:
+            if not ranks.is_main:
+                trainer.set_reference(mine["reference"])
+        else:
+            trainer.model.load_state_dict(mine["model"])
+        return [Path(name) for name in mine.get("resumed_from", [])]
+
+    def _rank_states(self, resume_from: list[Path]) -> list[dict[str, Any]]:
+        """Rank 0: what each rank starts from (see ``_start_ranks``)."""
+        ranks, trainer, options = self.ranks, self.trainer, self.options
+        assert ranks is not None
+        if resume_from:
+            checkpoint, state = load_newest(resume_from, self.config, map_location="cpu")
+            saved = int(state.get("ranks", 1))
+            logger.info("resuming %s (written by %d rank%s) on %d ranks: %d waiting steps dealt "
+                        "out in equal shares", checkpoint, saved, "s" * (saved != 1), ranks.world,
+                        len(state["buffer"].get("actions", ())))
+            shares = split_buffer(state["buffer"], ranks.world)
+            states = []
+            for rank, share in enumerate(shares):
+                counters = dict(state["counters"])
+                if rank:  # the run's totals stay with rank 0
+                    counters.update(games=0, steps_dropped_stale=0, steps_dropped_non_finite=0)
+                own = {**state, "buffer": share, "counters": counters}
+                if rank:
+                    own.pop("ratings", None)
+                states.append({"state": own, "resumed_from": [str(checkpoint)]})
+            return states
+        if options.init_from:
+            self._init_from(Path(options.init_from))
+            assert trainer.reference is not None
+            return [{"reference": trainer.reference.state_dict()}] * ranks.world
+        return [{"model": trainer.model.state_dict()}] * ranks.world
 
     def _resume(self, checkpoints: list[Path]) -> None:
         """Continue from the newest checkpoint that loads (saying which were skipped and
@@ -318,8 +437,17 @@ class Learner:
             outcome = RunOutcome.FINISHED
             # The final policy's rating goes to ratings.json and the checkpoint; metrics.jsonl
             # keeps exactly one line per epoch.
-            if self.ratings.finish(timeout=FINAL_RATING_SECONDS):
+            rated = self.ratings.finish(timeout=FINAL_RATING_SECONDS) if self.main else False
+            if self.ranks is not None:
+                rated = bool(self.ranks.broadcast(rated))
+            if rated:
                 self.checkpoints.save(force=True)
+        except RankFailed as exc:
+            # the others are not at the same point any more: no final checkpoint together
+            newest = latest_checkpoint(self.run_dir / "checkpoints") if self.main else None
+            logger.error("%s; the job ends%s", exc, f"; --resume continues from {newest}"
+                         if newest is not None else "")
+            return RunOutcome.FAILED
         except (TrainingInterrupted, KeyboardInterrupt):
             outcome = RunOutcome.INTERRUPTED
             logger.warning("interrupted at step %d; %d plies of unfinished games discarded",
@@ -328,12 +456,16 @@ class Learner:
             logger.error("training stopped at step %d: %s", trainer.step, exc)
         except Exception:
             logger.exception("training failed at step %d", trainer.step)
+        if self.ranks is not None and outcome is RunOutcome.FAILED:
+            logger.error("rank %d failed alone: no final checkpoint (the other ranks are not "
+                         "at the same point); the last one stays", self.ranks.rank)
+            return outcome
         try:
             self.checkpoints.save()
-        except OSError as exc:
-            newest = latest_checkpoint(self.run_dir / "checkpoints")
+        except (OSError, RankFailed) as exc:
+            newest = latest_checkpoint(self.run_dir / "checkpoints") if self.main else None
             logger.error("could not write the final checkpoint: %s; --resume continues from %s",
-                         exc, newest if newest is not None else "nothing")
+                         exc, newest if newest is not None else "the last checkpoint")
             outcome = RunOutcome.FAILED
         return outcome
 
@@ -342,11 +474,55 @@ class Learner:
         parts, then record and show it (the trainer has published the new policy)."""
         full = replace(report, actors=self.actors_report(),
                        supervision=self.supervisor.report() if self.supervisor else None,
-                       ratings=self.ratings.on_epoch(), ledger=self.ledger())
-        self.metrics(full)
+                       ratings=self.ratings.on_epoch() if self.main else None, ledger=self.ledger())
+        if self.ranks is not None:
+            full = self._gather_ranks(full)
+        if self.metrics is not None:
+            self.metrics(full)
         self.checkpoints.on_epoch()
-        self.dashboard(full)
+        if self.dashboard is not None:
+            self.dashboard(full)
         return full
+
+    def _gather_ranks(self, report: EpochReport) -> EpochReport:
+        """Every rank's part of the epoch in rank 0's report: the ledger per rank and in
+        total, the actors of all ranks, and (every ``ranks.checksum_every`` epochs) a
+        checksum of each rank's weights. Weights that differ are logged and replaced by
+        rank 0's on every rank."""
+        ranks, trainer = self.ranks, self.trainer
+        assert ranks is not None
+        every = self.config.ranks.checksum_every
+        checksum = weights_checksum(trainer.model) if every and trainer.epoch % every == 0 else None
+        parts = ranks.all_gather({"ledger": report.ledger, "actors": report.actors,
+                                  "mode": str(report.mode), "checksum": checksum})
+        agree = None
+        if checksum is not None:
+            agree = len({part["checksum"] for part in parts}) == 1
+            if not agree:
+                logger.error("epoch %d: the ranks' weights differ (checksums %s); every rank "
+                             "takes rank 0's", trainer.epoch,
+                             ", ".join(f"rank {rank} {part['checksum']}" for rank, part in enumerate(parts)))
+                state = ranks.broadcast({"model": trainer.model.state_dict(),
+                                         "optimizer": trainer.optimizer.state_dict()})
+                trainer.model.load_state_dict(state["model"])
+                trainer.optimizer.load_state_dict(state["optimizer"])
+        ledgers = [part["ledger"] for part in parts]
+        total = Ledger(sum(item.carried for item in ledgers), sum(item.received for item in ledgers),
+                       sum(item.trained for item in ledgers),
+                       {reason: sum(item.dropped[reason] for item in ledgers) for reason in ledgers[0].dropped},
+                       sum(item.waiting for item in ledgers))
+        rows = [{**row, "rank": rank} for rank, part in enumerate(parts) if part["actors"] is not None
+                for row in part["actors"].actors]
+        actors = report.actors
+        reported = [part["actors"] for part in parts if part["actors"] is not None]
+        if reported:
+            actors = ActorsReport(
+                sorted(rows, key=lambda row: float(row["seconds_since_heard"]))[:REPORTED_ACTORS],
+                sum(item.actor_steps_per_second for item in reported),
+                _sum_counts(item.wire for item in reported),
+                _sum_counts(item.actor_states for item in reported))
+        return replace(report, ledger=total, actors=actors, ranks=RanksReport(
+            ranks.world, ledgers, [part["mode"] for part in parts], checksum, agree))
 
     def live_game(self) -> LiveGame | None:
         """The web view's live board: the in-process game being played (sequential mode),
@@ -381,7 +557,7 @@ class Learner:
                    "stale": counts.steps_dropped_stale - start["stale"],
                    "invalid": counts.steps_invalid,
                    "non_finite": trainer.steps_dropped_non_finite - start["non_finite"]}
-        return Ledger(start["carried"], received, trainer.step - start["step"], dropped,
+        return Ledger(start["carried"], received, trainer.steps_trained_here, dropped,
                       counts.steps_held + counts.steps_pending)
 
     def actors_report(self) -> ActorsReport | None:
@@ -406,3 +582,11 @@ def _line_step(line: bytes) -> int:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return 2**62
+
+
+def _sum_counts(parts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for name, count in part.items():
+            total[name] = total.get(name, 0) + int(count)
+    return total

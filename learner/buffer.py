@@ -260,8 +260,9 @@ class ExperienceBuffer:
             self.source_names = [str(name) for name in names][:MAX_SOURCES]
             self._source_indices = {name: index for index, name in enumerate(self.source_names)}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Replace the held steps with those of a checkpoint.
+    def load_state_dict(self, state: dict[str, torch.Tensor], grow: bool = False) -> None:
+        """Replace the held steps with those of a checkpoint (``grow``: enlarge the buffer
+        to hold them all if they do not fit).
 
         :raises ValueError: if the saved columns do not match this buffer.
         """
@@ -277,9 +278,15 @@ class ExperienceBuffer:
         if set(state) != set(self._arrays) or len(sizes) != 1:
             raise ValueError(f"saved buffer has columns {sorted(state)} of sizes {sorted(sizes)}")
         size = sizes.pop()
-        if size > self.capacity:
+        if size > self.capacity and not grow:
             raise ValueError(f"saved buffer holds {size} steps; capacity is {self.capacity}")
         with self._lock:
+            if size > self.capacity:  # steps a run with fewer ranks takes over: room for all
+                for name, array in list(self._arrays.items()):
+                    grown = np.zeros((size, *array.shape[1:]), dtype=array.dtype)
+                    grown[:self._size] = array[:self._size]
+                    self._arrays[name] = grown
+                self.capacity = size
             for name, array in self._arrays.items():
                 array[:size] = state[name].numpy()
             self._size = size

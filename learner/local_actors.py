@@ -25,8 +25,10 @@ class LocalActors:
     then kills whatever is left. Their logs go to ``log_dir/<actor id>.log``.
     """
 
-    def __init__(self, count: int, endpoint: str, log_dir: Path, threads: int = 1) -> None:
+    def __init__(self, count: int, endpoint: str, log_dir: Path, threads: int = 1,
+                 prefix: str = "local") -> None:
         self.count = count
+        self.prefix = prefix  # actor ids are ``<prefix>-<index>``
         self.endpoint = endpoint
         self.log_dir = log_dir
         self.threads = threads
@@ -36,7 +38,7 @@ class LocalActors:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             for index in range(self.count):
-                self.start(f"local-{index}")
+                self.start(f"{self.prefix}-{index}")
         except BaseException:
             self.close()
             raise

@@ -17,11 +17,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from keisei.cli import ExitCode, setup_logging, stop_on_signals
-from keisei.config import Config, ConfigError, load_config, load_saved_config
+from keisei.config import Config, ConfigError, build_config, load_config, load_saved_config
 from keisei.protocol import DEFAULT_BIND, ProtocolError
+from learner.launch import RankInfo, launch
 from learner.status import STATUS_STALE_SECONDS, print_status
 
 # learner.app (and with it torch) is imported only to train: `--status`, the health check
@@ -75,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve a live web view of the run (default host 127.0.0.1; a host "
                              "beyond loopback exposes it, read-only, to the network; default: "
                              "$KEISEI_WEB, none)")
+    parser.add_argument("--ranks", type=int, metavar="N",
+                        help="train as N learner processes on this machine (torch.distributed: "
+                             "gloo on CPU, NCCL with one GPU per rank), started as torchrun "
+                             "would; rank r binds --bind's port + 2r and starts its own "
+                             "--local-actors. Leave it out under torchrun (see the README)")
     parser.add_argument("--status", action="store_true",
                         help="print the mode and actor table of the run in run.dir (from its "
                              "status.json, refreshed each second while it runs) and exit; the exit "
@@ -113,8 +120,41 @@ def dashboard_log_handler() -> logging.Handler:
     return handler
 
 
+def without_ranks(argv: Sequence[str]) -> list[str]:
+    """``argv`` less its ``--ranks N`` (what each rank is started with)."""
+    out: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--ranks":
+            skip = True
+        elif not item.startswith("--ranks="):
+            out.append(item)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    try:
+        info = RankInfo.from_env()
+    except ConfigError as exc:
+        print(f"keisei-learner: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    if args.ranks is not None and not (args.status or args.print_config):
+        if args.ranks < 1:
+            print(f"keisei-learner: --ranks {args.ranks}: must be 1 or more", file=sys.stderr)
+            return ExitCode.USAGE
+        if info is not None:
+            print("keisei-learner: --ranks under torchrun (WORLD_SIZE is set): leave --ranks out, "
+                  "torchrun starts the ranks", file=sys.stderr)
+            return ExitCode.USAGE
+        if args.ranks > 1:
+            setup_logging()
+            return launch(args.ranks, without_ranks(argv))
+    if info is not None and not (args.status or args.print_config):
+        return run_rank(args, info)
     try:
         config, resume = resolve_config(args)
         if args.print_config:
@@ -145,6 +185,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)  # before training: cannot start; after: tearing down failed
         return ExitCode.USAGE if outcome is None else ExitCode.FAILURE
     return EXIT_CODES[outcome.value]
+
+
+def run_rank(args: argparse.Namespace, info: RankInfo) -> int:
+    """One rank of a multi-rank learner (``learner.ranks``): join the others, take rank 0's
+    configuration, train. Rank 0's exit code is the job's; the others' say how they ended."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s rank {info.rank} %(process)d %(name)s %(levelname)s %(message)s"))
+    setup_logging(handler)
+    try:
+        if info.rank == 0:
+            config, resume = resolve_config(args)
+        else:  # rank 0's configuration (and its resume decision) arrive below
+            config, resume = load_config(args.config, args.overrides), False
+        config = on_rank_device(config, info)
+        from keisei.checkpoint import CheckpointError
+        from keisei.runs import resolve_device
+        from learner.app import Learner, LearnerOptions, RunOutcome
+
+        device, _ = resolve_device(config)
+    except ConfigError as exc:
+        print(f"keisei-learner: rank {info.rank}: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    from learner.ranks import RankFailed, Ranks, check_divisible
+
+    outcome: RunOutcome | None = None
+    try:
+        with Ranks(info, device, config.ranks.timeout) as ranks:
+            config_dict, resume = ranks.broadcast((config.to_dict(), resume))
+            config = on_rank_device(build_config([config_dict]), info)
+            check_divisible(config.train.steps_per_epoch, config.train.minibatch_size, info.world)
+            options = LearnerOptions(local_actors=args.local_actors,
+                                     remote_actors=args.remote_actors, bind=args.bind,
+                                     curve_keys=args.curve_keys, resume=resume,
+                                     init_from=args.init_from, web=args.web)
+            with Learner(config, options, ranks=ranks) as learner, stop_on_signals(learner.stop):
+                outcome = learner.run()
+    except ConfigError as exc:
+        print(f"keisei-learner: rank {info.rank}: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except (CheckpointError, ProtocolError, OSError, RankFailed) as exc:
+        logger.error("%s", exc)
+        return ExitCode.USAGE if outcome is None else ExitCode.FAILURE
+    return EXIT_CODES[outcome.value]
+
+
+def on_rank_device(config: Config, info: RankInfo) -> Config:
+    """``config`` with a CUDA device replaced by this rank's own (``cuda:LOCAL_RANK``)."""
+    if not config.run.device.startswith("cuda"):
+        return config
+    return replace(config, run=replace(config.run, device=f"cuda:{info.local_rank}"))
 
 
 if __name__ == "__main__":

@@ -130,6 +130,19 @@ class Ledger:
 
 
 @dataclass(frozen=True)
+class RanksReport:
+    """A multi-rank learner's epoch (``learner.ranks``): written as ``ranks``,
+    ``rank_ledgers`` (each with its ``balanced`` verdict), ``rank_modes`` and, in the
+    epochs that compare them, ``weights_checksum`` and ``weights_agree``."""
+
+    ranks: int
+    ledgers: list[Ledger]  # per rank, in rank order (the report's ``ledger`` is their sum)
+    modes: list[str]  # where each rank's games came from
+    weights_checksum: str | None = None  # rank 0's
+    weights_agree: bool | None = None  # every rank's checksum equal to rank 0's
+
+
+@dataclass(frozen=True)
 class EpochReport:
     step: int
     epoch: int
@@ -145,6 +158,7 @@ class EpochReport:
     supervision: SupervisionReport | None = None
     ratings: RatingsReport | None = None
     ledger: Ledger | None = None  # written as one ``ledger`` object
+    ranks: RanksReport | None = None  # several learner ranks only
 
     def to_json(self) -> dict[str, Any]:
         """The flat ``metrics.jsonl`` record (NaN and infinities as null)."""
@@ -161,6 +175,13 @@ class EpochReport:
                     record.update(asdict(value.new_rating))
             elif isinstance(value, Ledger):
                 record["ledger"] = asdict(value)
+            elif isinstance(value, RanksReport):
+                record.update(ranks=value.ranks, rank_modes=value.modes,
+                              rank_ledgers=[{**asdict(ledger), "balanced": ledger.balanced}
+                                            for ledger in value.ledgers])
+                if value.weights_checksum is not None:
+                    record.update(weights_checksum=value.weights_checksum,
+                                  weights_agree=value.weights_agree)
             elif isinstance(value, CollectReport | UpdateReport | GamesReport | SupervisionReport):
                 record.update(asdict(value))
             elif value is not None:

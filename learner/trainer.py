@@ -54,7 +54,8 @@ from keisei.records import unpack_masks, unpack_observations
 from keisei.runs import resolve_device
 from keisei.selfplay import Collector
 from learner.admission import Admission
-from learner.buffer import EpochBatch, ExperienceBuffer
+from learner.buffer import EpochBatch, ExperienceBuffer, GameTally
+from learner.ranks import Ranks, check_divisible, synchronise_batch_norm
 from learner.reports import CollectReport, EpochReport, GamesReport, Mode, UpdateReport
 
 logger = logging.getLogger(__name__)
@@ -76,21 +77,34 @@ Callback = Callable[[EpochReport], "Awaitable[None] | None"]
 
 class Trainer:
     """Owns the model, optimizer, schedule, counters and policy version, and the buffer
-    and in-process collector that feed it. ``mode`` says where games come from."""
+    and in-process collector that feed it. ``mode`` says where games come from.
+
+    With ``ranks`` (one rank of a multi-rank learner, ``learner.ranks``) the buffer is
+    this rank's shard: it trains ``train.steps_per_epoch / N`` steps an epoch in
+    minibatches of ``train.minibatch_size / N``, and ``step`` counts the steps of all
+    ranks (``steps_trained_here``: this rank's)."""
 
     def __init__(self, config: Config, model: PolicyValueNet, device: torch.device,
                  stop: threading.Event | None = None,
-                 mode: Callable[[], Mode] = lambda: Mode.SEQUENTIAL) -> None:
+                 mode: Callable[[], Mode] = lambda: Mode.SEQUENTIAL,
+                 ranks: Ranks | None = None) -> None:
         self.config = config
         self.stop = stop if stop is not None else threading.Event()
         self.model = model
         self.device = device
         self.mode = mode
+        self.ranks = ranks
         selfplay, train = config.selfplay, config.train
+        self.world = ranks.world if ranks is not None else 1
+        check_divisible(train.steps_per_epoch, train.minibatch_size, self.world)
+        shard = train.steps_per_epoch // self.world
+        self.minibatch_size = train.minibatch_size // self.world
+        if ranks is not None:
+            synchronise_batch_norm(model)
         # Room for two epochs plus every game the collector can finish while filling one,
         # so actors' games keep arriving during an update.
-        capacity = 2 * train.steps_per_epoch + selfplay.games * selfplay.max_plies
-        self.buffer = ExperienceBuffer(train.steps_per_epoch, capacity, gamma=train.gamma,
+        capacity = 2 * shard + selfplay.games * selfplay.max_plies
+        self.buffer = ExperienceBuffer(shard, capacity, gamma=train.gamma,
                                        gae_lambda=train.gae_lambda,
                                        max_policy_lag=train.max_policy_lag,
                                        policy_version=lambda: self.policy_version,
@@ -99,8 +113,11 @@ class Trainer:
         # every game reaches the buffer through admission, the in-process collector's too
         self.admission = Admission(self.buffer, lambda: self.policy_version,
                                    max_plies=selfplay.max_plies, entering_king=selfplay.entering_king)
+        rank = ranks.rank if ranks is not None else 0
+        # every rank plays its own games: the same seed would play the same ones
         self.collector = Collector(model, selfplay, self.admission, device=device,
-                                   seed=config.run.seed, precision=config.run.precision)
+                                   seed=config.run.seed + 1_000_003 * rank,
+                                   precision=config.run.precision)
         # fused: one kernel for all parameters instead of one per tensor (~1 ms per step here)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate,
                                            weight_decay=train.weight_decay, fused=True)
@@ -111,8 +128,9 @@ class Trainer:
         self.autocast_dtype = resolve_precision(config.run.precision, device)
         # float16 needs loss scaling against underflow; bfloat16 has float32's range
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
-        self.shuffle_rng = np.random.default_rng(config.run.seed + 1)
+        self.shuffle_rng = np.random.default_rng(config.run.seed + 1 + 1_000_003 * rank)
         self.step = 0
+        self.steps_trained_here = 0
         self.epoch = 0
         self.policy_version = 0
         self.processing = False  # true only while an update runs; reset in finally
@@ -124,7 +142,8 @@ class Trainer:
 
     @classmethod
     def build(cls, config: Config, stop: threading.Event | None = None, threads: int | None = None,
-              mode: Callable[[], Mode] = lambda: Mode.SEQUENTIAL) -> Trainer:
+              mode: Callable[[], Mode] = lambda: Mode.SEQUENTIAL,
+              ranks: Ranks | None = None) -> Trainer:
         """A trainer for ``config``: device checked, seeds set, network built.
 
         ``threads`` (torch CPU threads) defaults to ``run.threads``, or all cores.
@@ -136,7 +155,7 @@ class Trainer:
         random.seed(config.run.seed)
         np.random.seed(config.run.seed % 2**32)
         torch.manual_seed(config.run.seed)
-        return cls(config, build_model(config.model).to(device), device, stop, mode)
+        return cls(config, build_model(config.model).to(device), device, stop, mode, ranks)
 
     def set_reference(self, weights: dict[str, Any]) -> None:
         """Start from ``weights`` (a pre-trained network) and keep a frozen copy of them
@@ -159,6 +178,8 @@ class Trainer:
         before = copy.copy(self.collector.stats)
         self.collector.model.eval()
         while not self.buffer.ready():
+            if self.ranks is not None and self.stop.is_set():
+                break  # the ranks agree on stopping at the update (``train``)
             self._check_stop()
             self.admission.flush()  # games that waited for the room the last update freed
             if self.buffer.ready():
@@ -216,7 +237,8 @@ class Trainer:
             self.processing = False
         self.buffer.commit_epoch()
         self.scheduler.step()
-        self.step += batch.size
+        self.step += batch.size * self.world
+        self.steps_trained_here += batch.size
         self.epoch += 1
         lag = self.policy_version - batch.policy_versions
         return UpdateReport(**figures, update_seconds=time.perf_counter() - started,
@@ -230,6 +252,21 @@ class Trainer:
         if self.weights_out is not None:
             self.weights_out(self.policy_version, self.model.state_dict())
 
+    def shard_state(self) -> dict[str, Any]:
+        """This rank's part of a checkpoint: its waiting steps and its own counts."""
+        return {"buffer": self.buffer.state_dict(), "sources": list(self.buffer.source_names),
+                "games": self.collector.stats.games, "stale": self.buffer.steps_dropped_stale,
+                "non_finite": self.steps_dropped_non_finite}
+
+    def reseed_rank(self) -> None:
+        """After loading rank 0's checkpoint state: this rank's own random streams (the
+        checkpoint's are rank 0's; the same ones would play the same games)."""
+        if self.ranks is None or self.ranks.is_main:
+            return
+        seed = self.config.run.seed + 1_000_003 * self.ranks.rank + self.step
+        self.collector.generator.manual_seed(seed)
+        self.shuffle_rng = np.random.default_rng(seed + 1)
+
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise TrainingInterrupted(f"stop requested at step {self.step}")
@@ -238,7 +275,7 @@ class Trainer:
     def _ppo(self, batch: EpochBatch) -> dict[str, Any]:
         train = self.config.train
         self.model.train()
-        minibatch = train.minibatch_size
+        minibatch = self.minibatch_size
         batches_per_pass = batch.size // minibatch
         sums: dict[str, float] = {}
         count = 0
@@ -252,7 +289,8 @@ class Trainer:
             order = self.shuffle_rng.permutation(batch.size)
             approx_kl = 0.0
             for start in range(0, batches_per_pass * minibatch, minibatch):
-                self._check_stop()
+                if self.ranks is None:  # ranks stop together, between updates
+                    self._check_stop()
                 losses, grad_norm = self._minibatch_step(batch, order[start:start + minibatch],
                                                          weight, kl_coef)
                 approx_kl = float(losses["approx_kl"])
@@ -264,14 +302,28 @@ class Trainer:
                     sums[key] = sums.get(key, 0.0) + value
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
                 count += 1
+            if self.ranks is not None and train.target_kl:  # stop together, on the mean
+                approx_kl = self.ranks.mean([approx_kl])[0]
             if train.target_kl and approx_kl > train.target_kl:
                 break
-        figures: dict[str, Any] = {key: value / count for key, value in sums.items()}
+        names = sorted(sums)
+        means = [sums[key] / count for key in names]
+        variance = explained_variance(batch.values, batch.returns)
+        targets = int((batch.search_probs.sum(axis=1) > 0).sum())
+        if self.ranks is not None:  # the figures of the whole update: means over the ranks
+            targets_, errors = batch.returns.astype(np.float64), (batch.returns - batch.values).astype(np.float64)
+            *means, search_mean, count_mean, targets_mean, t1, t2, e1, e2 = self.ranks.mean(
+                [*means, search_sum, search_count, targets, targets_.mean(), (targets_ ** 2).mean(),
+                 errors.mean(), (errors ** 2).mean()])
+            spread = t2 - t1 * t1  # the explained variance of all ranks' steps together
+            variance = math.nan if spread <= 0 else 1.0 - (e2 - e1 * e1) / spread
+            search_sum = search_mean * self.world
+            search_count, targets = round(count_mean * self.world), round(targets_mean * self.world)
+        figures: dict[str, Any] = dict(zip(names, means, strict=True))
         figures.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
-                       shaping_weight=weight, init_kl_coef=kl_coef,
-                       explained_variance=explained_variance(batch.values, batch.returns),
+                       shaping_weight=weight, init_kl_coef=kl_coef, explained_variance=variance,
                        search_loss=search_sum / search_count if search_count else math.nan,
-                       search_targets=int((batch.search_probs.sum(axis=1) > 0).sum()))
+                       search_targets=targets)
         return figures
 
     def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray, shaping: float,
@@ -285,6 +337,10 @@ class Trainer:
         tensors = {name: to_device(getattr(batch, name)[rows], device)
                    for name in ("actions", "log_probs", "values", "returns")}
         advantages = batch.advantages[rows] + shaping * batch.shaping_advantages[rows]
+        normalize = train.normalize_advantages
+        if self.ranks is not None and normalize:  # normalise over the whole minibatch
+            advantages = self._normalise_over_ranks(advantages)
+            normalize = False
         observations = to_device(unpack_observations(batch.observations[rows]), device)
         legal = to_device(unpack_masks(batch.legal_masks[rows]), device)
         with autocast(device, self.autocast_dtype):
@@ -295,7 +351,7 @@ class Trainer:
                             new_values.float(), tensors["values"], tensors["returns"], entropy,
                             clip_coef=train.clip_coef, clip_value_loss=train.clip_value_loss,
                             vf_coef=train.vf_coef, ent_coef=train.ent_coef,
-                            normalize_advantages=train.normalize_advantages)
+                            normalize_advantages=normalize)
         loss = losses.loss
         init_kl = torch.full((), math.nan)  # measured only while the penalty is on
         if self.reference is not None and kl_coef > 0:
@@ -314,6 +370,8 @@ class Trainer:
                 to_device(search_probs, device))
             search_loss = cross_entropy.sum() / targets
             loss = loss + train.search_coef * cross_entropy.sum() / len(rows)
+        if self.ranks is not None:
+            return self._ranked_step(loss, losses, init_kl, search_loss)
         if not torch.isfinite(loss):
             raise NonFiniteUpdate(f"PPO loss is {float(losses.loss.detach())} (policy "
                                   f"{float(losses.policy_loss.detach())}, value "
@@ -328,6 +386,49 @@ class Trainer:
         else:
             loss.backward()  # type: ignore[no-untyped-call]
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteUpdate(f"gradient norm is {float(grad_norm)}")
+            self.optimizer.step()
+        values = {"loss": loss, "policy_loss": losses.policy_loss,
+                  "value_loss": losses.value_loss, "entropy": losses.entropy,
+                  "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac, "init_kl": init_kl,
+                  "search_loss": search_loss}
+        return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
+
+    def _normalise_over_ranks(self, advantages: np.ndarray) -> np.ndarray:
+        """(a - mean) / (std + 1e-8) with the mean and unbiased std of every rank's rows."""
+        assert self.ranks is not None
+        values = advantages.astype(np.float64)
+        total, squares, count = self.ranks.sum([float(values.sum()), float((values * values).sum()),
+                                                float(len(values))])
+        if count <= 1:
+            return advantages
+        mean = total / count
+        std = math.sqrt(max(squares - count * mean * mean, 0.0) / (count - 1))
+        return ((advantages - mean) / (std + 1e-8)).astype(np.float32)
+
+    def _ranked_step(self, loss: torch.Tensor, losses: Any, init_kl: torch.Tensor,
+                     search_loss: torch.Tensor) -> tuple[dict[str, float], float]:
+        """The rest of a gradient step on one rank: backward (always: the synchronised
+        batch norm meets the other ranks there), gradients averaged over the ranks with
+        the agreed verdict on finiteness, then the same clipped step on every rank."""
+        assert self.ranks is not None
+        train = self.config.train
+        finite = bool(torch.isfinite(loss))
+        self.optimizer.zero_grad(set_to_none=True)
+        parameters = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        scaled = self.scaler.scale(loss) if self.scaler.is_enabled() else loss
+        scaled.backward()  # type: ignore[no-untyped-call]
+        if not self.ranks.reduce_gradients(parameters, finite):
+            raise NonFiniteUpdate(f"the PPO loss is not finite on at least one rank (here "
+                                  f"{float(loss.detach())})")
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, train.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, train.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 raise NonFiniteUpdate(f"gradient norm is {float(grad_norm)}")
             self.optimizer.step()
@@ -386,7 +487,7 @@ class Trainer:
         self.steps_dropped_non_finite = int(counters.get("steps_dropped_non_finite", 0))
         if "sources" in counters:
             self.buffer.load_sources(counters["sources"])
-        self.buffer.load_state_dict(state["buffer"])
+        self.buffer.load_state_dict(state["buffer"], grow=True)
         rng = state["rng"]
         random.setstate(rng["python"])
         torch.set_rng_state(rng["torch"])
@@ -407,25 +508,46 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
     last_time, last_step = time.perf_counter(), trainer.step
     while trainer.step < total:
         collected = trainer.collect()
+        if trainer.ranks is not None and trainer.ranks.any(trainer.stop.is_set()):
+            raise TrainingInterrupted(f"stop requested at step {trainer.step} (agreed by the ranks)")
         try:
             updated = trainer.update()
         except EpochDropped:
             continue  # nothing trained: no new policy, no report
         trainer.publish()
+        games, stale = games_report(trainer.buffer, trainer.ranks), trainer.buffer.steps_dropped_stale
+        if trainer.ranks is not None:
+            stale = round(trainer.ranks.sum([stale])[0])
         now = time.perf_counter()
         report = EpochReport(
             step=trainer.step, epoch=trainer.epoch, policy_version=trainer.policy_version,
             mode=trainer.mode(), steps_per_second=(trainer.step - last_step) / (now - last_time),
-            steps_dropped_stale=trainer.buffer.steps_dropped_stale, time=time.time(),
-            collect=collected, update=updated, games=games_report(trainer.buffer))
+            steps_dropped_stale=stale, time=time.time(),
+            collect=collected, update=updated, games=games)
         last_time, last_step = now, trainer.step
         for callback in callbacks:
             await call_callback(callback, report)
 
 
-def games_report(buffer: ExperienceBuffer) -> GamesReport:
-    """The games the buffer took in since it was last asked."""
+def games_report(buffer: ExperienceBuffer, ranks: Ranks | None = None) -> GamesReport:
+    """The games the buffer took in since it was last asked (with ``ranks``: every rank's
+    buffer's)."""
     tally = buffer.drain_tally()
+    if ranks is not None:
+        tally = merge_tallies(ranks.all_gather(tally))
     finished = tally.games or math.nan  # no game finished this epoch: rates are unknown
     return GamesReport(tally.games, tally.plies / finished, tally.black / finished,
                        tally.white / finished, tally.draws / finished, tally.reasons)
+
+
+def merge_tallies(tallies: Sequence[GameTally]) -> GameTally:
+    total = GameTally()
+    for tally in tallies:
+        total.games += tally.games
+        total.plies += tally.plies
+        total.black += tally.black
+        total.white += tally.white
+        total.draws += tally.draws
+        for reason, count in tally.reasons.items():
+            total.reasons[reason] = total.reasons.get(reason, 0) + count
+    return total

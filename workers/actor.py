@@ -1,8 +1,10 @@
 """``keisei-actor``: plays self-play games and streams them to a learner over ZeroMQ.
 
-Usage: ``keisei-actor --learner tcp://HOST:PORT [--games G] [--device cpu|cuda]
-[--actor-id NAME] [--threads N]``; the learner address may also come from the
-``KEISEI_LEARNER`` environment variable.
+Usage: ``keisei-actor --learner tcp://HOST:PORT[,tcp://HOST:PORT...] [--games G]
+[--device cpu|cuda] [--actor-id NAME] [--threads N]``; the learner address may also come
+from the ``KEISEI_LEARNER`` environment variable. A list names the ranks of a multi-rank
+learner: the actor starts with the one its id picks (so actors spread over them) and
+moves to the next whenever the one it tries does not answer.
 
 Lifecycle: connect a DEALER to the learner's ROUTER and say ``hello``; the ``welcome``
 gives the network and self-play settings and the weights endpoint (a PUB socket); wait
@@ -26,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from types import FrameType
@@ -82,7 +85,10 @@ class Actor:
     def __init__(self, learner: str, actor_id: str, games: int | None, device: str,
                  precision: str, max_pending_batches: int, stop: threading.Event,
                  keys: CurveKeys | None = None, give_up_after: float | None = None) -> None:
-        self.learner = learner
+        self.endpoints = split_endpoints(learner)
+        # a stable pick from the id: actors spread evenly over a multi-rank learner's ranks
+        self.endpoint_index = zlib.crc32(actor_id.encode()) % len(self.endpoints)
+        self.learner = self.endpoints[self.endpoint_index]
         self.give_up_after = give_up_after  # seconds without a word from the learner; None: never
         self.keys = keys
         self.actor_id = actor_id
@@ -124,7 +130,14 @@ class Actor:
                     logger.warning("learner %s silent for %.0f s (--give-up-after %g): stopping",
                                    self.learner, silent, self.give_up_after)
                     return
-                logger.warning("learner %s does not answer; retrying in %.0f s", self.learner, backoff)
+                if len(self.endpoints) > 1:  # another rank, then
+                    self.endpoint_index = (self.endpoint_index + 1) % len(self.endpoints)
+                    logger.warning("learner %s does not answer; trying %s in %.0f s", self.learner,
+                                   self.endpoints[self.endpoint_index], backoff)
+                    self.learner = self.endpoints[self.endpoint_index]
+                else:
+                    logger.warning("learner %s does not answer; retrying in %.0f s", self.learner,
+                                   backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
@@ -360,10 +373,16 @@ def check_memory(model: ModelConfig, selfplay: SelfPlayConfig) -> None:
                               f"{available / 2**30:.1f} GiB available (pass --games to play fewer)")
 
 
+def split_endpoints(learner: str) -> list[str]:
+    """The addresses of ``--learner``: one, or a comma-separated list (a multi-rank learner)."""
+    return [item.strip() for item in learner.split(",") if item.strip()]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="keisei-actor", description="Keisei self-play actor.")
     parser.add_argument("--learner", default=os.environ.get("KEISEI_LEARNER"),
-                        help="learner address, tcp://HOST:PORT (default: $KEISEI_LEARNER)")
+                        help="learner address, tcp://HOST:PORT, or a comma-separated list of "
+                             "a multi-rank learner's ranks (default: $KEISEI_LEARNER)")
     parser.add_argument("--games", type=int, default=None,
                         help="games in lock-step (default: the learner's selfplay.games)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -384,8 +403,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     problems = []
     if args.give_up_after is not None and not args.give_up_after > 0:
         problems.append(f"--give-up-after {args.give_up_after}: expected a number of seconds > 0")
-    if not args.learner or urlsplit(args.learner).scheme != "tcp" or urlsplit(args.learner).port is None:
-        problems.append(f"--learner {args.learner!r}: expected tcp://HOST:PORT")
+    endpoints = split_endpoints(args.learner or "")
+    if not endpoints or any(_bad_endpoint(item) for item in endpoints):
+        problems.append(f"--learner {args.learner!r}: expected tcp://HOST:PORT, or a "
+                        "comma-separated list of them")
     if args.games is not None and not 1 <= args.games <= 4096:
         problems.append(f"--games {args.games}: expected 1..4096")
     if args.threads < 1 or args.max_pending_batches < 1:
@@ -395,6 +416,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if problems:
         parser.error("; ".join(problems))
     return args
+
+
+def _bad_endpoint(endpoint: str) -> bool:
+    parts = urlsplit(endpoint)
+    try:
+        return parts.scheme != "tcp" or not parts.hostname or parts.port is None
+    except ValueError:  # a port that is not a number
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,173 @@
+"""Starting the ranks of a multi-rank learner (``learner.ranks``), without torch.
+
+``RankInfo`` reads torchrun's environment variables; ``launch`` is ``keisei-learner
+--ranks N``: it starts N ``keisei-learner`` processes with those variables set, as
+torchrun would on one machine, and ends them all when one fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from keisei.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+LAUNCH_GRACE_SECONDS = 30.0
+"""After one rank ends, how long ``--ranks`` waits for the others to stop before killing them."""
+
+
+EXIT_SIGNALLED = 130
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """Where this process stands in the job (from torchrun's environment variables)."""
+
+    rank: int
+    world: int
+    local_rank: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RankInfo | None:
+        """This process's rank, or None when it is the only one (no ``WORLD_SIZE`` > 1).
+
+        :raises ConfigError: if the variables are not numbers or disagree.
+        """
+        environ = os.environ if environ is None else environ
+        if "WORLD_SIZE" not in environ:
+            return None
+        problems = []
+        values = {}
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            text = environ.get(name, "0" if name == "LOCAL_RANK" else "")
+            try:
+                values[name] = int(text)
+            except ValueError:
+                problems.append(f"{name}={text!r}: expected a whole number")
+        if problems:
+            raise ConfigError(problems)
+        world, rank = values["WORLD_SIZE"], values["RANK"]
+        if world < 1 or not 0 <= rank < world:
+            raise ConfigError([f"RANK={rank} WORLD_SIZE={world}: expected 0 <= RANK < WORLD_SIZE"])
+        if world == 1:
+            return None
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not environ.get(name):
+                problems.append(f"{name} is not set: every rank needs rank 0's address "
+                                "(torchrun and keisei-learner --ranks set it)")
+        if problems:
+            raise ConfigError(problems)
+        return cls(rank, world, values["LOCAL_RANK"])
+
+
+def check_divisible(steps_per_epoch: int, minibatch_size: int, world: int) -> None:
+    """:raises ConfigError: unless both sizes split evenly over ``world`` ranks."""
+    problems = [f"train.{name} = {value} does not split over {world} ranks: make it a "
+                f"multiple of {world}"
+                for name, value in (("steps_per_epoch", steps_per_epoch),
+                                    ("minibatch_size", minibatch_size)) if value % world]
+    if problems:
+        raise ConfigError(problems)
+
+
+def rank_bind(bind: str, rank: int) -> str:
+    """Rank ``rank``'s ROUTER address: the base port + 2 × rank (its PUB is one above)."""
+    head, _, port = bind.rpartition(":")
+    return f"{head}:{int(port) + 2 * rank}"
+
+
+# --- keisei-learner --ranks N ---------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for the ranks' rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def launch(ranks: int, argv: Sequence[str], grace: float = LAUNCH_GRACE_SECONDS) -> int:
+    """Run ``keisei-learner argv`` as ``ranks`` processes on this machine, as torchrun
+    would (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT`` on
+    127.0.0.1), and wait for them. SIGINT/SIGTERM are passed on. When one rank ends
+    with an error the others are stopped (SIGTERM, then SIGKILL after ``grace`` s) and
+    the job ends with its code; a rank killed by a signal ends it with 1.
+    """
+    port = free_port()
+    base = {**os.environ, "WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    processes: list[subprocess.Popen[bytes]] = []
+    signalled: list[float] = []  # when a stop was passed on
+
+    def forward(signum: int, _frame: object) -> None:
+        signalled.append(time.monotonic())
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for rank in range(ranks):
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "learner.main", *argv],
+                env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
+            logger.info("rank %d: pid %d", rank, processes[-1].pid)
+        failed: tuple[int, int] | None = None
+        while any(process.poll() is None for process in processes):
+            if signalled:  # asked to stop: every rank writes its part, then ends
+                if time.monotonic() - signalled[0] > grace:
+                    _stop_all(processes, 0.0)
+                time.sleep(0.2)
+                continue
+            for rank, process in enumerate(processes):
+                code = process.poll()
+                if code not in (None, 0) and failed is None:
+                    failed = (rank, code)
+                    logger.error("rank %d (pid %d) %s; stopping the other ranks", rank,
+                                 process.pid, describe_exit(code))
+                    _stop_all(processes, grace)
+            time.sleep(0.2)
+        codes = [process.returncode for process in processes]
+        if failed is None:
+            failed = next(((rank, code) for rank, code in enumerate(codes) if code), None)
+        if failed is None:
+            return 0
+        rank, code = failed
+        if signalled and code == EXIT_SIGNALLED:
+            return code
+        logger.error("the job ended because rank %d %s", rank, describe_exit(code))
+        return code if code > 0 else 1
+    finally:
+        _stop_all(processes, grace)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_all(processes: Sequence[subprocess.Popen[bytes]], grace: float) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.error("pid %d did not stop within %.0f s: killing it", process.pid, grace)
+            process.kill()
+            process.wait()

@@ -1,0 +1,133 @@
+"""keisei-learner --ranks 2 as a user runs it: two real learner processes on gloo, each
+with its own actors, resumed on another number of ranks, and a rank killed."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import learner_command, metrics_lines
+
+from keisei.checkpoint import latest_checkpoint, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def free_ports(count: int) -> int:
+    """A port P with P .. P + count - 1 all free on 127.0.0.1."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 60_000)
+        sockets = []
+        try:
+            for offset in range(count):
+                probe = socket.socket()
+                sockets.append(probe)
+                probe.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        finally:
+            for probe in sockets:
+                probe.close()
+        return port
+    raise RuntimeError("no free run of ports found")
+
+
+def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+
+
+def held_steps(run_dir: Path) -> int:
+    checkpoint = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    return len(checkpoint["buffer"]["actions"])
+
+
+def test_two_ranks_train_together_with_their_own_actors_and_resume_on_any_number(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    port = free_ports(4)
+    command = learner_command(run_dir, "train.total_steps=1024", "ranks.checksum_every=1",
+                              "supervisor.collect_timeout=60")
+    done = run([*command, "--ranks", "2", "--local-actors", "1",
+                "--bind", f"tcp://127.0.0.1:{port}"])
+    assert done.returncode == 0, done.stdout[-4000:]
+    lines = metrics_lines(run_dir)
+    assert [line["epoch"] for line in lines] == list(range(1, 9))
+    assert lines[-1]["step"] == 1024  # steps of both ranks: 64 a rank an epoch
+    for line in lines:
+        assert line["ranks"] == 2 and len(line["rank_ledgers"]) == 2
+        assert all(ledger["balanced"] for ledger in line["rank_ledgers"]), line["rank_ledgers"]
+        assert line["weights_agree"] is True and len(line["weights_checksum"]) == 16
+        assert line["ledger"]["trained"] == sum(ledger["trained"] for ledger in line["rank_ledgers"])
+    assert [ledger["trained"] for ledger in lines[-1]["rank_ledgers"]] == [512, 512]
+    # every rank ran its own actor on its own ports, and both delivered games
+    delivered = {row["actor_id"] for line in lines for row in line.get("actors", [])
+                 if row["steps_received"] > 0}
+    assert delivered == {"rank0-local-0", "rank1-local-0"}, delivered
+    assert (run_dir / "ranks" / "rank-1" / "status.json").is_file()
+    assert (run_dir / "ranks" / "rank-1" / "actors" / "rank1-local-0.log").is_file()
+    checkpoint = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert checkpoint["ranks"] == 2 and checkpoint["counters"]["step"] == 1024
+    sources = set(checkpoint["counters"]["sources"])
+    assert {"rank0-local-0", "rank1-local-0"} & sources or held_steps(run_dir) == 0
+    waiting = held_steps(run_dir)
+
+    # the same run on one rank: every waiting step of both shards comes back
+    done = run([*learner_command(run_dir, "train.total_steps=1280"), "--resume"])
+    assert done.returncode == 0, done.stdout[-4000:]
+    lines = metrics_lines(run_dir)
+    assert [line["epoch"] for line in lines[-2:]] == [9, 10] and "ranks" not in lines[-1]
+    assert lines[-2]["ledger"]["carried"] == waiting
+    assert lines[-1]["ledger"]["trained"] == 256 and lines[-1]["step"] == 1280
+
+    # and back on two ranks: rank 0 deals the one rank's waiting steps out
+    waiting = held_steps(run_dir)
+    done = run([*learner_command(run_dir, "train.total_steps=1536", "ranks.checksum_every=1"),
+                "--ranks", "2", "--resume"])
+    assert done.returncode == 0, done.stdout[-4000:]
+    lines = metrics_lines(run_dir)
+    assert [line["epoch"] for line in lines[-2:]] == [11, 12] and lines[-1]["ranks"] == 2
+    assert sum(ledger["carried"] for ledger in lines[-2]["rank_ledgers"]) == waiting
+    assert abs(lines[-2]["rank_ledgers"][0]["carried"] - lines[-2]["rank_ledgers"][1]["carried"]) <= 1
+    assert lines[-1]["weights_agree"] is True
+
+
+def test_a_killed_rank_ends_the_job_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = learner_command(run_dir, "train.total_steps=100000000")
+    launcher = subprocess.Popen([*command, "--ranks", "2"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    ranks: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        while len(metrics_lines(run_dir)) < 2:
+            assert launcher.poll() is None, launcher.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "no progress within 180 s"
+            time.sleep(0.1)
+        ranks = psutil.Process(launcher.pid).children()
+        by_rank = {int(child.environ()["RANK"]): child for child in ranks}
+        by_rank[1].send_signal(signal.SIGKILL)
+        output, _ = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 1, output[-4000:]
+    assert f"rank 1 (pid {by_rank[1].pid}) was killed by SIGKILL" in output, output[-4000:]
+    assert "the job ended because rank 1 was killed by SIGKILL" in output
+    gone = psutil.wait_procs(ranks, timeout=10)[1]
+    assert not gone, f"ranks still running: {gone}"
+    step = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["counters"]["step"]
+    assert step >= 128
+
+    done = run([*learner_command(run_dir, f"train.total_steps={step + 256}"), "--ranks", "2",
+                "--resume"])
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert metrics_lines(run_dir)[-1]["step"] == step + 256

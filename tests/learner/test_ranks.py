@@ -1,0 +1,140 @@
+"""Several learner ranks: the pieces alone, and one update of 2 ranks against 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from keisei.config import ConfigError, load_config
+from learner.buffer import EpochBatch
+from learner.launch import RankInfo, check_divisible, describe_exit, free_port, rank_bind
+from learner.main import without_ranks
+from learner.ranks import merge_shards, split_buffer, synchronise_batch_norm, weights_checksum
+from learner.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
+        "selfplay.max_plies=48", "train.steps_per_epoch=128", "train.minibatch_size=128",
+        "train.ppo_passes=3", "run.threads=1", "train.target_kl=0.5"]
+
+
+def test_rank_info_from_the_environment() -> None:
+    assert RankInfo.from_env({}) is None
+    assert RankInfo.from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    info = RankInfo.from_env({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1",
+                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert info == RankInfo(1, 2, 1)
+    with pytest.raises(ConfigError, match="RANK='x'"):
+        RankInfo.from_env({"WORLD_SIZE": "2", "RANK": "x"})
+    with pytest.raises(ConfigError, match="expected 0 <= RANK < WORLD_SIZE"):
+        RankInfo.from_env({"WORLD_SIZE": "2", "RANK": "2"})
+    with pytest.raises(ConfigError, match="MASTER_ADDR is not set"):
+        RankInfo.from_env({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "1"})
+
+
+def test_sizes_must_split_over_the_ranks() -> None:
+    check_divisible(1024, 256, 4)
+    with pytest.raises(ConfigError) as caught:
+        check_divisible(1000, 250, 3)
+    assert "train.steps_per_epoch = 1000" in str(caught.value)
+    assert "train.minibatch_size = 250" in str(caught.value)
+
+
+def test_rank_ports_and_arguments() -> None:
+    assert rank_bind("tcp://127.0.0.1:5555", 0) == "tcp://127.0.0.1:5555"
+    assert rank_bind("tcp://0.0.0.0:5555", 3) == "tcp://0.0.0.0:5561"
+    assert without_ranks(["--ranks", "2", "--set", "a.b=1", "--ranks=3", "--resume"]) == [
+        "--set", "a.b=1", "--resume"]
+    assert describe_exit(-9) == "was killed by SIGKILL" and describe_exit(3) == "exited with code 3"
+    assert 0 < free_port() < 65536
+
+
+def _columns(rows: int, sources: list[int]) -> dict[str, torch.Tensor]:
+    return {"actions": torch.arange(rows, dtype=torch.int64),
+            "sources": torch.tensor(sources, dtype=torch.int16)}
+
+
+def test_shards_merge_with_one_list_of_sources_and_split_in_equal_shares() -> None:
+    shards = [{"buffer": _columns(3, [0, 2, 2]), "sources": ["in-process", "(others)", "local-0"]},
+              {"buffer": _columns(2, [2, 0]), "sources": ["in-process", "(others)", "local-1"]}]
+    merged = merge_shards(shards)
+    assert merged["sources"] == ["in-process", "(others)", "local-0", "local-1"]
+    names = [merged["sources"][index] for index in merged["buffer"]["sources"].tolist()]
+    assert names == ["in-process", "local-0", "local-0", "local-1", "in-process"]
+    assert merged["buffer"]["actions"].tolist() == [0, 1, 2, 0, 1]
+    shares = split_buffer(merged["buffer"], 2)
+    assert [share["actions"].tolist() for share in shares] == [[0, 1], [2, 0, 1]]
+    assert sum(len(share["actions"]) for share in split_buffer(merged["buffer"], 3)) == 5
+    assert [len(share["actions"]) for share in split_buffer({"actions": torch.zeros(0)}, 2)] == [0, 0]
+
+
+def test_synchronised_batch_norm_is_plain_batch_norm_in_one_process() -> None:
+    trainer = Trainer.build(load_config(None, TINY), threading.Event(), 1)
+    observations = torch.randn(6, *trainer.model.stem[0].weight.shape[1:2], 9, 9)
+    trainer.model.train()
+    expected = trainer.model(observations)
+    before = weights_checksum(trainer.model)
+    assert synchronise_batch_norm(trainer.model) == 4  # stem, two in the block, value head
+    assert weights_checksum(trainer.model) == before  # the same state, the same names
+    trainer.model.load_state_dict(Trainer.build(load_config(None, TINY), threading.Event(), 1)
+                                  .model.state_dict())
+    got = trainer.model(observations)
+    assert torch.allclose(got.logits, expected.logits, atol=1e-5)
+
+
+def _run_ranks(world: int, data: Path, out: Path, overrides: list[str]) -> None:
+    port = free_port()
+    processes = [subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "rank_update.py"), str(data), str(out), *overrides],
+        env={**os.environ, "WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}, cwd=ROOT)
+        for rank in range(world)]
+    try:
+        for process in processes:
+            assert process.wait(timeout=180) == 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_one_update_on_two_ranks_matches_one_rank(tmp_path: Path) -> None:
+    """Same data, same start: 2 ranks with half the batch each make the update 1 rank
+    makes (gradients, batch-norm statistics, advantage normalisation and the KL stop are
+    all taken over both), to float tolerance."""
+    config = load_config(None, TINY)
+    trainer = Trainer.build(config, threading.Event(), 1)
+    initial = {key: value.clone() for key, value in trainer.model.state_dict().items()}
+    trainer.collect()
+    batch = trainer.buffer.take_epoch()
+    columns = {name: torch.from_numpy(getattr(batch, name).copy()) for name in
+               EpochBatch.__dataclass_fields__}
+    torch.save({"model": initial, "batch": columns}, tmp_path / "data.pt")
+    figures = trainer._ppo(batch)
+    expected = trainer.model.state_dict()
+    _run_ranks(2, tmp_path / "data.pt", tmp_path / "out.pt", TINY)
+    result = torch.load(tmp_path / "out.pt", weights_only=False)
+    got = result["model"]
+    moved = max(float((expected[key].float() - initial[key].float()).abs().max()) for key in expected)
+    assert moved > 1e-4  # the update did something to compare
+    for key, value in expected.items():
+        # Adam divides each gradient by its own size: where a gradient is a near-cancelling
+        # sum (an input plane that hardly varies), float rounding moves the step a little.
+        # A third of one step's size (the learning rate) still tells a shared update from
+        # one made on each rank's own half.
+        assert torch.allclose(got[key].float(), value.float(), rtol=1e-4,
+                              atol=config.train.learning_rate / 3), key
+    close = [torch.isclose(got[key].float(), value.float(), rtol=1e-4, atol=2e-6).float().mean()
+             for key, value in expected.items()]
+    assert float(min(close)) > 0.95  # and almost every weight to float precision
+    for name in ("grad_norm", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
+                 "explained_variance", "ppo_passes"):
+        assert np.isclose(result["figures"][name], figures[name], rtol=1e-3, atol=1e-5), name
