@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from dataclasses import asdict
 
 import torch
 
