@@ -167,7 +167,8 @@ class _SumOverRanks(torch.autograd.Function):
 
 
 def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    return _SumOverRanks.apply(tensor)  # type: ignore[no-any-return]
+    result: torch.Tensor = _SumOverRanks.apply(tensor)  # type: ignore[no-untyped-call]
+    return result
 
 
 class RankBatchNorm2d(nn.BatchNorm2d):
@@ -198,7 +199,7 @@ class RankBatchNorm2d(nn.BatchNorm2d):
         out = centred * torch.rsqrt(variance + self.eps)[None, :, None, None]
         if self.affine:
             out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return out.to(input.dtype)  # type: ignore[no-any-return]
+        return out.to(input.dtype)
 
 
 def synchronise_batch_norm(model: nn.Module) -> int:
