@@ -114,6 +114,7 @@ class RunOutcome(Enum):
     FINISHED = "finished"  # reached train.total_steps
     INTERRUPTED = "interrupted"  # a stop was requested (the checkpoint is written)
     FAILED = "failed"  # an error, logged with its traceback (the checkpoint is written)
+    RANK_LOST = "rank-lost"  # another rank of the job left (no checkpoint: see the last one)
 
 
 class Checkpoints:
@@ -444,10 +445,12 @@ class Learner:
                 self.checkpoints.save(force=True)
         except RankFailed as exc:
             # the others are not at the same point any more: no final checkpoint together
+            if self.ranks is not None:
+                self.ranks.broken = True
             newest = latest_checkpoint(self.run_dir / "checkpoints") if self.main else None
             logger.error("%s; the job ends%s", exc, f"; --resume continues from {newest}"
                          if newest is not None else "")
-            return RunOutcome.FAILED
+            return RunOutcome.RANK_LOST
         except (TrainingInterrupted, KeyboardInterrupt):
             outcome = RunOutcome.INTERRUPTED
             logger.warning("interrupted at step %d; %d plies of unfinished games discarded",
@@ -467,6 +470,9 @@ class Learner:
             logger.error("could not write the final checkpoint: %s; --resume continues from %s",
                          exc, newest if newest is not None else "the last checkpoint")
             outcome = RunOutcome.FAILED
+            if isinstance(exc, RankFailed) and self.ranks is not None:
+                self.ranks.broken = True
+                outcome = RunOutcome.RANK_LOST
         return outcome
 
     def _on_epoch(self, report: EpochReport) -> EpochReport:

@@ -26,6 +26,10 @@ LAUNCH_GRACE_SECONDS = 30.0
 
 
 EXIT_SIGNALLED = 130
+EXIT_RANK_LOST = 3
+"""A rank's exit code when it ended because another rank of the job left."""
+BLAME_WAIT_SECONDS = 5.0
+"""How long the launcher waits, after a rank ends because another left, to see which one."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ def describe_exit(code: int) -> str:
             return f"was killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"was killed by signal {-code}"
+    if code == EXIT_RANK_LOST:
+        return f"exited with code {code} (another rank left)"
     return f"exited with code {code}"
 
 
@@ -129,23 +135,29 @@ def launch(ranks: int, argv: Sequence[str], grace: float = LAUNCH_GRACE_SECONDS)
                 env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
             logger.info("rank %d: pid %d", rank, processes[-1].pid)
         failed: tuple[int, int] | None = None
+        lost_since: float | None = None  # when a rank first said another one left
         while any(process.poll() is None for process in processes):
             if signalled:  # asked to stop: every rank writes its part, then ends
                 if time.monotonic() - signalled[0] > grace:
                     _stop_all(processes, 0.0)
                 time.sleep(0.2)
                 continue
-            for rank, process in enumerate(processes):
-                code = process.poll()
-                if code not in (None, 0) and failed is None:
-                    failed = (rank, code)
+            if failed is None:
+                failed, lost_since = _first_failure(processes, lost_since)
+                if failed is not None:
+                    rank, code = failed
                     logger.error("rank %d (pid %d) %s; stopping the other ranks", rank,
-                                 process.pid, describe_exit(code))
+                                 processes[rank].pid, describe_exit(code))
                     _stop_all(processes, grace)
             time.sleep(0.2)
         codes = [process.returncode for process in processes]
-        if failed is None:
-            failed = next(((rank, code) for rank, code in enumerate(codes) if code), None)
+        if failed is None:  # the cause, not a rank that only saw another one leave
+            ended = [(rank, code) for rank, code in enumerate(codes) if code]
+            failed = next((item for item in ended if item[1] != EXIT_RANK_LOST),
+                          ended[0] if ended else None)
+            if failed is not None:
+                logger.error("rank %d (pid %d) %s", failed[0], processes[failed[0]].pid,
+                             describe_exit(failed[1]))
         if failed is None:
             return 0
         rank, code = failed
@@ -157,6 +169,26 @@ def launch(ranks: int, argv: Sequence[str], grace: float = LAUNCH_GRACE_SECONDS)
         _stop_all(processes, grace)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _first_failure(processes: Sequence[subprocess.Popen[bytes]], lost_since: float | None
+                   ) -> tuple[tuple[int, int] | None, float | None]:
+    """The rank that ended the job, if one has: a rank that failed or was killed. A rank
+    that only saw another one leave (``EXIT_RANK_LOST``) is blamed after
+    ``BLAME_WAIT_SECONDS`` if no cause has shown itself by then."""
+    codes = [process.poll() for process in processes]
+    for rank, code in enumerate(codes):
+        if code not in (None, 0, EXIT_RANK_LOST):
+            return (rank, code), lost_since
+    lost = [rank for rank, code in enumerate(codes) if code == EXIT_RANK_LOST]
+    if not lost:
+        return None, lost_since
+    now = time.monotonic()
+    if lost_since is None:
+        lost_since = now
+    if now - lost_since >= BLAME_WAIT_SECONDS or all(code is not None for code in codes):
+        return (lost[0], EXIT_RANK_LOST), lost_since
+    return None, lost_since
 
 
 def _stop_all(processes: Sequence[subprocess.Popen[bytes]], grace: float) -> None:

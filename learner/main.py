@@ -19,11 +19,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from keisei.cli import ExitCode, setup_logging, stop_on_signals
 from keisei.config import Config, ConfigError, build_config, load_config, load_saved_config
 from keisei.protocol import DEFAULT_BIND, ProtocolError
-from learner.launch import RankInfo, launch
+from learner.launch import EXIT_RANK_LOST, RankInfo, launch
 from learner.status import STATUS_STALE_SECONDS, print_status
 
 # learner.app (and with it torch) is imported only to train: `--status`, the health check
@@ -36,7 +37,7 @@ RESUME_MODES = ("never", "auto", "always")
 
 
 EXIT_CODES = {"finished": ExitCode.SUCCESS, "failed": ExitCode.FAILURE,
-              "interrupted": ExitCode.INTERRUPTED}
+              "interrupted": ExitCode.INTERRUPTED, "rank-lost": EXIT_RANK_LOST}
 """``learner.app.RunOutcome`` values → exit codes."""
 
 
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging()
             return launch(args.ranks, without_ranks(argv))
     if info is not None and not (args.status or args.print_config):
-        return run_rank(args, info)
+        leave_rank(run_rank(args, info))
     try:
         config, resume = resolve_config(args)
         if args.print_config:
@@ -225,10 +226,23 @@ def run_rank(args: argparse.Namespace, info: RankInfo) -> int:
     except ConfigError as exc:
         print(f"keisei-learner: rank {info.rank}: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    except (CheckpointError, ProtocolError, OSError, RankFailed) as exc:
+    except RankFailed as exc:  # before training, or while leaving: another rank is gone
+        logger.error("%s", exc)
+        return EXIT_RANK_LOST
+    except (CheckpointError, ProtocolError, OSError) as exc:
         logger.error("%s", exc)
         return ExitCode.USAGE if outcome is None else ExitCode.FAILURE
     return EXIT_CODES[outcome.value]
+
+
+def leave_rank(code: int) -> NoReturn:
+    """End a rank's process with ``code`` once its work is done and saved, skipping the
+    interpreter's teardown: gloo's worker threads can abort it (SIGABRT, "terminate called
+    without an active exception") after a clean run, which would read as a failed rank."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def on_rank_device(config: Config, info: RankInfo) -> Config:

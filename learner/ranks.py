@@ -59,6 +59,7 @@ class Ranks:
         self.device = device
         self.timeout = timeout
         self.backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+        self.broken = False  # a collective failed: the group is of no more use
 
     @property
     def is_main(self) -> bool:
@@ -71,7 +72,13 @@ class Ranks:
                     os.getpid())
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is None and not self.broken:  # leave together: none tears down while
+            # another still talks
+            try:
+                self.barrier()
+            except RankFailed as exc:
+                logger.warning("%s", exc)
         try:
             dist.destroy_process_group()
         except Exception as exc:  # a peer already gone: nothing left to tidy
@@ -135,10 +142,10 @@ class Ranks:
 
     def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return function(*args, **kwargs)
-        except (RuntimeError, ValueError) as exc:  # gloo's "connection closed", a timeout
-            raise RankFailed(f"rank {self.rank}: a collective with the other ranks failed "
-                             f"(another rank stopped or is unreachable): {exc}") from exc
+            return _collective(function, *args, **kwargs)
+        except RankFailed:
+            self.broken = True
+            raise
 
 
 def weights_checksum(model: nn.Module) -> str:
@@ -150,19 +157,29 @@ def weights_checksum(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def _collective(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)``, a collective; its failure as ``RankFailed``."""
+    try:
+        return function(*args, **kwargs)
+    except (RuntimeError, ValueError) as exc:  # gloo's "connection closed", a timeout
+        rank = dist.get_rank() if dist.is_initialized() else -1
+        raise RankFailed(f"rank {rank}: a collective with the other ranks failed "
+                         f"(another rank stopped or is unreachable): {exc}") from exc
+
+
 class _SumOverRanks(torch.autograd.Function):
     """The sum of a tensor over all ranks, with its gradient (the sum of theirs)."""
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
         total = tensor.clone()
-        dist.all_reduce(total)
+        _collective(dist.all_reduce, total)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         total = grad.clone()
-        dist.all_reduce(total)
+        _collective(dist.all_reduce, total)
         return total
 
 

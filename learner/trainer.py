@@ -55,7 +55,7 @@ from keisei.runs import resolve_device
 from keisei.selfplay import Collector
 from learner.admission import Admission
 from learner.buffer import EpochBatch, ExperienceBuffer, GameTally
-from learner.ranks import Ranks, check_divisible, synchronise_batch_norm
+from learner.ranks import RankFailed, Ranks, check_divisible, synchronise_batch_norm
 from learner.reports import CollectReport, EpochReport, GamesReport, Mode, UpdateReport
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class Trainer:
         started = time.perf_counter()
         try:
             figures = self._ppo(batch)
-        except TrainingInterrupted:
+        except (TrainingInterrupted, RankFailed):  # said where it is handled
             self._restore(snapshot)
             self.buffer.restore_epoch(batch)
             raise

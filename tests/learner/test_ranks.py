@@ -14,7 +14,16 @@ import torch
 
 from keisei.config import ConfigError, load_config
 from learner.buffer import EpochBatch
-from learner.launch import RankInfo, check_divisible, describe_exit, free_port, rank_bind
+from learner.launch import (
+    BLAME_WAIT_SECONDS,
+    EXIT_RANK_LOST,
+    RankInfo,
+    _first_failure,
+    check_divisible,
+    describe_exit,
+    free_port,
+    rank_bind,
+)
 from learner.main import without_ranks
 from learner.ranks import merge_shards, split_buffer, synchronise_batch_norm, weights_checksum
 from learner.trainer import Trainer
@@ -52,8 +61,35 @@ def test_rank_ports_and_arguments() -> None:
     assert rank_bind("tcp://0.0.0.0:5555", 3) == "tcp://0.0.0.0:5561"
     assert without_ranks(["--ranks", "2", "--set", "a.b=1", "--ranks=3", "--resume"]) == [
         "--set", "a.b=1", "--resume"]
-    assert describe_exit(-9) == "was killed by SIGKILL" and describe_exit(3) == "exited with code 3"
+    assert describe_exit(-9) == "was killed by SIGKILL" and describe_exit(4) == "exited with code 4"
+    assert describe_exit(EXIT_RANK_LOST) == "exited with code 3 (another rank left)"
     assert 0 < free_port() < 65536
+
+
+class _Ended:
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+def test_the_launcher_blames_the_rank_that_left_not_those_that_saw_it_go() -> None:
+    def first(codes: list[int | None], since: float | None = None) -> tuple[object, float | None]:
+        return _first_failure([_Ended(code) for code in codes], since)  # type: ignore[list-item]
+
+    assert first([None, None]) == (None, None)
+    assert first([0, None]) == (None, None)
+    # rank 0 saw rank 1 go before rank 1's end was seen: wait for the cause ...
+    blamed, since = first([EXIT_RANK_LOST, None])
+    assert blamed is None and since is not None
+    # ... which is rank 1, killed
+    assert first([EXIT_RANK_LOST, -9], since)[0] == (1, -9)
+    assert first([1, EXIT_RANK_LOST])[0] == (0, 1)
+    # nothing else shows itself: the rank that saw it is named after the wait, or at once
+    # when every rank has ended
+    assert first([EXIT_RANK_LOST, None], since - BLAME_WAIT_SECONDS)[0] == (0, EXIT_RANK_LOST)
+    assert first([EXIT_RANK_LOST, EXIT_RANK_LOST], since)[0] == (0, EXIT_RANK_LOST)
 
 
 def _columns(rows: int, sources: list[int]) -> dict[str, torch.Tensor]:
