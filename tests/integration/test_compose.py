@@ -52,6 +52,24 @@ def test_dockerfile_ships_every_package_and_config() -> None:
     assert compose["services"]["actor"]["deploy"]["replicas"] >= 1
 
 
+def test_the_ranks_override_names_every_rank_port() -> None:
+    """docker-compose.ranks.yml: the learner runs --ranks N, exposes each rank's two ports
+    (``learner.launch.rank_bind``) and the actors are given every rank's endpoint."""
+    from learner.launch import rank_bind
+
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    ranks = yaml.safe_load((ROOT / "docker-compose.ranks.yml").read_text())["services"]
+    command = ranks["learner"]["command"]
+    count = int(command[command.index("--ranks") + 1])
+    assert count >= 2 and command[:len(base["learner"]["command"])] == base["learner"]["command"]
+    bind = base["learner"]["environment"]["KEISEI_BIND"]
+    ports = {rank_bind(bind, rank).rsplit(":", 1)[1] for rank in range(count)}
+    exposed = set(base["learner"]["expose"]) | set(ranks["learner"]["expose"])
+    assert exposed == ports | {str(int(port) + 1) for port in ports}
+    endpoints = ranks["actor"]["environment"]["KEISEI_LEARNER"].split(",")
+    assert endpoints == [f"tcp://learner:{port}" for port in sorted(ports)]
+
+
 @pytest.mark.slow
 def test_compose_services_train_as_processes(tmp_path: Path) -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

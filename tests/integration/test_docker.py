@@ -172,6 +172,7 @@ class Stack:
             f"  actor:\n    environment:\n      KEISEI_GIVE_UP_AFTER: \"{GIVE_UP_AFTER}\"\n")
         self.env = {**os.environ, "KEISEI_IMAGE": self.image}
         self.phases: dict[str, float] = {}
+        self.layers: list[Path] = []  # compose files between docker-compose.yml and the test's
 
     def configure(self, text: str) -> None:
         path = self.work / "config" / "test.toml"
@@ -180,8 +181,9 @@ class Stack:
         path.with_suffix(".tmp").replace(path)
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = ["docker", "compose", "-p", self.name, "-f", str(ROOT / "docker-compose.yml"),
-                   "-f", str(self.work / "override.yml"), *args]
+        files = [ROOT / "docker-compose.yml", *self.layers, self.work / "override.yml"]
+        command = ["docker", "compose", "-p", self.name,
+                   *(word for path in files for word in ("-f", str(path))), *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               env=self.env, cwd=ROOT)
         if check and done.returncode != 0:
@@ -369,6 +371,25 @@ def run_stack(stack: Stack, build_args: list[str]) -> None:
             state = container["State"]
             assert state["Status"] == "exited" and not state["Restarting"], (container["Name"], state)
             assert state["ExitCode"] in (codes if "actor" in container["Name"] else {0}), state
+
+    # Two learner ranks (docker-compose.ranks.yml): the one-rank run resumes on two, four
+    # actors spread over the ranks' endpoints, the weights agree, and it ends as before.
+    stack.compose("stop")
+    stack.layers = [ROOT / "docker-compose.ranks.yml"]
+    target = stack.metrics()[-1]["step"] + 4 * STEPS_PER_EPOCH
+    stack.configure(CONFIG.format(total_steps=target) + "\n[ranks]\nchecksum_every = 1\n")
+    ended = stack.timed("up with 2 ranks to total_steps", "up", "--scale", "actor=4",
+                        timeout=600, check=False)
+    show("up with 2 ranks", ended)
+    assert ended.returncode == 0, ended.stdout[-3000:] + ended.stderr[-2000:]
+    logs = stack.compose("logs", "--no-color", "learner").stdout
+    assert "on 2 ranks" in logs and "rank 1 of 2 joined" in logs, logs[-3000:]
+    last = stack.metrics()[-1]
+    assert last["step"] == target and last["ranks"] == 2 and last["weights_agree"] is True, last
+    assert all(ledger["balanced"] for ledger in last["rank_ledgers"]), last["rank_ledgers"]
+    assert len(last["actors"]) == 4, last["actors"]
+    stack.assert_steps_continue()
+    stack.layers = []
 
     # A bad configuration: the learner exits 2 and is tried five times more, then stays
     # down; the actors give up on it, so a plain `up` returns; the run is untouched.
