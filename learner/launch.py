@@ -155,7 +155,7 @@ def launch(ranks: int, argv: Sequence[str], grace: float = LAUNCH_GRACE_SECONDS)
             ended = [(rank, code) for rank, code in enumerate(codes) if code]
             failed = next((item for item in ended if item[1] != EXIT_RANK_LOST),
                           ended[0] if ended else None)
-            if failed is not None:
+            if failed is not None and not (signalled and failed[1] == EXIT_SIGNALLED):
                 logger.error("rank %d (pid %d) %s", failed[0], processes[failed[0]].pid,
                              describe_exit(failed[1]))
         if failed is None:

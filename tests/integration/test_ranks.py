@@ -131,3 +131,27 @@ def test_a_killed_rank_ends_the_job_cleanly_and_the_run_resumes(tmp_path: Path) 
                 "--resume"])
     assert done.returncode == 0, done.stdout[-4000:]
     assert metrics_lines(run_dir)[-1]["step"] == step + 256
+
+
+def test_sigterm_stops_every_rank_with_a_checkpoint_of_every_shard(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    launcher = subprocess.Popen([*learner_command(run_dir, "train.total_steps=100000000"),
+                                 "--ranks", "2", "--local-actors", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(metrics_lines(run_dir)) < 2:
+            assert launcher.poll() is None, launcher.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "no progress within 180 s"
+            time.sleep(0.1)
+        launcher.send_signal(signal.SIGTERM)
+        output, _ = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 130, output[-4000:]
+    assert output.count("interrupted at step") == 2 and "ERROR" not in output, output[-4000:]
+    checkpoint = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert checkpoint["ranks"] == 2
+    assert checkpoint["counters"]["step"] == metrics_lines(run_dir)[-1]["step"]
