@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python -m bench.learner
 	$(BIN)/python -m bench.end_to_end
 	$(BIN)/python -m bench.distributed
+	$(BIN)/python -m bench.ranks
 	$(BIN)/python -m bench.search
 
 clean:
