@@ -87,7 +87,7 @@ class Actor:
                  keys: CurveKeys | None = None, give_up_after: float | None = None) -> None:
         self.endpoints = split_endpoints(learner)
         # a stable pick from the id: actors spread evenly over a multi-rank learner's ranks
-        self.endpoint_index = zlib.crc32(actor_id.encode()) % len(self.endpoints)
+        self.endpoint_index = first_endpoint(actor_id, len(self.endpoints))
         self.learner = self.endpoints[self.endpoint_index]
         self.give_up_after = give_up_after  # seconds without a word from the learner; None: never
         self.keys = keys
@@ -376,6 +376,12 @@ def check_memory(model: ModelConfig, selfplay: SelfPlayConfig) -> None:
 def split_endpoints(learner: str) -> list[str]:
     """The addresses of ``--learner``: one, or a comma-separated list (a multi-rank learner)."""
     return [item.strip() for item in learner.split(",") if item.strip()]
+
+
+def first_endpoint(actor_id: str, count: int) -> int:
+    """Which of ``count`` rank endpoints an actor tries first: a hash of its id, so many
+    actors spread evenly and one keeps its rank across restarts."""
+    return zlib.crc32(actor_id.encode()) % count
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -261,3 +263,27 @@ def test_an_actor_sends_search_targets_that_the_learner_trains_on(tmp_path: Path
         assert 0 < share < 0.6  # about a quarter of the plies: 0 or 0.6 is 1 in 10^4 or less
         assert all(np.isfinite(report.update.search_loss) for report in from_actor
                    if report.update.search_targets)
+
+
+def test_an_actor_given_rank_endpoints_moves_on_from_one_that_does_not_answer(
+        tmp_path: Path) -> None:
+    """``--learner A,B`` (a multi-rank learner's ranks): an actor whose hash picks A, where
+    nothing answers, joins B and plays there."""
+    from workers.actor import first_endpoint
+
+    actor_id = next(f"ranked-{index}" for index in range(100)
+                    if first_endpoint(f"ranked-{index}", 2) == 0)
+    with learner(tmp_path) as run:
+        silent = f"tcp://127.0.0.1:{free_port_pair()}"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workers.actor", "--learner", f"{silent},{run.bind}",
+             "--actor-id", actor_id], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, cwd=Path(__file__).resolve().parents[2])
+        try:
+            wait_for(lambda: run.actors.known(actor_id), 60, "the actor to join the second rank")
+            run.train_epochs(1)
+            wait_for(lambda: run.actor(actor_id).steps_received > 0, 60, "its games")
+        finally:
+            process.terminate()
+            output = process.communicate(timeout=30)[0]
+        assert f"learner {silent} does not answer; trying {run.bind}" in output, output[-3000:]

@@ -19,7 +19,14 @@ from keisei.config import ModelConfig, SelfPlayConfig
 from keisei.model import PRESETS, build_model
 from keisei.protocol import Weights
 from keisei.selfplay import Collector
-from workers.actor import Actor, LearnerRejected, check_memory
+from workers.actor import (
+    Actor,
+    LearnerRejected,
+    check_memory,
+    first_endpoint,
+    parse_args,
+    split_endpoints,
+)
 
 
 @pytest.fixture
@@ -96,3 +103,32 @@ def test_a_signal_ends_an_actor_with_130_for_restart_policies() -> None:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def test_a_list_of_rank_endpoints_is_read_checked_and_spread(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert split_endpoints("tcp://a:5555, tcp://a:5557,") == ["tcp://a:5555", "tcp://a:5557"]
+    assert parse_args(["--learner", "tcp://a:5555,tcp://b:5557"]).learner == "tcp://a:5555,tcp://b:5557"
+    with pytest.raises(SystemExit):
+        parse_args(["--learner", "tcp://a:5555,b:5557"])
+    assert "--learner 'tcp://a:5555,b:5557': expected tcp://HOST:PORT, or a comma-separated" \
+        in capsys.readouterr().err
+    picks = [first_endpoint(f"host-{index}", 2) for index in range(1000)]
+    assert 400 < picks.count(0) < 600  # many actors spread evenly
+    assert first_endpoint("host-7", 3) == first_endpoint("host-7", 3)  # and keep their rank
+
+
+def test_an_actor_tries_the_next_rank_when_one_does_not_answer(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(actor_module, "HANDSHAKE_SECONDS", 0.2)
+    nowhere = ["tcp://127.0.0.1:1", "tcp://127.0.0.1:3"]
+    patient = Actor(",".join(nowhere), "test", None, "cpu", "float32", 4, threading.Event(),
+                    give_up_after=2.5)
+    first = patient.endpoint_index
+    try:
+        with caplog.at_level("WARNING"):
+            patient.run()
+    finally:
+        patient.close()
+    assert f"learner {nowhere[first]} does not answer; trying {nowhere[1 - first]}" in caplog.text
+    assert f"learner {nowhere[1 - first]} does not answer; trying {nowhere[first]}" in caplog.text
