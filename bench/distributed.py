@@ -18,6 +18,8 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -28,6 +30,7 @@ from keisei.protocol import Games, decode, encode
 from keisei.records import FinishedGame, replay_game
 from keisei.selfplay import Collector
 from learner.app import Learner, LearnerOptions
+from learner.buffer import ExperienceBuffer
 
 
 class ListSink:
@@ -51,25 +54,36 @@ def sequential(config: Config, seconds: float) -> tuple[float, list[FinishedGame
     return (collector.stats.steps - start) / (time.perf_counter() - started), sink.games
 
 
+@contextmanager
+def draining(buffer: ExperienceBuffer) -> Iterator[None]:
+    """While inside, ``buffer``'s epochs are taken as fast as they fill: a stand-in for the
+    PPO update, so what is measured is collection or ingest alone."""
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set():
+            if buffer.wait_until_ready(0.1):
+                buffer.take_epoch()
+                buffer.commit_epoch()
+
+    drainer = threading.Thread(target=drain, name="drain", daemon=True)
+    drainer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        drainer.join()
+
+
 def through_actors(config: Config, actors: int, seconds: float, port: int) -> tuple[float, dict[str, int]]:
     """Steps/s received by a learner from ``actors`` local actor processes."""
-    draining = threading.Event()
     with tempfile.TemporaryDirectory() as run_dir:
         config = replace(config, run=replace(config.run, dir=run_dir),
                          display=replace(config.display, mode="plain"))
         options = LearnerOptions(local_actors=actors, bind=f"tcp://127.0.0.1:{port}")
-        with Learner(config, options) as learner:
+        with Learner(config, options) as learner, draining(learner.trainer.buffer):
             assert learner.server is not None
-            server, buffer = learner.server, learner.trainer.buffer
-
-            def drain() -> None:  # stands in for the PPO update: consume epochs as they fill
-                while not draining.is_set():
-                    if buffer.wait_until_ready(0.1):
-                        buffer.take_epoch()
-                        buffer.commit_epoch()
-
-            drainer = threading.Thread(target=drain, daemon=True)
-            drainer.start()
+            server = learner.server
             deadline = time.monotonic() + 120
             while server.counters["steps_received"] == 0 and time.monotonic() < deadline:
                 time.sleep(0.1)  # actors start up, receive weights, finish their first games
@@ -78,8 +92,6 @@ def through_actors(config: Config, actors: int, seconds: float, port: int) -> tu
             time.sleep(seconds)
             rate = (server.counters["steps_received"] - start) / (time.perf_counter() - started)
             counters = dict(server.counters)
-            draining.set()
-            drainer.join()
     return rate, counters
 
 

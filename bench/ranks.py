@@ -30,6 +30,7 @@ import psutil
 import torch
 import zmq
 
+from bench.distributed import draining
 from keisei.config import Config, load_config
 from keisei.model import build_model
 from keisei.protocol import Ack, Games, Heartbeat, Hello, Shutdown, Welcome, decode, encode
@@ -115,19 +116,9 @@ def ingest_rank(config: Config, port: int, seconds: float, warmup: float,
         config = replace(config, run=replace(config.run, dir=run_dir),
                          display=replace(config.display, mode="plain"))
         options = LearnerOptions(remote_actors=True, bind=f"tcp://127.0.0.1:{port}")
-        with Learner(config, options) as learner:
+        with Learner(config, options) as learner, draining(learner.trainer.buffer):
             assert learner.server is not None
-            server, buffer = learner.server, learner.trainer.buffer
-            done = threading.Event()
-
-            def drain() -> None:  # stands in for the update: consume epochs as they fill
-                while not done.is_set():
-                    if buffer.wait_until_ready(0.1):
-                        buffer.take_epoch()
-                        buffer.commit_epoch()
-
-            drainer = threading.Thread(target=drain, daemon=True)
-            drainer.start()
+            server = learner.server
             process = psutil.Process()
             server_thread = next(thread.native_id for thread in threading.enumerate()
                                  if thread.name == "learner-server")
@@ -141,8 +132,6 @@ def ingest_rank(config: Config, port: int, seconds: float, warmup: float,
             others = {name: busy - threads.get(name, 0.0)
                       for name, busy in _threads(process).items()}
             wall = time.perf_counter() - started
-            done.set()
-            drainer.join()
     results.put(IngestFigures(
         port, after["steps_received"] - counters["steps_received"], cpu_after - cpu,
         thread_after - thread_cpu, wall,

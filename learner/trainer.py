@@ -377,15 +377,22 @@ class Trainer:
                                   f"{float(losses.policy_loss.detach())}, value "
                                   f"{float(losses.value_loss.detach())})")
         self.optimizer.zero_grad(set_to_none=True)
+        scaled = self.scaler.scale(loss) if self.scaler.is_enabled() else loss
+        scaled.backward()  # type: ignore[no-untyped-call]
+        return self._step(list(self.model.parameters()), loss, losses, init_kl, search_loss)
+
+    def _step(self, parameters: list[torch.nn.Parameter], loss: torch.Tensor, losses: Any,
+              init_kl: torch.Tensor, search_loss: torch.Tensor) -> tuple[dict[str, float], float]:
+        """The optimizer step once the gradients are in: unscaled, clipped, checked; the
+        minibatch's figures and gradient norm."""
+        max_norm = self.config.train.max_grad_norm
         if self.scaler.is_enabled():
-            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()  # type: ignore[no-untyped-call]
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
             if not torch.isfinite(grad_norm):
                 raise NonFiniteUpdate(f"gradient norm is {float(grad_norm)}")
             self.optimizer.step()
@@ -413,7 +420,6 @@ class Trainer:
         batch norm meets the other ranks there), gradients averaged over the ranks with
         the agreed verdict on finiteness, then the same clipped step on every rank."""
         assert self.ranks is not None
-        train = self.config.train
         finite = bool(torch.isfinite(loss))
         self.optimizer.zero_grad(set_to_none=True)
         parameters = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
@@ -422,21 +428,7 @@ class Trainer:
         if not self.ranks.reduce_gradients(parameters, finite):
             raise NonFiniteUpdate(f"the PPO loss is not finite on at least one rank (here "
                                   f"{float(loss.detach())})")
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, train.max_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, train.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                raise NonFiniteUpdate(f"gradient norm is {float(grad_norm)}")
-            self.optimizer.step()
-        values = {"loss": loss, "policy_loss": losses.policy_loss,
-                  "value_loss": losses.value_loss, "entropy": losses.entropy,
-                  "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac, "init_kl": init_kl,
-                  "search_loss": search_loss}
-        return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
+        return self._step(parameters, loss, losses, init_kl, search_loss)
 
     # --- state --------------------------------------------------------------------------
     def _snapshot(self) -> dict[str, Any]:

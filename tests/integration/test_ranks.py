@@ -99,6 +99,15 @@ def test_two_ranks_train_together_with_their_own_actors_and_resume_on_any_number
     assert lines[-1]["weights_agree"] is True
 
 
+def wait_for_epochs(launcher: subprocess.Popen[str], run_dir: Path, epochs: int) -> None:
+    """Until ``run_dir`` has ``epochs`` metrics lines; fail if the job ends or stalls."""
+    deadline = time.monotonic() + 180
+    while len(metrics_lines(run_dir)) < epochs:
+        assert launcher.poll() is None, launcher.communicate()[0][-4000:]
+        assert time.monotonic() < deadline, "no progress within 180 s"
+        time.sleep(0.1)
+
+
 def test_a_killed_rank_ends_the_job_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     command = learner_command(run_dir, "train.total_steps=100000000")
@@ -106,11 +115,7 @@ def test_a_killed_rank_ends_the_job_cleanly_and_the_run_resumes(tmp_path: Path) 
                                 stderr=subprocess.STDOUT, text=True)
     ranks: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 180
-        while len(metrics_lines(run_dir)) < 2:
-            assert launcher.poll() is None, launcher.communicate()[0][-4000:]
-            assert time.monotonic() < deadline, "no progress within 180 s"
-            time.sleep(0.1)
+        wait_for_epochs(launcher, run_dir, 2)
         ranks = psutil.Process(launcher.pid).children()
         by_rank = {int(child.environ()["RANK"]): child for child in ranks}
         by_rank[1].send_signal(signal.SIGKILL)
@@ -139,11 +144,7 @@ def test_sigterm_stops_every_rank_with_a_checkpoint_of_every_shard(tmp_path: Pat
                                  "--ranks", "2", "--local-actors", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 180
-        while len(metrics_lines(run_dir)) < 2:
-            assert launcher.poll() is None, launcher.communicate()[0][-4000:]
-            assert time.monotonic() < deadline, "no progress within 180 s"
-            time.sleep(0.1)
+        wait_for_epochs(launcher, run_dir, 2)
         launcher.send_signal(signal.SIGTERM)
         output, _ = launcher.communicate(timeout=90)
     finally:
