@@ -31,6 +31,7 @@ from keisei.records import FinishedGame, replay_game
 from keisei.selfplay import Collector
 from learner.app import Learner, LearnerOptions
 from learner.buffer import ExperienceBuffer
+from learner.server import LearnerServer
 
 
 class ListSink:
@@ -75,23 +76,30 @@ def draining(buffer: ExperienceBuffer) -> Iterator[None]:
         drainer.join()
 
 
-def through_actors(config: Config, actors: int, seconds: float, port: int) -> tuple[float, dict[str, int]]:
-    """Steps/s received by a learner from ``actors`` local actor processes."""
+@contextmanager
+def drained_learner(config: Config, options: LearnerOptions) -> Iterator[LearnerServer]:
+    """A learner in a throwaway run directory, its buffer drained (``draining``): its
+    server, whose counters say what came in."""
     with tempfile.TemporaryDirectory() as run_dir:
         config = replace(config, run=replace(config.run, dir=run_dir),
                          display=replace(config.display, mode="plain"))
-        options = LearnerOptions(local_actors=actors, bind=f"tcp://127.0.0.1:{port}")
         with Learner(config, options) as learner, draining(learner.trainer.buffer):
             assert learner.server is not None
-            server = learner.server
-            deadline = time.monotonic() + 120
-            while server.counters["steps_received"] == 0 and time.monotonic() < deadline:
-                time.sleep(0.1)  # actors start up, receive weights, finish their first games
-            time.sleep(seconds / 4)
-            start, started = server.counters["steps_received"], time.perf_counter()
-            time.sleep(seconds)
-            rate = (server.counters["steps_received"] - start) / (time.perf_counter() - started)
-            counters = dict(server.counters)
+            yield learner.server
+
+
+def through_actors(config: Config, actors: int, seconds: float, port: int) -> tuple[float, dict[str, int]]:
+    """Steps/s received by a learner from ``actors`` local actor processes."""
+    options = LearnerOptions(local_actors=actors, bind=f"tcp://127.0.0.1:{port}")
+    with drained_learner(config, options) as server:
+        deadline = time.monotonic() + 120
+        while server.counters["steps_received"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # actors start up, receive weights, finish their first games
+        time.sleep(seconds / 4)
+        start, started = server.counters["steps_received"], time.perf_counter()
+        time.sleep(seconds)
+        rate = (server.counters["steps_received"] - start) / (time.perf_counter() - started)
+        counters = dict(server.counters)
     return rate, counters
 
 

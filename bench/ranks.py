@@ -22,7 +22,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import psutil
 import torch
 import zmq
 
-from bench.distributed import draining
+from bench.distributed import drained_learner
 from keisei.config import Config, load_config
 from keisei.model import build_model
 from keisei.protocol import Ack, Games, Heartbeat, Hello, Shutdown, Welcome, decode, encode
@@ -109,29 +109,24 @@ def ingest_rank(config: Config, port: int, seconds: float, warmup: float,
                 results: Any) -> None:
     """One rank's ingest path, its buffer drained as it fills; puts (plies admitted,
     CPU seconds, wall seconds, plies refused) over the measured window into ``results``."""
-    from learner.app import Learner, LearnerOptions
+    from learner.app import LearnerOptions
 
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as run_dir:
-        config = replace(config, run=replace(config.run, dir=run_dir),
-                         display=replace(config.display, mode="plain"))
-        options = LearnerOptions(remote_actors=True, bind=f"tcp://127.0.0.1:{port}")
-        with Learner(config, options) as learner, draining(learner.trainer.buffer):
-            assert learner.server is not None
-            server = learner.server
-            process = psutil.Process()
-            server_thread = next(thread.native_id for thread in threading.enumerate()
-                                 if thread.name == "learner-server")
-            time.sleep(warmup)
-            counters, started = server.counters, time.perf_counter()
-            cpu, thread_cpu = _cpu(process), _thread_cpu(process, server_thread)
-            threads = _threads(process)
-            time.sleep(seconds)
-            after = server.counters
-            cpu_after, thread_after = _cpu(process), _thread_cpu(process, server_thread)
-            others = {name: busy - threads.get(name, 0.0)
-                      for name, busy in _threads(process).items()}
-            wall = time.perf_counter() - started
+    options = LearnerOptions(remote_actors=True, bind=f"tcp://127.0.0.1:{port}")
+    with drained_learner(config, options) as server:
+        process = psutil.Process()
+        server_thread = next(thread.native_id for thread in threading.enumerate()
+                             if thread.name == "learner-server")
+        time.sleep(warmup)
+        counters, started = server.counters, time.perf_counter()
+        cpu, thread_cpu = _cpu(process), _thread_cpu(process, server_thread)
+        threads = _threads(process)
+        time.sleep(seconds)
+        after = server.counters
+        cpu_after, thread_after = _cpu(process), _thread_cpu(process, server_thread)
+        others = {name: busy - threads.get(name, 0.0)
+                  for name, busy in _threads(process).items()}
+        wall = time.perf_counter() - started
     results.put(IngestFigures(
         port, after["steps_received"] - counters["steps_received"], cpu_after - cpu,
         thread_after - thread_cpu, wall,
