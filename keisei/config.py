@@ -236,6 +236,10 @@ class SearchConfig:
 
     visits: int = setting(256, "visits per move when no time is given", low=1, high=10_000_000)
     c_puct: float = setting(1.5, "PUCT exploration constant", low=0.01, high=100)
+    policy_temperature: float = setting(1.0, "the network's move probabilities are taken as "
+                                        "softmax(logits / this) for PUCT's priors; above 1 "
+                                        "spreads visits over more moves (the Gumbel root and "
+                                        "its targets use the raw logits)", low=0.1, high=10)
     fpu_reduction: float = setting(0.2, "first-play urgency below the root: an unvisited move "
                                    "is valued at the parent's value minus this times "
                                    "sqrt(prior mass already visited)", low=0, high=2)

@@ -105,7 +105,7 @@ class Node:
     from this node's side to move's view."""
 
     __slots__ = ("moves", "priors", "logits", "visits", "value_sums", "children", "terminal",
-                 "value_sum", "count")
+                 "value_sum", "count", "q_values", "unvisited", "total", "visited_mass")
 
     def __init__(self) -> None:
         self.moves: list[int] = []
@@ -117,6 +117,11 @@ class Node:
         self.terminal: float | None = None  # the exact value, when decided
         self.value_sum = 0.0  # of every visit through this node, its side to move's view
         self.count = 0
+        # kept up to date by ``add``, so that choosing a move is a few array operations:
+        self.q_values = np.zeros(0)  # value_sums / visits where visited, else 0
+        self.unvisited = np.zeros(0, dtype=bool)
+        self.total = 0.0  # visits.sum()
+        self.visited_mass = 0.0  # priors of the visited moves, summed
 
     @property
     def expanded(self) -> bool:
@@ -125,13 +130,34 @@ class Node:
     def q(self) -> float:
         return self.value_sum / self.count if self.count else 0.0
 
-    def expand(self, moves: list[int], logits: np.ndarray) -> None:
+    def expand(self, moves: list[int], logits: np.ndarray, temperature: float = 1.0) -> None:
         self.moves = moves
         self.logits = logits.astype(np.float64)
-        self.priors = _softmax(self.logits)
+        self.priors = _softmax(self.logits / temperature if temperature != 1.0 else self.logits)
         self.visits = np.zeros(len(moves))
         self.value_sums = np.zeros(len(moves))
         self.children = [None] * len(moves)
+        self.q_values = np.zeros(len(moves))
+        self.unvisited = np.ones(len(moves), dtype=bool)
+        self.total = 0.0
+        self.visited_mass = 0.0
+
+    def add(self, index: int, visits: float, value: float) -> None:
+        """Add ``visits`` and ``value`` to move ``index`` (negative: a virtual loss taken back)."""
+        before = self.visits[index]
+        after = before + visits
+        self.visits[index] = after
+        self.value_sums[index] += value
+        self.total += visits
+        if after > 0:
+            self.q_values[index] = self.value_sums[index] / after
+            if before <= 0:
+                self.unvisited[index] = False
+                self.visited_mass += self.priors[index]
+        elif before > 0:
+            self.q_values[index] = 0.0
+            self.unvisited[index] = True
+            self.visited_mass -= self.priors[index]
 
 
 class _Tree:
@@ -295,8 +321,7 @@ class Search:
         while node.terminal is None:
             if not node.expanded:  # staged by an earlier walk of this pass
                 for parent, index in path:
-                    parent.visits[index] -= loss
-                    parent.value_sums[index] += loss
+                    parent.add(index, -loss, loss)
                 break
             if node is tree.root and tree.gumbel:
                 index = self._next_gumbel_move(tree)
@@ -304,8 +329,7 @@ class Search:
                 index = self._puct(node, at_root=node is tree.root)
             path.append((node, index))
             if loss:
-                node.visits[index] += loss
-                node.value_sums[index] -= loss
+                node.add(index, loss, -loss)
             game.push(node.moves[index])
             child = node.children[index]
             if child is None:
@@ -336,7 +360,7 @@ class Search:
         cached = self.cache.get(key)
         if cached is not None:
             self.cache.move_to_end(key)
-            node.expand(moves, cached[0])
+            node.expand(moves, cached[0], self.config.policy_temperature)
             return _Leaf(tree, path, node, -1, cached[1])
         return _Leaf(tree, path, node, self._stage(game), moves=moves,
                      actions=legal_actions(game.board, moves), key=key)
@@ -368,7 +392,7 @@ class Search:
         """Give a newly evaluated node its moves and priors, and remember them."""
         if leaf.moves is None or leaf.logits is None:
             return
-        leaf.node.expand(leaf.moves, leaf.logits)
+        leaf.node.expand(leaf.moves, leaf.logits, self.config.policy_temperature)
         if self.config.cache_positions and leaf.key is not None:
             self.cache[leaf.key] = (leaf.logits, leaf.value)
             while len(self.cache) > self.config.cache_positions:
@@ -382,8 +406,7 @@ class Search:
         loss = self.config.virtual_loss if virtual else 0.0
         for node, index in reversed(leaf.path):
             value = -value  # the parent's side to move is the other player
-            node.visits[index] += 1 - loss
-            node.value_sums[index] += value + loss
+            node.add(index, 1 - loss, value + loss)
             node.value_sum += value
             node.count += 1
             child = node.children[index]
@@ -393,13 +416,12 @@ class Search:
     # --- choosing ----------------------------------------------------------------------
     def _puct(self, node: Node, at_root: bool) -> int:
         config = self.config
-        visited = node.visits > 0
-        parent_q = node.q()
-        fpu = parent_q if at_root else parent_q - config.fpu_reduction * math.sqrt(
-            float(node.priors[visited].sum()))
-        q = np.where(visited, node.value_sums / np.maximum(node.visits, 1e-9), fpu)
-        u = config.c_puct * node.priors * math.sqrt(max(node.visits.sum(), 1.0)) / (1 + node.visits)
-        return int(np.argmax(q + u))
+        fpu = node.q()
+        if not at_root:
+            fpu -= config.fpu_reduction * math.sqrt(max(node.visited_mass, 0.0))
+        q = np.where(node.unvisited, fpu, node.q_values)
+        u = node.priors * (config.c_puct * math.sqrt(max(node.total, 1.0)) / (node.visits + 1.0))
+        return int((q + u).argmax())
 
     def _sigma(self, node: Node, q: np.ndarray) -> np.ndarray:
         config = self.config

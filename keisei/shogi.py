@@ -266,7 +266,7 @@ class Game:
         key = self.board.zobrist_hash()
         self._keys: list[int] = [key]
         self._seen: dict[int, int] = {key: 1}
-        self._legal: list[int] = list(self.board.legal_moves)
+        self._legal: list[int] | None = None  # made when first asked for (``_legal_moves``)
         self._illegal_move: int | None = None
         self._outcome: Outcome | None = self._adjudicate(1)
 
@@ -309,7 +309,7 @@ class Game:
 
     def is_legal(self, move: int) -> bool:
         """Whether ``move`` (a cshogi move int) is legal in the current position."""
-        return move in self._legal
+        return move in self._legal_moves()
 
     def color_of_ply(self, index: int) -> Color:
         """The side that makes ply ``index`` (0-based) of this game."""
@@ -323,7 +323,15 @@ class Game:
 
     def legal_moves(self) -> list[int]:
         """The legal moves of the side to move, as cshogi move ints (a fresh list)."""
-        return self._legal.copy()
+        return self._legal_moves().copy()
+
+    def _legal_moves(self) -> list[int]:
+        """The legal-move list, made on first use after a move (a search pushes and pops
+        through many positions whose moves it never asks for)."""
+        legal = self._legal
+        if legal is None:
+            legal = self._legal = list(self.board.legal_moves)
+        return legal
 
     def sfen(self) -> str:
         """The current position as SFEN (the move number is the board's, 1-based)."""
@@ -340,7 +348,7 @@ class Game:
         """
         if self._outcome is not None:
             raise GameOverError(f"the game is over ({self._outcome}); pop() a move or start a new Game")
-        if move not in self._legal:
+        if move not in self._legal_moves():
             self._illegal_move = move
             self._outcome = Outcome(self.side_to_move.opponent, Termination.ILLEGAL_MOVE)
             logger.error("illegal move %s (%d) by %s in %s: %s", describe_move(move), move,
@@ -353,7 +361,7 @@ class Game:
         self._keys.append(key)
         count = self._seen.get(key, 0) + 1
         self._seen[key] = count
-        self._legal = list(board.legal_moves)
+        self._legal = None
         self._outcome = self._adjudicate(count)
 
     def push_usi(self, usi: str) -> int:
@@ -365,7 +373,7 @@ class Game:
         if self._outcome is not None:
             raise GameOverError(f"the game is over ({self._outcome}); pop() a move or start a new Game")
         move = self.board.move_from_usi(usi) if 4 <= len(usi) <= 5 else 0
-        if move == 0 or move not in self._legal:
+        if move == 0 or move not in self._legal_moves():
             raise IllegalMoveError(f"{usi!r} is not a legal USI move in {self.sfen()}")
         self.push(move)
         return int(move)
@@ -391,7 +399,7 @@ class Game:
         else:
             del self._seen[key]
         self.board.pop()
-        self._legal = list(self.board.legal_moves)
+        self._legal = None
         self._outcome = None
         return self._moves.pop()
 
@@ -428,7 +436,7 @@ class Game:
         """The result of the current position, if it ends the game (rules in the module doc)."""
         board = self.board
         to_move = Color.from_number(board.turn)
-        if not self._legal:
+        if board.is_game_over():  # no legal move
             reason = Termination.CHECKMATE if board.is_check() else Termination.NO_LEGAL_MOVES
             return Outcome(to_move.opponent, reason)
         if occurrences >= REPETITIONS_TO_END:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import cshogi
 import numpy as np
@@ -185,3 +186,66 @@ def test_a_finished_game_cannot_be_searched() -> None:
     game.push_usi("G*1b")
     with pytest.raises(ValueError, match="finished game"):
         Search(MaterialNetwork(), config()).search([game], visits=4)
+
+
+def walk(node: Node) -> list[Node]:
+    nodes, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        if len(current.moves):
+            nodes.append(current)
+            stack.extend(child for child in current.children if child is not None)
+    return nodes
+
+
+@pytest.mark.parametrize("games, leaf_batch", [(3, 16), (1, 8)])  # one leaf a tree; virtual loss
+def test_the_statistics_puct_reads_agree_with_the_visit_counts(games: int, leaf_batch: int) -> None:
+    search = Search(MaterialNetwork(), config(leaf_batch=leaf_batch, cache_positions=0))
+    roots: list[Node] = []
+    original = search._result
+
+    def keep_root(tree: Any) -> Any:
+        roots.append(tree.root)
+        return original(tree)
+
+    search._result = keep_root  # type: ignore[method-assign]
+    search.search([Game(), Game(ROOK_ATTACKED), Game()][:games], visits=300)
+    nodes = [node for root in roots for node in walk(root)]
+    assert len(nodes) > 50
+    for node in nodes:
+        visited = node.visits > 0
+        assert node.total == pytest.approx(node.visits.sum())
+        assert node.visits.min() >= 0  # every virtual loss was taken back
+        assert list(node.unvisited) == list(~visited)
+        assert node.visited_mass == pytest.approx(node.priors[visited].sum())
+        assert node.q_values[visited] == pytest.approx(node.value_sums[visited] / node.visits[visited])
+        assert not node.q_values[~visited].any()
+
+
+def test_puct_matches_hand_values() -> None:
+    search = Search(MaterialNetwork(), config(c_puct=1.5, fpu_reduction=0.2))
+    node = Node()
+    node.expand([11, 22, 33], np.log(np.array([0.5, 0.3, 0.2])))
+    node.add(0, 1.0, 0.1)
+    node.add(0, 1.0, -0.1)  # Q 0 over 2 visits
+    node.add(1, 1.0, -0.5)  # Q -0.5
+    node.value_sum, node.count = 0.1, 4
+    parent_q = 0.1 / 4
+    fpu = parent_q - 0.2 * math.sqrt(0.5 + 0.3)
+    scores = [0.0 + 1.5 * 0.5 * math.sqrt(3) / 3, -0.5 + 1.5 * 0.3 * math.sqrt(3) / 2,
+              fpu + 1.5 * 0.2 * math.sqrt(3) / 1]
+    assert search._puct(node, at_root=False) == int(np.argmax(scores)) == 0
+    # at the root an unvisited move is valued at the parent's value itself
+    root_scores = scores[:2] + [parent_q + 1.5 * 0.2 * math.sqrt(3)]
+    assert search._puct(node, at_root=True) == int(np.argmax(root_scores)) == 2
+
+
+def test_a_policy_temperature_flattens_the_priors() -> None:
+    logits = np.array([2.0, 0.0, -1.0])
+    cold, warm = Node(), Node()
+    cold.expand([1, 2, 3], logits)
+    warm.expand([1, 2, 3], logits, temperature=2.0)
+    assert warm.priors == pytest.approx(np.exp(logits / 2) / np.exp(logits / 2).sum())
+    assert warm.priors.max() < cold.priors.max() and warm.logits == pytest.approx(logits)
+    search = Search(MaterialNetwork(), config(policy_temperature=2.0))
+    assert search.search([Game()], visits=64)[0].visits.sum() == 64
