@@ -35,6 +35,7 @@ import torch
 
 from keisei import elo
 from keisei.checkpoint import CheckpointError
+from keisei.config import ConfigError, SearchConfig, load_config
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import (
     GreedyPlayer,
@@ -73,6 +74,7 @@ class PlayerSpec:
     temperature: float = 0.0
     visits: int | None = None  # a checkpoint that searches: visits per move
     movetime_ms: int | None = None  # ... or milliseconds per move
+    search_settings: tuple[str, ...] = ()  # "search.KEY=VALUE" overrides for that search
 
 
 def parse_spec(spec: str, *, name: str | None = None, options: dict[str, str] | None = None,
@@ -126,6 +128,19 @@ def parse_options(pairs: Sequence[str]) -> dict[str, str]:
     return options
 
 
+def search_config(settings: Sequence[str]) -> SearchConfig:
+    """The ``[search]`` section with ``settings`` (``search.KEY=VALUE`` each) applied.
+
+    :raises ConfigError: naming a setting that is malformed, unknown, out of range, or
+        not in ``[search]``.
+    """
+    outside = [f"--set {setting!r}: only search.KEY=VALUE settings apply to a checkpoint's "
+               "search" for setting in settings if not setting.strip().startswith("search.")]
+    if outside:
+        raise ConfigError(outside)
+    return load_config(None, list(settings)).search
+
+
 def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
     """The player ``spec`` describes (loading its checkpoint or starting its engine lazily).
 
@@ -141,8 +156,9 @@ def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
         model, _ = load_policy(argument, device)
         if spec.visits or spec.movetime_ms:
             movetime = spec.movetime_ms / 1000 if spec.movetime_ms else None
+            config = search_config(spec.search_settings) if spec.search_settings else None
             return SearchPlayer(model, spec.name, visits=spec.visits, movetime=movetime,
-                                device=device)
+                                config=config, device=device)
         return PolicyPlayer(model, spec.name, temperature=spec.temperature, device=device)
     if kind == "gnushogi":
         return GnuShogiPlayer(int(argument), move_timeout=spec.move_timeout, name=spec.name)
@@ -301,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--movetime", type=int, metavar="MS",
                         help="the checkpoint searches MS milliseconds per move (with --visits: "
                              "at most that many)")
+    parser.add_argument("--set", metavar="search.KEY=VALUE", action="append", default=[],
+                        dest="search_settings",
+                        help="one [search] setting for the checkpoint's search (repeatable; "
+                             "with --visits or --movetime), e.g. search.c_puct=2")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sample the checkpoint's moves at this temperature (0: best move)")
     parser.add_argument("--device", default="cpu")
@@ -365,16 +385,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("visits", "movetime"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             problems.append(f"--{flag} must be at least 1")
+    if args.search_settings and not (args.visits or args.movetime):
+        problems.append("--set applies to a search: give --visits or --movetime")
+    else:
+        try:
+            search_config(args.search_settings)
+        except ConfigError as exc:
+            problems.append(str(exc))
     if problems:
         print("keisei-eval: " + "; ".join(problems), file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    budget = (f" ({search_budget_name(args.visits, args.movetime)})"
+    settings = "".join(f", {setting.strip().removeprefix('search.')}"
+                       for setting in args.search_settings)
+    budget = (f" ({search_budget_name(args.visits, args.movetime)}{settings})"
               if args.visits or args.movetime else "")
     name = args.name or Path(args.checkpoint).stem + budget
     try:
         me = PlayerSpec(f"checkpoint:{args.checkpoint}", name, temperature=args.temperature,
-                        visits=args.visits, movetime_ms=args.movetime)
+                        visits=args.visits, movetime_ms=args.movetime,
+                        search_settings=tuple(args.search_settings))
         build_player(me, args.device).close()
         if args.ladder:
             rungs = ladder_specs()
@@ -433,7 +463,8 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
             pool.join()
     print_table(me.name, rows)
     summary = {"player": me.name, "checkpoint": args.checkpoint, "seed": args.seed,
-               "search": {"visits": me.visits, "movetime_ms": me.movetime_ms},
+               "search": {"visits": me.visits, "movetime_ms": me.movetime_ms,
+                          "settings": list(me.search_settings)},
                "games_per_opponent": 2 * ((args.games + 1) // 2),
                "pairings": [pairing.to_dict() for pairing in pairings],
                "opponents": [asdict(spec) for spec, skipped in rungs if skipped is None],

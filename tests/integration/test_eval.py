@@ -221,19 +221,27 @@ def test_a_searching_checkpoint_names_its_budget_in_tables_and_records(checkpoin
                                                                         tmp_path: Path) -> None:
     done = keisei_eval("--checkpoint", str(checkpoints[0]), "--visits", "16", "--opponent",
                        "greedy", "--opponent", f"checkpoint:{checkpoints[1]}@50ms", "--games", "2",
-                       "--max-plies", "40", "--output", str(tmp_path))
+                       "--max-plies", "40", "--set", "search.policy_temperature=1.5",
+                       "--output", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    name = f"{checkpoints[0].stem} (16 visits)"
+    name = f"{checkpoints[0].stem} (16 visits, policy_temperature=1.5)"
     assert f"{name} against:" in done.stdout and f"{checkpoints[1].stem} (50 ms)" in done.stdout
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["player"] == name and results["search"] == {"visits": 16, "movetime_ms": None}
+    assert results["player"] == name and results["search"] == {
+        "visits": 16, "movetime_ms": None, "settings": ["search.policy_temperature=1.5"]}
     assert {game["black"] for game in results["games"]} >= {name}
     assert [opponent["movetime_ms"] for opponent in results["opponents"]] == [None, 50]
 
 
 def test_a_bad_search_budget_is_one_clear_line(checkpoints: list[Path], tmp_path: Path) -> None:
     for args, message in ((["--visits", "0"], "--visits must be at least 1"),
-                          (["--opponent", f"checkpoint:{checkpoints[1]}@fast"], "search budget 'fast'")):
+                          (["--opponent", f"checkpoint:{checkpoints[1]}@fast"], "search budget 'fast'"),
+                          (["--set", "search.c_puct=2"], "give --visits or --movetime"),
+                          (["--visits", "8", "--set", "train.learning_rate=1"],
+                           "only search.KEY=VALUE settings"),
+                          (["--visits", "8", "--set", "search.policy_temperature=0"],
+                           "search.policy_temperature = 0.0: out of range"),
+                          (["--visits", "8", "--set", "search.c_pucct=2"], "search.c_pucct: unknown key")):
         extra = [] if "--opponent" in args else ["--opponent", "random"]
         done = keisei_eval("--checkpoint", str(checkpoints[0]), *args, *extra, "--output",
                            str(tmp_path))
