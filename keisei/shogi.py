@@ -326,8 +326,9 @@ class Game:
         return self._legal_moves().copy()
 
     def _legal_moves(self) -> list[int]:
-        """The legal-move list, made on first use after a move (a search pushes and pops
-        through many positions whose moves it never asks for)."""
+        """The legal-move list. ``push`` makes it (its result depends on it); ``pop`` leaves
+        it to be made on first use (a search pops back through many positions whose moves
+        it never asks for again)."""
         legal = self._legal
         if legal is None:
             legal = self._legal = list(self.board.legal_moves)
@@ -361,7 +362,7 @@ class Game:
         self._keys.append(key)
         count = self._seen.get(key, 0) + 1
         self._seen[key] = count
-        self._legal = None
+        self._legal = list(board.legal_moves)
         self._outcome = self._adjudicate(count)
 
     def push_usi(self, usi: str) -> int:
@@ -436,7 +437,7 @@ class Game:
         """The result of the current position, if it ends the game (rules in the module doc)."""
         board = self.board
         to_move = Color.from_number(board.turn)
-        if board.is_game_over():  # no legal move
+        if not self._legal_moves():
             reason = Termination.CHECKMATE if board.is_check() else Termination.NO_LEGAL_MOVES
             return Outcome(to_move.opponent, reason)
         if occurrences >= REPETITIONS_TO_END:
