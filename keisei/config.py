@@ -507,3 +507,18 @@ def markdown_reference() -> str:
 
 if __name__ == "__main__":
     print(markdown_reference(), end="")
+
+
+def load_search_config(path: str | Path | None, settings: Sequence[str]) -> SearchConfig:
+    """The ``[search]`` section of the TOML file at ``path`` (or the defaults) with
+    ``settings`` (``search.KEY=VALUE`` each) applied: what a searching player is given
+    (``keisei-usi``, ``keisei-eval --visits``).
+
+    :raises ConfigError: naming each setting that is malformed, unknown, out of range, or
+        not in ``[search]`` (it would change nothing there).
+    """
+    outside = [f"--set {setting!r}: only search.KEY=VALUE settings apply to a search"
+               for setting in settings if not setting.strip().startswith("search.")]
+    if outside:
+        raise ConfigError(outside)
+    return load_config(path, settings).search

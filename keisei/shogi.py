@@ -266,7 +266,7 @@ class Game:
         key = self.board.zobrist_hash()
         self._keys: list[int] = [key]
         self._seen: dict[int, int] = {key: 1}
-        self._legal: list[int] | None = None  # made when first asked for (``_legal_moves``)
+        self._legal: list[int] | None = None  # None until ``_legal_moves`` makes it
         self._illegal_move: int | None = None
         self._outcome: Outcome | None = self._adjudicate(1)
 

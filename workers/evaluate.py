@@ -35,7 +35,7 @@ import torch
 
 from keisei import elo
 from keisei.checkpoint import CheckpointError
-from keisei.config import ConfigError, SearchConfig, load_config
+from keisei.config import ConfigError, load_search_config
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import (
     GreedyPlayer,
@@ -128,19 +128,6 @@ def parse_options(pairs: Sequence[str]) -> dict[str, str]:
     return options
 
 
-def search_config(settings: Sequence[str]) -> SearchConfig:
-    """The ``[search]`` section with ``settings`` (``search.KEY=VALUE`` each) applied.
-
-    :raises ConfigError: naming a setting that is malformed, unknown, out of range, or
-        not in ``[search]``.
-    """
-    outside = [f"--set {setting!r}: only search.KEY=VALUE settings apply to a checkpoint's "
-               "search" for setting in settings if not setting.strip().startswith("search.")]
-    if outside:
-        raise ConfigError(outside)
-    return load_config(None, list(settings)).search
-
-
 def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
     """The player ``spec`` describes (loading its checkpoint or starting its engine lazily).
 
@@ -156,7 +143,7 @@ def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
         model, _ = load_policy(argument, device)
         if spec.visits or spec.movetime_ms:
             movetime = spec.movetime_ms / 1000 if spec.movetime_ms else None
-            config = search_config(spec.search_settings) if spec.search_settings else None
+            config = load_search_config(None, spec.search_settings) if spec.search_settings else None
             return SearchPlayer(model, spec.name, visits=spec.visits, movetime=movetime,
                                 config=config, device=device)
         return PolicyPlayer(model, spec.name, temperature=spec.temperature, device=device)
@@ -389,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems.append("--set applies to a search: give --visits or --movetime")
     else:
         try:
-            search_config(args.search_settings)
+            load_search_config(None, args.search_settings)
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:

@@ -33,7 +33,7 @@ from cshogi import move_to_usi
 
 from keisei import __version__
 from keisei.checkpoint import CheckpointError
-from keisei.config import ConfigError, SearchConfig, load_config
+from keisei.config import ConfigError, SearchConfig, load_search_config
 from keisei.encoding import BatchEncoder
 from keisei.errors import KeiseiError
 from keisei.evaluation import load_policy
@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        search = load_config(args.config, args.overrides).search
+        search = load_search_config(args.config, args.overrides)
         engine = load_engine(args.checkpoint, args.device, sys.stdout, search)
     except (CheckpointError, ConfigError) as exc:
         print(f"keisei-usi: {exc}", file=sys.stderr)

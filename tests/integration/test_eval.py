@@ -238,7 +238,7 @@ def test_a_bad_search_budget_is_one_clear_line(checkpoints: list[Path], tmp_path
                           (["--opponent", f"checkpoint:{checkpoints[1]}@fast"], "search budget 'fast'"),
                           (["--set", "search.c_puct=2"], "give --visits or --movetime"),
                           (["--visits", "8", "--set", "train.learning_rate=1"],
-                           "only search.KEY=VALUE settings"),
+                           "only search.KEY=VALUE settings apply to a search"),
                           (["--visits", "8", "--set", "search.policy_temperature=0"],
                            "search.policy_temperature = 0.0: out of range"),
                           (["--visits", "8", "--set", "search.c_pucct=2"], "search.c_pucct: unknown key")):

@@ -193,3 +193,11 @@ def test_a_file_that_is_not_a_checkpoint_gets_one_clear_line(tmp_path: Path, com
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "garbage.pt: not a readable Keisei checkpoint" in lines[0], result.stderr
+
+
+def test_a_setting_outside_search_is_refused(checkpoint: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "workers.usi", "--checkpoint", str(checkpoint),
+                             "--set", "train.learning_rate=1", "--set", "search.c_puct=2"],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "'train.learning_rate=1': only search.KEY=VALUE settings apply to a search" in result.stderr
