@@ -132,3 +132,18 @@ def test_an_actor_tries_the_next_rank_when_one_does_not_answer(
         patient.close()
     assert f"learner {nowhere[first]} does not answer; trying {nowhere[1 - first]}" in caplog.text
     assert f"learner {nowhere[1 - first]} does not answer; trying {nowhere[first]}" in caplog.text
+
+
+def test_an_actor_that_has_decided_its_exit_ignores_a_late_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python gives SIGTERM its default action back while the interpreter shuts down: a
+    # SIGTERM then (Compose stopping the stack as the learner exits) would end the actor
+    # with 143 instead of its own code, unless the signal is ignored by then.
+    monkeypatch.setattr(actor_module, "HANDSHAKE_SECONDS", 0.2)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = actor_module.main(["--learner", "tcp://127.0.0.1:1", "--give-up-after", "0.5"])
+        assert code == 0
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
