@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 RUN_DIR ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
 WEB ?= 127.0.0.1:8080
 
-.PHONY: setup run test soak docker-test bench clean
+.PHONY: setup run test e2e soak docker-test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: setup
 	$(BIN)/ruff check keisei learner workers pretrain tests bench
 	$(BIN)/mypy --strict keisei/ learner/ workers/ pretrain/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# End-to-end runs of a minute or more each (about 4 minutes in all), kept out of `make test`.
+e2e: setup
+	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
 soak: setup
 	$(BIN)/python -m pytest -m soak -s $(PYTEST_ARGS)

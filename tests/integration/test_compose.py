@@ -71,6 +71,7 @@ def test_the_ranks_override_names_every_rank_port() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_compose_services_train_as_processes(tmp_path: Path) -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     with socket.socket() as probe:

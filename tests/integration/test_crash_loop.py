@@ -37,6 +37,7 @@ def kill_when(process: subprocess.Popen[str], run_dir: Path, moment: str, rng: r
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_learner_survives_being_killed_at_any_moment(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     rng = random.Random(7)

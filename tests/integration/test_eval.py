@@ -201,6 +201,7 @@ def test_checkpoint_against_checkpoint_is_reproducible_with_a_seed(checkpoints: 
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_keisei_usi_as_a_usi_opponent_and_the_ladder(checkpoints: list[Path], tmp_path: Path) -> None:
     usi = f"usi:{BIN / 'keisei-usi'} --checkpoint {checkpoints[1]}"
     done = keisei_eval("--checkpoint", str(checkpoints[0]), "--opponent", usi, "--usi-option",

@@ -49,6 +49,7 @@ def held_steps(run_dir: Path) -> int:
     return len(checkpoint["buffer"]["actions"])
 
 
+@pytest.mark.e2e
 def test_two_ranks_train_together_with_their_own_actors_and_resume_on_any_number(
         tmp_path: Path) -> None:
     run_dir = tmp_path / "run"

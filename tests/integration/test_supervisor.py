@@ -105,6 +105,7 @@ def test_exception_in_an_update_exits_cleanly_with_a_checkpoint_and_reaps_actors
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_an_actor_delivering_large_batches_while_sequential_never_ends_training(tmp_path: Path) -> None:
     """Games from a peer and from the in-process collector race for the buffer for a
     minute: one remote actor plays 64 games at once (batches of thousands of steps,
