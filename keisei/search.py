@@ -330,8 +330,10 @@ class Search:
             path.append((node, index))
             if loss:
                 node.add(index, loss, -loss)
-            game.push(node.moves[index])
             child = node.children[index]
+            # down a move walked before, to a position adjudicated then (same history):
+            # neither the move nor the result needs checking again
+            game.push_known(node.moves[index], adjudicate=child is None)
             if child is None:
                 child = node.children[index] = Node()
                 leaf = self._new_leaf(tree, path, child)

@@ -355,6 +355,18 @@ class Game:
             logger.error("illegal move %s (%d) by %s in %s: %s", describe_move(move), move,
                          self.side_to_move, self.sfen(), self._outcome)
             return
+        self.push_known(move)
+
+    def push_known(self, move: int, *, adjudicate: bool = True) -> None:
+        """Play ``move``, which the caller took from this position's legal moves, without
+        checking it again (a search walking down moves it has played through before).
+
+        With ``adjudicate`` the new position's legal moves and result are made as ``push``
+        makes them. Without, both are left unknown: only for a position the caller knows
+        does not end the game (one adjudicated on an earlier walk along the same moves,
+        so with the same history); ``outcome`` then reads None and the legal moves are
+        made on first use.
+        """
         board = self.board
         board.push(move)
         self._moves.append(move)
@@ -362,8 +374,11 @@ class Game:
         self._keys.append(key)
         count = self._seen.get(key, 0) + 1
         self._seen[key] = count
-        self._legal = list(board.legal_moves)
-        self._outcome = self._adjudicate(count)
+        if adjudicate:
+            self._legal = list(board.legal_moves)
+            self._outcome = self._adjudicate(count)
+        else:
+            self._legal = None
 
     def push_usi(self, usi: str) -> int:
         """Play a move written in USI (``7g7f``, ``P*5e``, ``8h2b+``) and return it as an int.

@@ -167,6 +167,33 @@ def test_pop_restores_position_counts_and_outcome() -> None:
         game.pop()
 
 
+def test_push_known_keeps_counts_and_adjudicates_only_when_asked() -> None:
+    # the moves a search walks down again: the same positions, counts and results as push
+    rng = random.Random(7)
+    checked, known = Game(), Game()
+    while not checked.is_over:
+        move = rng.choice(checked.legal_moves())
+        checked.push(move)
+        known.push_known(move)
+        assert known.outcome == checked.outcome and known.repetitions == checked.repetitions
+        assert known.legal_moves() == checked.legal_moves()
+    # unadjudicated: the result reads None, the legal moves are made on first use, and a
+    # push after it still checks and adjudicates
+    game = Game("4k4/9/4P4/9/9/9/9/9/4K4 b G 1")
+    mate = game.board.move_from_usi("G*5b")
+    game.push_known(mate, adjudicate=False)
+    assert game.outcome is None and game.legal_moves() == []
+    game.pop()
+    game.push_known(mate)
+    assert game.outcome == Outcome(Color.BLACK, Termination.CHECKMATE)
+    shuffle = Game()
+    for usi in KING_SHUFFLE * 2 + KING_SHUFFLE[:3]:
+        shuffle.push_known(shuffle.board.move_from_usi(usi), adjudicate=False)
+    assert shuffle.repetitions == 2
+    play(shuffle, KING_SHUFFLE[3])
+    assert shuffle.outcome == Outcome(None, Termination.REPETITION)
+
+
 def test_resign_gives_the_win_to_the_opponent() -> None:
     game = play(Game(), "7g7f")
     assert game.resign() == Outcome(Color.BLACK, Termination.RESIGNATION)
