@@ -137,9 +137,14 @@ class PolicyPlayer:
 
 
 class SearchPlayer:
-    """A network with tree search (``keisei.search``): ``visits`` per move, or
-    ``movetime`` seconds per move. The positions of all the games it is to move in are
-    searched together (one network call per pass for all of them), without noise."""
+    """A network with tree search (``keisei.search``), without noise: ``visits`` per
+    move, or ``movetime`` seconds per move (``visits`` then caps it).
+
+    With a visit budget the positions of all the games it is to move in are searched
+    together (one network call per pass for all of them). With a movetime each game's
+    move has that time to itself, as in a game against a GUI: the games are searched
+    one after another, each batching its own leaves under virtual loss. (Searched
+    together, the games would share the time, each getting a fraction of the visits.)"""
 
     def __init__(self, model: nn.Module, name: str, *, visits: int | None = None,
                  movetime: float | None = None, config: SearchConfig | None = None,
@@ -153,7 +158,10 @@ class SearchPlayer:
         self.search = Search(network_evaluator(model, device, autocast_dtype), config)
 
     def choose(self, games: Sequence[Game], rngs: Sequence[random.Random]) -> list[Decision]:
-        results = self.search.search(list(games), self.visits, self.movetime)
+        if self.movetime is None:
+            results = self.search.search(list(games), self.visits)
+        else:
+            results = [self.search.search([game], self.visits, self.movetime)[0] for game in games]
         return [result.move for result in results]
 
     def close(self) -> None:

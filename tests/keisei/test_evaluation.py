@@ -18,6 +18,7 @@ from keisei.evaluation import (
     Pairing,
     PolicyPlayer,
     RandomPlayer,
+    SearchPlayer,
     Special,
     load_openings,
     load_policy,
@@ -172,3 +173,25 @@ def test_load_policy_reads_checkpoints_and_policy_files(tmp_path) -> None:  # ty
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt"):
         load_policy(tmp_path / "junk.pt")
+
+
+def test_a_movetime_gives_each_game_its_own_time_and_visits_search_games_together() -> None:
+    games = [Game() for _ in range(3)]
+    for game, usi in zip(games, ("7g7f", "2g2f", "5g5f"), strict=True):
+        game.push_usi(usi)
+    rngs = [random.Random(index) for index in range(3)]
+    for player, calls in ((SearchPlayer(build_model(PRESETS["tiny"]), "timed", movetime=0.05),
+                           [(1, None, 0.05)] * 3),
+                          (SearchPlayer(build_model(PRESETS["tiny"]), "counted", visits=12),
+                           [(3, 12, None)])):
+        seen: list[tuple[int, int | None, float | None]] = []
+        inner = player.search.search
+
+        def recorded(searched, visits=None, seconds=None, inner=inner, seen=seen):  # type: ignore[no-untyped-def]
+            seen.append((len(searched), visits, seconds))
+            return inner(searched, visits, seconds)
+
+        player.search.search = recorded  # type: ignore[method-assign]
+        moves = player.choose(games, rngs)
+        assert seen == calls, player.name
+        assert all(game.is_legal(move) for game, move in zip(games, moves, strict=True))
