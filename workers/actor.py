@@ -461,12 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         actor.close()
+        # The exit is decided. Python puts SIGTERM's default action back while the
+        # interpreter shuts down, so a SIGTERM then (Compose stopping the stack as the
+        # learner exits, just after the learner's shutdown reached this actor) would kill
+        # it with 143 instead of its code; an ignored signal stays ignored through that.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logger.info("actor %s stopped after sending %d games", args.actor_id, actor.games_sent)
-    # The exit is decided. Python puts SIGTERM's default action back while the interpreter
-    # shuts down, so a SIGTERM then (Compose stopping the stack as the learner exits, just
-    # after the learner's shutdown reached this actor) would kill it with 143 instead of
-    # the code below; an ignored signal stays ignored through the shutdown.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # 130 for a signal, as the learner: Docker's on-failure policy then brings back actors
     # that a host shutdown stopped, and leaves those that the learner's shutdown ended
     return EXIT_SIGNALLED if signalled else 0
