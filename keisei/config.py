@@ -505,10 +505,6 @@ def markdown_reference() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(markdown_reference(), end="")
-
-
 def load_search_config(path: str | Path | None, settings: Sequence[str]) -> SearchConfig:
     """The ``[search]`` section of the TOML file at ``path`` (or the defaults) with
     ``settings`` (``search.KEY=VALUE`` each) applied: what a searching player is given
@@ -522,3 +518,7 @@ def load_search_config(path: str | Path | None, settings: Sequence[str]) -> Sear
     if outside:
         raise ConfigError(outside)
     return load_config(path, settings).search
+
+
+if __name__ == "__main__":
+    print(markdown_reference(), end="")
