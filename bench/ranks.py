@@ -219,7 +219,7 @@ def update_rank(info: RankInfo, port: int, data: Path, overrides: list[str], rep
     saved = torch.load(data, weights_only=False)
     config = load_config(None, overrides)
     with Ranks(info, torch.device("cpu"), 300.0) as ranks:
-        trainer = Trainer.build(config, threading.Event(), config.run.threads, ranks=ranks)
+        trainer = Trainer.build(config, threading.Event(), config.run.threads, world=ranks)
         share = split_buffer(saved["batch"], info.world)[info.rank]
         batch = EpochBatch(**{name: tensor.numpy() for name, tensor in share.items()})
         times: list[float] = []

@@ -1,7 +1,7 @@
 """The game of Shogi: a thin, validating layer over cshogi.
 
 cshogi (a C++ engine, GPL-3) generates moves and is exact on every published
-perft count. It leaves to its caller what a referee must do, and ``Game`` does it:
+perft count (``keisei.rules`` counts them). It leaves to its caller what a referee must do, and ``Game`` does it:
 
 * ``cshogi.Board.push`` does not validate: an illegal int corrupts the position.
   ``Game.push`` only plays moves from the position's legal-move list; anything
@@ -25,17 +25,12 @@ KIF and CSA, read and written, are in ``keisei.kifu``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
-import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 import cshogi
-import cshogi.KIF
 
 from keisei.errors import GameOverError, IllegalMoveError, InvalidSfenError
 
@@ -519,36 +514,7 @@ def describe_move(move: int) -> str:
     return "<not a move>" if text is None else str(text)
 
 
-# --- perft -----------------------------------------------------------------------------
-def perft(sfen: str, depth: int) -> int:
-    """Count the leaf nodes of the legal-move tree of ``depth`` plies from ``sfen``.
-
-    Counts every legal move, non-promotions into the zone included, as the published
-    tables do (start position: 30, 900, 25 470, 719 731, 19 861 490).
-
-    :raises InvalidSfenError: if the SFEN is bad.
-    :raises ValueError: if ``depth`` is negative.
-    """
-    if depth < 0:
-        raise ValueError(f"perft depth {depth} must be 0 or more")
-    return _perft(cshogi.Board(normalize_sfen(sfen)), depth)
-
-
-def _perft(board: cshogi.Board, depth: int) -> int:
-    if depth == 0:
-        return 1
-    moves = list(board.legal_moves)
-    if depth == 1:
-        return len(moves)
-    total = 0
-    for move in moves:
-        board.push(move)
-        total += _perft(board, depth - 1)
-        board.pop()
-    return total
-
-
-# --- command line ----------------------------------------------------------------------
+# --- games ---------------------------------------------------------------------------
 def play_random_game(seed: int | None = None, max_plies: int = DEFAULT_MAX_PLIES,
                      sfen: str | None = None) -> Game:
     """Play uniformly random legal moves until the game ends."""
@@ -557,42 +523,3 @@ def play_random_game(seed: int | None = None, max_plies: int = DEFAULT_MAX_PLIES
     while game.outcome is None:
         game.push(rng.choice(game.legal_moves()))
     return game
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m keisei.shogi perft SFEN DEPTH`` or ``python -m keisei.shogi play``."""
-    parser = argparse.ArgumentParser(prog="python -m keisei.shogi", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    perft_parser = commands.add_parser("perft", help="count leaf nodes of the move tree")
-    perft_parser.add_argument("sfen", help="an SFEN, or 'startpos'")
-    perft_parser.add_argument("depth", type=int)
-    play_parser = commands.add_parser("play", help="play one random game and print its record")
-    play_parser.add_argument("--seed", type=int, default=None)
-    play_parser.add_argument("--max-plies", type=int, default=DEFAULT_MAX_PLIES)
-    play_parser.add_argument("--sfen", default=None, help="starting position (default: startpos)")
-    play_parser.add_argument("--format", choices=("kif", "csa", "usi"), default="kif")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "perft":
-            started = time.perf_counter()
-            nodes = perft(args.sfen, args.depth)
-            elapsed = time.perf_counter() - started
-            print(f"perft({args.depth}) = {nodes}  ({elapsed:.2f} s)")
-            return 0
-        game = play_random_game(args.seed, args.max_plies, args.sfen)
-    except ValueError as exc:
-        parser.error(str(exc))
-    from keisei import kifu  # the record formats (kifu imports this module)
-
-    if args.format == "kif":
-        sys.stdout.write(kifu.to_kif(game, ("Random", "Random")))
-    elif args.format == "csa":
-        sys.stdout.write(kifu.to_csa(game, ("Random", "Random")))
-    else:
-        print(game.to_position())
-    print(f"# {game.ply} plies: {game.outcome}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

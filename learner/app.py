@@ -41,15 +41,18 @@ from learner.actors import ActorState, ActorTable
 from learner.dashboard import Dashboard
 from learner.local_actors import LocalActors
 from learner.ranks import (
+    REPORTED_ACTORS,
+    Alone,
     RankFailed,
-    Ranks,
-    merge_shards,
+    World,
+    checkpoint_state,
+    deal_start,
+    gather_epoch,
     rank_bind,
-    split_buffer,
-    weights_checksum,
+    resume_shares,
 )
 from learner.ratings import Ratings
-from learner.reports import ActorsReport, EpochReport, Ledger, Mode, RanksReport
+from learner.reports import ActorsReport, EpochReport, Ledger, Mode
 from learner.server import LearnerServer, local_endpoint, weights_bind_address
 from learner.supervisor import Supervisor
 from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callback, train
@@ -57,8 +60,6 @@ from learner.web import LiveGame, WebView, parse_address
 
 logger = logging.getLogger(__name__)
 
-REPORTED_ACTORS = 32
-"""Actor rows in each metrics line (the most recently heard); the rest are only counted."""
 LIVE_RESULT_SECONDS = 3.0
 """How long the web view's live board keeps an in-process game's end before the next game."""
 FINAL_RATING_SECONDS = 300.0
@@ -133,30 +134,16 @@ class Checkpoints:
     def save(self, force: bool = False) -> Path | None:
         """Write a checkpoint unless this step has one (``force``: write it again).
 
-        With ranks every rank calls it at the same point: rank 0 gathers every shard's
-        waiting steps and writes one checkpoint holding them all."""
-        trainer, ranks = self.trainer, self.trainer.ranks
+        Every member of the world calls it at the same point: member 0 writes one
+        checkpoint holding every shard's waiting steps (``learner.ranks.checkpoint_state``)."""
+        trainer = self.trainer
         if trainer.step == self.writer.saved_step and not force:
             return None
-        def state() -> dict[str, Any]:
-            return {**trainer.state_dict(), "ratings": self.ratings.state_dict()}
-
-        if ranks is not None:
-            shards = ranks.all_gather(trainer.shard_state())
-            if not ranks.is_main:
-                self.writer.saved_step = trainer.step
-                return None
-            merged = merge_shards(shards)
-            own = state
-
-            def state() -> dict[str, Any]:
-                full = own()
-                counters = {**full["counters"], "sources": merged["sources"],
-                            "games": sum(shard["games"] for shard in shards),
-                            "steps_dropped_stale": sum(shard["stale"] for shard in shards),
-                            "steps_dropped_non_finite": sum(shard["non_finite"] for shard in shards)}
-                return {**full, "buffer": merged["buffer"], "counters": counters,
-                        "ranks": ranks.world}
+        state = checkpoint_state(trainer.world, trainer, lambda: {
+            **trainer.state_dict(), "ratings": self.ratings.state_dict()})
+        if state is None:  # another member writes it
+            self.writer.saved_step = trainer.step
+            return None
         path = self.writer.save(trainer.step, state, force=True)
         if path is None:
             return None
@@ -182,17 +169,18 @@ class Learner:
     """One training run and everything it owns (see the module docstring)."""
 
     def __init__(self, config: Config, options: LearnerOptions | None = None,
-                 stream: IO[str] | None = None, ranks: Ranks | None = None) -> None:
+                 stream: IO[str] | None = None, world: World | None = None) -> None:
         self.config = config
-        self.ranks = ranks  # one rank of a multi-rank learner (``learner.ranks``); None: alone
-        self.main = ranks is None or ranks.is_main  # rank 0 owns metrics, ratings, checkpoints
+        # the processes training together (``learner.ranks``); a single process is a world of one
+        self.world = world = world if world is not None else Alone()
+        self.main = world.is_main  # rank 0 owns metrics, ratings, checkpoints
         self.options = options if options is not None else LearnerOptions()
         self.options.check()
         self.stream = stream  # the dashboard's (default: stdout)
         self.run_dir = Path(config.run.dir)
         # where this rank's own files go (status.json, the local actors' logs)
-        self.rank_dir = (self.run_dir if ranks is None or ranks.is_main
-                         else self.run_dir / "ranks" / f"rank-{ranks.rank}")
+        self.rank_dir = (self.run_dir if world.is_main
+                         else self.run_dir / "ranks" / f"rank-{world.rank}")
         self.stop = threading.Event()  # set it (e.g. from a signal handler) to stop at a safe point
         self.actors = ActorTable()
         self.server: LearnerServer | None = None
@@ -233,25 +221,15 @@ class Learner:
                     partial.unlink(missing_ok=True)  # left by a crash during a write
             self.rank_dir.mkdir(parents=True, exist_ok=True)
         except (ConfigError, OSError) as exc:
-            if self.ranks is None:
-                raise
-            problem = exc  # said to the other ranks first (``_start_ranks``)
+            problem = exc  # said to the other ranks first (``learner.ranks.deal_start``)
         # Local actors take one thread each, but they pause as soon as the next epoch is
         # buffered (back-pressure in the heartbeat ack), so they and the PPO update take
         # turns on the cores rather than share them: the learner keeps every core.
         self.trainer = trainer = Trainer.build(config, self.stop, options.threads, self.mode,
-                                               self.ranks)
+                                               self.world)
         evaluation = config.evaluation if self.main else replace(config.evaluation, every_epochs=0)
         self.ratings = Ratings(evaluation, self.run_dir, trainer)
-        if self.ranks is not None:
-            resume_from = self._start_ranks(resume_from, problem)
-        elif resume_from:
-            if options.init_from:
-                logger.info("--init-from %s: not used, the resumed run continues from its own "
-                            "checkpoint", options.init_from)
-            self._resume(resume_from)
-        elif options.init_from:
-            self._init_from(Path(options.init_from))
+        resume_from = self._start(resume_from, problem)
         if self.main:
             write_text_atomically(self.run_dir / "config.toml", config.to_toml())
         logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",
@@ -283,7 +261,7 @@ class Learner:
         supervisor that watches both; undone in reverse order."""
         config, options, trainer = self.config, self.options, self.trainer
         keys = load_keys(options.curve_keys, "learner") if options.curve_keys else None
-        bind = rank_bind(options.bind, self.ranks.rank) if self.ranks is not None else options.bind
+        bind = rank_bind(options.bind, self.world.rank)
         self.server = self._stack.enter_context(LearnerServer(
             bind, trainer.admission, self.actors, config.to_dict(),
             lambda: trainer.policy_version, keys=keys, publish_interval=options.publish_interval,
@@ -295,92 +273,57 @@ class Learner:
         if options.local_actors:
             self.local = self._stack.enter_context(LocalActors(
                 options.local_actors, local_endpoint(bind), self.rank_dir / "actors",
-                prefix="local" if self.ranks is None else f"rank{self.ranks.rank}-local"))
+                prefix="local" if self.world.size == 1 else f"rank{self.world.rank}-local"))
         self.supervisor = self._stack.enter_context(Supervisor(
             config.supervisor, trainer, self.server, self.actors, self.local,
             self.rank_dir / "status.json", forget_after=config.wire.forget_after,
             ledger=lambda: asdict(self.ledger())))
 
-    def _start_ranks(self, resume_from: list[Path], problem: Exception | None) -> list[Path]:
-        """Every rank starts from rank 0's state: a resumed checkpoint (its waiting steps
-        dealt out in equal shares, whatever number of ranks wrote it), an ``--init-from``
-        network, or rank 0's fresh weights. A problem on rank 0 ends every rank.
+    def _start(self, resume_from: list[Path], problem: Exception | None) -> list[Path]:
+        """Every member starts from member 0's state (``learner.ranks.deal_start``): a
+        resumed checkpoint, an ``--init-from`` network, or member 0's fresh weights.
+        Returns the checkpoints resumed from.
 
-        :raises ConfigError: naming rank 0's problem.
+        :raises ConfigError: if none loads, the network differs from the config's, or
+            (on the other members) naming member 0's problem.
         """
-        ranks, trainer = self.ranks, self.trainer
-        assert ranks is not None
-        parts: list[dict[str, Any]] | None = None
-        if ranks.is_main:
-            try:
-                if problem is not None:
-                    raise problem
-                parts = self._rank_states(resume_from)
-            except (ConfigError, CheckpointError, OSError) as exc:
-                ranks.scatter([{"problem": str(exc)}] * ranks.world)
-                raise
-        mine = ranks.scatter(parts)
-        if "problem" in mine:
-            raise ConfigError([f"rank 0 could not start the run: {mine['problem']}"])
-        if problem is not None:  # this rank's own (its directory), now that rank 0 knows
-            raise problem
+        world, trainer = self.world, self.trainer
+        mine = deal_start(world, lambda: self._start_parts(resume_from), problem)
         if "state" in mine:
-            trainer.load_state_dict(mine["state"])
-            if ranks.is_main and "ratings" in mine["state"]:
-                self.ratings.load_state_dict(mine["state"]["ratings"])
+            state = mine["state"]
+            trainer.load_state_dict(state)
             trainer.reseed_rank()
-            logger.info("rank %d resumed at step %d with %d waiting steps of the checkpoint",
-                        ranks.rank, trainer.step, trainer.buffer.size)
-            if ranks.is_main:
+            if world.is_main:
+                if "ratings" in state:
+                    self.ratings.load_state_dict(state["ratings"])
+                logger.info("resumed from %s at step %d, policy version %d",
+                            mine["resumed_from"][0], trainer.step, trainer.policy_version)
                 self._truncate_metrics(trainer.step)
+            else:
+                logger.info("rank %d resumed at step %d with %d waiting steps of the checkpoint",
+                            world.rank, trainer.step, trainer.buffer.size)
         elif "reference" in mine:
-            if not ranks.is_main:
-                trainer.set_reference(mine["reference"])
-        else:
+            trainer.set_reference(mine["reference"])
+        elif "model" in mine:
             trainer.model.load_state_dict(mine["model"])
         return [Path(name) for name in mine.get("resumed_from", [])]
 
-    def _rank_states(self, resume_from: list[Path]) -> list[dict[str, Any]]:
-        """Rank 0: what each rank starts from (see ``_start_ranks``)."""
-        ranks, trainer, options = self.ranks, self.trainer, self.options
-        assert ranks is not None
+    def _start_parts(self, resume_from: list[Path]) -> list[dict[str, Any]]:
+        """Member 0: what each member starts from (see ``_start``); its own part is
+        empty where it already holds it."""
+        world, trainer, options = self.world, self.trainer, self.options
         if resume_from:
+            if options.init_from:
+                logger.info("--init-from %s: not used, the resumed run continues from its own "
+                            "checkpoint", options.init_from)
             checkpoint, state = load_newest(resume_from, self.config, map_location="cpu")
-            saved = int(state.get("ranks", 1))
-            logger.info("resuming %s (written by %d rank%s) on %d ranks: %d waiting steps dealt "
-                        "out in equal shares", checkpoint, saved, "s" * (saved != 1), ranks.world,
-                        len(state["buffer"].get("actions", ())))
-            shares = split_buffer(state["buffer"], ranks.world)
-            states = []
-            for rank, share in enumerate(shares):
-                counters = dict(state["counters"])
-                if rank:  # the run's totals stay with rank 0
-                    counters.update(games=0, steps_dropped_stale=0, steps_dropped_non_finite=0)
-                own = {**state, "buffer": share, "counters": counters}
-                if rank:
-                    own.pop("ratings", None)
-                states.append({"state": own, "resumed_from": [str(checkpoint)]})
-            return states
+            return resume_shares(state, checkpoint, world.size)
+        others = world.size - 1
         if options.init_from:
             self._init_from(Path(options.init_from))
             assert trainer.reference is not None
-            return [{"reference": trainer.reference.state_dict()}] * ranks.world
-        return [{"model": trainer.model.state_dict()}] * ranks.world
-
-    def _resume(self, checkpoints: list[Path]) -> None:
-        """Continue from the newest checkpoint that loads (saying which were skipped and
-        why), and cut ``metrics.jsonl`` back to the epochs it includes.
-
-        :raises ConfigError: if none loads, or the network differs from the config's.
-        """
-        trainer = self.trainer
-        checkpoint, state = load_newest(checkpoints, self.config, map_location=trainer.device)
-        trainer.load_state_dict(state)
-        if "ratings" in state:
-            self.ratings.load_state_dict(state["ratings"])
-        logger.info("resumed from %s at step %d, policy version %d", checkpoint, trainer.step,
-                    trainer.policy_version)
-        self._truncate_metrics(trainer.step)
+            return [{}] + [{"reference": trainer.reference.state_dict()}] * others
+        return [{}] + [{"model": trainer.model.state_dict()}] * others
 
     def _init_from(self, path: Path) -> None:
         """Start the new run from the network in ``path`` (fresh counters and optimizer).
@@ -439,14 +382,12 @@ class Learner:
             # The final policy's rating goes to ratings.json and the checkpoint; metrics.jsonl
             # keeps exactly one line per epoch.
             rated = self.ratings.finish(timeout=FINAL_RATING_SECONDS) if self.main else False
-            if self.ranks is not None:
-                rated = bool(self.ranks.broadcast(rated))
+            rated = bool(self.world.broadcast(rated))
             if rated:
                 self.checkpoints.save(force=True)
         except RankFailed as exc:
             # the others are not at the same point any more: no final checkpoint together
-            if self.ranks is not None:
-                self.ranks.broken = True
+            self.world.broken = True
             newest = latest_checkpoint(self.run_dir / "checkpoints") if self.main else None
             logger.error("%s; the job ends%s", exc, f"; --resume continues from {newest}"
                          if newest is not None else "")
@@ -459,9 +400,9 @@ class Learner:
             logger.error("training stopped at step %d: %s", trainer.step, exc)
         except Exception:
             logger.exception("training failed at step %d", trainer.step)
-        if self.ranks is not None and outcome is RunOutcome.FAILED:
+        if self.world.size > 1 and outcome is RunOutcome.FAILED:
             logger.error("rank %d failed alone: no final checkpoint (the other ranks are not "
-                         "at the same point); the last one stays", self.ranks.rank)
+                         "at the same point); the last one stays", self.world.rank)
             return outcome
         try:
             self.checkpoints.save()
@@ -470,8 +411,8 @@ class Learner:
             logger.error("could not write the final checkpoint: %s; --resume continues from %s",
                          exc, newest if newest is not None else "the last checkpoint")
             outcome = RunOutcome.FAILED
-            if isinstance(exc, RankFailed) and self.ranks is not None:
-                self.ranks.broken = True
+            if isinstance(exc, RankFailed):
+                self.world.broken = True
                 outcome = RunOutcome.RANK_LOST
         return outcome
 
@@ -481,54 +422,13 @@ class Learner:
         full = replace(report, actors=self.actors_report(),
                        supervision=self.supervisor.report() if self.supervisor else None,
                        ratings=self.ratings.on_epoch() if self.main else None, ledger=self.ledger())
-        if self.ranks is not None:
-            full = self._gather_ranks(full)
+        full = gather_epoch(self.world, full, self.trainer, self.config.ranks.checksum_every)
         if self.metrics is not None:
             self.metrics(full)
         self.checkpoints.on_epoch()
         if self.dashboard is not None:
             self.dashboard(full)
         return full
-
-    def _gather_ranks(self, report: EpochReport) -> EpochReport:
-        """Every rank's part of the epoch in rank 0's report: the ledger per rank and in
-        total, the actors of all ranks, and (every ``ranks.checksum_every`` epochs) a
-        checksum of each rank's weights. Weights that differ are logged and replaced by
-        rank 0's on every rank."""
-        ranks, trainer = self.ranks, self.trainer
-        assert ranks is not None
-        every = self.config.ranks.checksum_every
-        checksum = weights_checksum(trainer.model) if every and trainer.epoch % every == 0 else None
-        parts = ranks.all_gather({"ledger": report.ledger, "actors": report.actors,
-                                  "mode": str(report.mode), "checksum": checksum})
-        agree = None
-        if checksum is not None:
-            agree = len({part["checksum"] for part in parts}) == 1
-            if not agree:
-                logger.error("epoch %d: the ranks' weights differ (checksums %s); every rank "
-                             "takes rank 0's", trainer.epoch,
-                             ", ".join(f"rank {rank} {part['checksum']}" for rank, part in enumerate(parts)))
-                state = ranks.broadcast({"model": trainer.model.state_dict(),
-                                         "optimizer": trainer.optimizer.state_dict()})
-                trainer.model.load_state_dict(state["model"])
-                trainer.optimizer.load_state_dict(state["optimizer"])
-        ledgers = [part["ledger"] for part in parts]
-        total = Ledger(sum(item.carried for item in ledgers), sum(item.received for item in ledgers),
-                       sum(item.trained for item in ledgers),
-                       {reason: sum(item.dropped[reason] for item in ledgers) for reason in ledgers[0].dropped},
-                       sum(item.waiting for item in ledgers))
-        rows = [{**row, "rank": rank} for rank, part in enumerate(parts) if part["actors"] is not None
-                for row in part["actors"].actors]
-        actors = report.actors
-        reported = [part["actors"] for part in parts if part["actors"] is not None]
-        if reported:
-            actors = ActorsReport(
-                sorted(rows, key=lambda row: float(row["seconds_since_heard"]))[:REPORTED_ACTORS],
-                sum(item.actor_steps_per_second for item in reported),
-                _sum_counts(item.wire for item in reported),
-                _sum_counts(item.actor_states for item in reported))
-        return replace(report, ledger=total, actors=actors, ranks=RanksReport(
-            ranks.world, ledgers, [part["mode"] for part in parts], checksum, agree))
 
     def live_game(self) -> LiveGame | None:
         """The web view's live board: the in-process game being played (sequential mode),
@@ -589,10 +489,3 @@ def _line_step(line: bytes) -> int:
     except (ValueError, KeyError, TypeError):
         return 2**62
 
-
-def _sum_counts(parts: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for part in parts:
-        for name, count in part.items():
-            total[name] = total.get(name, 0) + int(count)
-    return total

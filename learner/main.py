@@ -155,82 +155,72 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging()
             return launch(args.ranks, without_ranks(argv))
     if info is not None and not (args.status or args.print_config):
-        leave_rank(run_rank(args, info))
+        leave_rank(train(args, info))
     try:
-        config, resume = resolve_config(args)
-        if args.print_config:
-            sys.stdout.write(config.to_toml())
-            return ExitCode.SUCCESS
-        if args.status:
+        if args.print_config or args.status:
+            config, _ = resolve_config(args)
+            if args.print_config:
+                sys.stdout.write(config.to_toml())
+                return ExitCode.SUCCESS
             return print_status(Path(config.run.dir))
-        from keisei.checkpoint import CheckpointError
-        from learner.app import Learner, LearnerOptions, RunOutcome
+    except ConfigError as exc:
+        print(f"keisei-learner: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    return train(args, None)
 
+
+def train(args: argparse.Namespace, info: RankInfo | None) -> int:
+    """Train as a single process (``info`` None: a world of one) or as one rank of a
+    multi-rank learner: join the others, take rank 0's configuration and resume decision,
+    train. Returns the exit code: rank 0's is the job's, the others' say how they ended."""
+    prefix = "" if info is None else f"rank {info.rank}: "
+    try:
+        if info is None or info.rank == 0:
+            config, resume = resolve_config(args)
+        else:  # rank 0's configuration (and its resume decision) arrive below
+            config, resume = load_config(args.config, args.overrides), False
+        if info is None:
+            on_tty = config.display.mode == "rich" or (config.display.mode == "auto"
+                                                       and sys.stdout.isatty())
+            setup_logging(dashboard_log_handler() if on_tty else None)
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter(
+                f"%(asctime)s rank {info.rank} %(process)d %(name)s %(levelname)s %(message)s"))
+            setup_logging(handler)
+            config = on_rank_device(config, info)
+        from keisei.checkpoint import CheckpointError
+        from keisei.runs import resolve_device
+        from learner.app import Learner, LearnerOptions, RunOutcome
+        from learner.ranks import Alone, RankFailed, Ranks, World, check_divisible
+
+        device, _ = resolve_device(config)
         options = LearnerOptions(local_actors=args.local_actors, remote_actors=args.remote_actors,
                                  bind=args.bind, curve_keys=args.curve_keys, resume=resume,
                                  init_from=args.init_from, web=args.web)
         options.check()
     except ConfigError as exc:
-        print(f"keisei-learner: {exc}", file=sys.stderr)
+        print(f"keisei-learner: {prefix}{exc}", file=sys.stderr)
         return ExitCode.USAGE
-    on_tty = config.display.mode == "rich" or (config.display.mode == "auto" and sys.stdout.isatty())
-    setup_logging(dashboard_log_handler() if on_tty else None)
     outcome: RunOutcome | None = None
     try:
-        with Learner(config, options) as learner, stop_on_signals(learner.stop):
-            outcome = learner.run()
-    except ConfigError as exc:
-        print(f"keisei-learner: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except (CheckpointError, ProtocolError, OSError) as exc:
-        logger.error("%s", exc)  # before training: cannot start; after: tearing down failed
-        return ExitCode.USAGE if outcome is None else ExitCode.FAILURE
-    return EXIT_CODES[outcome.value]
-
-
-def run_rank(args: argparse.Namespace, info: RankInfo) -> int:
-    """One rank of a multi-rank learner (``learner.ranks``): join the others, take rank 0's
-    configuration, train. Rank 0's exit code is the job's; the others' say how they ended."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s rank {info.rank} %(process)d %(name)s %(levelname)s %(message)s"))
-    setup_logging(handler)
-    try:
-        if info.rank == 0:
-            config, resume = resolve_config(args)
-        else:  # rank 0's configuration (and its resume decision) arrive below
-            config, resume = load_config(args.config, args.overrides), False
-        config = on_rank_device(config, info)
-        from keisei.checkpoint import CheckpointError
-        from keisei.runs import resolve_device
-        from learner.app import Learner, LearnerOptions, RunOutcome
-
-        device, _ = resolve_device(config)
-    except ConfigError as exc:
-        print(f"keisei-learner: rank {info.rank}: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    from learner.ranks import RankFailed, Ranks, check_divisible
-
-    outcome: RunOutcome | None = None
-    try:
-        with Ranks(info, device, config.ranks.timeout) as ranks:
-            config_dict, resume = ranks.broadcast((config.to_dict(), resume))
-            config = on_rank_device(build_config([config_dict]), info)
-            check_divisible(config.train.steps_per_epoch, config.train.minibatch_size, info.world)
-            options = LearnerOptions(local_actors=args.local_actors,
-                                     remote_actors=args.remote_actors, bind=args.bind,
-                                     curve_keys=args.curve_keys, resume=resume,
-                                     init_from=args.init_from, web=args.web)
-            with Learner(config, options, ranks=ranks) as learner, stop_on_signals(learner.stop):
+        world: World = Ranks(info, device, config.ranks.timeout) if info is not None else Alone()
+        with world:
+            if info is not None:  # every rank trains rank 0's run
+                config_dict, resume = world.broadcast((config.to_dict(), resume))
+                config = on_rank_device(build_config([config_dict]), info)
+                options = replace(options, resume=resume)
+            check_divisible(config.train.steps_per_epoch, config.train.minibatch_size, world.size)
+            with Learner(config, options, world=world) as learner, stop_on_signals(learner.stop):
                 outcome = learner.run()
     except ConfigError as exc:
-        print(f"keisei-learner: rank {info.rank}: {exc}", file=sys.stderr)
+        print(f"keisei-learner: {prefix}{exc}", file=sys.stderr)
         return ExitCode.USAGE
     except RankFailed as exc:  # before training, or while leaving: another rank is gone
         logger.error("%s", exc)
         return EXIT_RANK_LOST
     except (CheckpointError, ProtocolError, OSError) as exc:
-        logger.error("%s", exc)
+        logger.error("%s", exc)  # before training: cannot start; after: tearing down failed
         return ExitCode.USAGE if outcome is None else ExitCode.FAILURE
     return EXIT_CODES[outcome.value]
 

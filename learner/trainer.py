@@ -42,7 +42,6 @@ from keisei.model import (
     to_device,
 )
 from keisei.ppo import (
-    explained_variance,
     init_kl_coef_at,
     kl_from_reference,
     learning_rate_at,
@@ -55,7 +54,7 @@ from keisei.runs import resolve_device
 from keisei.selfplay import Collector
 from learner.admission import Admission
 from learner.buffer import EpochBatch, ExperienceBuffer, GameTally
-from learner.ranks import RankFailed, Ranks, check_divisible, synchronise_batch_norm
+from learner.ranks import Alone, RankFailed, World, check_divisible
 from learner.reports import CollectReport, EpochReport, GamesReport, Mode, UpdateReport
 
 logger = logging.getLogger(__name__)
@@ -79,28 +78,27 @@ class Trainer:
     """Owns the model, optimizer, schedule, counters and policy version, and the buffer
     and in-process collector that feed it. ``mode`` says where games come from.
 
-    With ``ranks`` (one rank of a multi-rank learner, ``learner.ranks``) the buffer is
-    this rank's shard: it trains ``train.steps_per_epoch / N`` steps an epoch in
-    minibatches of ``train.minibatch_size / N``, and ``step`` counts the steps of all
-    ranks (``steps_trained_here``: this rank's)."""
+    ``world`` (``learner.ranks``) is the processes training the network together: a
+    single process is a world of one. The buffer is this member's shard: it trains
+    ``train.steps_per_epoch / N`` steps an epoch in minibatches of
+    ``train.minibatch_size / N``, and ``step`` counts the steps of all members
+    (``steps_trained_here``: this one's)."""
 
     def __init__(self, config: Config, model: PolicyValueNet, device: torch.device,
                  stop: threading.Event | None = None,
                  mode: Callable[[], Mode] = lambda: Mode.SEQUENTIAL,
-                 ranks: Ranks | None = None) -> None:
+                 world: World | None = None) -> None:
         self.config = config
         self.stop = stop if stop is not None else threading.Event()
         self.model = model
         self.device = device
         self.mode = mode
-        self.ranks = ranks
+        self.world = world = world if world is not None else Alone()
         selfplay, train = config.selfplay, config.train
-        self.world = ranks.world if ranks is not None else 1
-        check_divisible(train.steps_per_epoch, train.minibatch_size, self.world)
-        shard = train.steps_per_epoch // self.world
-        self.minibatch_size = train.minibatch_size // self.world
-        if ranks is not None:
-            synchronise_batch_norm(model)
+        check_divisible(train.steps_per_epoch, train.minibatch_size, world.size)
+        shard = train.steps_per_epoch // world.size
+        self.minibatch_size = train.minibatch_size // world.size
+        world.synchronise(model)
         # Room for two epochs plus every game the collector can finish while filling one,
         # so actors' games keep arriving during an update.
         capacity = 2 * shard + selfplay.games * selfplay.max_plies
@@ -113,10 +111,9 @@ class Trainer:
         # every game reaches the buffer through admission, the in-process collector's too
         self.admission = Admission(self.buffer, lambda: self.policy_version,
                                    max_plies=selfplay.max_plies, entering_king=selfplay.entering_king)
-        rank = ranks.rank if ranks is not None else 0
         # every rank plays its own games: the same seed would play the same ones
         self.collector = Collector(model, selfplay, self.admission, device=device,
-                                   seed=config.run.seed + 1_000_003 * rank,
+                                   seed=config.run.seed + 1_000_003 * world.rank,
                                    precision=config.run.precision)
         # fused: one kernel for all parameters instead of one per tensor (~1 ms per step here)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate,
@@ -128,7 +125,7 @@ class Trainer:
         self.autocast_dtype = resolve_precision(config.run.precision, device)
         # float16 needs loss scaling against underflow; bfloat16 has float32's range
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
-        self.shuffle_rng = np.random.default_rng(config.run.seed + 1 + 1_000_003 * rank)
+        self.shuffle_rng = np.random.default_rng(config.run.seed + 1 + 1_000_003 * world.rank)
         self.step = 0
         self.steps_trained_here = 0
         self.epoch = 0
@@ -143,7 +140,7 @@ class Trainer:
     @classmethod
     def build(cls, config: Config, stop: threading.Event | None = None, threads: int | None = None,
               mode: Callable[[], Mode] = lambda: Mode.SEQUENTIAL,
-              ranks: Ranks | None = None) -> Trainer:
+              world: World | None = None) -> Trainer:
         """A trainer for ``config``: device checked, seeds set, network built.
 
         ``threads`` (torch CPU threads) defaults to ``run.threads``, or all cores.
@@ -155,7 +152,7 @@ class Trainer:
         random.seed(config.run.seed)
         np.random.seed(config.run.seed % 2**32)
         torch.manual_seed(config.run.seed)
-        return cls(config, build_model(config.model).to(device), device, stop, mode, ranks)
+        return cls(config, build_model(config.model).to(device), device, stop, mode, world)
 
     def set_reference(self, weights: dict[str, Any]) -> None:
         """Start from ``weights`` (a pre-trained network) and keep a frozen copy of them
@@ -178,9 +175,8 @@ class Trainer:
         before = copy.copy(self.collector.stats)
         self.collector.model.eval()
         while not self.buffer.ready():
-            if self.ranks is not None and self.stop.is_set():
-                break  # the ranks agree on stopping at the update (``train``)
-            self._check_stop()
+            if self.stop.is_set():
+                break  # the members agree on stopping before the update (``train``)
             self.admission.flush()  # games that waited for the room the last update freed
             if self.buffer.ready():
                 break
@@ -237,7 +233,7 @@ class Trainer:
             self.processing = False
         self.buffer.commit_epoch()
         self.scheduler.step()
-        self.step += batch.size * self.world
+        self.step += batch.size * self.world.size
         self.steps_trained_here += batch.size
         self.epoch += 1
         lag = self.policy_version - batch.policy_versions
@@ -261,15 +257,11 @@ class Trainer:
     def reseed_rank(self) -> None:
         """After loading rank 0's checkpoint state: this rank's own random streams (the
         checkpoint's are rank 0's; the same ones would play the same games)."""
-        if self.ranks is None or self.ranks.is_main:
+        if self.world.is_main:
             return
-        seed = self.config.run.seed + 1_000_003 * self.ranks.rank + self.step
+        seed = self.config.run.seed + 1_000_003 * self.world.rank + self.step
         self.collector.generator.manual_seed(seed)
         self.shuffle_rng = np.random.default_rng(seed + 1)
-
-    def _check_stop(self) -> None:
-        if self.stop.is_set():
-            raise TrainingInterrupted(f"stop requested at step {self.step}")
 
     # --- PPO ----------------------------------------------------------------------------
     def _ppo(self, batch: EpochBatch) -> dict[str, Any]:
@@ -289,8 +281,6 @@ class Trainer:
             order = self.shuffle_rng.permutation(batch.size)
             approx_kl = 0.0
             for start in range(0, batches_per_pass * minibatch, minibatch):
-                if self.ranks is None:  # ranks stop together, between updates
-                    self._check_stop()
                 losses, grad_norm = self._minibatch_step(batch, order[start:start + minibatch],
                                                          weight, kl_coef)
                 approx_kl = float(losses["approx_kl"])
@@ -302,23 +292,20 @@ class Trainer:
                     sums[key] = sums.get(key, 0.0) + value
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
                 count += 1
-            if self.ranks is not None and train.target_kl:  # stop together, on the mean
-                approx_kl = self.ranks.mean([approx_kl])[0]
-            if train.target_kl and approx_kl > train.target_kl:
-                break
+            if train.target_kl and self.world.mean([approx_kl])[0] > train.target_kl:
+                break  # together, on the mean over the members
         names = sorted(sums)
         means = [sums[key] / count for key in names]
-        variance = explained_variance(batch.values, batch.returns)
-        targets = int((batch.search_probs.sum(axis=1) > 0).sum())
-        if self.ranks is not None:  # the figures of the whole update: means over the ranks
-            targets_, errors = batch.returns.astype(np.float64), (batch.returns - batch.values).astype(np.float64)
-            *means, search_mean, count_mean, targets_mean, t1, t2, e1, e2 = self.ranks.mean(
-                [*means, search_sum, search_count, targets, targets_.mean(), (targets_ ** 2).mean(),
-                 errors.mean(), (errors ** 2).mean()])
-            spread = t2 - t1 * t1  # the explained variance of all ranks' steps together
-            variance = math.nan if spread <= 0 else 1.0 - (e2 - e1 * e1) / spread
-            search_sum = search_mean * self.world
-            search_count, targets = round(count_mean * self.world), round(targets_mean * self.world)
+        # the figures of the whole update: means over the members (their shards are equal)
+        returns, errors = batch.returns.astype(np.float64), (batch.returns - batch.values).astype(np.float64)
+        *means, search_mean, count_mean, targets_mean, r1, r2, e1, e2 = self.world.mean(
+            [*means, search_sum, search_count, int((batch.search_probs.sum(axis=1) > 0).sum()),
+             returns.mean(), (returns ** 2).mean(), errors.mean(), (errors ** 2).mean()])
+        spread = r2 - r1 * r1  # the explained variance of all members' steps together
+        variance = math.nan if spread <= 0 else 1.0 - (e2 - e1 * e1) / spread
+        size = self.world.size
+        search_sum, search_count = search_mean * size, round(count_mean * size)
+        targets = round(targets_mean * size)
         figures: dict[str, Any] = dict(zip(names, means, strict=True))
         figures.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
                        shaping_weight=weight, init_kl_coef=kl_coef, explained_variance=variance,
@@ -337,10 +324,8 @@ class Trainer:
         tensors = {name: to_device(getattr(batch, name)[rows], device)
                    for name in ("actions", "log_probs", "values", "returns")}
         advantages = batch.advantages[rows] + shaping * batch.shaping_advantages[rows]
-        normalize = train.normalize_advantages
-        if self.ranks is not None and normalize:  # normalise over the whole minibatch
-            advantages = self._normalise_over_ranks(advantages)
-            normalize = False
+        if train.normalize_advantages:  # over the whole minibatch, every member's rows
+            advantages = self._normalise(advantages)
         observations = to_device(unpack_observations(batch.observations[rows]), device)
         legal = to_device(unpack_masks(batch.legal_masks[rows]), device)
         with autocast(device, self.autocast_dtype):
@@ -351,7 +336,7 @@ class Trainer:
                             new_values.float(), tensors["values"], tensors["returns"], entropy,
                             clip_coef=train.clip_coef, clip_value_loss=train.clip_value_loss,
                             vf_coef=train.vf_coef, ent_coef=train.ent_coef,
-                            normalize_advantages=normalize)
+                            normalize_advantages=False)
         loss = losses.loss
         init_kl = torch.full((), math.nan)  # measured only while the penalty is on
         if self.reference is not None and kl_coef > 0:
@@ -370,16 +355,23 @@ class Trainer:
                 to_device(search_probs, device))
             search_loss = cross_entropy.sum() / targets
             loss = loss + train.search_coef * cross_entropy.sum() / len(rows)
-        if self.ranks is not None:
-            return self._ranked_step(loss, losses, init_kl, search_loss)
-        if not torch.isfinite(loss):
-            raise NonFiniteUpdate(f"PPO loss is {float(losses.loss.detach())} (policy "
-                                  f"{float(losses.policy_loss.detach())}, value "
-                                  f"{float(losses.value_loss.detach())})")
+        # backward always (the synchronised batch norm meets the other members there),
+        # then the gradients averaged over the members with the agreed verdicts on
+        # finiteness and on stopping, then the same clipped step on every member
+        finite = bool(torch.isfinite(loss))
         self.optimizer.zero_grad(set_to_none=True)
+        parameters = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         scaled = self.scaler.scale(loss) if self.scaler.is_enabled() else loss
         scaled.backward()  # type: ignore[no-untyped-call]
-        return self._step(list(self.model.parameters()), loss, losses, init_kl, search_loss)
+        verdict = self.world.reduce_gradients(parameters, finite, self.stop.is_set())
+        if not verdict.finite:
+            here = (f"PPO loss is {float(losses.loss.detach())} (policy "
+                    f"{float(losses.policy_loss.detach())}, value {float(losses.value_loss.detach())})")
+            raise NonFiniteUpdate(here if finite or self.world.size == 1 else
+                                  f"the PPO loss is not finite on another rank (here {here})")
+        if verdict.stop:
+            raise TrainingInterrupted(f"stop requested at step {self.step}")
+        return self._step(parameters, loss, losses, init_kl, search_loss)
 
     def _step(self, parameters: list[torch.nn.Parameter], loss: torch.Tensor, losses: Any,
               init_kl: torch.Tensor, search_loss: torch.Tensor) -> tuple[dict[str, float], float]:
@@ -402,33 +394,16 @@ class Trainer:
                   "search_loss": search_loss}
         return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
 
-    def _normalise_over_ranks(self, advantages: np.ndarray) -> np.ndarray:
-        """(a - mean) / (std + 1e-8) with the mean and unbiased std of every rank's rows."""
-        assert self.ranks is not None
+    def _normalise(self, advantages: np.ndarray) -> np.ndarray:
+        """(a - mean) / (std + 1e-8) with the mean and unbiased std of every member's rows."""
         values = advantages.astype(np.float64)
-        total, squares, count = self.ranks.sum([float(values.sum()), float((values * values).sum()),
+        total, squares, count = self.world.sum([float(values.sum()), float((values * values).sum()),
                                                 float(len(values))])
         if count <= 1:
             return advantages
         mean = total / count
         std = math.sqrt(max(squares - count * mean * mean, 0.0) / (count - 1))
         return ((advantages - mean) / (std + 1e-8)).astype(np.float32)
-
-    def _ranked_step(self, loss: torch.Tensor, losses: Any, init_kl: torch.Tensor,
-                     search_loss: torch.Tensor) -> tuple[dict[str, float], float]:
-        """The rest of a gradient step on one rank: backward (always: the synchronised
-        batch norm meets the other ranks there), gradients averaged over the ranks with
-        the agreed verdict on finiteness, then the same clipped step on every rank."""
-        assert self.ranks is not None
-        finite = bool(torch.isfinite(loss))
-        self.optimizer.zero_grad(set_to_none=True)
-        parameters = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-        scaled = self.scaler.scale(loss) if self.scaler.is_enabled() else loss
-        scaled.backward()  # type: ignore[no-untyped-call]
-        if not self.ranks.reduce_gradients(parameters, finite):
-            raise NonFiniteUpdate(f"the PPO loss is not finite on at least one rank (here "
-                                  f"{float(loss.detach())})")
-        return self._step(parameters, loss, losses, init_kl, search_loss)
 
     # --- state --------------------------------------------------------------------------
     def _snapshot(self) -> dict[str, Any]:
@@ -500,16 +475,15 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
     last_time, last_step = time.perf_counter(), trainer.step
     while trainer.step < total:
         collected = trainer.collect()
-        if trainer.ranks is not None and trainer.ranks.any(trainer.stop.is_set()):
-            raise TrainingInterrupted(f"stop requested at step {trainer.step} (agreed by the ranks)")
+        if trainer.world.any(trainer.stop.is_set()):
+            raise TrainingInterrupted(f"stop requested at step {trainer.step}")
         try:
             updated = trainer.update()
         except EpochDropped:
             continue  # nothing trained: no new policy, no report
         trainer.publish()
-        games, stale = games_report(trainer.buffer, trainer.ranks), trainer.buffer.steps_dropped_stale
-        if trainer.ranks is not None:
-            stale = round(trainer.ranks.sum([stale])[0])
+        games = games_report(trainer.buffer, trainer.world)
+        stale = round(trainer.world.sum([trainer.buffer.steps_dropped_stale])[0])
         now = time.perf_counter()
         report = EpochReport(
             step=trainer.step, epoch=trainer.epoch, policy_version=trainer.policy_version,
@@ -521,12 +495,9 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
             await call_callback(callback, report)
 
 
-def games_report(buffer: ExperienceBuffer, ranks: Ranks | None = None) -> GamesReport:
-    """The games the buffer took in since it was last asked (with ``ranks``: every rank's
-    buffer's)."""
-    tally = buffer.drain_tally()
-    if ranks is not None:
-        tally = merge_tallies(ranks.all_gather(tally))
+def games_report(buffer: ExperienceBuffer, world: World | None = None) -> GamesReport:
+    """The games every member's buffer took in since it was last asked."""
+    tally = merge_tallies((world if world is not None else Alone()).all_gather(buffer.drain_tally()))
     finished = tally.games or math.nan  # no game finished this epoch: rates are unknown
     return GamesReport(tally.games, tally.plies / finished, tally.black / finished,
                        tally.white / finished, tally.draws / finished, tally.reasons)

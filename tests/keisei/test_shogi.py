@@ -9,6 +9,8 @@ import pytest
 
 from keisei.errors import GameOverError, IllegalMoveError, InvalidSfenError, RecordError
 from keisei.kifu import read_csa, read_kif, to_csa, to_kif
+from keisei.rules import main as shogi_main
+from keisei.rules import perft
 from keisei.shogi import (
     STARTING_SFEN,
     Color,
@@ -16,10 +18,8 @@ from keisei.shogi import (
     Outcome,
     Termination,
     normalize_sfen,
-    perft,
     play_random_game,
 )
-from keisei.shogi import main as shogi_main
 
 MATSURI = "l6nl/5+P1gk/2np1S3/p1p4Pp/3P2Sp1/1PPb2P1P/P5GS1/R8/LN4bKL w GR5pnsg 1"
 MAX_MOVES = "R8/2K1S1SSk/4B4/9/9/9/9/9/1L1L1L3 b RBGSNLP3g3n17p 1"

@@ -1,4 +1,6 @@
-"""The one loop: phases, callbacks of both kinds, failure handling, reproducibility."""
+"""The one loop: phases, callbacks of both kinds, failure handling, reproducibility.
+
+Tests that take ``world`` run in a world of one and on two gloo ranks (``conftest``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from keisei.config import Config, load_config
 from keisei.model import masked_logits
 from keisei.ppo import search_cross_entropy
 from keisei.records import unpack_masks, unpack_observations
+from learner.ranks import World
 from learner.reports import EpochReport, Mode
 from learner.trainer import EpochDropped, Trainer, TrainingInterrupted, train
 
@@ -28,8 +31,8 @@ def tiny_config(*extra: str) -> Config:
     return load_config(None, [*TINY, *extra])
 
 
-def test_loop_runs_epochs_and_calls_sync_and_async_callbacks() -> None:
-    trainer = Trainer.build(tiny_config("train.total_steps=256"), threading.Event())
+def test_loop_runs_epochs_and_calls_sync_and_async_callbacks(world: World) -> None:
+    trainer = Trainer.build(tiny_config("train.total_steps=256"), threading.Event(), world=world)
     seen_sync, seen_async = [], []
 
     async def async_callback(report: EpochReport) -> None:
@@ -41,13 +44,14 @@ def test_loop_runs_epochs_and_calls_sync_and_async_callbacks() -> None:
     last = seen_sync[-1]
     assert (last.step, last.policy_version, last.mode) == (256, 2, Mode.SEQUENTIAL)
     assert trainer.buffer.policy_version() == 2  # read from the trainer, never copied
-    assert last.update.ppo_passes == 2 and seen_sync[0].collect.collected_steps >= 128
+    assert last.update.ppo_passes == 2 and seen_sync[0].collect.collected_steps >= 128 // world.size
     assert 0 <= last.update.clipfrac <= 1 and last.update.policy_lag_max >= 0
     assert set(last.to_json()) == EPOCH_FIELDS  # no actors, no ratings: the sequential fields
 
 
-def test_failed_update_restores_state_and_propagates(caplog: pytest.LogCaptureFixture) -> None:
-    trainer = Trainer.build(tiny_config(), threading.Event())
+def test_failed_update_restores_state_and_propagates(caplog: pytest.LogCaptureFixture,
+                                                     world: World) -> None:
+    trainer = Trainer.build(tiny_config(), threading.Event(), world=world)
     trainer.collect()
     held = trainer.buffer.size
     before = {key: value.clone() for key, value in trainer.model.state_dict().items()}
@@ -73,9 +77,9 @@ def test_failed_update_restores_state_and_propagates(caplog: pytest.LogCaptureFi
     assert trainer.epoch == 1
 
 
-def test_stop_request_interrupts_at_a_safe_point() -> None:
+def test_stop_request_interrupts_at_a_safe_point(world: World) -> None:
     stop = threading.Event()
-    trainer = Trainer.build(tiny_config(), stop)
+    trainer = Trainer.build(tiny_config(), stop, world=world)
     trainer.collect()
     stop.set()
     with pytest.raises(TrainingInterrupted):
@@ -83,18 +87,18 @@ def test_stop_request_interrupts_at_a_safe_point() -> None:
     assert trainer.processing is False and trainer.buffer.ready() and trainer.epoch == 0
 
 
-def run_epochs(epochs: int) -> tuple[Trainer, list[dict]]:
+def run_epochs(epochs: int, world: World) -> tuple[Trainer, list[dict]]:
     """The epochs' metrics records, as metrics.jsonl gets them."""
     trainer = Trainer.build(tiny_config(f"train.total_steps={128 * epochs}", "run.seed=11"),
-                            threading.Event())
+                            threading.Event(), world=world)
     metrics: list[dict] = []
     asyncio.run(train(trainer, [lambda report: metrics.append(report.to_json())]))
     return trainer, metrics
 
 
-def test_a_seeded_sequential_run_is_reproducible() -> None:
-    first, first_metrics = run_epochs(2)
-    second, second_metrics = run_epochs(2)
+def test_a_seeded_sequential_run_is_reproducible(world: World) -> None:
+    first, first_metrics = run_epochs(2, world)
+    second, second_metrics = run_epochs(2, world)
     for key in ("policy_loss", "value_loss", "entropy", "games", "mean_game_length"):
         # repr: an epoch in which no game finished reports NaN, and NaN != NaN
         assert [repr(m[key]) for m in first_metrics] == [repr(m[key]) for m in second_metrics], key
@@ -102,19 +106,20 @@ def test_a_seeded_sequential_run_is_reproducible() -> None:
         assert torch.equal(value, second.model.state_dict()[key])
 
 
-def test_state_dict_round_trip_continues_counters() -> None:
-    trainer, _ = run_epochs(1)
+def test_state_dict_round_trip_continues_counters(world: World) -> None:
+    trainer, _ = run_epochs(1, world)
     state = trainer.state_dict()
-    fresh = Trainer.build(tiny_config("train.total_steps=128", "run.seed=11"), threading.Event())
+    fresh = Trainer.build(tiny_config("train.total_steps=128", "run.seed=11"), threading.Event(),
+                          world=world)
     fresh.load_state_dict(state)
     assert (fresh.step, fresh.epoch, fresh.policy_version) == (128, 1, 1)
     assert fresh.buffer.size == trainer.buffer.size and fresh.buffer.policy_version() == 1
 
 
-def test_hostile_behaviour_log_probs_leave_the_update_finite() -> None:
+def test_hostile_behaviour_log_probs_leave_the_update_finite(world: World) -> None:
     """Legal games whose log-probs claim -100 (valid on the wire) used to overflow the
     ratio to inf, fail the update and put the epoch back: a crash loop."""
-    trainer = Trainer.build(tiny_config(), threading.Event())
+    trainer = Trainer.build(tiny_config(), threading.Event(), world=world)
     trainer.collect()
     trainer.buffer._arrays["log_probs"][:trainer.buffer.size] = -100.0
     report = trainer.update()
@@ -124,10 +129,11 @@ def test_hostile_behaviour_log_probs_leave_the_update_finite() -> None:
 
 
 def test_an_epoch_that_goes_non_finite_is_dropped_counted_and_training_goes_on(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, world: World) -> None:
     import learner.trainer as module
 
-    trainer = Trainer.build(tiny_config("train.total_steps=256"), threading.Event())
+    trainer = Trainer.build(tiny_config("train.total_steps=256"), threading.Event(), world=world)
+    shard = 128 // world.size
     before = {key: value.clone() for key, value in trainer.model.state_dict().items()}
     real_losses, calls = module.ppo_losses, []
 
@@ -140,8 +146,8 @@ def test_an_epoch_that_goes_non_finite_is_dropped_counted_and_training_goes_on(
     trainer.collect()
     with pytest.raises(EpochDropped):
         trainer.update()
-    assert trainer.steps_dropped_non_finite == 128 and (trainer.step, trainer.epoch) == (0, 0)
-    assert "epoch 1 dropped untrained (128 steps; from in-process 128)" in caplog.text
+    assert trainer.steps_dropped_non_finite == shard and (trainer.step, trainer.epoch) == (0, 0)
+    assert f"epoch 1 dropped untrained ({shard} steps; from in-process {shard})" in caplog.text
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, before[key]), key
     reports: list[EpochReport] = []
@@ -149,7 +155,7 @@ def test_an_epoch_that_goes_non_finite_is_dropped_counted_and_training_goes_on(
     assert trainer.step == 256 and [report.epoch for report in reports] == [1, 2]
 
 
-def _trained_toward_sure_targets(search_coef: float) -> tuple[float, float, int, float]:
+def _trained_toward_sure_targets(search_coef: float, world: World) -> tuple[float, float, int, float]:
     """Collect an epoch with search targets on about half the plies, make each target sure
     of one legal move (a random network's search barely differs from its policy, so
     this makes the pull visible), update once; return the cross-entropy toward those
@@ -157,7 +163,7 @@ def _trained_toward_sure_targets(search_coef: float) -> tuple[float, float, int,
     config = tiny_config("selfplay.search_share=0.5", "selfplay.search_visits=4",
                          f"train.search_coef={search_coef}", "train.learning_rate=0.003",
                          "train.ent_coef=0")
-    trainer = Trainer.build(config, threading.Event())
+    trainer = Trainer.build(config, threading.Event(), world=world)
     trainer.collect()
     batch = trainer.buffer.take_epoch()
     has_target = batch.search_probs.sum(axis=1) > 0
@@ -187,9 +193,10 @@ def _trained_toward_sure_targets(search_coef: float) -> tuple[float, float, int,
     return before, cross_entropy(), report.search_targets, report.search_loss
 
 
-def test_search_targets_reach_the_buffer_and_the_update_pulls_the_policy_toward_them() -> None:
-    before, after, targets, search_loss = _trained_toward_sure_targets(20.0)
+def test_search_targets_reach_the_buffer_and_the_update_pulls_the_policy_toward_them(
+        world: World) -> None:
+    before, after, targets, search_loss = _trained_toward_sure_targets(20.0, world)
     assert targets > 0 and math.isfinite(search_loss) and search_loss < before
-    before_off, after_off, targets_off, _ = _trained_toward_sure_targets(0.0)
+    before_off, after_off, targets_off, _ = _trained_toward_sure_targets(0.0, world)
     assert before_off == pytest.approx(before) and targets_off == targets  # same data
     assert after < before - 0.2 and after < after_off - 0.2  # the term, not PPO, pulled it
