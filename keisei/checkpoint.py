@@ -15,7 +15,6 @@ fails to load with a ``CheckpointError`` saying so, instead of loading NaN weigh
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,12 @@ import torch
 
 from keisei.errors import KeiseiError
 from keisei.files import write_atomically
+from keisei.rundir import checkpoint_name, latest_checkpoint, list_checkpoints
+
+__all__ = ["FORMAT_VERSION", "CheckpointError", "checkpoint_name", "checksum", "latest_checkpoint",
+           "list_checkpoints", "load_checkpoint", "save_checkpoint", "save_policy"]
 
 FORMAT_VERSION = 2
-_NAME = re.compile(r"^checkpoint-(\d{12})\.pt$")
 
 
 class CheckpointError(KeiseiError, ValueError):
@@ -61,23 +63,6 @@ def checksum(value: Any) -> str:
 
     visit(value, "")
     return digest.hexdigest()
-
-
-def checkpoint_name(step: int) -> str:
-    return f"checkpoint-{step:012d}.pt"
-
-
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Checkpoint files in ``directory``, oldest (fewest steps) first."""
-    path = Path(directory)
-    if not path.is_dir():
-        return []
-    return sorted(item for item in path.iterdir() if _NAME.match(item.name))
-
-
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    found = list_checkpoints(directory)
-    return found[-1] if found else None
 
 
 def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:

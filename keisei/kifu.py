@@ -322,6 +322,17 @@ def to_kif(game: Game, names: Sequence[str] = ("Keisei", "Keisei")) -> str:
     lines += _kif_ending(game.outcome, game.side_to_move, game.ply)
     return "\n".join(lines) + "\n"
 
+def write_game_files(stem: Path, kif: str, csa: str) -> tuple[Path, Path]:
+    """A game's record beside ``stem``: ``.kif`` in cp932 (what Japanese GUIs read; a
+    character it lacks, in a player's name say, becomes ``?``) and ``.csa`` in UTF-8.
+    ``kif`` and ``csa`` are ``to_kif``'s and ``to_csa``'s text. Returns both paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    kif_path, csa_path = stem.with_suffix(".kif"), stem.with_suffix(".csa")
+    kif_path.write_text(kif, encoding="cp932", errors="replace")
+    csa_path.write_text(csa, encoding="utf-8")
+    return kif_path, csa_path
+
+
 def read_csa(text: str, max_plies: int | None = None) -> Game:
     """Read the first game of a CSA record and replay it with full validation.
 

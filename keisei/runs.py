@@ -1,7 +1,8 @@
-"""A run directory, as every command that trains uses it (``keisei-learner``,
-``keisei-pretrain``): the check before a run starts, the resume from the newest
-checkpoint that loads, the device and precision check, and checkpoints written at most
-once per step."""
+"""A run directory, as every command uses it: ``RunDir`` knows its paths, whether a
+folder holds a run, its newest checkpoint, its sample games and its ratings; then the
+check before a run starts (``keisei-learner``, ``keisei-pretrain``), the resume from the
+newest checkpoint that loads, the device and precision check, and checkpoints written
+at most once per step."""
 
 from __future__ import annotations
 
@@ -12,27 +13,31 @@ from typing import Any
 
 import torch
 
-from keisei.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from keisei.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from keisei.config import Config, ConfigError
 from keisei.model import resolve_precision
+from keisei.rundir import RunDir
+
+__all__ = ["CheckpointWriter", "RunDir", "check_run_directory", "load_newest", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
 
-def check_run_directory(run_dir: Path, resume: bool,
+def check_run_directory(run_dir: Path | RunDir, resume: bool,
                         resume_hint: str = "pass --resume to continue it") -> list[Path]:
     """The checkpoints to resume from, newest first (none for a new run).
 
     :raises ConfigError: if a new run would overwrite an existing one (``resume_hint``
         says how to continue it instead), or a resume finds no checkpoint.
     """
-    checkpoints = list_checkpoints(run_dir / "checkpoints")[::-1]
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    checkpoints = run.list_checkpoints()[::-1]
     if resume:
         if not checkpoints:
-            raise ConfigError([f"--resume: no checkpoint in {run_dir / 'checkpoints'}"])
+            raise ConfigError([f"--resume: no checkpoint in {run.checkpoints}"])
         return checkpoints
-    if checkpoints or (run_dir / "metrics.jsonl").exists():
-        raise ConfigError([f"run.dir = {str(run_dir)!r} already holds a run; {resume_hint}, "
+    if run.holds_run():
+        raise ConfigError([f"run.dir = {str(run.path)!r} already holds a run; {resume_hint}, "
                            "or choose another run.dir"])
     return []
 

@@ -28,14 +28,14 @@ from typing import IO, Any
 
 import torch
 
-from keisei.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from keisei.checkpoint import CheckpointError, load_checkpoint
 from keisei.config import CheckpointConfig, Config, ConfigError
 from keisei.files import write_atomically, write_text_atomically
-from keisei.kifu import to_csa, to_kif
+from keisei.kifu import to_csa, to_kif, write_game_files
 from keisei.metrics import MetricsWriter
 from keisei.model import count_parameters
 from keisei.protocol import DEFAULT_BIND, load_keys
-from keisei.runs import CheckpointWriter, check_run_directory, load_newest
+from keisei.runs import CheckpointWriter, RunDir, check_run_directory, load_newest
 from keisei.selfplay import WatchedGame
 from learner.actors import ActorState, ActorTable
 from learner.dashboard import Dashboard
@@ -119,13 +119,14 @@ class RunOutcome(Enum):
 
 
 class Checkpoints:
-    """Checkpoints every ``every_epochs`` epochs (keeping the last ``keep``), each with the
-    latest finished self-play game beside it as KIF and CSA in ``games/``."""
+    """When to checkpoint: every ``every_epochs`` epochs and at the end, at most once a
+    step (``CheckpointWriter`` writes them, keeping the last ``keep``). Each checkpoint
+    has the latest finished self-play game beside it, as KIF and CSA in ``games/``."""
 
-    def __init__(self, trainer: Trainer, ratings: Ratings, directory: Path,
+    def __init__(self, trainer: Trainer, ratings: Ratings, run: RunDir,
                  config: CheckpointConfig) -> None:
-        self.trainer, self.ratings, self.directory, self.config = trainer, ratings, directory, config
-        self.writer = CheckpointWriter(directory, config.keep)
+        self.trainer, self.ratings, self.run, self.config = trainer, ratings, run, config
+        self.writer = CheckpointWriter(run.checkpoints, config.keep)
 
     def on_epoch(self) -> None:
         if self.trainer.epoch % self.config.every_epochs == 0:
@@ -147,22 +148,16 @@ class Checkpoints:
         path = self.writer.save(trainer.step, state, force=True)
         if path is None:
             return None
-        self._write_sample_game()
+        game = trainer.buffer.last_game
+        if game is not None:
+            record = game.to_game()
+            names = (f"Keisei v{int(game.policy_versions[0])}",
+                     f"Keisei v{int(game.policy_versions[-1])}")
+            write_game_files(self.run.sample_game(trainer.step), to_kif(record, names),
+                             to_csa(record, names))
         logger.info("checkpoint %s (step %d, policy version %d)", path, trainer.step,
                     trainer.policy_version)
         return path
-
-    def _write_sample_game(self) -> None:
-        game = self.trainer.buffer.last_game
-        if game is None:
-            return
-        folder = self.directory.parent / "games"
-        folder.mkdir(exist_ok=True)
-        record = game.to_game()
-        names = (f"Keisei v{int(game.policy_versions[0])}", f"Keisei v{int(game.policy_versions[-1])}")
-        stem = folder / f"game-{self.trainer.step:012d}"
-        stem.with_suffix(".kif").write_text(to_kif(record, names), encoding="cp932")
-        stem.with_suffix(".csa").write_text(to_csa(record, names), encoding="utf-8")
 
 
 class Learner:
@@ -177,10 +172,10 @@ class Learner:
         self.options = options if options is not None else LearnerOptions()
         self.options.check()
         self.stream = stream  # the dashboard's (default: stdout)
-        self.run_dir = Path(config.run.dir)
+        self.rundir = RunDir(Path(config.run.dir))
+        self.run_dir = self.rundir.path
         # where this rank's own files go (status.json, the local actors' logs)
-        self.rank_dir = (self.run_dir if world.is_main
-                         else self.run_dir / "ranks" / f"rank-{world.rank}")
+        self.rank_dir = self.rundir.rank(world.rank)
         self.stop = threading.Event()  # set it (e.g. from a signal handler) to stop at a safe point
         self.actors = ActorTable()
         self.server: LearnerServer | None = None
@@ -214,12 +209,12 @@ class Learner:
         try:
             if self.main:
                 resume_from = check_run_directory(
-                    self.run_dir, options.resume, resume_hint="pass --resume to continue it "
+                    self.rundir, options.resume, resume_hint="pass --resume to continue it "
                     "(--resume auto, or run.resume = \"auto\", to continue whatever is there)")
-                (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-                for partial in (self.run_dir / "checkpoints").glob(".checkpoint-*.tmp"):
+                self.rundir.checkpoints.mkdir(parents=True, exist_ok=True)
+                for partial in self.rundir.checkpoints.glob(".checkpoint-*.tmp"):
                     partial.unlink(missing_ok=True)  # left by a crash during a write
-            self.rank_dir.mkdir(parents=True, exist_ok=True)
+            self.rank_dir.path.mkdir(parents=True, exist_ok=True)
         except (ConfigError, OSError) as exc:
             problem = exc  # said to the other ranks first (``learner.ranks.deal_start``)
         # Local actors take one thread each, but they pause as soon as the next epoch is
@@ -231,7 +226,7 @@ class Learner:
         self.ratings = Ratings(evaluation, self.run_dir, trainer)
         resume_from = self._start(resume_from, problem)
         if self.main:
-            write_text_atomically(self.run_dir / "config.toml", config.to_toml())
+            write_text_atomically(self.rundir.config, config.to_toml())
         logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",
                     self.run_dir, f"{count_parameters(trainer.model):,}", config.selfplay.games,
                     trainer.device, torch.get_num_threads())
@@ -239,7 +234,7 @@ class Learner:
         self._ledger_start = {"carried": counts.steps_held, "step": trainer.step,
                               "stale": counts.steps_dropped_stale,
                               "non_finite": trainer.steps_dropped_non_finite}
-        self.checkpoints = Checkpoints(trainer, self.ratings, self.run_dir / "checkpoints",
+        self.checkpoints = Checkpoints(trainer, self.ratings, self.rundir,
                                        config.checkpoint)
         if options.distributed:
             self._open_distributed()
@@ -248,8 +243,8 @@ class Learner:
             trainer.collector.watch = True
         if not resume_from:  # so a crash at any moment from here on leaves a run to resume
             self.checkpoints.save()  # (after the sockets: a start that fails leaves no run)
-        self.metrics = (stack.enter_context(MetricsWriter(self.run_dir / "metrics.jsonl",
-                                                          self.run_dir / "tensorboard"))
+        self.metrics = (stack.enter_context(MetricsWriter(self.rundir.metrics,
+                                                          self.rundir.tensorboard))
                         if self.main else None)
         self.dashboard = (stack.enter_context(Dashboard(
             trainer, config.display, self.stream, actors=self.actors if options.distributed else None,
@@ -272,11 +267,11 @@ class Learner:
         trainer.publish(new_version=False)  # version 0, or the resumed one
         if options.local_actors:
             self.local = self._stack.enter_context(LocalActors(
-                options.local_actors, local_endpoint(bind), self.rank_dir / "actors",
+                options.local_actors, local_endpoint(bind), self.rank_dir.actors,
                 prefix="local" if self.world.size == 1 else f"rank{self.world.rank}-local"))
         self.supervisor = self._stack.enter_context(Supervisor(
             config.supervisor, trainer, self.server, self.actors, self.local,
-            self.rank_dir / "status.json", forget_after=config.wire.forget_after,
+            self.rank_dir.status, forget_after=config.wire.forget_after,
             ledger=lambda: asdict(self.ledger())))
 
     def _start(self, resume_from: list[Path], problem: Exception | None) -> list[Path]:
@@ -356,7 +351,7 @@ class Learner:
     def _truncate_metrics(self, step: int) -> None:
         """Drop the metrics lines of epochs after ``step`` (trained after the checkpoint,
         then lost with the crash): they will be trained, and written, again."""
-        path = self.run_dir / "metrics.jsonl"
+        path = self.rundir.metrics
         if not path.is_file():
             return
         lines = path.read_bytes().splitlines(keepends=True)
@@ -388,7 +383,7 @@ class Learner:
         except RankFailed as exc:
             # the others are not at the same point any more: no final checkpoint together
             self.world.broken = True
-            newest = latest_checkpoint(self.run_dir / "checkpoints") if self.main else None
+            newest = self.rundir.newest_checkpoint() if self.main else None
             logger.error("%s; the job ends%s", exc, f"; --resume continues from {newest}"
                          if newest is not None else "")
             return RunOutcome.RANK_LOST
@@ -407,7 +402,7 @@ class Learner:
         try:
             self.checkpoints.save()
         except (OSError, RankFailed) as exc:
-            newest = latest_checkpoint(self.run_dir / "checkpoints") if self.main else None
+            newest = self.rundir.newest_checkpoint() if self.main else None
             logger.error("could not write the final checkpoint: %s; --resume continues from %s",
                          exc, newest if newest is not None else "the last checkpoint")
             outcome = RunOutcome.FAILED

@@ -24,6 +24,7 @@ from typing import NoReturn
 from keisei.cli import ExitCode, setup_logging, stop_on_signals
 from keisei.config import Config, ConfigError, build_config, load_config, load_saved_config
 from keisei.protocol import DEFAULT_BIND, ProtocolError
+from keisei.rundir import RunDir
 from learner.launch import EXIT_RANK_LOST, RankInfo, launch
 from learner.status import STATUS_STALE_SECONDS, print_status
 
@@ -91,12 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def holds_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a run (what a new run would refuse to overwrite)."""
-    return (any((run_dir / "checkpoints").glob("checkpoint-*.pt"))
-            or (run_dir / "metrics.jsonl").exists())
-
-
 def resolve_config(args: argparse.Namespace) -> tuple[Config, bool]:
     """The configuration and whether to resume: defaults < saved run config (when
     resuming) < --config file < --set. ``--resume`` (or ``run.resume``) ``auto`` resumes
@@ -107,7 +102,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, bool]:
     config = load_config(args.config, args.overrides)
     mode = args.resume or config.run.resume
     run_dir = Path(config.run.dir)
-    if mode == "never" or (mode == "auto" and not holds_run(run_dir)):
+    if mode == "never" or (mode == "auto" and not RunDir(run_dir).holds_run()):
         return config, False
     return load_saved_config(args.config, args.overrides, run_dir, f"--resume {mode}"), True
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from keisei.rundir import RunDir
+
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
     """The JSON lines of ``path`` and how many lines could not be read (a run killed
@@ -100,7 +102,7 @@ def _plot_ratings(plt: Any, run_dir: Path, records: Sequence[dict[str, Any]], pa
     ``ratings.json`` when it exists (the table refitted on all games, and the final
     policy's rating), else from the metrics lines."""
     figure, (elo_axis, rate_axis) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    table_path = run_dir / "ratings.json"
+    table_path = RunDir(run_dir).ratings
     scores: dict[str, tuple[list[int], list[float]]] = {"random": ([], []), "greedy": ([], [])}
     if table_path.is_file():
         saved = json.loads(table_path.read_text(encoding="utf-8"))
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", metavar="DIR", help="where to write (default: RUN_DIR/plots)")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
-    metrics = run_dir / "metrics.jsonl"
+    metrics = RunDir(run_dir).metrics
     if not metrics.is_file():
         print(f"keisei-plot: {metrics} does not exist; is {run_dir} a run directory?", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from keisei.evaluation import (
 )
 from keisei.files import write_json_atomically
 from keisei.processes import stop_process_tree
+from keisei.rundir import RunDir
 from learner.reports import Rating, RatingsReport
 from learner.trainer import Trainer
 
@@ -61,7 +62,8 @@ class Ratings:
     def __init__(self, config: EvaluationConfig, run_dir: Path, trainer: Trainer) -> None:
         self.config = config
         self.trainer = trainer
-        self.folder = run_dir / "ratings"
+        self.run = RunDir(run_dir)
+        self.folder = self.run.rating_jobs
         self.pairings: list[Pairing] = []
         self.rated: list[tuple[str, int]] = []
         """(name, step) of every policy whose results are in, oldest first."""
@@ -194,7 +196,7 @@ class Ratings:
 
     # --- state --------------------------------------------------------------------------------
     def _write_table(self) -> None:
-        write_json_atomically(self.folder.parent / "ratings.json", self.state_dict())
+        write_json_atomically(self.run.ratings, self.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return {"anchor": ANCHOR, "table": dict(self.table), "latest": dict(self.latest),

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from keisei.rundir import RunDir
+
 STATUS_STALE_SECONDS = 15.0
 """A status older than this means the learner is not running or not responding."""
 
@@ -17,7 +19,7 @@ def print_status(run_dir: Path) -> int:
     """Print the status of the run in ``run_dir``. The exit code is a Docker health
     check's: 0 (healthy) when it is fresh, 1 (unhealthy) when it is older than
     ``STATUS_STALE_SECONDS`` or there is none to read; Docker reserves 2."""
-    path = run_dir / "status.json"
+    path = RunDir(run_dir).status
     try:
         status = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

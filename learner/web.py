@@ -51,6 +51,7 @@ from keisei.cli import ExitCode, setup_logging
 from keisei.elo import elo_interval
 from keisei.errors import KeiseiError
 from keisei.kifu import read_csa
+from keisei.rundir import RunDir
 from keisei.shogi import Game
 
 logger = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ class RunFiles:
     def __init__(self, index: int, path: Path) -> None:
         self.index = index
         self.path = path
+        self.run = RunDir(path)
         self.name = path.name or str(path)
         self._lock = threading.Lock()
         self._refreshed = -math.inf
@@ -239,41 +241,41 @@ class RunFiles:
                 return
             self._refreshed = now
             changed = self._read_metrics()
-            self.status, status_changed = self._read_json("status.json", self.status)
-            self.ratings, ratings_changed = self._read_json("ratings.json", self.ratings)
-            if self.total_steps is None or self._changed("config.toml"):
+            self.status, status_changed = self._read_json(self.run.status, self.status)
+            self.ratings, ratings_changed = self._read_json(self.run.ratings, self.ratings)
+            if self.total_steps is None or self._changed(self.run.config):
                 self.total_steps = self._read_total_steps()
             if changed or status_changed or ratings_changed:
                 self.version += 1
 
-    def _changed(self, name: str) -> bool:
+    def _changed(self, path: Path) -> bool:
         try:
-            mtime = (self.path / name).stat().st_mtime_ns
+            mtime = path.stat().st_mtime_ns
         except OSError:
             return False
-        if self._mtimes.get(name) == mtime:
+        if self._mtimes.get(path.name) == mtime:
             return False
-        self._mtimes[name] = mtime
+        self._mtimes[path.name] = mtime
         return True
 
-    def _read_json(self, name: str, current: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
-        if not self._changed(name):
+    def _read_json(self, path: Path, current: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+        if not self._changed(path):
             return current, False
         try:
-            value = json.loads((self.path / name).read_text(encoding="utf-8"))
+            value = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # being replaced, or not there yet
             return current, False
         return (value if isinstance(value, dict) else current), True
 
     def _read_total_steps(self) -> int | None:
         try:
-            config = tomllib.loads((self.path / "config.toml").read_text(encoding="utf-8"))
+            config = tomllib.loads(self.run.config.read_text(encoding="utf-8"))
             return int(config["train"]["total_steps"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def _read_metrics(self) -> bool:
-        path = self.path / "metrics.jsonl"
+        path = self.run.metrics
         try:
             size = path.stat().st_size
         except OSError:
@@ -339,7 +341,7 @@ class RunFiles:
             if self.total_steps is not None and step is not None and rate:
                 eta = max(0.0, (self.total_steps - step) / rate)
             try:
-                age = time.time() - (self.path / "metrics.jsonl").stat().st_mtime
+                age = time.time() - self.run.metrics.stat().st_mtime
             except OSError:
                 age = None
             status = self.status or {}
@@ -386,15 +388,15 @@ class RunFiles:
 
     def _list_games(self) -> list[dict[str, Any]]:
         found = []
-        for pattern, kind in (("games/*.csa", "sample"), ("ratings/jobs/*/*/*.csa", "rating")):
-            for file in self.path.glob(pattern):
+        for files, kind, folder in ((self.run.sample_games(), "sample", self.run.games),
+                                    (self.run.rating_games(), "rating", self.run.rating_jobs / "jobs")):
+            for file in files:
                 try:
                     mtime = file.stat().st_mtime
                 except OSError:
                     continue
-                relative = file.relative_to(self.path).as_posix()
-                found.append({"path": relative, "kind": kind, "mtime": mtime,
-                              "name": relative.removeprefix("ratings/jobs/").removeprefix("games/")})
+                found.append({"path": file.relative_to(self.path).as_posix(), "kind": kind,
+                              "mtime": mtime, "name": file.relative_to(folder).as_posix()})
         found.sort(key=lambda item: (item["mtime"], item["path"]), reverse=True)
         return found[:MAX_GAMES_LISTED]
 
@@ -764,8 +766,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(run_dir)
         if not path.is_dir():
             problems.append(f"{run_dir}: not a directory")
-        elif not (path / "metrics.jsonl").exists() and not (path / "checkpoints").is_dir():
-            problems.append(f"{run_dir}: holds no run (no metrics.jsonl or checkpoints/)")
+        elif not RunDir(path).holds_run():
+            problems.append(f"{run_dir}: holds no run (no metrics.jsonl or checkpoint)")
     try:
         parse_address(args.address)
     except ValueError as exc:

@@ -53,7 +53,7 @@ from keisei.evaluation import (
     tally,
 )
 from keisei.files import write_json_atomically
-from keisei.kifu import to_csa, to_kif
+from keisei.kifu import to_csa, to_kif, write_game_files
 from keisei.shogi import Termination
 from workers.engines import EngineError, GnuShogiPlayer, SearchLimit, UsiPlayer, UsiSettings
 
@@ -254,8 +254,7 @@ def write_games(folder: Path, records: Sequence[MatchGame]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for record in records:
         stem = folder / f"{record.index:04d}-{_slug(record.names[0])}-vs-{_slug(record.names[1])}"
-        stem.with_suffix(".kif").write_text(record.kif, encoding="cp932", errors="replace")
-        stem.with_suffix(".csa").write_text(record.csa, encoding="utf-8")
+        write_game_files(stem, record.kif, record.csa)
 
 
 def _slug(name: str) -> str:
