@@ -3,10 +3,12 @@ with its own actors, resumed on another number of ranks, and a rank killed."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -157,3 +159,62 @@ def test_sigterm_stops_every_rank_with_a_checkpoint_of_every_shard(tmp_path: Pat
     checkpoint = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
     assert checkpoint["ranks"] == 2
     assert checkpoint["counters"]["step"] == metrics_lines(run_dir)[-1]["step"]
+
+
+def torchrun_nodes(run_dir: Path, port: int, rendezvous: int, *overrides: str,
+                   resume: bool = False, timeout: float = 300) -> list[str]:
+    """Two ``torchrun --nnodes 2`` launchers, each a node of one rank with one local actor,
+    meeting by c10d rendezvous on loopback, run to the end; their outputs (each must
+    exit 0). Gloo is kept on the loopback interface."""
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nnodes", "2",
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{rendezvous}", "--rdzv-id", "keisei-test",
+               "--local-addr", "127.0.0.1", "-m", "learner.main",
+               *learner_command(run_dir, "ranks.checksum_every=1", "supervisor.collect_timeout=60",
+                                *overrides)[3:],
+               "--local-actors", "1", "--bind", f"tcp://127.0.0.1:{port}",
+               *(["--resume"] if resume else [])]
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
+             for _ in range(2)]
+    outputs = []
+    try:
+        for node in nodes:
+            outputs.append(node.communicate(timeout=timeout)[0])
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output[-4000:]
+    return outputs
+
+
+@pytest.mark.e2e
+def test_two_torchrun_nodes_train_with_actors_on_both_and_resume(tmp_path: Path) -> None:
+    """What the README tells users of several machines, run for real: two torchrun
+    launchers as two nodes (c10d rendezvous on loopback), actors on both, to a checkpoint,
+    then a resume of the same run by both."""
+    run_dir = tmp_path / "run"
+    port, rendezvous = free_ports(4), free_ports(1)
+    torchrun_nodes(run_dir, port, rendezvous, "train.total_steps=512")
+    lines = metrics_lines(run_dir)
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4] and lines[-1]["step"] == 512
+    for line in lines:
+        assert line["ranks"] == 2 and line["weights_agree"] is True
+        assert all(ledger["balanced"] for ledger in line["rank_ledgers"]), line["rank_ledgers"]
+    delivered = {row["actor_id"] for line in lines for row in line.get("actors", [])
+                 if row["steps_received"] > 0}
+    assert delivered == {"rank0-local-0", "rank1-local-0"}, delivered
+    assert (run_dir / "ranks" / "rank-1" / "status.json").is_file()
+    checkpoint = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert checkpoint["ranks"] == 2 and checkpoint["counters"]["step"] == 512
+    waiting = held_steps(run_dir)
+
+    outputs = torchrun_nodes(run_dir, port, free_ports(1), "train.total_steps=768", resume=True)
+    assert any("resumed from" in output for output in outputs)
+    lines = metrics_lines(run_dir)
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6] and lines[-1]["step"] == 768
+    assert sum(ledger["carried"] for ledger in lines[-2]["rank_ledgers"]) == waiting
+    assert lines[-1]["weights_agree"] is True
