@@ -47,7 +47,7 @@ from keisei.encoding import (
 )
 from keisei.errors import KeiseiError
 from keisei.files import write_atomically, write_json_atomically
-from keisei.kifu import ReadStats, RecordedGame, read_games
+from keisei.kifu import KifuGame, ReadStats, read_games
 from keisei.shogi import Game
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class DatasetError(KeiseiError, ValueError):
     """A data set folder is missing, empty or damaged."""
 
 
-def game_positions(recorded: RecordedGame) -> tuple[np.ndarray, np.ndarray]:
+def game_positions(recorded: KifuGame) -> tuple[np.ndarray, np.ndarray]:
     """One sample per move of the game (the position before it, the move, the result),
     and the Zobrist key of each of those positions (for ``DuplicateFilter``), from one
     replay."""

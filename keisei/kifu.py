@@ -23,7 +23,7 @@ Formats, by file name:
   otherwise unknown.
 
 Results: a game whose result is unknown (an interrupted CSA ``%CHUDAN`` or KIF 中断, a
-USI line without one) still teaches moves; ``RecordedGame.result_known`` is false and
+USI line without one) still teaches moves; ``KifuGame.result_known`` is false and
 its positions carry no value target. A record whose stated result the rules
 contradict (it claims a win by resignation for the side that resigned, a sennichite
 without a fourfold repetition, mate where there is none...) is skipped as false.
@@ -65,13 +65,18 @@ MAX_PLIES = 10_000
 
 
 @dataclass(frozen=True)
-class RecordedGame:
-    """One game read from a record, replayed and checked."""
+class KifuGame:
+    """One game read from a record file (KIF, CSA, USI), replayed and checked; the game a
+    process sends over the wire is ``keisei.records.GameRecord``."""
 
     origin: str
     """``FILE[:MEMBER]#N``: where it came from (N counts games in that file from 1)."""
     game: Game
     result_known: bool
+
+
+RecordedGame = KifuGame
+"""The earlier name of ``KifuGame``, kept for scripts that import it."""
 
 
 @dataclass
@@ -116,7 +121,7 @@ def decode(data: bytes, fmt: str) -> str:
         return data.decode("cp932", errors="replace")
 
 
-def read_games(paths: Iterable[str | Path], stats: ReadStats | None = None) -> Iterator[RecordedGame]:
+def read_games(paths: Iterable[str | Path], stats: ReadStats | None = None) -> Iterator[KifuGame]:
     """Every usable game in ``paths`` (files, folders, archives), one at a time.
 
     Skipped records are logged and counted in ``stats``. A path that does not exist
@@ -196,7 +201,7 @@ def _archive_members(path: Path, stats: ReadStats) -> Iterator[tuple[str, bytes]
         stats.skip(name, "unreadable archive", f"{type(exc).__name__}: {exc}")
 
 
-def parse_records(name: str, data: bytes, stats: ReadStats | None = None) -> Iterator[RecordedGame]:
+def parse_records(name: str, data: bytes, stats: ReadStats | None = None) -> Iterator[KifuGame]:
     """The games in one record file's bytes (its format from ``name``)."""
     stats = stats if stats is not None else ReadStats()
     fmt = record_format(name.rsplit(":", 1)[-1])
@@ -219,7 +224,7 @@ def parse_records(name: str, data: bytes, stats: ReadStats | None = None) -> Ite
             continue
         stats.games += 1
         stats.unknown_results += not known
-        yield RecordedGame(origin, game, known)
+        yield KifuGame(origin, game, known)
 
 
 def _split(text: str, fmt: str) -> list[str]:

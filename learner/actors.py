@@ -52,8 +52,57 @@ class ActorTable:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._actors: dict[str, ActorInfo] = {}
+        self._connection_of: dict[str, bytes] = {}  # actor id -> its connection, and back
+        self._actor_of: dict[bytes, str] = {}
         self._lock = threading.Lock()
         self.clock = clock
+
+    # --- connections (the server's ZeroMQ identities) -----------------------------------
+    def connect(self, actor_id: str, connection: bytes, host: str, pid: int, *,
+                takeover_after: float = math.inf, capacity: int = 1_000_000) -> str | None:
+        """A hello on ``connection``: record it (``hello``) and make ``connection`` speak
+        for ``actor_id``; return why it is refused, or None. A connection speaks for one
+        actor only."""
+        with self._lock:
+            held = self._connection_of.get(actor_id)
+            speaks_for = self._actor_of.get(connection, actor_id)
+        if speaks_for != actor_id:
+            return f"this connection already speaks for actor {speaks_for!r}"
+        refused = self.hello(actor_id, host, pid, new_connection=held != connection,
+                             takeover_after=takeover_after, capacity=capacity)
+        if refused is None:
+            with self._lock:
+                if held is not None and held != connection:
+                    self._actor_of.pop(held, None)
+                self._connection_of[actor_id] = connection
+                self._actor_of[connection] = actor_id
+        return refused
+
+    def sender(self, connection: bytes) -> str | None:
+        """The actor ``connection`` speaks for, if it said hello and is still in the table."""
+        with self._lock:
+            actor_id = self._actor_of.get(connection)
+            if actor_id is not None and actor_id not in self._actors:  # forgotten (expired)
+                self._drop_connection(actor_id)
+                return None
+            return actor_id
+
+    def disconnect(self, actor_id: str) -> None:
+        """``actor_id`` no longer speaks on its connection (it said bye)."""
+        with self._lock:
+            self._drop_connection(actor_id)
+
+    def connections(self) -> list[bytes]:
+        """Every connection that speaks for an actor."""
+        with self._lock:
+            return list(self._connection_of.values())
+
+    def _drop_connection(self, actor_id: str) -> None:
+        connection = self._connection_of.pop(actor_id, None)
+        if connection is not None:
+            self._actor_of.pop(connection, None)
+
+    # --- what actors say ----------------------------------------------------------------
 
     def hello(self, actor_id: str, host: str, pid: int, *, new_connection: bool = True,
               takeover_after: float = math.inf, capacity: int = 1_000_000) -> str | None:
@@ -93,6 +142,7 @@ class ActorTable:
                     if actor_id not in keep and now - info.last_seen > older_than]
             for actor_id in gone:
                 del self._actors[actor_id]
+                self._drop_connection(actor_id)
         return gone
 
     def heartbeat(self, actor_id: str, steps_per_second: float, policy_version: int,

@@ -48,6 +48,7 @@ class AdmissionCounts:
     steps_pending: int  # received, waiting for room in the buffer
     steps_held: int  # in the buffer, including an epoch being trained on
     steps_dropped_stale: int  # by the buffer: older than ``train.max_policy_lag``
+    games_in_process: int = 0  # from the learner's own collector
 
 
 class Admission:
@@ -71,7 +72,9 @@ class Admission:
         self._games_invalid = 0
         self._steps_invalid = 0
         self._steps_in_process = 0
+        self._games_in_process = 0
         self._steps_dropped_backpressure = 0
+        self.games_carried = 0  # admitted before this process: the resumed checkpoint's total
         self._lock = threading.Lock()
 
     # --- the two ways in ---------------------------------------------------------------
@@ -104,6 +107,7 @@ class Admission:
         """Queue a game of the learner's own collector (its sink); it never raises for room."""
         with self._lock:
             self._steps_in_process += game.length
+            self._games_in_process += 1
             self._enqueue([game], IN_PROCESS)
 
     # --- moving games on ----------------------------------------------------------------
@@ -152,4 +156,11 @@ class Admission:
             return AdmissionCounts(self._games_received, self._steps_received, self._games_invalid,
                                    self._steps_invalid, self._steps_in_process,
                                    self._steps_dropped_backpressure, self._pending_steps,
-                                   self.buffer.held(), self.buffer.steps_dropped_stale)
+                                   self.buffer.held(), self.buffer.steps_dropped_stale,
+                                   self._games_in_process)
+
+    def games_total(self) -> int:
+        """Every valid game admitted in this run, from actors and in-process, this process's
+        and (``games_carried``) those before the checkpoint it resumed from."""
+        with self._lock:
+            return self.games_carried + self._games_received + self._games_in_process

@@ -18,8 +18,9 @@ commits and restores epochs from its own thread meanwhile.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -253,6 +254,19 @@ class ExperienceBuffer:
         with self._lock:
             return {name: torch.from_numpy(array[:self._size].copy())
                     for name, array in self._arrays.items()}
+
+    def counters(self) -> dict[str, Any]:
+        """The buffer's own counters, for checkpoints: the steps it dropped as stale and the
+        names its ``sources`` column indexes."""
+        with self._lock:
+            return {"steps_dropped_stale": self.steps_dropped_stale,
+                    "sources": list(self.source_names)}
+
+    def load_counters(self, counters: Mapping[str, Any]) -> None:
+        """The counters of a checkpoint (``counters``; ``sources`` may be missing in old ones)."""
+        self.steps_dropped_stale = int(counters["steps_dropped_stale"])
+        if "sources" in counters:
+            self.load_sources(counters["sources"])
 
     def load_sources(self, names: list[str]) -> None:
         """The source names a checkpoint's ``sources`` column indexes."""

@@ -96,8 +96,6 @@ class LearnerServer:
         self.takeover_after = takeover_after  # seconds of silence before an id may be claimed anew
         self._counters = {"messages": 0, "invalid_messages": 0, "rejected_hellos": 0,
                           "games_bytes": 0}
-        self._identities: dict[str, bytes] = {}  # actor id -> its connection, and back
-        self._actor_of: dict[bytes, str] = {}
         # monotonic times the supervisor reads: the last games accepted, and since when the
         # learner has been wanting data (accepting) without a pause
         self.last_games_at = time.monotonic()
@@ -188,17 +186,14 @@ class LearnerServer:
                 if wanting and not self._was_accepting:
                     self.accepting_since = now
                 self._was_accepting = wanting
-            for identity in self._identities.values():
+            for identity in self.actors.connections():
                 self._reply(identity, Shutdown("the learner is stopping"))
         except Exception:  # the thread must never die silently
             logger.exception("learner server thread failed")
 
     def _handle(self, identity: bytes, frames: list[memoryview]) -> None:
         self._counters["messages"] += 1
-        sender = self._actor_of.get(identity)
-        if sender is not None and not self.actors.known(sender):
-            self._drop_identity(sender)  # forgotten by the table (expired)
-            sender = None
+        sender = self.actors.sender(identity)
         try:
             message = decode(frames, self.limits)
         except ProtocolError as exc:
@@ -217,7 +212,7 @@ class LearnerServer:
             self._games(sender, message)
         elif isinstance(message, Bye):
             self.actors.bye(sender)
-            self._drop_identity(sender)
+            self.actors.disconnect(sender)
             logger.info("actor %s said bye: %s", sender, message.reason)
         else:
             self._invalid(sender, f"{type(message).__name__} is not a message actors send")
@@ -229,34 +224,19 @@ class LearnerServer:
             logger.warning("rejected actor %s: %s", hello.actor_id, reason)
             self._reply(identity, Reject(reason, ACCEPTED_VERSIONS))
             return
-        held = self._identities.get(hello.actor_id)
-        refused = None
-        if self._actor_of.get(identity, hello.actor_id) != hello.actor_id:
-            refused = f"this connection already speaks for actor {self._actor_of[identity]!r}"
-        else:
-            refused = self.actors.hello(hello.actor_id, hello.host, hello.pid,
-                                        new_connection=held != identity,
-                                        takeover_after=self.takeover_after,
-                                        capacity=self.wire.max_actors)
+        refused = self.actors.connect(hello.actor_id, identity, hello.host, hello.pid,
+                                      takeover_after=self.takeover_after,
+                                      capacity=self.wire.max_actors)
         if refused is not None:
             self._counters["rejected_hellos"] += 1
             logger.warning("refused hello from %s: %s", hello.actor_id, refused)
             self._reply(identity, Reject(refused, ACCEPTED_VERSIONS))  # temporary: it may retry
             return
-        if held is not None and held != identity:
-            self._actor_of.pop(held, None)
-        self._identities[hello.actor_id] = identity
-        self._actor_of[identity] = hello.actor_id
         logger.info("actor %s joined from %s (pid %d)", hello.actor_id, hello.host, hello.pid)
         self._reply(identity, Welcome(self.policy_version(), self.weights_endpoint, self.settings["model"],
                                       self.settings["selfplay"], self.heartbeat_interval,
                                       self.settings.get("search", {})))
         self._weights_due.set()  # so the newcomer gets weights now, not at the next interval
-
-    def _drop_identity(self, actor_id: str) -> None:
-        identity = self._identities.pop(actor_id, None)
-        if identity is not None:
-            self._actor_of.pop(identity, None)
 
     def _games(self, sender: str, message: Games) -> None:
         try:

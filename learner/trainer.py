@@ -250,8 +250,9 @@ class Trainer:
 
     def shard_state(self) -> dict[str, Any]:
         """This rank's part of a checkpoint: its waiting steps and its own counts."""
-        return {"buffer": self.buffer.state_dict(), "sources": list(self.buffer.source_names),
-                "games": self.collector.stats.games, "stale": self.buffer.steps_dropped_stale,
+        counters = self.buffer.counters()
+        return {"buffer": self.buffer.state_dict(), "sources": counters["sources"],
+                "games": self.admission.games_total(), "stale": counters["steps_dropped_stale"],
                 "non_finite": self.steps_dropped_non_finite}
 
     def reseed_rank(self) -> None:
@@ -426,10 +427,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "counters": {"step": self.step, "epoch": self.epoch,
                          "policy_version": self.policy_version,
-                         "games": self.collector.stats.games,
-                         "steps_dropped_stale": self.buffer.steps_dropped_stale,
+                         "games": self.admission.games_total(),  # every game admitted
                          "steps_dropped_non_finite": self.steps_dropped_non_finite,
-                         "sources": list(self.buffer.source_names)},
+                         **self.buffer.counters()},
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                     "collector": self.collector.generator.get_state(),
                     "shuffle": self.shuffle_rng.bit_generator.state},
@@ -449,11 +449,9 @@ class Trainer:
         counters = state["counters"]
         self.step, self.epoch = int(counters["step"]), int(counters["epoch"])
         self.policy_version = int(counters["policy_version"])
-        self.collector.stats.games = int(counters["games"])
-        self.buffer.steps_dropped_stale = int(counters["steps_dropped_stale"])
+        self.admission.games_carried = int(counters["games"])
+        self.buffer.load_counters(counters)
         self.steps_dropped_non_finite = int(counters.get("steps_dropped_non_finite", 0))
-        if "sources" in counters:
-            self.buffer.load_sources(counters["sources"])
         self.buffer.load_state_dict(state["buffer"], grow=True)
         rng = state["rng"]
         random.setstate(rng["python"])

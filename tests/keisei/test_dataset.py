@@ -20,12 +20,12 @@ from keisei.dataset import (
     split_of,
 )
 from keisei.encoding import encode_observation, legal_action_mask, move_to_action
-from keisei.kifu import RecordedGame, to_csa
+from keisei.kifu import KifuGame, to_csa
 from keisei.shogi import Color, Game, play_random_game
 
 
-def recorded(game: Game, known: bool = True, origin: str = "x#1") -> RecordedGame:
-    return RecordedGame(origin, game, known)
+def recorded(game: Game, known: bool = True, origin: str = "x#1") -> KifuGame:
+    return KifuGame(origin, game, known)
 
 
 def test_samples_decode_to_what_the_network_sees_in_the_game() -> None:

@@ -65,3 +65,26 @@ def test_the_table_is_bounded_and_forgets_the_long_gone() -> None:
     assert sorted(table.forget(60.0, keep={"a1"})) == ["a2", "a3"]
     assert {info.actor_id for info in table.snapshot()} == {"a0", "a1"}
     assert table.hello("a4", "h", 1, capacity=4) is None
+
+
+def test_the_table_owns_which_connection_speaks_for_which_actor() -> None:
+    clock = Clock()
+    table = ActorTable(clock=clock)
+    assert table.connect("a", b"conn-1", "h", 1) is None
+    assert table.sender(b"conn-1") == "a" and table.sender(b"conn-2") is None
+    refused = table.connect("b", b"conn-1", "h", 1)  # one connection, one actor
+    assert refused is not None and "already speaks for actor 'a'" in refused
+    refused = table.connect("a", b"conn-2", "evil", 6, takeover_after=5.0)
+    assert refused is not None and "live connection" in refused
+    assert table.sender(b"conn-2") is None and table.connections() == [b"conn-1"]
+    assert table.connect("a", b"conn-1", "h", 1) is None  # hello again on its own connection
+    clock.now += 6  # silent past the takeover time: a new connection may claim the id
+    assert table.connect("a", b"conn-2", "h", 2, takeover_after=5.0) is None
+    assert table.sender(b"conn-1") is None and table.sender(b"conn-2") == "a"
+    table.bye("a")
+    table.disconnect("a")
+    assert table.sender(b"conn-2") is None and table.connections() == []
+    assert table.connect("c", b"conn-3", "h", 3) is None
+    clock.now += 100
+    assert table.forget(older_than=50, keep=set()) == ["a", "c"]
+    assert table.sender(b"conn-3") is None and table.connections() == []
