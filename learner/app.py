@@ -56,7 +56,9 @@ from learner.reports import ActorsReport, EpochReport, Ledger, Mode
 from learner.server import LearnerServer, local_endpoint, weights_bind_address
 from learner.supervisor import Supervisor
 from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callback, train
-from learner.web import LiveGame, WebView, parse_address
+from learner.view.address import parse_address
+from learner.view.games import LiveGame
+from learner.view.server import WebView
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from keisei.config import Config, ConfigError, build_config, load_config, load_s
 from keisei.protocol import DEFAULT_BIND, ProtocolError
 from keisei.rundir import RunDir
 from learner.launch import EXIT_RANK_LOST, RankInfo, launch
-from learner.status import STATUS_STALE_SECONDS, print_status
+from learner.view.status import STATUS_STALE_SECONDS, print_status
 
 # learner.app (and with it torch) is imported only to train: `--status`, the health check
 # of a running learner, answers from status.json without it.

@@ -9,8 +9,8 @@ import pytest
 from helpers import EPOCH_FIELDS, epoch_report
 
 from keisei.metrics import MetricsWriter
-from learner.plot import main, read_metrics
 from learner.reports import Rating
+from learner.view.plot import main, read_metrics
 
 
 def fake_run(run_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""The web view's server and API (``learner.web``) over a run directory made by hand: what
+"""The web view's server and API (``learner.view``) over a run directory made by hand: what
 it serves, what it refuses (path traversal, malformed queries, writes), its bounds, and
 the collector's watched game it shows live."""
 
@@ -25,8 +25,11 @@ from keisei.kifu import to_csa
 from keisei.model import PRESETS, build_model
 from keisei.selfplay import Collector
 from keisei.shogi import play_random_game
-from learner import web
-from learner.web import LiveGame, RunFiles, WebView, parse_address
+from learner.view import run_files, server
+from learner.view.address import parse_address
+from learner.view.games import LiveGame
+from learner.view.run_files import RunFiles
+from learner.view.server import WebView
 
 
 def write_run(run_dir: Path, epochs: int = 3) -> None:
@@ -112,8 +115,8 @@ def test_the_runs_summary_reads_the_run_directory(served: tuple[WebView, Path]) 
 def test_curve_points_come_in_pieces_and_follow_the_file(served: tuple[WebView, Path],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     view, run_dir = served
-    monkeypatch.setattr(web, "MAX_RESPONSE_POINTS", 2)
-    monkeypatch.setattr(web, "REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(run_files, "MAX_RESPONSE_POINTS", 2)
+    monkeypatch.setattr(run_files, "REFRESH_SECONDS", 0.0)
     status, first = get(view, "/api/runs/0/metrics?from=0")
     assert status == 200 and first["total"] == 3 and len(first["points"]) == 2
     fields = first["fields"]
@@ -197,8 +200,8 @@ def test_events_stream_the_runs_and_the_live_game(served: tuple[WebView, Path]) 
 def test_connections_and_streams_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "run"
     write_run(run_dir)
-    monkeypatch.setattr(web, "MAX_CONNECTIONS", 3)
-    monkeypatch.setattr(web, "MAX_STREAMS", 1)
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(server, "MAX_STREAMS", 1)
     with WebView("127.0.0.1:0", [run_dir]) as view:
         host, port = view.server.server_address[:2]
         idle = [socket.create_connection((host, port), timeout=5) for _ in range(3)]
@@ -282,7 +285,7 @@ def test_addresses(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
 def test_runs_files_thin_long_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "run"
     write_run(run_dir, epochs=50)
-    monkeypatch.setattr(web, "MAX_KEPT_POINTS", 20)
+    monkeypatch.setattr(run_files, "MAX_KEPT_POINTS", 20)
     files = RunFiles(0, run_dir)
     files.refresh(force=True)
     assert len(files.points) <= 40 and files.generation >= 1
@@ -290,7 +293,7 @@ def test_runs_files_thin_long_curves(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_keisei_web_refuses_what_is_not_a_run(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "learner.web", str(tmp_path / "missing"), str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "learner.view.web", str(tmp_path / "missing"), str(tmp_path),
                              "--address", "host:port"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "missing: not a directory" in result.stderr
