@@ -19,9 +19,11 @@ class JsonReport(Protocol):
 class MetricsWriter:
     """Appends each epoch's metrics as one JSON line (flushed, so a crash keeps them), and
     writes their numeric fields as TensorBoard scalars under ``tensorboard_dir`` when the
-    ``tensorboard`` package is installed."""
+    ``tensorboard`` package is installed; ``layout`` (custom scalars: section → chart title
+    → ``["Multiline", [names]]``) groups them into charts."""
 
-    def __init__(self, path: str | Path, tensorboard_dir: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path, tensorboard_dir: str | Path | None = None,
+                 layout: dict[str, dict[str, list[Any]]] | None = None) -> None:
         self.path = Path(path)
         self._stream: IO[str] | None = open(self.path, "a", encoding="utf-8")
         self._tensorboard: Any = None
@@ -32,6 +34,8 @@ class MetricsWriter:
                 logger.info("TensorBoard scalars off: pip install tensorboard to get them")
             else:
                 self._tensorboard = SummaryWriter(str(tensorboard_dir))
+                if layout:  # TensorBoard's custom-scalars tab: the charts, grouped
+                    self._tensorboard.add_custom_scalars(layout)
                 logger.info("TensorBoard scalars in %s (tensorboard --logdir %s)", tensorboard_dir,
                             tensorboard_dir)
 

@@ -39,6 +39,7 @@ from keisei.runs import CheckpointWriter, RunDir, check_run_directory, load_newe
 from keisei.selfplay import WatchedGame
 from learner.actors import ActorState, ActorTable
 from learner.dashboard import Dashboard
+from learner.fields import tensorboard_layout
 from learner.local_actors import LocalActors
 from learner.ranks import (
     REPORTED_ACTORS,
@@ -246,7 +247,8 @@ class Learner:
         if not resume_from:  # so a crash at any moment from here on leaves a run to resume
             self.checkpoints.save()  # (after the sockets: a start that fails leaves no run)
         self.metrics = (stack.enter_context(MetricsWriter(self.rundir.metrics,
-                                                          self.rundir.tensorboard))
+                                                          self.rundir.tensorboard,
+                                                          tensorboard_layout()))
                         if self.main else None)
         self.dashboard = (stack.enter_context(Dashboard(
             trainer, config.display, self.stream, actors=self.actors if options.distributed else None,

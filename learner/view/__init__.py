@@ -1,7 +1,7 @@
 """The views of a run: everything that only reads a run directory (and, inside a
-learner, the game being played).
+learner, the game being played). The metric fields they chart, with their labels and
+units, are ``learner.fields``.
 
-- ``fields``: the metric fields, with their labels and units, and the charts drawn of them;
 - ``address``: ``[HOST:]PORT`` as ``--web`` and ``keisei-web`` take it;
 - ``games``: games as the board shows them (``keisei.shogi`` replays them);
 - ``run_files``: what the page shows of one run, read from its files;

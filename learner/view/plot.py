@@ -1,7 +1,8 @@
 """``keisei-plot RUN_DIR``: learning curves as PNG charts from a run's metrics.
 
 Reads ``RUN_DIR/metrics.jsonl`` (and ``RUN_DIR/ratings.json`` when ratings are on) and
-writes ``throughput.png``, ``losses.png``, ``games.png`` and ``ratings.png`` into
+writes a PNG per group of ``learner.fields.CHARTS`` (``losses.png``, ``update.png``,
+``throughput.png``, ``games.png``) and ``ratings.png`` into
 ``RUN_DIR/plots`` (or ``--output``). Needs matplotlib: ``pip install 'keisei[plot]'``.
 Exit codes: 0 written, 2 no such run, no metrics, or no matplotlib.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from keisei.rundir import RunDir
+from learner.fields import BY_NAME, CHARTS, Chart, unit_of
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -61,35 +63,38 @@ def plot_run(run_dir: Path, records: Sequence[dict[str, Any]], output: Path) -> 
     import matplotlib.pyplot as plt
 
     output.mkdir(parents=True, exist_ok=True)
-    charts: list[tuple[str, list[tuple[str, list[tuple[str, str]]]]]] = [
-        ("throughput", [("steps per second", [("steps_per_second", "learner"),
-                                              ("actor_steps_per_second", "actors")]),
-                        ("seconds per epoch", [("collect_seconds", "collect"),
-                                               ("update_seconds", "update")])]),
-        ("losses", [("policy loss", [("policy_loss", "policy")]),
-                    ("value loss", [("value_loss", "value")]),
-                    ("entropy", [("entropy", "entropy")]),
-                    ("approx. KL and clip fraction", [("approx_kl", "approx_kl"),
-                                                      ("clipfrac", "clipfrac")])]),
-        ("games", [("self-play results", [("black_win_rate", "black wins"),
-                                          ("white_win_rate", "white wins"), ("draw_rate", "draws")]),
-                   ("mean game length (plies)", [("mean_game_length", "plies")])]),
-    ]
+    groups: dict[str, list[Chart]] = {}
+    for chart in CHARTS:
+        if chart.group != "ratings":  # ratings.png has its own panels (below)
+            groups.setdefault(chart.group, []).append(chart)
     written = []
-    for name, panels in charts:
-        figure, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True,
+    for name, charts in groups.items():
+        figure, axes = plt.subplots(len(charts), 1, figsize=(8, 2.4 * len(charts)), sharex=True,
                                     squeeze=False)
-        for axis, (title, keys) in zip(axes[:, 0], panels, strict=True):
-            for key, label in keys:
+        for axis, chart in zip(axes[:, 0], charts, strict=True):
+            for key in chart.fields:
                 steps, values = series(records, key)
+                if chart.log:
+                    steps = [step for step, value in zip(steps, values, strict=True) if value > 0]
+                    values = [value for value in values if value > 0]
                 if steps:
-                    axis.plot(steps, values, label=label)
-            axis.set_title(title)
+                    axis.plot(steps, values, label=BY_NAME[key].label)
+            field = BY_NAME[chart.fields[0]]
+            if chart.log:
+                axis.set_yscale("log")
+            elif field.nonnegative:
+                axis.set_ylim(bottom=0)
+            for bound in (field.low, field.high):  # the band a healthy run stays in
+                if bound is not None and len(chart.fields) == 1:
+                    axis.axhline(bound, linestyle=":", color="gray", linewidth=1)
+            axis.set_title(chart.title)
+            axis.set_ylabel(unit_of(chart) or chart.fields[0].replace("_", " "))
             axis.grid(alpha=0.3)
-            if len(keys) > 1:
+            if len(chart.fields) > 1:
                 axis.legend(loc="best", fontsize="small")
         axes[-1, 0].set_xlabel("training steps")
-        figure.tight_layout()
+        figure.suptitle(f"{run_dir.name}: {name}")
+        figure.tight_layout(rect=(0, 0, 1, 0.98))
         written.append(output / f"{name}.png")
         figure.savefig(written[-1], dpi=100)
         plt.close(figure)

@@ -15,6 +15,7 @@ from keisei.elo import elo_interval
 from keisei.errors import KeiseiError
 from keisei.kifu import read_csa
 from keisei.rundir import RunDir
+from learner.fields import FIELDS
 from learner.view.errors import WebError
 from learner.view.games import LiveGame, game_result
 
@@ -31,10 +32,7 @@ MAX_METRICS_READ = 16 << 20
 REFRESH_SECONDS = 0.5
 """A run's files are read again at most this often, whatever the number of clients."""
 GAMES_REFRESH_SECONDS = 5.0
-CURVE_FIELDS = ("step", "time", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
-                "explained_variance", "steps_per_second", "actor_steps_per_second",
-                "mean_game_length", "black_win_rate", "white_win_rate", "draw_rate", "elo",
-                "search_loss", "learning_rate", "grad_norm")
+CURVE_FIELDS = ("step", "time", *(field.name for field in FIELDS))
 """The numbers of each ``metrics.jsonl`` line the curves show, in the order of a point."""
 
 

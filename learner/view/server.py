@@ -9,6 +9,8 @@ from the internet) and a JSON API over run directories:
 * ``GET /api/runs/<i>/metrics?gen=G&from=K``: curve points from point ``K`` on;
 * ``GET /api/runs/<i>/games``: the run's finished games (sample games, rating games);
 * ``GET /api/runs/<i>/game?path=REL``: one of them, replayable (a position per ply);
+* ``GET /api/fields``: the metric fields (name, label, unit, healthy band) and the charts
+  drawn of them (``learner.fields``);
 * ``GET /api/live``: the game being played now (in a learner) or the newest sample game;
 * ``GET /api/events``: server-sent events, a summary each second while anything changed.
 
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from learner.fields import describe
 from learner.view.address import is_loopback, parse_address
 from learner.view.errors import WebError
 from learner.view.games import LiveGame, live_view, read_game_file
@@ -201,6 +204,8 @@ class WebServer(ThreadingHTTPServer):
             return {"runs": [run.summary() for run in self.runs], "live": self.live is not None}
         if parts == ["live"]:
             return self.live_game()
+        if parts == ["fields"]:
+            return describe()
         if len(parts) == 3 and parts[0] == "runs":
             run = self.run(parts[1])
             if parts[2] == "metrics":

@@ -45,7 +45,7 @@ def test_plot_writes_every_chart_and_reports_unreadable_lines(tmp_path: Path,
     assert len(records) == 6 and unreadable == 1
     assert main([str(run_dir)]) == 0
     out, err = capsys.readouterr()
-    for name in ("throughput", "losses", "games", "ratings"):
+    for name in ("throughput", "losses", "update", "games", "ratings"):
         path = run_dir / "plots" / f"{name}.png"
         assert str(path) in out
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000

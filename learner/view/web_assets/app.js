@@ -6,19 +6,20 @@ const PIECES = { P: "歩", L: "香", N: "桂", S: "銀", G: "金", B: "角", R: 
   "+P": "と", "+L": "杏", "+N": "圭", "+S": "全", "+B": "馬", "+R": "龍" };
 const HAND_ORDER = ["R", "B", "G", "S", "N", "L", "P"];
 const RANKS = "一二三四五六七八九";
-const CHARTS = [
-  { title: "policy loss", series: [["policy_loss"]] },
-  { title: "value loss", series: [["value_loss"]] },
-  { title: "entropy", series: [["entropy"]] },
-  { title: "approximate KL", series: [["approx_kl"]], log: true },
-  { title: "clip fraction", series: [["clipfrac"]] },
-  { title: "explained variance", series: [["explained_variance"]] },
-  { title: "steps/s (learner ─, actors ┄)", series: [["steps_per_second"], ["actor_steps_per_second", [4, 3]]] },
-  { title: "game length (plies)", series: [["mean_game_length"]] },
-  { title: "results (black ─, white ┄, draw ···)", series: [["black_win_rate"], ["white_win_rate", [4, 3]], ["draw_rate", [1, 3]]] },
-  { title: "Elo (random = 0), 95% interval", elo: true },
-  { title: "search target loss", series: [["search_loss"]] },
-];
+const DASHES = [[[], "─"], [[4, 3], "┄"], [[1, 3], "···"]];
+// The charts, made from the server's list of metric fields (/api/fields) at start.
+let CHARTS = [];
+
+function chartsOf(described) {
+  const labels = new Map(described.fields.map((field) => [field.name, field.label]));
+  return described.charts.map((chart) => {
+    const series = chart.fields.map((name, k) => [name, DASHES[k % DASHES.length][0]]);
+    const legend = chart.fields.length > 1
+      ? ` (${chart.fields.map((name, k) => `${labels.get(name)} ${DASHES[k % DASHES.length][1]}`).join(", ")})` : "";
+    const unit = chart.unit && chart.fields.length > 1 ? `, ${chart.unit}` : chart.unit ? ` (${chart.unit})` : "";
+    return { title: chart.title + legend + unit, series, log: chart.log, elo: chart.group === "ratings" };
+  });
+}
 
 const state = {
   runs: [],            // summaries from the server
@@ -523,7 +524,12 @@ function connect() {
   });
 }
 
-function start() {
+async function start() {
+  try {
+    CHARTS = chartsOf(await getJSON("/api/fields"));
+  } catch (error) {
+    console.warn(error);
+  }
   buildCharts();
   renderBoard();
   $("x-axis").addEventListener("change", (event) => { state.xAxis = event.target.value; drawCharts(); renderTimeline(); });
