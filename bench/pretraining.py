@@ -31,8 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from keisei.checkpoint import latest_checkpoint
 from keisei.evaluation import MatchResult
+from keisei.rundir import RunDir
 from workers.evaluate import LADDER
 
 SHAPE = ["model.blocks=4", "model.channels=48"]
@@ -72,15 +72,15 @@ def main() -> None:
         run([str(bin_dir / "keisei-generate"), "--engine", "usi:fairy-stockfish", "--depth",
              str(args.engine_depth), "--minutes", str(args.generate_minutes), "--workers",
              str(args.workers), "--output", str(records), "--progress", "60"])
-    if latest_checkpoint(pretrain / "checkpoints") is None or not (pretrain / "done").is_file():
+    if RunDir(pretrain).newest_checkpoint() is None or not (pretrain / "done").is_file():
         overrides = [*SHAPE, f"run.dir={pretrain}", f"pretrain.minutes={args.pretrain_minutes}",
                      "pretrain.epochs=100", "pretrain.validate_every=100000", "display.mode=plain",
                      "display.refresh_seconds=60"]
-        resume = ["--resume"] if (pretrain / "config.toml").is_file() else [str(records)]
+        resume = ["--resume"] if RunDir(pretrain).config.is_file() else [str(records)]
         run([str(bin_dir / "keisei-pretrain"), *resume,
              *[item for override in overrides for item in ("--set", override)]])
         (pretrain / "done").write_text("")
-    checkpoint = latest_checkpoint(pretrain / "checkpoints")
+    checkpoint = RunDir(pretrain).newest_checkpoint()
     assert checkpoint is not None
     rungs = {spec.name: spec for spec in LADDER}
     wanted = [name for name in args.rungs.split(",") if name]
@@ -107,7 +107,7 @@ def main() -> None:
     print(f"generated: {summary['games']} games, {summary['positions']} positions in "
           f"{summary['seconds']:.0f} s ({summary['plies_per_second']:.0f} plies/s), results "
           f"{summary['results']}")
-    lines = [json.loads(line) for line in (pretrain / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in RunDir(pretrain).metrics.read_text().splitlines()]
     first, last = lines[0], lines[-1]
     print(f"pre-trained: {last['step']:,} positions ({last['epoch']:.2f} epochs) in "
           f"{last['seconds']:.0f} s; held-out top-1 {first['val_accuracy']:.3f} -> "

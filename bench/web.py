@@ -29,9 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from keisei.rundir import RunDir
+
 
 def last_epoch(run_dir: Path) -> tuple[int, float] | None:
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return None
     lines = [line for line in path.read_text().splitlines() if line.strip()]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from keisei.errors import KeiseiError
+from keisei.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -466,7 +467,7 @@ def load_saved_config(path: str | Path | None, overrides: Sequence[str], run_dir
     :raises ConfigError: if the run has no saved configuration (``flag`` names the option
         that asked for the resume), or a value is invalid.
     """
-    saved = run_dir / "config.toml"
+    saved = RunDir(run_dir).config
     if not saved.is_file():
         raise ConfigError([f"{flag}: {saved} does not exist; there is no run to resume"])
     return load_config(path, overrides, base=read_toml(saved))

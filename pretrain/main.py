@@ -67,7 +67,7 @@ from keisei.model import (
     to_device,
 )
 from keisei.ppo import learning_rate_at
-from keisei.runs import CheckpointWriter, check_run_directory, load_newest, resolve_device
+from keisei.runs import CheckpointWriter, RunDir, check_run_directory, load_newest, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -479,15 +479,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keisei-pretrain: interrupted while reading the records; {data} is incomplete "
               "and is read again from the start next time", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    write_text_atomically(run_dir / "config.toml", config.to_toml())
+    RunDir(run_dir).checkpoints.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(RunDir(run_dir).config, config.to_toml())
     logger.info("pre-training %s parameters on %d positions (%d held out), %d batches of %d per "
                 "epoch, %d epochs%s, %d torch threads", f"{count_parameters(trainer.model):,}",
                 len(train_set), len(val_set), trainer.batches_per_epoch, config.pretrain.batch_size,
                 config.pretrain.epochs,
                 f", at most {config.pretrain.minutes:g} min" if config.pretrain.minutes else "",
                 torch.get_num_threads())
-    writer = CheckpointWriter(run_dir / "checkpoints", config.checkpoint.keep)
+    writer = CheckpointWriter(RunDir(run_dir).checkpoints, config.checkpoint.keep)
 
     def save() -> None:
         path = writer.save(trainer.step, trainer.state_dict)
@@ -495,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("checkpoint %s", path)
 
     code = ExitCode.SUCCESS
-    with (MetricsWriter(run_dir / "metrics.jsonl", run_dir / "tensorboard") as metrics,
+    with (MetricsWriter(RunDir(run_dir).metrics, RunDir(run_dir).tensorboard) as metrics,
           PretrainDashboard(config.display.mode, config.display.refresh_seconds) as dashboard,
           stop_on_signals(stop)):
         try:
