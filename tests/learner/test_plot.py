@@ -9,6 +9,7 @@ import pytest
 from helpers import EPOCH_FIELDS, epoch_report
 
 from keisei.metrics import MetricsWriter
+from learner.fields import tensorboard_layout
 from learner.reports import Rating
 from learner.view.plot import main, read_metrics
 
@@ -64,7 +65,7 @@ def test_metrics_writer_writes_tensorboard_scalars(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    with MetricsWriter(tmp_path / "metrics.jsonl", tmp_path / "tb") as writer:
+    with MetricsWriter(tmp_path / "metrics.jsonl", tmp_path / "tb", tensorboard_layout()) as writer:
         writer(epoch_report(256, 1, policy_loss=0.5))
         writer(epoch_report(512, 2, policy_loss=0.25, rating=Rating({"random": 0.0}, 120.0, 256, 1.0, 0.5)))
     events = EventAccumulator(str(tmp_path / "tb"))
@@ -72,6 +73,14 @@ def test_metrics_writer_writes_tensorboard_scalars(tmp_path: Path) -> None:
     assert [(event.step, event.value) for event in events.Scalars("policy_loss")] == [(256, 0.5), (512, 0.25)]
     assert [(event.step, event.value) for event in events.Scalars("elo")] == [(256, 120.0)]
     assert "mode" not in events.Tags()["scalars"] and "ratings" not in events.Tags()["scalars"]
+    # the custom-scalars tab: the charts of learner.fields, grouped
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    config = events.Tensors("custom_scalars__config__")[0].tensor_proto
+    layout = layout_pb2.Layout.FromString(config.string_val[0])
+    charts = {category.title: [chart.title for chart in category.chart] for category in layout.category}
+    assert charts["update"][:2] == ["approximate KL (nats)", "clip fraction (fraction)"]
+    assert set(charts) == {"losses", "update", "throughput", "games", "ratings"}
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and set(lines[0]) == EPOCH_FIELDS | {"ratings_skipped"}
     assert set(lines[1]) - set(lines[0]) == {"ratings", "elo", "elo_step", "win_rate_random",
