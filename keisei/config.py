@@ -106,8 +106,8 @@ class TrainConfig:
     vf_coef: float = setting(0.5, "value loss weight", low=0.0, high=100.0)
     ent_coef: float = setting(0.01, "entropy bonus weight", low=0.0, high=10.0)
     max_grad_norm: float = setting(1.0, "global gradient-norm clip", low=0.0)
-    target_kl: float = setting(0.0, "stop the update early when approx KL exceeds this (0: never)",
-                               low=0.0)
+    target_kl: float = setting(0.0, "stop the update after a pass whose mean exact KL from the "
+                               "pre-update policy exceeds this (0: never)", low=0.0)
     normalize_advantages: bool = setting(True, "normalise advantages per minibatch")
     search_coef: float = setting(1.0, "weight of the cross-entropy toward self-play's search "
                                  "targets (selfplay.search_share), per position of the "

@@ -109,7 +109,7 @@ class Dashboard:
         return (f"epoch {report.epoch} step {report.step} v{report.policy_version} "
                 f"[{report.mode}] {report.steps_per_second:.0f} steps/s | "
                 f"policy {_format(update.policy_loss)} value {_format(update.value_loss)} "
-                f"entropy {_format(update.entropy)} kl {_format(update.approx_kl)} | "
+                f"entropy {_format(update.entropy)} kl {_format(update.exact_kl)} (sampled {_format(update.approx_kl)}) | "
                 f"{finished} | collect {collect.collect_seconds:.1f}s "
                 f"update {update.update_seconds:.1f}s" + actors
                 + (f" | Elo {rating.elo:+.0f} (step {rating.elo_step}, random = 0)"
@@ -166,7 +166,7 @@ class Dashboard:
              f"entropy {_format(update.entropy)}", f"black {_format(games.black_win_rate, 3)}"),
             (f"stale dropped {report.steps_dropped_stale}",
              f"update {_format(update.update_seconds, 3)} s",
-             f"kl {_format(update.approx_kl)} clip {_format(update.clipfrac)}",
+             f"kl {_format(update.exact_kl)} ({_format(update.approx_kl)}) clip {_format(update.clipfrac)}",
              f"white {_format(games.white_win_rate, 3)}"),
             ("", f"passes {update.ppo_passes}", f"expl. var {_format(update.explained_variance)}",
              f"draw {_format(games.draw_rate, 3)}"),

@@ -36,7 +36,8 @@ FIELDS = (
     # The PPO update's health: an approximate KL well above 0.05 or a clip fraction above
     # about 0.3 says the steps are too large; an explained variance below 0 says the value
     # head predicts the returns worse than their mean does.
-    Field("approx_kl", "approximate KL", "nats", high=0.05, nonnegative=True),
+    Field("approx_kl", "sampled estimate", "nats", high=0.05, nonnegative=True),
+    Field("exact_kl", "exact", "nats", high=0.05, nonnegative=True),
     Field("clipfrac", "clip fraction", "fraction", high=0.3, nonnegative=True),
     Field("explained_variance", "explained variance", "", low=0.0, high=1.0),
     Field("grad_norm", "gradient norm", "", nonnegative=True),
@@ -58,7 +59,7 @@ CHARTS = (
     Chart("value loss", "losses", ("value_loss",)),
     Chart("entropy", "losses", ("entropy",)),
     Chart("search-target loss", "losses", ("search_loss",)),
-    Chart("approximate KL", "update", ("approx_kl",), log=True),
+    Chart("KL from the pre-update policy", "update", ("exact_kl", "approx_kl"), log=True),
     Chart("clip fraction", "update", ("clipfrac",)),
     Chart("explained variance", "update", ("explained_variance",)),
     Chart("gradient norm", "update", ("grad_norm",)),

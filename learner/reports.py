@@ -57,6 +57,9 @@ class UpdateReport:
     (``selfplay.search_share``; null when it has none)."""
     search_targets: int = 0
     """Steps of the epoch that carried a search target."""
+    exact_kl: float = math.nan
+    """Mean exact KL(pre-update policy || policy) over each trained position's legal moves,
+    the pre-update policy computed once per epoch (``approx_kl`` is its sampled estimate)."""
 
 
 @dataclass(frozen=True)

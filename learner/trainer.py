@@ -267,7 +267,6 @@ class Trainer:
     # --- PPO ----------------------------------------------------------------------------
     def _ppo(self, batch: EpochBatch) -> dict[str, Any]:
         train = self.config.train
-        self.model.train()
         minibatch = self.minibatch_size
         batches_per_pass = batch.size // minibatch
         sums: dict[str, float] = {}
@@ -277,14 +276,17 @@ class Trainer:
         weight = shaping_weight(train.shaping_scale, train.shaping_anneal_steps, self.step)
         kl_coef = (init_kl_coef_at(train.init_kl_coef, train.init_kl_steps, self.step)
                    if self.reference is not None else 0.0)
+        pre_update = self._policy_log_probs(batch)  # once per epoch: the exact KL's reference
+        self.model.train()
         while passes < train.ppo_passes:
             passes += 1
             order = self.shuffle_rng.permutation(batch.size)
-            approx_kl = 0.0
+            pass_kl = 0.0
             for start in range(0, batches_per_pass * minibatch, minibatch):
-                losses, grad_norm = self._minibatch_step(batch, order[start:start + minibatch],
-                                                         weight, kl_coef)
-                approx_kl = float(losses["approx_kl"])
+                rows = order[start:start + minibatch]
+                losses, grad_norm = self._minibatch_step(batch, rows, weight, kl_coef,
+                                                         pre_update[torch.from_numpy(rows)])
+                pass_kl += losses["exact_kl"] / batches_per_pass
                 search_loss = losses.pop("search_loss")
                 if math.isfinite(search_loss):  # a minibatch without targets has none
                     search_sum += search_loss
@@ -293,8 +295,8 @@ class Trainer:
                     sums[key] = sums.get(key, 0.0) + value
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
                 count += 1
-            if train.target_kl and self.world.mean([approx_kl])[0] > train.target_kl:
-                break  # together, on the mean over the members
+            if train.target_kl and self.world.mean([pass_kl])[0] > train.target_kl:
+                break  # together, on the pass's mean exact KL over the members
         names = sorted(sums)
         means = [sums[key] / count for key in names]
         # the figures of the whole update: means over the members (their shards are equal)
@@ -314,12 +316,29 @@ class Trainer:
                        search_targets=targets)
         return figures
 
+    @torch.no_grad()
+    def _policy_log_probs(self, batch: EpochBatch) -> torch.Tensor:
+        """The policy's log-probabilities over every position's legal moves (illegal ones
+        -inf), as it acts (evaluation mode), in minibatch-sized chunks."""
+        self.model.eval()
+        parts = []
+        for start in range(0, batch.size, self.minibatch_size):
+            rows = slice(start, start + self.minibatch_size)
+            observations = to_device(unpack_observations(batch.observations[rows]), self.device)
+            legal = to_device(unpack_masks(batch.legal_masks[rows]), self.device)
+            with autocast(self.device, self.autocast_dtype):
+                logits, _ = self.model(observations.float())
+            parts.append(torch.log_softmax(masked_logits(logits.float(), legal), dim=-1))
+        return torch.cat(parts)
+
     def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray, shaping: float,
-                        kl_coef: float = 0.0) -> tuple[dict[str, float], float]:
+                        kl_coef: float = 0.0,
+                        pre_update: torch.Tensor | None = None) -> tuple[dict[str, float], float]:
         """One gradient step. ``shaping`` weighs the shaping part of the advantages; the
         value still learns the unshaped returns (the game's result), so it stays an
         estimate of winning (keisei-usi resigns by it). ``kl_coef`` weighs the penalty
-        KL(reference || policy) over each position's legal moves."""
+        KL(reference || policy) over each position's legal moves. ``pre_update`` holds the
+        rows' log-probabilities before the update, for the exact KL from them."""
         train = self.config.train
         device = self.device
         tensors = {name: to_device(getattr(batch, name)[rows], device)
@@ -347,6 +366,9 @@ class Trainer:
                                                     dim=-1)
             init_kl = kl_from_reference(log_probs, reference_log_probs).mean()
             loss = loss + kl_coef * init_kl
+        exact_kl = torch.full((), math.nan)
+        if pre_update is not None:
+            exact_kl = kl_from_reference(log_probs.detach(), pre_update).mean()
         search_probs = batch.search_probs[rows]
         targets = int((search_probs.sum(axis=1) > 0).sum())
         search_loss = torch.full((), math.nan)  # measured only where there are targets
@@ -372,10 +394,11 @@ class Trainer:
                                   f"the PPO loss is not finite on another rank (here {here})")
         if verdict.stop:
             raise TrainingInterrupted(f"stop requested at step {self.step}")
-        return self._step(parameters, loss, losses, init_kl, search_loss)
+        return self._step(parameters, loss, losses, init_kl, search_loss, exact_kl)
 
     def _step(self, parameters: list[torch.nn.Parameter], loss: torch.Tensor, losses: Any,
-              init_kl: torch.Tensor, search_loss: torch.Tensor) -> tuple[dict[str, float], float]:
+              init_kl: torch.Tensor, search_loss: torch.Tensor,
+              exact_kl: torch.Tensor) -> tuple[dict[str, float], float]:
         """The optimizer step once the gradients are in: unscaled, clipped, checked; the
         minibatch's figures and gradient norm."""
         max_norm = self.config.train.max_grad_norm
@@ -392,7 +415,7 @@ class Trainer:
         values = {"loss": loss, "policy_loss": losses.policy_loss,
                   "value_loss": losses.value_loss, "entropy": losses.entropy,
                   "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac, "init_kl": init_kl,
-                  "search_loss": search_loss}
+                  "search_loss": search_loss, "exact_kl": exact_kl}
         return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
 
     def _normalise(self, advantages: np.ndarray) -> np.ndarray:

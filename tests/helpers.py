@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 EPOCH_FIELDS = {
-    "approx_kl", "black_win_rate", "clipfrac", "collect_seconds", "collected_steps", "draw_rate",
+    "approx_kl", "black_win_rate", "exact_kl", "clipfrac", "collect_seconds", "collected_steps", "draw_rate",
     "encode_seconds", "entropy", "epoch", "explained_variance", "games", "grad_norm",
     "inference_seconds", "init_kl", "init_kl_coef", "learning_rate", "loss", "mean_game_length", "mode", "policy_lag_max",
     "policy_lag_mean", "policy_loss", "policy_version", "ppo_passes", "rules_seconds", "search_loss",

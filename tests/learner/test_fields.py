@@ -43,6 +43,8 @@ def test_charts_draw_listed_fields_of_one_unit_and_every_field_is_drawn() -> Non
     assert sorted(name for section in layout.values() for _, names in section.values()
                   for name in names) == sorted(drawn)
     assert layout["update"]["clip fraction (fraction)"] == ["Multiline", ["clipfrac"]]
+    assert layout["update"]["KL from the pre-update policy (nats)"] == ["Multiline",
+                                                                        ["exact_kl", "approx_kl"]]
 
 
 def test_the_page_receives_the_fields_from_the_server(tmp_path: Path) -> None:
@@ -54,5 +56,6 @@ def test_the_page_receives_the_fields_from_the_server(tmp_path: Path) -> None:
     clip = next(field for field in answer["fields"] if field["name"] == "clipfrac")
     assert clip == {"name": "clipfrac", "label": "clip fraction", "unit": "fraction", "low": None,
                     "high": 0.3, "nonnegative": True}
-    kl = next(chart for chart in answer["charts"] if chart["fields"] == ["approx_kl"])
+    kl = next(chart for chart in answer["charts"] if "approx_kl" in chart["fields"])
+    assert kl["fields"] == ["exact_kl", "approx_kl"]
     assert kl["log"] is True and kl["unit"] == "nats" and kl["group"] == "update"

@@ -79,7 +79,7 @@ def test_metrics_writer_writes_tensorboard_scalars(tmp_path: Path) -> None:
     config = events.Tensors("custom_scalars__config__")[0].tensor_proto
     layout = layout_pb2.Layout.FromString(config.string_val[0])
     charts = {category.title: [chart.title for chart in category.chart] for category in layout.category}
-    assert charts["update"][:2] == ["approximate KL (nats)", "clip fraction (fraction)"]
+    assert charts["update"][:2] == ["KL from the pre-update policy (nats)", "clip fraction (fraction)"]
     assert set(charts) == {"losses", "update", "throughput", "games", "ratings"}
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and set(lines[0]) == EPOCH_FIELDS | {"ratings_skipped"}

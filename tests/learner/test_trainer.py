@@ -5,6 +5,7 @@ Tests that take ``world`` run in a world of one and on two gloo ranks (``conftes
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import math
 import threading
@@ -200,3 +201,32 @@ def test_search_targets_reach_the_buffer_and_the_update_pulls_the_policy_toward_
     before_off, after_off, targets_off, _ = _trained_toward_sure_targets(0.0, world)
     assert before_off == pytest.approx(before) and targets_off == targets  # same data
     assert after < before - 0.2 and after < after_off - 0.2  # the term, not PPO, pulled it
+
+
+def test_the_exact_kl_is_the_kl_from_the_pre_update_policy_over_legal_moves(world: World) -> None:
+    """One pass of one minibatch: the update's exact KL is KL(pre-update || policy) of the
+    minibatch's training forward, before its step, summed by hand over each position's
+    legal moves; the pre-update policy is the one that acts (evaluation mode)."""
+    trainer = Trainer.build(tiny_config("train.ppo_passes=1", "train.minibatch_size=128"),
+                            threading.Event(), world=world)
+    trainer.collect()
+    batch = trainer.buffer.take_epoch()
+    model = copy.deepcopy(trainer.model)
+    observations = torch.from_numpy(unpack_observations(batch.observations)).float()
+    legal = unpack_masks(batch.legal_masks)
+    with torch.no_grad():
+        model.eval()
+        before = torch.log_softmax(model(observations).logits.double(), dim=-1).numpy()
+        model.train()
+        during = torch.log_softmax(model(observations).logits.double(), dim=-1).numpy()
+    by_hand = []
+    for row in range(batch.size):
+        moves = np.flatnonzero(legal[row])
+        old = before[row, moves] - np.log(np.exp(before[row, moves]).sum())  # over legal moves
+        new = during[row, moves] - np.log(np.exp(during[row, moves]).sum())
+        by_hand.append(float((np.exp(old) * (old - new)).sum()))
+    trainer.buffer.restore_epoch(batch)
+    report = trainer.update()
+    expected = world.mean([float(np.mean(by_hand))])[0]
+    assert report.exact_kl == pytest.approx(expected, rel=1e-3, abs=1e-6)
+    assert report.exact_kl > 0 and math.isfinite(report.approx_kl)
