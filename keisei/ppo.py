@@ -190,8 +190,26 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
 
 def explained_variance(predictions: np.ndarray, targets: np.ndarray) -> float:
     """1 - Var[targets - predictions] / Var[targets]; NaN when the targets do not vary."""
-    variance = float(np.var(targets))
-    return float("nan") if variance == 0 else 1.0 - float(np.var(targets - predictions)) / variance
+    return explained_variance_of(*variance_moments(predictions, targets))
+
+
+def variance_moments(predictions: np.ndarray, targets: np.ndarray) -> list[float]:
+    """The means of targets, targets², errors and errors² (errors = targets - predictions),
+    in float64: what ``explained_variance_of`` needs, and what several processes' shares
+    of the same data can average."""
+    targets64 = targets.astype(np.float64)
+    errors = targets64 - predictions.astype(np.float64)
+    return [float(targets64.mean()), float((targets64 ** 2).mean()), float(errors.mean()),
+            float((errors ** 2).mean())]
+
+
+def explained_variance_of(target_mean: float, target_square_mean: float, error_mean: float,
+                          error_square_mean: float) -> float:
+    """``explained_variance`` from ``variance_moments`` (NaN when the targets do not vary)."""
+    spread = target_square_mean - target_mean * target_mean
+    if spread <= 0:
+        return float("nan")
+    return 1.0 - (error_square_mean - error_mean * error_mean) / spread
 
 
 def learning_rate_at(schedule: str, initial: float, progress: float) -> float:

@@ -42,7 +42,6 @@ from learner.dashboard import Dashboard
 from learner.fields import tensorboard_layout
 from learner.local_actors import LocalActors
 from learner.ranks import (
-    REPORTED_ACTORS,
     Alone,
     RankFailed,
     World,
@@ -53,7 +52,7 @@ from learner.ranks import (
     resume_shares,
 )
 from learner.ratings import Ratings
-from learner.reports import ActorsReport, EpochReport, Ledger, Mode
+from learner.reports import REPORTED_ACTORS, ActorsReport, EpochReport, Ledger, Mode
 from learner.server import LearnerServer, local_endpoint, weights_bind_address
 from learner.supervisor import Supervisor
 from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callback, train

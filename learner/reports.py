@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any, cast
 
+REPORTED_ACTORS = 32
+"""Actor rows in each metrics line (the most recently heard); the rest are only counted."""
+
 
 class Mode(StrEnum):
     """Where the learner's games come from."""

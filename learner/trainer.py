@@ -42,12 +42,14 @@ from keisei.model import (
     to_device,
 )
 from keisei.ppo import (
+    explained_variance_of,
     init_kl_coef_at,
     kl_from_reference,
     learning_rate_at,
     ppo_losses,
     search_cross_entropy,
     shaping_weight,
+    variance_moments,
 )
 from keisei.records import unpack_masks, unpack_observations
 from keisei.runs import resolve_device
@@ -299,13 +301,12 @@ class Trainer:
                 break  # together, on the pass's mean exact KL over the members
         names = sorted(sums)
         means = [sums[key] / count for key in names]
-        # the figures of the whole update: means over the members (their shards are equal)
-        returns, errors = batch.returns.astype(np.float64), (batch.returns - batch.values).astype(np.float64)
+        # the figures of the whole update: means over the members (their shards are equal),
+        # the explained variance of all members' steps together
         *means, search_mean, count_mean, targets_mean, r1, r2, e1, e2 = self.world.mean(
             [*means, search_sum, search_count, int((batch.search_probs.sum(axis=1) > 0).sum()),
-             returns.mean(), (returns ** 2).mean(), errors.mean(), (errors ** 2).mean()])
-        spread = r2 - r1 * r1  # the explained variance of all members' steps together
-        variance = math.nan if spread <= 0 else 1.0 - (e2 - e1 * e1) / spread
+             *variance_moments(batch.values, batch.returns)])
+        variance = explained_variance_of(r1, r2, e1, e2)
         size = self.world.size
         search_sum, search_count = search_mean * size, round(count_mean * size)
         targets = round(targets_mean * size)
@@ -332,8 +333,7 @@ class Trainer:
         return torch.cat(parts)
 
     def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray, shaping: float,
-                        kl_coef: float = 0.0,
-                        pre_update: torch.Tensor | None = None) -> tuple[dict[str, float], float]:
+                        kl_coef: float, pre_update: torch.Tensor) -> tuple[dict[str, float], float]:
         """One gradient step. ``shaping`` weighs the shaping part of the advantages; the
         value still learns the unshaped returns (the game's result), so it stays an
         estimate of winning (keisei-usi resigns by it). ``kl_coef`` weighs the penalty
@@ -366,9 +366,7 @@ class Trainer:
                                                     dim=-1)
             init_kl = kl_from_reference(log_probs, reference_log_probs).mean()
             loss = loss + kl_coef * init_kl
-        exact_kl = torch.full((), math.nan)
-        if pre_update is not None:
-            exact_kl = kl_from_reference(log_probs.detach(), pre_update).mean()
+        exact_kl = kl_from_reference(log_probs.detach(), pre_update).mean()
         search_probs = batch.search_probs[rows]
         targets = int((search_probs.sum(axis=1) > 0).sum())
         search_loss = torch.full((), math.nan)  # measured only where there are targets

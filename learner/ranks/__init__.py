@@ -25,7 +25,6 @@ from learner.launch import RankInfo, check_divisible, rank_bind
 from learner.ranks.batch_norm import RankBatchNorm2d, synchronise_batch_norm
 from learner.ranks.collective import RankFailed
 from learner.ranks.shards import (
-    REPORTED_ACTORS,
     checkpoint_state,
     deal_start,
     gather_epoch,
@@ -35,7 +34,7 @@ from learner.ranks.shards import (
 )
 from learner.ranks.world import Alone, Ranks, Verdict, World, weights_checksum
 
-__all__ = ["REPORTED_ACTORS", "Alone", "RankBatchNorm2d", "RankFailed", "RankInfo", "Ranks",
+__all__ = ["Alone", "RankBatchNorm2d", "RankFailed", "RankInfo", "Ranks",
            "Verdict", "World", "check_divisible", "checkpoint_state", "deal_start",
            "gather_epoch", "merge_shards", "rank_bind", "resume_shares", "split_buffer",
            "synchronise_batch_norm", "weights_checksum"]

@@ -29,15 +29,13 @@ import torch
 from keisei.checkpoint import CheckpointError
 from keisei.config import ConfigError
 from learner.ranks.world import World, weights_checksum
-from learner.reports import ActorsReport, EpochReport, Ledger, RanksReport
+from learner.reports import REPORTED_ACTORS, ActorsReport, EpochReport, Ledger, RanksReport
 
 if TYPE_CHECKING:
     from learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
-REPORTED_ACTORS = 32
-"""Actor rows in each metrics line (the most recently heard); the rest are only counted."""
 
 
 # --- the buffer's waiting steps across ranks ----------------------------------------------

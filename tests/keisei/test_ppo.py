@@ -11,6 +11,7 @@ import torch
 from keisei.ppo import (
     compute_gae,
     explained_variance,
+    explained_variance_of,
     game_advantages,
     init_kl_coef_at,
     kl_from_reference,
@@ -19,6 +20,7 @@ from keisei.ppo import (
     search_cross_entropy,
     shaping_advantages,
     shaping_weight,
+    variance_moments,
 )
 
 
@@ -128,6 +130,16 @@ def test_learning_rate_schedules_and_explained_variance() -> None:
     assert explained_variance(targets, targets) == 1.0
     assert explained_variance(np.zeros(3), targets) == pytest.approx(1 - np.var(targets) / np.var(targets))
     assert math.isnan(explained_variance(np.zeros(3), np.ones(3)))
+    # by hand: targets 1, 2, 3 (variance 2/3), predictions 1, 1, 4 (errors 0, 1, -1:
+    # variance 2/3) explain nothing
+    assert explained_variance(np.array([1.0, 1.0, 4.0]), targets) == pytest.approx(0.0)
+    # two equal shares' averaged moments give the whole's explained variance
+    predictions = np.array([0.5, 2.5, 2.0, 1.0])
+    whole = np.array([1.0, 2.0, 3.0, 0.0])
+    halves = [variance_moments(predictions[:2], whole[:2]), variance_moments(predictions[2:], whole[2:])]
+    averaged = [(a + b) / 2 for a, b in zip(*halves, strict=True)]
+    assert explained_variance_of(*averaged) == pytest.approx(
+        1 - np.var(whole - predictions) / np.var(whole))
 
 
 def test_kl_from_reference_matches_hand_computed_values() -> None:
