@@ -102,6 +102,9 @@ class TrainConfig:
     gamma: float = setting(1.0, "discount per own move", low=0.0, high=1.0)
     gae_lambda: float = setting(0.95, "GAE lambda", low=0.0, high=1.0)
     clip_coef: float = setting(0.2, "PPO ratio clip", low=0.0, high=10.0)
+    dual_clip: float = setting(0.0, "dual-clip PPO: bound a negative advantage's objective "
+                               "below at dual_clip x the advantage (Ye et al. 2020 use 3; "
+                               "0: off)", low=0.0, high=100.0)
     clip_value_loss: bool = setting(False, "clip the value loss around the old values")
     vf_coef: float = setting(0.5, "value loss weight", low=0.0, high=100.0)
     ent_coef: float = setting(0.01, "entropy bonus weight", low=0.0, high=10.0)
@@ -431,6 +434,9 @@ def _cross_checks(config: Config) -> list[str]:
     if train.minibatch_size > train.steps_per_epoch:
         problems.append(f"train.minibatch_size = {train.minibatch_size}: must not exceed "
                         f"train.steps_per_epoch = {train.steps_per_epoch}")
+    if 0 < train.dual_clip <= 1:
+        problems.append(f"train.dual_clip = {train.dual_clip}: must be above 1 (3 is usual), "
+                        "or 0 for off")
     device = config.run.device
     if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         problems.append(f"run.device = {device!r}: expected cpu, cuda or cuda:N")

@@ -155,7 +155,8 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
                advantages: torch.Tensor, new_values: torch.Tensor, old_values: torch.Tensor,
                returns: torch.Tensor, entropy: torch.Tensor, *, clip_coef: float,
                clip_value_loss: bool, vf_coef: float, ent_coef: float,
-               normalize_advantages: bool) -> PPOLosses:
+               normalize_advantages: bool, dual_clip: float = 0.0,
+               policy_mask: torch.Tensor | None = None) -> PPOLosses:
     """The clipped PPO objective for one minibatch (all arguments shaped ``(B,)``).
 
     The log-ratio is bounded to ``±MAX_LOG_RATIO`` before ``exp``: a behaviour
@@ -163,19 +164,33 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
     honest one sampled at odds of e^-100) would otherwise overflow the ratio to inf
     and the loss with it. Honest updates never come near the bound (e^20), and a
     bounded sample passes no gradient (the clamp's is zero).
+
+    ``dual_clip`` (``c`` > 1, Ye et al. 2020; 0: off) also bounds the objective of a
+    negative advantage from below at ``c * A``, so a ratio far above 1 on a bad move
+    cannot make one sample's loss unbounded. ``policy_mask`` (bool) names the rows whose
+    move was the policy's choice: only those enter the policy-gradient term, the
+    approximate KL and the clip fraction (a forced move's behaviour log-probability is
+    not the probability it was played with). The value and entropy terms use every row.
     """
     logratio = (new_log_probs - old_log_probs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     ratio = logratio.exp()
+    weights = (torch.ones_like(ratio) if policy_mask is None
+               else policy_mask.to(ratio.dtype))
+    chosen = weights.sum().clamp(min=1.0)
     with torch.no_grad():
         # http://joschu.net/blog/kl-approx.html
-        approx_kl = ((ratio - 1) - logratio).mean()
-        clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
+        approx_kl = (((ratio - 1) - logratio) * weights).sum() / chosen
+        clipfrac = (((ratio - 1.0).abs() > clip_coef).float() * weights).sum() / chosen
     mb_advantages = advantages
     if normalize_advantages and len(advantages) > 1:
         mb_advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     pg_loss1 = -mb_advantages * ratio
     pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
-    policy_loss = torch.max(pg_loss1, pg_loss2).mean()
+    pg_loss = torch.max(pg_loss1, pg_loss2)
+    if dual_clip > 0:
+        pg_loss = torch.where(mb_advantages < 0, torch.min(pg_loss, -dual_clip * mb_advantages),
+                              pg_loss)
+    policy_loss = (pg_loss * weights).sum() / chosen
     if clip_value_loss:
         v_loss_unclipped = (new_values - returns) ** 2
         v_clipped = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)

@@ -24,7 +24,7 @@ from keisei.encoding import (
     sequence_actions_and_masks,
 )
 from keisei.errors import InvalidSfenError, RecordError
-from keisei.shogi import Game, Termination
+from keisei.shogi import Game, Termination, mating_move
 
 OBSERVATION_BITS = NUM_PLANES * 81
 OBSERVATION_BYTES = (OBSERVATION_BITS + 7) // 8
@@ -105,13 +105,22 @@ class GameRecord:
 @dataclass(frozen=True, eq=False)
 class FinishedGame(GameRecord):
     """A finished game with its training data; ``players[t]`` is the mover of ply t
-    (0 black, 1 white); ``target_actions`` are the action indices of ``target_moves``."""
+    (0 black, 1 white); ``target_actions`` are the action indices of ``target_moves``.
+    ``forced[t]`` marks a ply its mover had no choice in: the only legal move, or a mate
+    the self-play mate search played (``selfplay.mate_search``). Its behaviour
+    log-probability is the network's, not the 1 it was played with, so the learner leaves
+    it out of the policy-gradient term."""
 
     observations: np.ndarray  # (T, OBSERVATION_BYTES) uint8, bit-packed planes
     legal_masks: np.ndarray  # (T, MASK_BYTES) uint8, bit-packed
     actions: np.ndarray  # (T,) int16
     players: np.ndarray  # (T,) uint8
     target_actions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16), kw_only=True)
+    forced: np.ndarray | None = field(default=None, kw_only=True)  # (T,) bool; None: none
+
+    def forced_plies(self) -> np.ndarray:
+        """``forced`` as a ``(T,)`` bool array (all false when the game carries none)."""
+        return np.zeros(self.length, dtype=bool) if self.forced is None else self.forced
 
     def dense_targets(self) -> tuple[np.ndarray, np.ndarray]:
         """The search targets per ply: actions ``(T, TARGET_WIDTH)`` int16 (-1 where none)
@@ -163,11 +172,15 @@ def check_targets(record: GameRecord) -> None:
             raise RecordError(f"the target of ply {int(plies[k]) + 1} names a move twice", "bad target")
 
 
-def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) -> FinishedGame:
+def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True,
+                mate_search: int = 0) -> FinishedGame:
     """Rebuild a ``FinishedGame`` from its wire form by replaying the moves through ``Game``.
 
     This is the learner's check of what an actor sends: every move must be legal where it
     was played, the game must end exactly at the last move, and with the result claimed.
+    The forced plies are found again as the actor found them: the only legal move, or
+    the move ``keisei.shogi.mating_move`` gives at ``mate_search`` plies (the actor's
+    setting, which the learner sent it) where that is the move played.
 
     :raises RecordError: naming the first problem.
     """
@@ -180,6 +193,7 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) 
     planes = np.empty((length, *OBSERVATION_SHAPE), dtype=np.float32)
     turns = np.empty(length, dtype=np.uint8)
     legal_lists = []
+    forced = np.zeros(length, dtype=bool)
     target_actions = np.zeros(len(record.target_moves), dtype=np.int16)
     targets = _target_slices(record)
     for ply, move in enumerate(record.moves.tolist()):
@@ -201,6 +215,7 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) 
         fill_observation(planes, ply, game.board, game.repetitions)
         turns[ply] = game.board.turn
         legal_lists.append(legal)
+        forced[ply] = len(legal) == 1 or (mate_search > 0 and mating_move(game, mate_search) == move)
         game.push(move)
     outcome = game.outcome
     if outcome is None:
@@ -221,7 +236,7 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True) 
         target_probs=record.target_probs.astype(np.float32),
         target_values=record.target_values.astype(np.float32),
         observations=pack_observations(planes), legal_masks=pack_masks(masks), actions=actions,
-        players=turns, target_actions=target_actions)
+        players=turns, target_actions=target_actions, forced=forced)
 
 
 def _target_slices(record: GameRecord) -> dict[int, slice]:

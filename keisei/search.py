@@ -44,7 +44,7 @@ from torch import nn
 from keisei.config import SearchConfig
 from keisei.encoding import OBSERVATION_SHAPE, fill_observation, legal_actions
 from keisei.model import autocast
-from keisei.shogi import Game
+from keisei.shogi import Game, mating_move
 
 UNBOUNDED = 2**62
 """A visit budget no search reaches: search until told to stop (or out of time)."""
@@ -262,7 +262,7 @@ class Search:
     def _start(self, trees: list[_Tree]) -> None:
         """Mates at the roots, then every root expanded in one network call."""
         for tree in trees:
-            mate = _root_mate(tree.game, self.config.root_mate_plies)
+            mate = mating_move(tree.game, max(1, self.config.root_mate_plies))
             if mate is not None:
                 tree.mate_move = mate
         leaves = []
@@ -525,17 +525,3 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max())
     result: np.ndarray = shifted / shifted.sum()
     return result
-
-
-def _root_mate(game: Game, plies: int) -> int | None:
-    """A mate in one, else the first move of a forced mate within ``plies`` plies
-    (cshogi's search), if there is one."""
-    board = game.board
-    move = board.mate_move_in_1ply()
-    for depth in range(3, plies + 1, 2):
-        if move:
-            break
-        move = board.mate_move(depth)
-    return int(move) if move and game.is_legal(int(move)) else None
-
-

@@ -43,7 +43,7 @@ from keisei.records import (
     pack_observations,
 )
 from keisei.search import Search, SearchResult, network_evaluator
-from keisei.shogi import Game
+from keisei.shogi import Game, mating_move
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ class Collector:
         self._values = np.zeros((slots, plies), dtype=np.float32)
         self._players = np.zeros((slots, plies), dtype=np.uint8)
         self._versions = np.zeros((slots, plies), dtype=np.int32)
+        self._forced = np.zeros((slots, plies), dtype=bool)
         self._rng = np.random.default_rng(seed)
         self.watch = False
         """When set, ``watched`` follows the first slot's game after every ply (a web view)."""
@@ -149,6 +150,10 @@ class Collector:
         inferred = time.perf_counter()
         moves = self._encoder.moves_for(actions)
         self._record(observations, masks, actions, moves, log_probs, values, policy_version)
+        # a forced ply: the mate search played it, or it was the only legal move
+        only_move = masks.sum(axis=1) == 1
+        self._forced[self._slots, self._ply - 1] = only_move if forced is None \
+            else only_move | (forced >= 0)
         finished = 0
         for slot, (game, move) in enumerate(zip(self._games, moves.tolist(), strict=True)):
             game.push(move)
@@ -195,17 +200,13 @@ class Collector:
 
     def _mating_actions(self, masks: np.ndarray) -> np.ndarray:
         """Per game, the action of the first move of a legal forced mate within
-        ``config.mate_search`` plies (cshogi's searches, about 2 µs at 3 plies), else -1."""
+        ``config.mate_search`` plies (``keisei.shogi.mating_move``, about 2 µs at 3
+        plies), else -1."""
         forced = np.full(len(self._games), -1, dtype=np.int64)
         for slot, game in enumerate(self._games):
-            board = game.board
-            move = board.mate_move_in_1ply()
-            for plies in range(3, self.config.mate_search + 1, 2):
-                if move:
-                    break
-                move = board.mate_move(plies)
-            if move:
-                action = move_to_action(board, move)
+            move = mating_move(game, self.config.mate_search)
+            if move is not None:
+                action = move_to_action(game.board, move)
                 if masks[slot, action]:
                     forced[slot] = action
         self.stats.forced_mates += int((forced >= 0).sum())
@@ -276,7 +277,8 @@ class Collector:
                                    legal_masks=self._masks[slot, :length].copy(),
                                    actions=self._actions[slot, :length].copy(),
                                    players=self._players[slot, :length].copy(),
-                                   target_actions=target_actions.astype(np.int16)))
+                                   target_actions=target_actions.astype(np.int16),
+                                   forced=self._forced[slot, :length].copy()))
 
     def _publish_watched(self, result: str | None = None) -> None:
         """Replace ``watched`` (a reference swap: a reader never waits for the collector)."""

@@ -514,6 +514,22 @@ def describe_move(move: int) -> str:
     return "<not a move>" if text is None else str(text)
 
 
+def mating_move(game: Game, plies: int) -> int | None:
+    """The first move of a forced mate within ``plies`` plies (1, 3, 5...; a mate in one
+    is looked for first, then cshogi's searches at 3, 5... plies), if there is one and it
+    is legal; ``None`` too when ``plies`` is 0. Deterministic: self-play plays it, and
+    the learner finds the same move again when it replays an actor's game."""
+    if plies <= 0:
+        return None
+    board = game.board
+    move = board.mate_move_in_1ply()
+    for depth in range(3, plies + 1, 2):
+        if move:
+            break
+        move = board.mate_move(depth)
+    return int(move) if move and game.is_legal(int(move)) else None
+
+
 # --- games ---------------------------------------------------------------------------
 def play_random_game(seed: int | None = None, max_plies: int = DEFAULT_MAX_PLIES,
                      sfen: str | None = None) -> Game:

@@ -56,15 +56,17 @@ class Admission:
 
     ``policy_version`` reads the current version from its owner (the trainer); a peer's
     game that claims a newer one is invalid. ``max_plies`` and ``entering_king`` are the
-    rules its games are replayed under.
+    rules its games are replayed under, ``mate_search`` the mate search its players used
+    (``selfplay.mate_search``: the replay finds their forced plies again).
     """
 
     def __init__(self, buffer: ExperienceBuffer, policy_version: Callable[[], int], *,
-                 max_plies: int, entering_king: bool) -> None:
+                 max_plies: int, entering_king: bool, mate_search: int = 0) -> None:
         self.buffer = buffer
         self.policy_version = policy_version
         self.max_plies = max_plies
         self.entering_king = entering_king
+        self.mate_search = mate_search
         self._pending: deque[tuple[FinishedGame, str]] = deque()  # (game, source)
         self._pending_steps = 0
         self._games_received = 0
@@ -91,7 +93,8 @@ class Admission:
                       if record.length and record.policy_versions.max() > current]
             if future:
                 raise ValueError(f"policy version {max(future)} is newer than the learner's {current}")
-            games = [replay_game(record, self.max_plies, self.entering_king) for record in records]
+            games = [replay_game(record, self.max_plies, self.entering_king, self.mate_search)
+                     for record in records]
         except (KeiseiError, ValueError) as exc:
             with self._lock:
                 self._games_invalid += len(records)

@@ -2,7 +2,9 @@
 
 Arrays are preallocated. ``put`` computes each game's per-player GAE (on the whole game,
 with the values recorded when it was played), drops plies produced more than
-``max_policy_lag`` policy versions ago (counted), and appends the rest. An epoch is
+``max_policy_lag`` policy versions ago (counted), and appends the rest. A mate the
+self-play mate search played becomes its ply's training target (one move, probability
+1) unless a search target is there already. An epoch is
 ready when ``steps_per_epoch`` steps are held; ``take_epoch`` hands out exactly that
 many, first in first out, and the rest carry over to the next epoch. Every accepted
 step is handed out exactly once.
@@ -51,6 +53,7 @@ class EpochBatch:
     sources: np.ndarray  # (N,) int16, index into ExperienceBuffer.source_names
     search_actions: np.ndarray  # (N, TARGET_WIDTH) int16, a search target's moves (-1: none)
     search_probs: np.ndarray  # (N, TARGET_WIDTH) float32, their probabilities (0: none)
+    forced: np.ndarray  # (N,) bool, a ply its mover had no choice in (FinishedGame.forced)
 
     @property
     def size(self) -> int:
@@ -82,6 +85,7 @@ _COLUMNS = {
     "sources": (np.int16, ()),
     "search_actions": (np.int16, (TARGET_WIDTH,)),
     "search_probs": (np.float32, (TARGET_WIDTH,)),
+    "forced": (np.bool_, ()),
 }
 IN_PROCESS = "in-process"
 """The source name of games the learner's own collector played."""
@@ -89,6 +93,17 @@ OTHERS = "(others)"
 """The source name shared by every source past the first ``MAX_SOURCES``."""
 MAX_SOURCES = 4096
 
+
+
+def mate_plies(game: FinishedGame) -> np.ndarray:
+    """``(T,)`` bool: the forced plies that had a choice, i.e. the mates the self-play mate
+    search played (the other forced plies had a single legal move)."""
+    forced = game.forced_plies()
+    mates = forced.copy()
+    if forced.any():
+        moves = np.unpackbits(game.legal_masks[forced], axis=1).sum(axis=1)
+        mates[forced] = moves > 1
+    return mates
 
 
 class ExperienceBuffer:
@@ -151,6 +166,10 @@ class ExperienceBuffer:
             shaping = shaping_advantages(game.players, material_balance(game.observations),
                                          self.gamma, self.shaping_lambda)
         search_actions, search_probs = game.dense_targets()
+        forced = game.forced_plies()
+        mates = mate_plies(game) & (search_probs.sum(axis=1) == 0)
+        search_actions[mates, 0] = game.actions[mates]  # the mate played: the ply's target
+        search_probs[mates, 0] = 1.0
         with self._lock:
             fresh = game.policy_versions >= self.policy_version() - self.max_policy_lag
             count = int(fresh.sum())
@@ -163,7 +182,8 @@ class ExperienceBuffer:
                        "actions": game.actions, "log_probs": game.log_probs,
                        "values": game.values, "advantages": advantages, "returns": returns,
                        "shaping_advantages": shaping, "policy_versions": game.policy_versions,
-                       "search_actions": search_actions, "search_probs": search_probs}
+                       "search_actions": search_actions, "search_probs": search_probs,
+                       "forced": forced}
             for name, column in columns.items():
                 self._arrays[name][rows] = column[fresh]
             self._size += count
@@ -285,6 +305,8 @@ class ExperienceBuffer:
             state = {**state, "shaping_advantages": torch.zeros(held)}
         if "sources" not in state:  # saved before sources: count them as in-process
             state = {**state, "sources": torch.zeros(held, dtype=torch.int16)}
+        if "forced" not in state:  # saved before forced plies were marked: none
+            state = {**state, "forced": torch.zeros(held, dtype=torch.bool)}
         if "search_actions" not in state:  # saved before search targets: none
             state = {**state, "search_actions": torch.full((held, TARGET_WIDTH), -1, dtype=torch.int16),
                      "search_probs": torch.zeros(held, TARGET_WIDTH)}

@@ -112,7 +112,8 @@ class Trainer:
                                        shaping_lambda=train.shaping_lambda)
         # every game reaches the buffer through admission, the in-process collector's too
         self.admission = Admission(self.buffer, lambda: self.policy_version,
-                                   max_plies=selfplay.max_plies, entering_king=selfplay.entering_king)
+                                   max_plies=selfplay.max_plies, entering_king=selfplay.entering_king,
+                                   mate_search=selfplay.mate_search)
         # every rank plays its own games: the same seed would play the same ones
         self.collector = Collector(model, selfplay, self.admission, device=device,
                                    seed=config.run.seed + 1_000_003 * world.rank,
@@ -344,8 +345,9 @@ class Trainer:
         tensors = {name: to_device(getattr(batch, name)[rows], device)
                    for name in ("actions", "log_probs", "values", "returns")}
         advantages = batch.advantages[rows] + shaping * batch.shaping_advantages[rows]
+        chosen = ~batch.forced[rows]  # a forced ply stays out of the policy-gradient term
         if train.normalize_advantages:  # over the whole minibatch, every member's rows
-            advantages = self._normalise(advantages)
+            advantages = self._normalise(advantages, chosen)
         observations = to_device(unpack_observations(batch.observations[rows]), device)
         legal = to_device(unpack_masks(batch.legal_masks[rows]), device)
         with autocast(device, self.autocast_dtype):
@@ -356,7 +358,8 @@ class Trainer:
                             new_values.float(), tensors["values"], tensors["returns"], entropy,
                             clip_coef=train.clip_coef, clip_value_loss=train.clip_value_loss,
                             vf_coef=train.vf_coef, ent_coef=train.ent_coef,
-                            normalize_advantages=False)
+                            normalize_advantages=False, dual_clip=train.dual_clip,
+                            policy_mask=to_device(chosen, device))
         loss = losses.loss
         init_kl = torch.full((), math.nan)  # measured only while the penalty is on
         if self.reference is not None and kl_coef > 0:
@@ -416,9 +419,10 @@ class Trainer:
                   "search_loss": search_loss, "exact_kl": exact_kl}
         return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
 
-    def _normalise(self, advantages: np.ndarray) -> np.ndarray:
-        """(a - mean) / (std + 1e-8) with the mean and unbiased std of every member's rows."""
-        values = advantages.astype(np.float64)
+    def _normalise(self, advantages: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(a - mean) / (std + 1e-8) with the mean and unbiased std of every member's
+        ``rows`` (bool: those that enter the policy-gradient term)."""
+        values = advantages[rows].astype(np.float64)
         total, squares, count = self.world.sum([float(values.sum()), float((values * values).sum()),
                                                 float(len(values))])
         if count <= 1:

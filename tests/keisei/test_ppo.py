@@ -185,3 +185,38 @@ def test_search_cross_entropy_matches_hand_values_and_ignores_padding() -> None:
     loss.sum().backward()
     assert log_probs.grad is not None and torch.isfinite(log_probs.grad).all()
     assert log_probs.grad.flatten().tolist() == pytest.approx([0.0, -0.8, -0.2, 0.0] + [0.0] * 4)
+
+
+def test_a_masked_row_does_not_move_the_policy_loss_or_its_statistics() -> None:
+    old = torch.zeros(3)
+    advantages = torch.tensor([1.0, -1.0, 2.0])
+    common = dict(clip_coef=0.2, clip_value_loss=False, vf_coef=0.0, ent_coef=0.0,
+                  normalize_advantages=False)
+    zeros = torch.zeros(3)
+    mask = torch.tensor([True, True, False])
+    for forced_log_ratio in (0.0, 3.0, -15.0):  # whatever the forced row's ratio
+        new = torch.tensor([math.log(1.1), math.log(1.5), forced_log_ratio], requires_grad=True)
+        result = ppo_losses(new, old, advantages, zeros, zeros, zeros, zeros, policy_mask=mask,
+                            **common)
+        # row 0: -1.1 (inside the clip); row 1: max(1.5, 1.2) = 1.5; the mean of the two
+        assert float(result.policy_loss.detach()) == pytest.approx((-1.1 + 1.5) / 2)
+        assert float(result.clipfrac) == pytest.approx(0.5)
+        assert float(result.approx_kl) == pytest.approx(
+            ((0.1 - math.log(1.1)) + (0.5 - math.log(1.5))) / 2, rel=1e-5)
+        result.loss.backward()
+        assert new.grad is not None and float(new.grad[2]) == 0.0
+
+
+def test_dual_clip_bounds_a_negative_advantages_loss() -> None:
+    common = dict(clip_coef=0.2, clip_value_loss=False, vf_coef=0.0, ent_coef=0.0,
+                  normalize_advantages=False)
+    zeros = torch.zeros(4)
+    ratios = torch.tensor([5.0, 2.0, 5.0, 0.5])
+    advantages = torch.tensor([-1.0, -1.0, 1.0, -1.0])
+    plain = ppo_losses(ratios.log(), zeros, advantages, zeros, zeros, zeros, zeros, **common)
+    dual = ppo_losses(ratios.log(), zeros, advantages, zeros, zeros, zeros, zeros, dual_clip=3.0,
+                      **common)
+    # per row without dual clip: 5, 2, -1.2 (clipped good move), 0.8 (clipped bad move);
+    # dual clip at 3 bounds the first to 3 * 1 and leaves the others
+    assert float(plain.policy_loss) == pytest.approx((5 + 2 - 1.2 + 0.8) / 4)
+    assert float(dual.policy_loss) == pytest.approx((3 + 2 - 1.2 + 0.8) / 4)

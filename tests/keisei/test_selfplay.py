@@ -16,11 +16,12 @@ from keisei.records import (
     FinishedGame,
     GameRecord,
     pack_observations,
+    replay_game,
     unpack_masks,
     unpack_observations,
 )
 from keisei.selfplay import Collector
-from keisei.shogi import Game
+from keisei.shogi import Game, mating_move
 
 
 class ListSink:
@@ -161,3 +162,24 @@ def test_a_longer_mate_search_finds_the_first_move_of_a_mate_in_three() -> None:
     game = Game(sfen)
     assert found[1] == -1  # no mate in one here
     assert found[3] == move_to_action(game.board, game.board.move_from_usi("S*3h"))
+
+
+def test_forced_plies_are_marked_and_found_again_when_replayed() -> None:
+    torch.manual_seed(0)
+    sink = ListSink()
+    collector = Collector(build_model(PRESETS["tiny"]),
+                          SelfPlayConfig(games=16, max_plies=300, mate_search=3), sink, seed=2)
+    while len(sink.games) < 16:
+        collector.step(0)
+    marked = 0
+    for finished in sink.games:
+        forced = finished.forced_plies()
+        game = Game(max_plies=300)
+        for ply, move in enumerate(finished.moves.tolist()):
+            expected = len(game.legal_moves()) == 1 or mating_move(game, 3) == move
+            assert forced[ply] == expected
+            game.push(move)
+        replayed = replay_game(finished, 300, mate_search=3)
+        assert np.array_equal(replayed.forced_plies(), forced)
+        marked += int(forced.sum())
+    assert marked > 0

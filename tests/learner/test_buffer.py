@@ -147,3 +147,29 @@ def test_a_buffer_saved_before_shaping_existed_still_loads() -> None:
     batch = other.take_epoch()
     assert batch.actions.tolist() == list(range(10))
     assert batch.shaping_advantages.tolist() == [0.0] * 10
+
+
+def test_a_mate_played_by_the_mate_search_becomes_its_plies_target() -> None:
+    game = fake_game(6, 0)
+    masks = np.zeros((6, MASK_BYTES), np.uint8)
+    masks[:, 0] = 0b11000000  # two legal moves on every ply ...
+    masks[4, 0] = 0b10000000  # ... but one on ply 4
+    forced = np.array([False, False, True, False, True, False])
+    game = FinishedGame(**{**vars(game), "legal_masks": masks, "forced": forced})
+    buffer = make_buffer(steps_per_epoch=6)
+    buffer.put(game)
+    batch = buffer.take_epoch()
+    assert batch.forced.tolist() == forced.tolist()
+    # ply 2 had a choice: the mate search's move is its target; ply 4 had none
+    assert batch.search_actions[2, 0] == 2 and batch.search_probs[2].tolist() == [1.0] + [0.0] * 31
+    assert batch.search_probs.sum(axis=1).tolist() == [0, 0, 1, 0, 0, 0]
+
+
+def test_a_buffer_saved_before_forced_plies_loads_with_none_forced() -> None:
+    buffer = make_buffer()
+    buffer.put(fake_game(6, 0))
+    state = {name: tensor for name, tensor in buffer.state_dict().items() if name != "forced"}
+    other = make_buffer()
+    other.load_state_dict(state)
+    other.put(fake_game(4, 6))
+    assert not other.take_epoch().forced.any()

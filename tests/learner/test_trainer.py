@@ -230,3 +230,27 @@ def test_the_exact_kl_is_the_kl_from_the_pre_update_policy_over_legal_moves(worl
     expected = world.mean([float(np.mean(by_hand))])[0]
     assert report.exact_kl == pytest.approx(expected, rel=1e-3, abs=1e-6)
     assert report.exact_kl > 0 and math.isfinite(report.approx_kl)
+
+
+def test_a_forced_ply_does_not_move_the_policy_gradient_loss(world: World) -> None:
+    """Two identical seeded trainers and epochs, every third ply marked forced; in one the
+    forced plies' behaviour log-probabilities are wrecked. The update's policy loss, its
+    ratio statistics and the trained weights do not change: a forced ply is out of the
+    policy-gradient term."""
+    reports, weights = [], []
+    for wrecked in (False, True):
+        trainer = Trainer.build(tiny_config("train.ppo_passes=1"), threading.Event(), world=world)
+        trainer.collect()
+        size = trainer.buffer.size
+        forced = np.arange(size) % 3 == 0
+        trainer.buffer._arrays["forced"][:size] = forced
+        if wrecked:
+            trainer.buffer._arrays["log_probs"][:size][forced] = -15.0
+        reports.append(trainer.update())
+        weights.append(trainer.model.state_dict())
+    plain, broken = reports
+    assert broken.policy_loss == pytest.approx(plain.policy_loss, rel=1e-6, abs=1e-7)
+    assert broken.clipfrac == pytest.approx(plain.clipfrac, abs=1e-7)
+    assert broken.approx_kl == pytest.approx(plain.approx_kl, rel=1e-6, abs=1e-7)
+    for key, value in weights[0].items():
+        assert torch.allclose(value, weights[1][key], rtol=1e-6, atol=1e-7), key
