@@ -16,9 +16,13 @@ of random weights, as ``keisei-learner --init-from`` does: the curve's first poi
 network, and the final network also plays it directly (colour-swapped pairs), which says
 whether PPO kept, lost or added to what pre-training taught.
 
+Each epoch's line carries the update's health (sampled and exact KL, clip fraction,
+explained variance, passes), and a summary follows training: the median clip fraction,
+the largest KL, the explained variance over the second half. ``--no-eval`` stops there.
+
 Usage: python -m bench.learning [--minutes 10] [--eval-games 200] [--curve 5]
 [--curve-games 100] [--ladder] [--ladder-games 100] [--save PATH.pt] [--save-curve DIR]
-[--init-from CHECKPOINT] [--set section.key=value ...]
+[--init-from CHECKPOINT] [--no-eval] [--set section.key=value ...]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from keisei.checkpoint import save_policy
@@ -77,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from this pre-trained network instead of random weights")
     parser.add_argument("--save", metavar="PATH.pt",
                         help="also save the trained network (for keisei-eval or keisei-usi)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="train and print the update's health only: no games afterwards")
     parser.add_argument("--save-curve", metavar="DIR",
                         help="also save every curve point's network as DIR/curveN.pt (the final "
                              "one as DIR/trained.pt), named by minutes and steps in DIR/curve.json, "
@@ -92,10 +99,14 @@ def main() -> None:
         with Learner(config, LearnerOptions(init_from=args.init_from)) as learner:
             trainer = learner.trainer
             untrained = copy.deepcopy(trainer.model)
-            curve = _train_with_curve(learner, 60 * args.minutes, max(args.curve, 1))
+            updates: list[EpochReport] = []
+            curve = _train_with_curve(learner, 60 * args.minutes, max(args.curve, 1), updates)
     print(f"network {config.model.blocks}x{config.model.channels}, {args.minutes:g} min, "
           f"{trainer.step:,} steps, {trainer.epoch} epochs, "
           f"precision {trainer.autocast_dtype or 'float32'}", flush=True)
+    print(health(updates), flush=True)
+    if args.no_eval:
+        return
     pairings = _evaluate(args, trainer, untrained, curve)
     ratings = fit_ratings(pairings)
     print("fitted Elo (random = 0): " + ", ".join(f"{name} {elo:+.0f}" for name, elo in
@@ -126,23 +137,49 @@ def _save_curve(folder: Path, curve: list[tuple[float, int, nn.Module]],
     print(f"curve networks saved in {folder}")
 
 
-def _train_with_curve(learner: Learner, budget: float,
-                      points: int) -> list[tuple[float, int, nn.Module]]:
-    """Train until ``budget`` seconds have passed; return (minutes, step, network copy) at
-    each of ``points`` evenly spaced moments, the final network last."""
+def health(reports: list[EpochReport]) -> str:
+    """The update's health over a run's epochs: the clip fraction's median and largest, the
+    exact and sampled KLs' medians and largest, the explained variance's median over the
+    second half, the passes that ran, and how many epochs broke each of the limits
+    (median clip fraction 0.30, KL 1, explained variance 0)."""
+    if not reports:
+        return "update health: no epoch finished"
+    updates = [report.update for report in reports]
+
+    def column(name: str, rows: list[Any] = updates) -> np.ndarray:
+        return np.array([getattr(update, name) for update in rows], dtype=np.float64)
+
+    clip, exact, approx = column("clipfrac"), column("exact_kl"), column("approx_kl")
+    variance = column("explained_variance", updates[len(updates) // 2:])
+    return (f"update health over {len(updates)} epochs: clip fraction median "
+            f"{np.median(clip):.3f} (max {clip.max():.3f}); exact KL median "
+            f"{np.nanmedian(exact):.4f}, max {np.nanmax(exact):.4f} ({int((exact > 1).sum())} "
+            f"epochs above 1); sampled KL median {np.median(approx):.4f}, max "
+            f"{approx.max():.4g}; explained variance median over the second half "
+            f"{np.nanmedian(variance):+.3f} (last {updates[-1].explained_variance:+.3f}); "
+            f"passes {column('ppo_passes').mean():.2f} a epoch")
+
+
+def _train_with_curve(learner: Learner, budget: float, points: int,
+                      reports: list[EpochReport]) -> list[tuple[float, int, nn.Module]]:
+    """Train until ``budget`` seconds have passed, appending each epoch's report to
+    ``reports``; return (minutes, step, network copy) at each of ``points`` evenly spaced
+    moments, the final network last."""
     started = time.monotonic()
     trainer = learner.trainer
     curve: list[tuple[float, int, nn.Module]] = []
 
     def log_and_keep(report: EpochReport) -> None:
         elapsed = time.monotonic() - started
+        reports.append(report)
         update, games = report.update, report.games
         print(f"  epoch {report.epoch:4d} step {report.step:9,d} "
               f"{report.steps_per_second:6.0f} steps/s  len {games.mean_game_length:5.1f}  "
               f"B/W/D {games.black_win_rate:.2f}/{games.white_win_rate:.2f}/"
               f"{games.draw_rate:.2f}  value loss {update.value_loss:.3f}  "
-              f"entropy {update.entropy:.2f}  kl {update.approx_kl:.3f}  "
-              f"clip {update.clipfrac:.2f}  lag {update.policy_lag_mean:.1f}"
+              f"entropy {update.entropy:.2f}  kl {update.approx_kl:.3f} exact {update.exact_kl:.3f}  "
+              f"clip {update.clipfrac:.2f}  ev {update.explained_variance:+.2f}  "
+              f"passes {update.ppo_passes}  lag {update.policy_lag_mean:.1f}"
               + (f"  init_kl {update.init_kl:.3f} x {update.init_kl_coef:.2f}"
                  if update.init_kl_coef else "")
               + (f"  search {update.search_loss:.3f} on {update.search_targets}"

@@ -100,11 +100,34 @@ class TrainConfig:
                                choices=("constant", "linear", "cosine"))
     weight_decay: float = setting(1e-4, "AdamW weight decay", low=0.0, high=1.0)
     gamma: float = setting(1.0, "discount per own move", low=0.0, high=1.0)
-    gae_lambda: float = setting(0.95, "GAE lambda", low=0.0, high=1.0)
+    gae_lambda: float = setting(0.95, "GAE lambda of the advantages", low=0.0, high=1.0)
+    value_lambda: float = setting(-1.0, "GAE lambda of the value target (the returns): 1 "
+                                  "trains the value toward the game's result, smaller values "
+                                  "toward its own later estimates; -1: gae_lambda",
+                                  low=-1.0, high=1.0)
+    search_value_mix: float = setting(0.0, "on plies with a search target, the value target "
+                                      "is (1 - mix) x the return + mix x the search's root "
+                                      "value (dlshogi uses 1/3); 0: the return alone",
+                                      low=0.0, high=1.0)
     clip_coef: float = setting(0.2, "PPO ratio clip", low=0.0, high=10.0)
     dual_clip: float = setting(0.0, "dual-clip PPO: bound a negative advantage's objective "
                                "below at dual_clip x the advantage (Ye et al. 2020 use 3; "
                                "0: off)", low=0.0, high=100.0)
+    norm_statistics: str = setting("minibatch", "the batch-norm statistics a PPO update "
+                                   "trains with: minibatch (each minibatch's own, so the "
+                                   "trained policy differs from the one that acts, which uses "
+                                   "running statistics), or epoch (the running statistics, "
+                                   "set from the whole epoch's positions before the update: "
+                                   "the policy trained is the policy that acts)",
+                                   choices=("minibatch", "epoch"))
+    decoupled_clip: bool = setting(False, "clip the ratio to the policy before this update "
+                                   "instead of to the policy that played (Hilton et al. 2021), "
+                                   "weighting each ply by their ratio truncated at "
+                                   "behaviour_weight_cap: the clip then bounds the update's own "
+                                   "step however old the actors' weights were")
+    behaviour_weight_cap: float = setting(1.0, "with decoupled_clip: the largest weight "
+                                          "pi_before_update / pi_played a ply gets (V-trace's "
+                                          "rho-bar)", low=0.1, high=100.0)
     clip_value_loss: bool = setting(False, "clip the value loss around the old values")
     vf_coef: float = setting(0.5, "value loss weight", low=0.0, high=100.0)
     ent_coef: float = setting(0.01, "entropy bonus weight", low=0.0, high=10.0)
@@ -434,6 +457,9 @@ def _cross_checks(config: Config) -> list[str]:
     if train.minibatch_size > train.steps_per_epoch:
         problems.append(f"train.minibatch_size = {train.minibatch_size}: must not exceed "
                         f"train.steps_per_epoch = {train.steps_per_epoch}")
+    if train.value_lambda < 0 and train.value_lambda != -1:
+        problems.append(f"train.value_lambda = {train.value_lambda}: must lie in [0, 1], or be -1 "
+                        "for train.gae_lambda")
     if 0 < train.dual_clip <= 1:
         problems.append(f"train.dual_clip = {train.dual_clip}: must be above 1 (3 is usual), "
                         "or 0 for off")

@@ -156,7 +156,9 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
                returns: torch.Tensor, entropy: torch.Tensor, *, clip_coef: float,
                clip_value_loss: bool, vf_coef: float, ent_coef: float,
                normalize_advantages: bool, dual_clip: float = 0.0,
-               policy_mask: torch.Tensor | None = None) -> PPOLosses:
+               policy_mask: torch.Tensor | None = None,
+               proximal_log_probs: torch.Tensor | None = None,
+               behaviour_weight_cap: float = 1.0) -> PPOLosses:
     """The clipped PPO objective for one minibatch (all arguments shaped ``(B,)``).
 
     The log-ratio is bounded to ``±MAX_LOG_RATIO`` before ``exp``: a behaviour
@@ -171,12 +173,26 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
     move was the policy's choice: only those enter the policy-gradient term, the
     approximate KL and the clip fraction (a forced move's behaviour log-probability is
     not the probability it was played with). The value and entropy terms use every row.
+
+    **Decoupled clipping** (Hilton et al. 2021, "Batch size-invariance for policy
+    optimization"), when ``proximal_log_probs`` are given (the policy's log-probabilities
+    before this update): the ratio that is clipped is ``pi / pi_proximal``, so the clip
+    bounds the update's own step however stale the behaviour policy (``old_log_probs``)
+    was, and each row's term is weighted by ``pi_proximal / pi_behaviour`` truncated at
+    ``behaviour_weight_cap`` (V-trace's rho-bar; 1 by default), which corrects for the
+    policy that played. Without them the ratio is to the behaviour policy (plain PPO).
+    The approximate KL and clip fraction are of the clipped ratio.
     """
-    logratio = (new_log_probs - old_log_probs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    reference = old_log_probs if proximal_log_probs is None else proximal_log_probs
+    logratio = (new_log_probs - reference).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     ratio = logratio.exp()
     weights = (torch.ones_like(ratio) if policy_mask is None
                else policy_mask.to(ratio.dtype))
     chosen = weights.sum().clamp(min=1.0)
+    behaviour_weights = torch.ones_like(ratio)
+    if proximal_log_probs is not None:
+        behaviour_weights = (proximal_log_probs - old_log_probs).clamp(
+            -MAX_LOG_RATIO, MAX_LOG_RATIO).exp().clamp(max=behaviour_weight_cap).detach()
     with torch.no_grad():
         # http://joschu.net/blog/kl-approx.html
         approx_kl = (((ratio - 1) - logratio) * weights).sum() / chosen
@@ -190,7 +206,7 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
     if dual_clip > 0:
         pg_loss = torch.where(mb_advantages < 0, torch.min(pg_loss, -dual_clip * mb_advantages),
                               pg_loss)
-    policy_loss = (pg_loss * weights).sum() / chosen
+    policy_loss = (pg_loss * behaviour_weights * weights).sum() / chosen
     if clip_value_loss:
         v_loss_unclipped = (new_values - returns) ** 2
         v_clipped = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)

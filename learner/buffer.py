@@ -1,7 +1,8 @@
 """The experience buffer: whole finished games in, fixed-size epochs out.
 
 Arrays are preallocated. ``put`` computes each game's per-player GAE (on the whole game,
-with the values recorded when it was played), drops plies produced more than
+with the values recorded when it was played; the returns, the value's target, with their
+own lambda and mixed with a search's root value where one ran), drops plies produced more than
 ``max_policy_lag`` policy versions ago (counted), and appends the rest. A mate the
 self-play mate search played becomes its ply's training target (one move, probability
 1) unless a search target is there already. An epoch is
@@ -111,13 +112,16 @@ class ExperienceBuffer:
 
     def __init__(self, steps_per_epoch: int, capacity: int, *, gamma: float, gae_lambda: float,
                  max_policy_lag: int, policy_version: Callable[[], int] = lambda: 0,
-                 shaping: bool = False, shaping_lambda: float = 0.0) -> None:
+                 shaping: bool = False, shaping_lambda: float = 0.0,
+                 value_lambda: float | None = None, search_value_mix: float = 0.0) -> None:
         if capacity < steps_per_epoch:
             raise ValueError(f"capacity {capacity} is smaller than steps_per_epoch {steps_per_epoch}")
         self.steps_per_epoch = steps_per_epoch
         self.capacity = capacity
         self.gamma = gamma
         self.gae_lambda = gae_lambda
+        self.value_lambda = gae_lambda if value_lambda is None else value_lambda
+        self.search_value_mix = search_value_mix
         self.max_policy_lag = max_policy_lag
         self.shaping = shaping
         self.shaping_lambda = shaping_lambda
@@ -161,6 +165,13 @@ class ExperienceBuffer:
         winner = None if game.winner == DRAW else game.winner
         advantages, returns = game_advantages(game.players, game.values, winner, self.gamma,
                                               self.gae_lambda)
+        if self.value_lambda != self.gae_lambda:
+            _, returns = game_advantages(game.players, game.values, winner, self.gamma,
+                                         self.value_lambda)
+        if self.search_value_mix and len(game.target_plies):
+            plies = game.target_plies
+            returns[plies] = ((1 - self.search_value_mix) * returns[plies]
+                              + self.search_value_mix * game.target_values)
         shaping = np.zeros(game.length, dtype=np.float32)
         if self.shaping:
             shaping = shaping_advantages(game.players, material_balance(game.observations),

@@ -109,7 +109,10 @@ class Trainer:
                                        max_policy_lag=train.max_policy_lag,
                                        policy_version=lambda: self.policy_version,
                                        shaping=train.shaping_scale > 0,
-                                       shaping_lambda=train.shaping_lambda)
+                                       shaping_lambda=train.shaping_lambda,
+                                       value_lambda=(train.gae_lambda if train.value_lambda < 0
+                                                     else train.value_lambda),
+                                       search_value_mix=train.search_value_mix)
         # every game reaches the buffer through admission, the in-process collector's too
         self.admission = Admission(self.buffer, lambda: self.policy_version,
                                    max_plies=selfplay.max_plies, entering_king=selfplay.entering_king,
@@ -279,8 +282,11 @@ class Trainer:
         weight = shaping_weight(train.shaping_scale, train.shaping_anneal_steps, self.step)
         kl_coef = (init_kl_coef_at(train.init_kl_coef, train.init_kl_steps, self.step)
                    if self.reference is not None else 0.0)
+        epoch_statistics = train.norm_statistics == "epoch"
+        if epoch_statistics:
+            self._set_norm_statistics(batch)
         pre_update = self._policy_log_probs(batch)  # once per epoch: the exact KL's reference
-        self.model.train()
+        self.model.train(not epoch_statistics)  # epoch statistics: train the acting policy
         while passes < train.ppo_passes:
             passes += 1
             order = self.shuffle_rng.permutation(batch.size)
@@ -319,6 +325,30 @@ class Trainer:
         return figures
 
     @torch.no_grad()
+    def _set_norm_statistics(self, batch: EpochBatch) -> None:
+        """Make every batch norm's running statistics those of this epoch's positions (with
+        ranks: of every member's), the average of their minibatch-sized chunks' statistics
+        in a shuffled order. Forward passes only: no random number is drawn but the order."""
+        layers = [module for module in self.model.modules()
+                  if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+        if not layers:
+            return
+        momenta = [layer.momentum for layer in layers]
+        chunks = batch.size // self.minibatch_size  # whole minibatches (check_divisible)
+        order = self.shuffle_rng.permutation(batch.size)[:chunks * self.minibatch_size]
+        self.model.train()
+        try:
+            for chunk, rows in enumerate(order.reshape(chunks, self.minibatch_size)):
+                for layer in layers:
+                    layer.momentum = 1.0 / (chunk + 1)  # the running average of the chunks
+                observations = to_device(unpack_observations(batch.observations[rows]), self.device)
+                with autocast(self.device, self.autocast_dtype):
+                    self.model(observations.float())
+        finally:
+            for layer, momentum in zip(layers, momenta, strict=True):
+                layer.momentum = momentum
+
+    @torch.no_grad()
     def _policy_log_probs(self, batch: EpochBatch) -> torch.Tensor:
         """The policy's log-probabilities over every position's legal moves (illegal ones
         -inf), as it acts (evaluation mode), in minibatch-sized chunks."""
@@ -354,12 +384,15 @@ class Trainer:
             logits, new_values = self.model(observations.float())
         log_probs, entropy = log_probs_and_entropy(masked_logits(logits.float(), legal))
         new_log_probs = log_probs.gather(1, tensors["actions"][:, None]).squeeze(1)
+        proximal = (pre_update.gather(1, tensors["actions"][:, None]).squeeze(1)
+                    if train.decoupled_clip else None)
         losses = ppo_losses(new_log_probs, tensors["log_probs"], to_device(advantages, device),
                             new_values.float(), tensors["values"], tensors["returns"], entropy,
                             clip_coef=train.clip_coef, clip_value_loss=train.clip_value_loss,
                             vf_coef=train.vf_coef, ent_coef=train.ent_coef,
                             normalize_advantages=False, dual_clip=train.dual_clip,
-                            policy_mask=to_device(chosen, device))
+                            policy_mask=to_device(chosen, device),
+                            proximal_log_probs=proximal, behaviour_weight_cap=train.behaviour_weight_cap)
         loss = losses.loss
         init_kl = torch.full((), math.nan)  # measured only while the penalty is on
         if self.reference is not None and kl_coef > 0:

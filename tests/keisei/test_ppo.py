@@ -220,3 +220,26 @@ def test_dual_clip_bounds_a_negative_advantages_loss() -> None:
     # dual clip at 3 bounds the first to 3 * 1 and leaves the others
     assert float(plain.policy_loss) == pytest.approx((5 + 2 - 1.2 + 0.8) / 4)
     assert float(dual.policy_loss) == pytest.approx((3 + 2 - 1.2 + 0.8) / 4)
+
+
+def test_decoupled_clipping_clips_the_ratio_to_the_proximal_policy_and_weights_by_behaviour() -> None:
+    common = dict(clip_coef=0.2, clip_value_loss=False, vf_coef=0.0, ent_coef=0.0,
+                  normalize_advantages=False)
+    zeros = torch.zeros(3)
+    new = torch.tensor([0.55, 0.3, 0.5]).log()
+    proximal = torch.tensor([0.5, 0.3, 0.25]).log()
+    behaviour = torch.tensor([0.25, 0.6, 0.5]).log()  # stale: far from the proximal policy
+    advantages = torch.tensor([1.0, 1.0, -1.0])
+    result = ppo_losses(new, behaviour, advantages, zeros, zeros, zeros, zeros,
+                        proximal_log_probs=proximal, behaviour_weight_cap=1.0, **common)
+    # ratios to the proximal policy 1.1, 1.0, 2.0; behaviour weights min(2, 1) = 1, 0.5, 0.5
+    # terms: -1.1 * 1 = -1.1; -1.0 * 0.5 = -0.5; max(2.0, 1.2) * 0.5 = 1.0
+    assert float(result.policy_loss) == pytest.approx((-1.1 - 0.5 + 1.0) / 3, rel=1e-5)
+    assert float(result.clipfrac) == pytest.approx(1 / 3)  # only the third is past 1 +- 0.2
+    capped = ppo_losses(new, behaviour, advantages, zeros, zeros, zeros, zeros,
+                        proximal_log_probs=proximal, behaviour_weight_cap=3.0, **common)
+    assert float(capped.policy_loss) == pytest.approx((-2.2 - 0.5 + 1.0) / 3, rel=1e-5)
+    plain = ppo_losses(new, behaviour, advantages, zeros, zeros, zeros, zeros, **common)
+    # plain PPO: ratios 2.2, 0.5, 1.0 to the behaviour policy, the first two clipped
+    assert float(plain.policy_loss) == pytest.approx((-1.2 - 0.5 + 1.0) / 3, rel=1e-5)
+    assert float(plain.clipfrac) == pytest.approx(2 / 3)

@@ -173,3 +173,23 @@ def test_a_buffer_saved_before_forced_plies_loads_with_none_forced() -> None:
     other.load_state_dict(state)
     other.put(fake_game(4, 6))
     assert not other.take_epoch().forced.any()
+
+
+def test_the_value_target_takes_its_own_lambda_and_mixes_in_the_search_value() -> None:
+    game = fake_game(4, 0, winner=0)  # black (plies 0 and 2) wins
+    game = FinishedGame(**{**vars(game), "values": np.array([0.5, -0.5, 0.2, 0.0], np.float32),
+                           "target_plies": np.array([0], np.int32),
+                           "target_counts": np.array([1], np.int32),
+                           "target_moves": np.array([0], np.int32),
+                           "target_probs": np.array([1.0], np.float32),
+                           "target_values": np.array([0.8], np.float32),
+                           "target_actions": np.array([0], np.int16)})
+    buffer = ExperienceBuffer(4, 8, gamma=1.0, gae_lambda=0.0, max_policy_lag=2,
+                              value_lambda=1.0, search_value_mix=0.25)
+    buffer.put(game)
+    batch = buffer.take_epoch()
+    # advantages at lambda 0: black's ply 0 is V(2) - V(0) = 0.2 - 0.5, its ply 2 is 1 - 0.2;
+    # white's: 0 - (-0.5) and -1 - 0
+    assert batch.advantages.tolist() == pytest.approx([-0.3, 0.5, 0.8, -1.0])
+    # returns at lambda 1 are the result, and ply 0's is mixed with its search value 0.8
+    assert batch.returns.tolist() == pytest.approx([0.75 * 1 + 0.25 * 0.8, -1.0, 1.0, -1.0])

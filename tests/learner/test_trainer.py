@@ -254,3 +254,28 @@ def test_a_forced_ply_does_not_move_the_policy_gradient_loss(world: World) -> No
     assert broken.approx_kl == pytest.approx(plain.approx_kl, rel=1e-6, abs=1e-7)
     for key, value in weights[0].items():
         assert torch.allclose(value, weights[1][key], rtol=1e-6, atol=1e-7), key
+
+
+def test_epoch_statistics_train_the_policy_that_acts(world: World) -> None:
+    """With the learning rate at 0 nothing should move. Under minibatch statistics the
+    policy trained still differs from the acting one (batch norm in training mode); under
+    epoch statistics it is the same policy, and every batch norm's running mean is the
+    epoch's (every member's) mean, measured at the stem's normalisation."""
+    figures = {}
+    for mode in ("minibatch", "epoch"):
+        trainer = Trainer.build(tiny_config("train.learning_rate=0", "train.ppo_passes=1",
+                                            f"train.norm_statistics={mode}"),
+                                threading.Event(), world=world)
+        trainer.collect()
+        batch = trainer.buffer.take_epoch()
+        trainer.buffer.restore_epoch(batch)
+        report = trainer.update()
+        figures[mode] = report.exact_kl
+        if mode == "epoch":
+            stem = trainer.model.stem
+            with torch.no_grad():
+                outputs = stem[0](torch.from_numpy(unpack_observations(batch.observations)).float())
+            means = world.mean(outputs.mean(dim=(0, 2, 3)).tolist())
+            assert torch.allclose(stem[1].running_mean, torch.tensor(means), rtol=1e-4, atol=1e-5)
+    assert figures["minibatch"] > 1e-3
+    assert figures["epoch"] == pytest.approx(0.0, abs=1e-6)
