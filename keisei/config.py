@@ -113,13 +113,16 @@ class TrainConfig:
     dual_clip: float = setting(0.0, "dual-clip PPO: bound a negative advantage's objective "
                                "below at dual_clip x the advantage (Ye et al. 2020 use 3; "
                                "0: off)", low=0.0, high=100.0)
-    norm_statistics: str = setting("minibatch", "the batch-norm statistics a PPO update "
-                                   "trains with: minibatch (each minibatch's own, so the "
-                                   "trained policy differs from the one that acts, which uses "
-                                   "running statistics), or epoch (the running statistics, "
-                                   "set from the whole epoch's positions before the update: "
-                                   "the policy trained is the policy that acts)",
-                                   choices=("minibatch", "epoch"))
+    norm_statistics: str = setting("minibatch", "batch norm in a PPO update: minibatch "
+                                   "(trains with each minibatch's statistics; the running "
+                                   "statistics the acting policy uses follow them with "
+                                   "momentum, lagging the weights), refresh (the same "
+                                   "training, with the running statistics set from the "
+                                   "epoch's positions before the update and again after it, "
+                                   "for the weights that will act), or epoch (set before the "
+                                   "update and trained with: the policy trained is the "
+                                   "policy that acts)",
+                                   choices=("minibatch", "refresh", "epoch"))
     decoupled_clip: bool = setting(False, "clip the ratio to the policy before this update "
                                    "instead of to the policy that played (Hilton et al. 2021), "
                                    "weighting each ply by their ratio truncated at "

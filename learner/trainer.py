@@ -283,7 +283,7 @@ class Trainer:
         kl_coef = (init_kl_coef_at(train.init_kl_coef, train.init_kl_steps, self.step)
                    if self.reference is not None else 0.0)
         epoch_statistics = train.norm_statistics == "epoch"
-        if epoch_statistics:
+        if train.norm_statistics != "minibatch":
             self._set_norm_statistics(batch)
         pre_update = self._policy_log_probs(batch)  # once per epoch: the exact KL's reference
         self.model.train(not epoch_statistics)  # epoch statistics: train the acting policy
@@ -306,6 +306,8 @@ class Trainer:
                 count += 1
             if train.target_kl and self.world.mean([pass_kl])[0] > train.target_kl:
                 break  # together, on the pass's mean exact KL over the members
+        if train.norm_statistics == "refresh":  # the statistics of the weights that will act
+            self._set_norm_statistics(batch)
         names = sorted(sums)
         means = [sums[key] / count for key in names]
         # the figures of the whole update: means over the members (their shards are equal),

@@ -279,3 +279,23 @@ def test_epoch_statistics_train_the_policy_that_acts(world: World) -> None:
             assert torch.allclose(stem[1].running_mean, torch.tensor(means), rtol=1e-4, atol=1e-5)
     assert figures["minibatch"] > 1e-3
     assert figures["epoch"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_refreshed_statistics_are_those_of_the_weights_that_will_act(world: World) -> None:
+    """Under norm_statistics=refresh the update trains with minibatch statistics, then sets
+    the running statistics from the epoch's positions with the updated weights: the
+    stem's running mean is the mean of its convolution's output over every member's
+    epoch, computed with the weights after the update."""
+    trainer = Trainer.build(tiny_config("train.norm_statistics=refresh"), threading.Event(),
+                            world=world)
+    trainer.collect()
+    batch = trainer.buffer.take_epoch()
+    trainer.buffer.restore_epoch(batch)
+    before = trainer.model.stem[0].weight.detach().clone()
+    trainer.update()
+    stem = trainer.model.stem
+    assert not torch.equal(stem[0].weight, before)  # the update moved the weights
+    with torch.no_grad():
+        outputs = stem[0](torch.from_numpy(unpack_observations(batch.observations)).float())
+    means = world.mean(outputs.mean(dim=(0, 2, 3)).tolist())
+    assert torch.allclose(stem[1].running_mean, torch.tensor(means), rtol=1e-4, atol=1e-5)
