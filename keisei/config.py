@@ -299,6 +299,22 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class PoolConfig:
+    """Opponents from the past (``keisei.pool``): played by the learner's own collector."""
+
+    share: float = setting(0.0, "share of the learner's in-process self-play games played "
+                           "against an opponent drawn from the pool (only the learner's own "
+                           "plies train); 0: off. Actors play self-play only",
+                           low=0.0, high=1.0)
+    size: int = setting(8, "past policies the pool holds (the start network of an "
+                        "--init-from run is kept besides)", low=1, high=1000)
+    every_epochs: int = setting(10, "the current policy joins the pool every this many epochs",
+                                low=1)
+    power: float = setting(2.0, "PFSP: an opponent the learner beats at rate x is drawn with "
+                           "weight (1 - x)^power (0: uniform)", low=0.0, high=10.0)
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -312,6 +328,7 @@ class Config:
     display: DisplayConfig = field(default_factory=DisplayConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     ranks: RanksConfig = field(default_factory=RanksConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

@@ -109,7 +109,8 @@ class FinishedGame(GameRecord):
     ``forced[t]`` marks a ply its mover had no choice in: the only legal move, or a mate
     the self-play mate search played (``selfplay.mate_search``). Its behaviour
     log-probability is the network's, not the 1 it was played with, so the learner leaves
-    it out of the policy-gradient term."""
+    it out of the policy-gradient term. ``trained[t]`` is false on an opponent's ply in a
+    game against the opponent pool: not the learner's behaviour, so not trained on."""
 
     observations: np.ndarray  # (T, OBSERVATION_BYTES) uint8, bit-packed planes
     legal_masks: np.ndarray  # (T, MASK_BYTES) uint8, bit-packed
@@ -117,6 +118,17 @@ class FinishedGame(GameRecord):
     players: np.ndarray  # (T,) uint8
     target_actions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16), kw_only=True)
     forced: np.ndarray | None = field(default=None, kw_only=True)  # (T,) bool; None: none
+    trained: np.ndarray | None = field(default=None, kw_only=True)  # (T,) bool; None: all
+
+    @property
+    def steps(self) -> int:
+        """The plies that train the policy: all, except an opponent's in a game against the
+        opponent pool (``trained``)."""
+        return self.length if self.trained is None else int(self.trained.sum())
+
+    def trained_plies(self) -> np.ndarray:
+        """``trained`` as a ``(T,)`` bool array (all true when the game carries none)."""
+        return np.ones(self.length, dtype=bool) if self.trained is None else self.trained
 
     def forced_plies(self) -> np.ndarray:
         """``forced`` as a ``(T,)`` bool array (all false when the game carries none)."""

@@ -22,6 +22,7 @@ buffer. Records and their packing live in ``keisei.records``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
@@ -32,6 +33,7 @@ from torch import nn
 from keisei.config import SearchConfig, SelfPlayConfig
 from keisei.encoding import BatchEncoder, legal_actions, move_to_action
 from keisei.model import autocast, choose_actions, masked_logits, resolve_precision, to_device
+from keisei.pool import OpponentPool
 from keisei.records import (
     DRAW,
     MASK_BYTES,
@@ -87,6 +89,8 @@ class CollectorStats:
     rules_seconds: float = 0.0
     searches: int = 0  # positions searched for a target
     search_seconds: float = 0.0
+    pool_games: int = 0  # finished against an opponent from the pool
+    pool_score: float = 0.0  # the learner's points in them (1 a win, 0.5 a draw)
 
 
 class Collector:
@@ -134,9 +138,75 @@ class Collector:
         # per slot, the targets of the game in it: (ply, moves, actions, probs, root value)
         self._targets: list[list[tuple[int, list[int], np.ndarray, np.ndarray, float]]] = \
             [[] for _ in range(slots)]
+        self.pool: OpponentPool | None = None
+        """Set with ``play_pool``: a share of new games is played against its opponents."""
+        self._pool_share = 0.0
+        self._opponent_models: dict[str, nn.Module] = {}
+        self._build_opponent: Callable[[], nn.Module] | None = None
+        self._opponents: list[str | None] = [None] * slots  # per slot, the opponent's name
+        self._learner_sides = np.zeros(slots, dtype=np.int64)  # per slot, the learner's colour
+        self._trained = np.ones((slots, plies), dtype=bool)
 
     def _new_game(self) -> Game:
         return Game(max_plies=self.config.max_plies, entering_king=self.config.entering_king)
+
+    def play_pool(self, pool: OpponentPool, share: float, build: Callable[[], nn.Module]) -> None:
+        """Play ``share`` of the games started from now on against an opponent drawn from
+        ``pool`` (PFSP), the learner taking a random colour; ``build`` makes an empty
+        network of the opponents' shape. The opponent's plies are recorded as not trained,
+        and each result goes back to the pool."""
+        self.pool, self._pool_share, self._build_opponent = pool, share, build
+
+    def _choose_opponent(self, slot: int) -> None:
+        """Decide the new game in ``slot``: self-play, or a pool game and its sides."""
+        self._opponents[slot] = None
+        pool = self.pool
+        if pool is None or not len(pool) or self._rng.random() >= self._pool_share:
+            return
+        self._opponents[slot] = pool.sample(self._rng).name
+        self._learner_sides[slot] = int(self._rng.integers(2))
+
+    def _opponent_model(self, name: str) -> nn.Module | None:
+        """The opponent ``name``'s network (built once; ``None`` once it left the pool)."""
+        model = self._opponent_models.get(name)
+        if model is None:
+            assert self.pool is not None and self._build_opponent is not None
+            opponent = self.pool.get(name)
+            if opponent is None:
+                return None
+            live = set(self.pool.names())  # forget the networks of those who left
+            self._opponent_models = {key: value for key, value in self._opponent_models.items()
+                                     if key in live}
+            model = self._build_opponent().to(self.device)
+            model.load_state_dict(opponent.weights)
+            model.eval()
+            self._opponent_models[name] = model
+        return model
+
+    def _opponent_moves(self, observations: np.ndarray, masks: np.ndarray,
+                        forced: np.ndarray | None, actions: np.ndarray, log_probs: np.ndarray,
+                        values: np.ndarray) -> np.ndarray:
+        """Where a pool opponent is to move, its own network's move (in place); returns
+        whether each slot's ply is the learner's."""
+        learner = np.ones(len(self._games), dtype=bool)
+        turns = np.array([game.board.turn for game in self._games])
+        by_opponent: dict[str, list[int]] = {}
+        for slot, name in enumerate(self._opponents):
+            if name is not None and turns[slot] != self._learner_sides[slot]:
+                by_opponent.setdefault(name, []).append(slot)
+                learner[slot] = False
+        for name, slots in by_opponent.items():
+            model = self._opponent_model(name)
+            if model is None:  # it left the pool mid-game: the game goes on as self-play
+                for slot in slots:
+                    self._opponents[slot] = None
+                learner[slots] = True
+                continue
+            rows = np.array(slots)
+            chosen = self._infer(observations[rows], masks[rows],
+                                 None if forced is None else forced[rows], model)
+            actions[rows], log_probs[rows], values[rows] = chosen
+        return learner
 
     def step(self, policy_version: int) -> int:
         """One ply in every game; finished games go to the sink. Returns how many finished."""
@@ -147,9 +217,12 @@ class Collector:
         encoded = time.perf_counter()
         forced = self._mating_actions(masks) if self.config.mate_search else None
         actions, log_probs, values = self._infer(observations, masks, forced)
+        learner = (np.ones(len(self._games), dtype=bool) if self.pool is None else
+                   self._opponent_moves(observations, masks, forced, actions, log_probs, values))
         inferred = time.perf_counter()
         moves = self._encoder.moves_for(actions)
         self._record(observations, masks, actions, moves, log_probs, values, policy_version)
+        self._trained[self._slots, self._ply - 1] = learner
         # a forced ply: the mate search played it, or it was the only legal move
         only_move = masks.sum(axis=1) == 1
         self._forced[self._slots, self._ply - 1] = only_move if forced is None \
@@ -212,15 +285,16 @@ class Collector:
         self.stats.forced_mates += int((forced >= 0).sum())
         return forced
 
-    def _infer(self, observations: np.ndarray, masks: np.ndarray,
-               forced: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample a move per game; where ``forced`` holds an action (not -1), play it
-        instead, with the network's log-probability of it at the sampling temperature."""
+    def _infer(self, observations: np.ndarray, masks: np.ndarray, forced: np.ndarray | None,
+               model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample a move per game with ``model`` (default: the collector's); where
+        ``forced`` holds an action (not -1), play it instead, with the network's
+        log-probability of it at the sampling temperature."""
         temperature = self.config.temperature
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             inputs = to_device(observations, self.device)
             legal = to_device(masks, self.device)
-            logits, values = self.model(inputs)
+            logits, values = (model or self.model)(inputs)
             masked = masked_logits(logits, legal)
             uniforms = torch.rand(len(masked), generator=self.generator, device=self.device)
             actions, log_probs = choose_actions(masked, temperature, uniforms)
@@ -267,9 +341,20 @@ class Collector:
                             target_values=np.array([item[4] for item in targets], dtype=np.float32))
         target_actions = np.concatenate([item[2] for item in targets] or [np.zeros(0, np.int16)])
         self.stats.games += 1
+        opponent = self._opponents[slot]
+        trained = None
+        if opponent is not None:
+            trained = self._trained[slot, :length].copy()
+            side = int(self._learner_sides[slot])
+            score = 0.5 if outcome.winner is None else float(outcome.winner.number == side)
+            assert self.pool is not None
+            self.pool.record(opponent, score)
+            self.stats.pool_games += 1
+            self.stats.pool_score += score
         self._games[slot] = self._new_game()
         self._ply[slot] = 0
         self._targets[slot] = []
+        self._choose_opponent(slot)
         if isinstance(self.sink, RecordSink):
             self.sink.put_record(record)
             return
@@ -278,7 +363,7 @@ class Collector:
                                    actions=self._actions[slot, :length].copy(),
                                    players=self._players[slot, :length].copy(),
                                    target_actions=target_actions.astype(np.int16),
-                                   forced=self._forced[slot, :length].copy()))
+                                   forced=self._forced[slot, :length].copy(), trained=trained))
 
     def _publish_watched(self, result: str | None = None) -> None:
         """Replace ``watched`` (a reference swap: a reader never waits for the collector)."""
@@ -294,6 +379,8 @@ class Collector:
         self._games = [self._new_game() for _ in self._games]
         self._ply[:] = 0
         self._targets = [[] for _ in self._games]
+        for slot in range(len(self._games)):
+            self._choose_opponent(slot)
         self._watched_number += 1
         return dropped
 

@@ -109,7 +109,7 @@ class Admission:
     def put(self, game: FinishedGame) -> None:
         """Queue a game of the learner's own collector (its sink); it never raises for room."""
         with self._lock:
-            self._steps_in_process += game.length
+            self._steps_in_process += game.steps  # an opponent's plies are no steps
             self._games_in_process += 1
             self._enqueue([game], IN_PROCESS)
 
@@ -122,7 +122,7 @@ class Admission:
 
     def _enqueue(self, games: Sequence[FinishedGame], source: str) -> None:
         self._pending.extend((game, source) for game in games)
-        self._pending_steps += sum(game.length for game in games)
+        self._pending_steps += sum(game.steps for game in games)
         self._flush()
 
     def _flush(self) -> None:
@@ -132,7 +132,7 @@ class Admission:
                 self.buffer.put(*pending[0])
             except BufferFullError:  # no room until the trainer takes an epoch: wait
                 break
-            self._pending_steps -= pending.popleft()[0].length
+            self._pending_steps -= pending.popleft()[0].steps
         while self._pending_steps > self.buffer.capacity:
             oldest = next((index for index, (_, source) in enumerate(pending)
                            if source != IN_PROCESS), None)
@@ -140,8 +140,8 @@ class Admission:
                 break
             dropped, _ = pending[oldest]
             del pending[oldest]
-            self._pending_steps -= dropped.length
-            self._steps_dropped_backpressure += dropped.length
+            self._pending_steps -= dropped.steps
+            self._steps_dropped_backpressure += dropped.steps
 
     # --- reading ------------------------------------------------------------------------
     def accepting(self) -> bool:

@@ -182,8 +182,10 @@ class ExperienceBuffer:
         search_actions[mates, 0] = game.actions[mates]  # the mate played: the ply's target
         search_probs[mates, 0] = 1.0
         with self._lock:
+            trained = game.trained_plies()  # an opponent's plies in a pool game: not trained
             fresh = game.policy_versions >= self.policy_version() - self.max_policy_lag
-            count = int(fresh.sum())
+            keep = fresh & trained
+            count = int(keep.sum())
             if self._size + self._reserved + count > self.capacity:
                 raise BufferFullError(f"buffer holds {self._size} (+{self._reserved} in training) of "
                                       f"{self.capacity} steps; a game of {count} fresh steps does not fit")
@@ -196,10 +198,10 @@ class ExperienceBuffer:
                        "search_actions": search_actions, "search_probs": search_probs,
                        "forced": forced}
             for name, column in columns.items():
-                self._arrays[name][rows] = column[fresh]
+                self._arrays[name][rows] = column[keep]
             self._size += count
             self.steps_accepted += count
-            self.steps_dropped_stale += game.length - count
+            self.steps_dropped_stale += game.steps - count
             self._count_game(game)
             self.last_game = game
             if self._size >= self.steps_per_epoch:

@@ -111,7 +111,7 @@ class Dashboard:
                 f"policy {_format(update.policy_loss)} value {_format(update.value_loss)} "
                 f"entropy {_format(update.entropy)} kl {_format(update.exact_kl)} (sampled {_format(update.approx_kl)}) | "
                 f"{finished} | collect {collect.collect_seconds:.1f}s "
-                f"update {update.update_seconds:.1f}s" + actors
+                f"update {update.update_seconds:.1f}s" + actors + _pool_text(report)
                 + (f" | Elo {rating.elo:+.0f} (step {rating.elo_step}, random = 0)"
                    if rating is not None else ""))
 
@@ -170,7 +170,7 @@ class Dashboard:
              f"white {_format(games.white_win_rate, 3)}"),
             ("", f"passes {update.ppo_passes}", f"expl. var {_format(update.explained_variance)}",
              f"draw {_format(games.draw_rate, 3)}"),
-            ("", "", f"lr {_format(update.learning_rate)}", ""),
+            ("", "", f"lr {_format(update.learning_rate)}", _pool_text(report).lstrip(" |")),
         ]
         for row in rows:
             table.add_row(*row)
@@ -194,3 +194,12 @@ class Dashboard:
                           _format(scores.get("random"), 3), _format(scores.get("greedy"), 3))
         table.add_row("greedy", f"{ratings.table.get('greedy', math.nan):+.0f}", "", "")
         return table
+
+
+def _pool_text(report: EpochReport) -> str:
+    """`` | pool N: score S in G games`` with an opponent pool (nothing without one)."""
+    pool = report.pool
+    if pool is None:
+        return ""
+    score = f"score {_format(pool.score, 3)} in {pool.games} games" if pool.games else "no game"
+    return f" | pool {pool.size}: {score}"

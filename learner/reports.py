@@ -149,6 +149,19 @@ class RanksReport:
 
 
 @dataclass(frozen=True)
+class PoolReport:
+    """The opponent pool (``pool.share``): written as ``pool_size``, ``pool_games`` (games
+    against it finished this epoch, every rank's), ``pool_score`` (the learner's mean score
+    in them, null when none finished) and ``pool`` (per opponent: name, games, the
+    learner's win rate and the chance it is drawn next)."""
+
+    size: int
+    games: int
+    score: float
+    opponents: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class EpochReport:
     step: int
     epoch: int
@@ -165,6 +178,7 @@ class EpochReport:
     ratings: RatingsReport | None = None
     ledger: Ledger | None = None  # written as one ``ledger`` object
     ranks: RanksReport | None = None  # several learner ranks only
+    pool: PoolReport | None = None  # with an opponent pool only
 
     def to_json(self) -> dict[str, Any]:
         """The flat ``metrics.jsonl`` record (NaN and infinities as null)."""
@@ -179,6 +193,9 @@ class EpochReport:
                 record["ratings_skipped"] = value.ratings_skipped
                 if value.new_rating is not None:
                     record.update(asdict(value.new_rating))
+            elif isinstance(value, PoolReport):
+                record.update(pool_size=value.size, pool_games=value.games,
+                              pool_score=value.score, pool=value.opponents)
             elif isinstance(value, Ledger):
                 record["ledger"] = asdict(value)
             elif isinstance(value, RanksReport):

@@ -41,6 +41,7 @@ from keisei.model import (
     resolve_precision,
     to_device,
 )
+from keisei.pool import OpponentPool
 from keisei.ppo import (
     explained_variance_of,
     init_kl_coef_at,
@@ -57,9 +58,20 @@ from keisei.selfplay import Collector
 from learner.admission import Admission
 from learner.buffer import EpochBatch, ExperienceBuffer, GameTally
 from learner.ranks import Alone, RankFailed, World, check_divisible
-from learner.reports import CollectReport, EpochReport, GamesReport, Mode, UpdateReport
+from learner.reports import (
+    CollectReport,
+    EpochReport,
+    GamesReport,
+    Mode,
+    PoolReport,
+    UpdateReport,
+)
 
 logger = logging.getLogger(__name__)
+
+
+START_OPPONENT = "start"
+"""The pool's name for the network an ``--init-from`` run started from (always kept)."""
 
 
 class TrainingInterrupted(KeiseiError):
@@ -140,6 +152,12 @@ class Trainer:
         self.in_flight_steps_discarded = 0
         self.steps_dropped_non_finite = 0
         self.reference: PolicyValueNet | None = None  # the initial policy of an --init-from run
+        self.pool: OpponentPool | None = None  # past policies (pool.share > 0)
+        if config.pool.share > 0:
+            self.pool = OpponentPool(config.pool.size, config.pool.power)
+            self.collector.play_pool(self.pool, config.pool.share,
+                                     lambda: build_model(config.model))
+        self._pool_counted = (0, 0.0)  # the collector's pool games and score last reported
         # where published weights go (policy version, state dict); none when sequential only
         self.weights_out: Callable[[int, dict[str, torch.Tensor]], None] | None = None
 
@@ -172,6 +190,8 @@ class Trainer:
         reference.eval()
         reference.requires_grad_(False)
         self.reference = reference
+        if self.pool is not None:
+            self.pool.add(START_OPPONENT, weights, pinned=True)
 
     # --- the three phases ---------------------------------------------------------------
     def collect(self) -> CollectReport:
@@ -251,8 +271,26 @@ class Trainer:
         send the current one again, e.g. at start-up) and hand them to ``weights_out``."""
         if new_version:
             self.policy_version += 1
+            if self.pool is not None and self.epoch % self.config.pool.every_epochs == 0:
+                self.pool.add(f"v{self.policy_version}", self.model.state_dict())
         if self.weights_out is not None:
             self.weights_out(self.policy_version, self.model.state_dict())
+
+    def pool_report(self) -> PoolReport | None:
+        """The pool's part of the epoch: games against it since the last call (every
+        member's), the learner's mean score in them, and this member's opponent table."""
+        if self.pool is None:
+            return None
+        stats = self.collector.stats
+        games, score = stats.pool_games - self._pool_counted[0], stats.pool_score - self._pool_counted[1]
+        self._pool_counted = (stats.pool_games, stats.pool_score)
+        games_all, score_all = self.world.sum([float(games), score])
+        probabilities: Sequence[float] = list(self.pool.probabilities()) if len(self.pool) else []
+        table = [{"name": opponent.name, "games": opponent.games,
+                  "win_rate": round(opponent.win_rate, 4), "probability": round(float(chance), 4)}
+                 for opponent, chance in zip(self.pool.opponents, probabilities, strict=True)]
+        return PoolReport(len(self.pool), round(games_all),
+                          score_all / games_all if games_all else math.nan, table)
 
     def shard_state(self) -> dict[str, Any]:
         """This rank's part of a checkpoint: its waiting steps and its own counts."""
@@ -497,11 +535,14 @@ class Trainer:
             "config": self.config.to_dict(),
             **({"reference_model": self.reference.state_dict()} if self.reference is not None
                else {}),
+            **({"pool": self.pool.state_dict()} if self.pool is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "reference_model" in state:
             self.set_reference(state["reference_model"])
+        if self.pool is not None and "pool" in state:
+            self.pool.load_state_dict(state["pool"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -547,7 +588,7 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
             step=trainer.step, epoch=trainer.epoch, policy_version=trainer.policy_version,
             mode=trainer.mode(), steps_per_second=(trainer.step - last_step) / (now - last_time),
             steps_dropped_stale=stale, time=time.time(),
-            collect=collected, update=updated, games=games)
+            collect=collected, update=updated, games=games, pool=trainer.pool_report())
         last_time, last_step = now, trainer.step
         for callback in callbacks:
             await call_callback(callback, report)

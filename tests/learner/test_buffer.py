@@ -193,3 +193,14 @@ def test_the_value_target_takes_its_own_lambda_and_mixes_in_the_search_value() -
     assert batch.advantages.tolist() == pytest.approx([-0.3, 0.5, 0.8, -1.0])
     # returns at lambda 1 are the result, and ply 0's is mixed with its search value 0.8
     assert batch.returns.tolist() == pytest.approx([0.75 * 1 + 0.25 * 0.8, -1.0, 1.0, -1.0])
+
+
+def test_only_the_learners_plies_of_a_pool_game_enter_the_buffer() -> None:
+    trained = np.arange(8) % 2 == 1  # the learner plays white
+    game = FinishedGame(**{**vars(fake_game(8, 0, winner=1)), "trained": trained})
+    buffer = make_buffer(steps_per_epoch=4)
+    assert buffer.put(game) == 4 and game.steps == 4
+    batch = buffer.take_epoch()
+    assert batch.actions.tolist() == [1, 3, 5, 7]
+    assert batch.returns.tolist() == [1.0] * 4  # white won: its own returns, over its plies
+    assert buffer.steps_dropped_stale == 0

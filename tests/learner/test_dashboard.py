@@ -7,7 +7,7 @@ import dataclasses
 from helpers import epoch_report
 
 from learner.dashboard import Dashboard
-from learner.reports import ActorsReport, EpochReport, GamesReport
+from learner.reports import ActorsReport, EpochReport, GamesReport, PoolReport
 
 
 def with_actors(report: EpochReport, time: float, received: int) -> EpochReport:
@@ -32,3 +32,13 @@ def test_actor_rate_is_what_they_delivered_between_epochs() -> None:
     rate = dashboard._actor_steps_per_second(second)
     assert rate == 300.0
     assert "actors 2 healthy, 300 steps/s delivered" in Dashboard.summary_line(second, rate)
+
+
+def test_the_pool_shows_its_size_and_the_learners_score() -> None:
+    report = epoch_report(256, 1)
+    assert "pool" not in Dashboard.summary_line(report)
+    pooled = dataclasses.replace(report, pool=PoolReport(3, 4, 0.625, []))
+    assert "| pool 3: score 0.625 in 4 games" in Dashboard.summary_line(pooled)
+    empty = dataclasses.replace(report, pool=PoolReport(0, 0, float("nan"), []))
+    assert "| pool 0: no game" in Dashboard.summary_line(empty)
+    assert pooled.to_json()["pool_score"] == 0.625 and empty.to_json()["pool_score"] is None

@@ -299,3 +299,33 @@ def test_refreshed_statistics_are_those_of_the_weights_that_will_act(world: Worl
         outputs = stem[0](torch.from_numpy(unpack_observations(batch.observations)).float())
     means = world.mean(outputs.mean(dim=(0, 2, 3)).tolist())
     assert torch.allclose(stem[1].running_mean, torch.tensor(means), rtol=1e-4, atol=1e-5)
+
+
+def test_the_pool_fills_plays_reports_and_survives_a_checkpoint(world: World) -> None:
+    config = tiny_config("pool.share=0.5", "pool.every_epochs=2", "pool.size=3",
+                         "train.total_steps=1280", "selfplay.max_plies=16")
+    trainer = Trainer.build(config, threading.Event(), world=world)
+    reports: list[EpochReport] = []
+    asyncio.run(train(trainer, [reports.append]))
+    # every second policy joins; the oldest leave beyond three
+    assert trainer.pool is not None and trainer.pool.names() == ["v6", "v8", "v10"]
+    records = [report.to_json() for report in reports]
+    assert [record["pool_size"] for record in records] == [0, 1, 1, 2, 2, 3, 3, 3, 3, 3]
+    played = sum(record["pool_games"] for record in records)
+    assert played > 0 and sum(row["games"] for row in records[-1]["pool"]) <= played
+    assert all(0.0 <= record["pool_score"] <= 1.0 for record in records if record["pool_games"])
+    fresh = Trainer.build(config, threading.Event(), world=world)
+    fresh.load_state_dict(trainer.state_dict())
+    assert fresh.pool is not None and fresh.pool.names() == trainer.pool.names()
+    assert [opponent.games for opponent in fresh.pool.opponents] == \
+        [opponent.games for opponent in trainer.pool.opponents]
+
+
+def test_an_init_from_runs_start_network_is_pinned_in_the_pool() -> None:
+    trainer = Trainer.build(tiny_config("pool.share=0.2", "pool.size=1"), threading.Event())
+    start = copy.deepcopy(trainer.model.state_dict())
+    trainer.set_reference(start)
+    assert trainer.pool is not None
+    trainer.pool.add("v1", trainer.model.state_dict())
+    trainer.pool.add("v2", trainer.model.state_dict())
+    assert trainer.pool.names() == ["start", "v2"] and trainer.pool.opponents[0].pinned
