@@ -183,7 +183,9 @@ def _train_with_curve(learner: Learner, budget: float, points: int,
               + (f"  init_kl {update.init_kl:.3f} x {update.init_kl_coef:.2f}"
                  if update.init_kl_coef else "")
               + (f"  search {update.search_loss:.3f} on {update.search_targets}"
-                 if update.search_targets else ""), flush=True)
+                 if update.search_targets else "")
+              + (f"  pool {report.pool.size} score {report.pool.score:.2f} in {report.pool.games}"
+                 if report.pool is not None else ""), flush=True)
         if elapsed >= budget:
             learner.stop.set()
         elif elapsed >= budget * (len(curve) + 1) / points:
