@@ -197,11 +197,8 @@ class Collector:
                 learner[slot] = False
         for name, slots in by_opponent.items():
             model = self._opponent_model(name)
-            if model is None:  # it left the pool mid-game: the game goes on as self-play
-                for slot in slots:
-                    self._opponents[slot] = None
-                learner[slots] = True
-                continue
+            if model is None:  # it left the pool mid-game: the learner's network plays its
+                continue  # side from here, still not trained on
             rows = np.array(slots)
             chosen = self._infer(observations[rows], masks[rows],
                                  None if forced is None else forced[rows], model)
@@ -294,7 +291,7 @@ class Collector:
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             inputs = to_device(observations, self.device)
             legal = to_device(masks, self.device)
-            logits, values = (model or self.model)(inputs)
+            logits, values = (self.model if model is None else model)(inputs)
             masked = masked_logits(logits, legal)
             uniforms = torch.rand(len(masked), generator=self.generator, device=self.device)
             actions, log_probs = choose_actions(masked, temperature, uniforms)

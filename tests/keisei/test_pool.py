@@ -96,3 +96,24 @@ def test_a_pool_game_trains_only_the_learners_side_and_reports_its_result() -> N
     log_probs = torch.log_softmax(masked_logits(logits, legal), dim=-1)
     chosen = log_probs.gather(1, torch.from_numpy(game.actions[rows]).long()[:, None]).squeeze(1)
     assert chosen.numpy() == pytest.approx(game.log_probs[rows], abs=1e-4)
+
+
+def test_an_opponent_that_leaves_mid_game_leaves_its_side_untrained() -> None:
+    torch.manual_seed(1)
+    pool = OpponentPool(size=1, power=2.0)
+    pool.add("old", build_model(PRESETS["tiny"]).state_dict())
+    sink = ListSink()
+    collector = Collector(build_model(PRESETS["tiny"]).eval(),
+                          SelfPlayConfig(games=2, max_plies=30, mate_search=0), sink, seed=5)
+    collector.play_pool(pool, 1.0, lambda: build_model(PRESETS["tiny"]))
+    collector.discard_in_flight()
+    # "old" leaves the pool before its network was ever needed
+    pool.add("newer", build_model(PRESETS["tiny"]).state_dict())
+    while len(sink.games) < 2:
+        collector.step(0)
+    for game in sink.games[:2]:  # the learner's side trains, the other never, to the end
+        trained = game.trained_plies()
+        assert len(set(game.players[trained].tolist())) == 1
+        assert not set(game.players[trained].tolist()) & set(game.players[~trained].tolist())
+        assert 0 < trained.sum() < game.length
+    assert pool.get("old") is None and pool.opponents[0].games == 0  # no result for "newer"
