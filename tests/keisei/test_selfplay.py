@@ -114,15 +114,22 @@ def test_packing_round_trips() -> None:
     assert np.array_equal(unpack_observations(pack_observations(planes)), planes.astype(np.uint8))
 
 
-def test_a_mate_in_one_is_played_whenever_there_is_one() -> None:
+def played_games(mate_search: int, seed: int) -> tuple[Collector, list[FinishedGame]]:
+    """16 games (or a few more) of a tiny network with that mate search, and its collector."""
     torch.manual_seed(0)
     sink = ListSink()
     collector = Collector(build_model(PRESETS["tiny"]),
-                          SelfPlayConfig(games=16, max_plies=300, mate_search=1), sink, seed=1)
+                          SelfPlayConfig(games=16, max_plies=300, mate_search=mate_search), sink,
+                          seed=seed)
     while len(sink.games) < 16:
         collector.step(0)
+    return collector, sink.games
+
+
+def test_a_mate_in_one_is_played_whenever_there_is_one() -> None:
+    collector, games = played_games(mate_search=1, seed=1)
     mated = 0
-    for finished in sink.games:
+    for finished in games:
         game = Game(max_plies=300)
         for ply, move in enumerate(finished.moves.tolist()):
             mate = game.board.mate_move_in_1ply()
@@ -165,14 +172,9 @@ def test_a_longer_mate_search_finds_the_first_move_of_a_mate_in_three() -> None:
 
 
 def test_forced_plies_are_marked_and_found_again_when_replayed() -> None:
-    torch.manual_seed(0)
-    sink = ListSink()
-    collector = Collector(build_model(PRESETS["tiny"]),
-                          SelfPlayConfig(games=16, max_plies=300, mate_search=3), sink, seed=2)
-    while len(sink.games) < 16:
-        collector.step(0)
+    _, games = played_games(mate_search=3, seed=2)
     marked = 0
-    for finished in sink.games:
+    for finished in games:
         forced = finished.forced_plies()
         game = Game(max_plies=300)
         for ply, move in enumerate(finished.moves.tolist()):
