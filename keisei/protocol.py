@@ -92,7 +92,8 @@ class Hello:
 @dataclass(frozen=True)
 class Heartbeat:
     actor_id: str
-    steps_per_second: float
+    steps_per_second: float  # the actor's own playing rate (its log); the learner reports
+    # what it received instead (``learner.actors``)
     policy_version: int
     batches_dropped: int = 0
     steps_dropped: int = 0

@@ -1,13 +1,24 @@
-"""The learner's table of actors: who is connected, how fast, on which policy version."""
+"""The learner's table of actors: who is connected, how fast, on which policy version.
+
+How fast is what the learner received: each actor's ``steps_per_second`` is the steps of
+its games that arrived over the last ``RATE_WINDOW_SECONDS`` (or since it first said hello,
+if later), counted here as they arrive. It is the one figure every view reports
+(``metrics.jsonl``'s ``actors`` and their sum ``actor_steps_per_second``, ``status.json``,
+the dashboard, the plain log, the web view), so an actor that pauses on back-pressure
+reads what it delivered, not 0.
+"""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+
+RATE_WINDOW_SECONDS = 30.0
 
 
 class ActorState(StrEnum):
@@ -27,7 +38,7 @@ class ActorInfo:
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     last_games_at: float | None = None
-    steps_per_second: float = 0.0
+    steps_per_second: float = 0.0  # delivered (see the module docstring); set by snapshots
     policy_version: int = -1
     games_received: int = 0
     steps_received: int = 0
@@ -36,6 +47,9 @@ class ActorInfo:
     steps_dropped: int = 0
     restarts: int = 0
     awaiting_hello: bool = False  # restarted by the supervisor: its new process may claim the id
+    first_seen: float = field(default_factory=time.monotonic)  # its first hello, over restarts
+    # (arrival time, steps) of the games received within the rate window
+    deliveries: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
 
     def as_dict(self, now: float) -> dict[str, object]:
         return {"actor_id": self.actor_id, "host": self.host, "pid": self.pid,
@@ -50,7 +64,9 @@ class ActorTable:
     """Thread-safe record of every actor seen; the server thread writes, others read copies.
     Times come from ``clock`` (monotonic seconds; tests pass their own)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 rate_window: float = RATE_WINDOW_SECONDS) -> None:
+        self.rate_window = rate_window
         self._actors: dict[str, ActorInfo] = {}
         self._connection_of: dict[str, bytes] = {}  # actor id -> its connection, and back
         self._actor_of: dict[bytes, str] = {}
@@ -123,9 +139,10 @@ class ActorTable:
                     and previous.state not in (ActorState.STOPPED, ActorState.FAILED) \
                     and now - previous.last_seen <= takeover_after:
                 return f"actor id {actor_id!r} belongs to a live connection"
-            info = ActorInfo(actor_id, host, pid, connected_at=now, last_seen=now)
+            info = ActorInfo(actor_id, host, pid, connected_at=now, last_seen=now, first_seen=now)
             if previous is not None:
                 info.restarts = previous.restarts
+                info.first_seen, info.deliveries = previous.first_seen, previous.deliveries
                 info.games_received, info.steps_received = previous.games_received, previous.steps_received
                 if not new_connection:
                     info.connected_at, info.last_games_at = previous.connected_at, previous.last_games_at
@@ -145,15 +162,16 @@ class ActorTable:
                 self._drop_connection(actor_id)
         return gone
 
-    def heartbeat(self, actor_id: str, steps_per_second: float, policy_version: int,
-                  batches_dropped: int, steps_dropped: int) -> bool:
-        """Record a heartbeat; False if the actor never said hello."""
+    def heartbeat(self, actor_id: str, policy_version: int, batches_dropped: int,
+                  steps_dropped: int) -> bool:
+        """Record a heartbeat; False if the actor never said hello. (The rate an actor
+        says it plays at is not kept: its rate is what arrived, see ``snapshot``.)"""
         with self._lock:
             info = self._actors.get(actor_id)
             if info is None:
                 return False
             info.last_seen = self.clock()
-            info.steps_per_second, info.policy_version = steps_per_second, policy_version
+            info.policy_version = policy_version
             info.batches_dropped, info.steps_dropped = batches_dropped, steps_dropped
             if info.state is ActorState.STALE:
                 info.state = ActorState.HEALTHY if info.last_games_at else ActorState.STARTING
@@ -164,9 +182,11 @@ class ActorTable:
             info = self._actors.get(actor_id)
             if info is None:
                 return
-            info.last_seen = info.last_games_at = self.clock()
+            info.last_seen = info.last_games_at = now = self.clock()
             info.games_received += games
             info.steps_received += steps
+            info.deliveries.append((now, steps))
+            self._trim(info, now)
             info.state = ActorState.HEALTHY
 
     def invalid(self, actor_id: str | None) -> None:
@@ -186,8 +206,22 @@ class ActorTable:
             return actor_id in self._actors
 
     def snapshot(self) -> list[ActorInfo]:
+        """Copies of every entry, each ``steps_per_second`` the steps it delivered over the
+        last ``rate_window`` seconds (or since its first hello, if later) per second."""
         with self._lock:
-            return [replace(info) for info in self._actors.values()]
+            now = self.clock()
+            copies = []
+            for info in self._actors.values():
+                self._trim(info, now)
+                span = max(1.0, min(self.rate_window, now - info.first_seen))
+                rate = sum(steps for _, steps in info.deliveries) / span
+                copies.append(replace(info, steps_per_second=rate, deliveries=deque()))
+            return copies
+
+    def _trim(self, info: ActorInfo, now: float) -> None:
+        deliveries = info.deliveries
+        while deliveries and deliveries[0][0] <= now - self.rate_window:
+            deliveries.popleft()
 
     def restarted(self, actor_id: str) -> None:
         """A new process replaces the actor: count it, and give it time to say hello."""

@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
@@ -219,9 +219,6 @@ class Learner:
             self.rank_dir.path.mkdir(parents=True, exist_ok=True)
         except (ConfigError, OSError) as exc:
             problem = exc  # said to the other ranks first (``learner.ranks.deal_start``)
-        # Local actors take one thread each, but they pause as soon as the next epoch is
-        # buffered (back-pressure in the heartbeat ack), so they and the PPO update take
-        # turns on the cores rather than share them: the learner keeps every core.
         self.trainer = trainer = Trainer.build(config, self.stop, options.threads, self.mode,
                                                self.world)
         evaluation = config.evaluation if self.main else replace(config.evaluation, every_epochs=0)
@@ -240,6 +237,14 @@ class Learner:
                                        config.checkpoint)
         if options.distributed:
             self._open_distributed()
+            if (options.local_actors and options.threads is None and not config.run.threads
+                    and self.world.size == 1 and trainer.device.type == "cpu"):
+                trainer.threads = follow_actors(
+                    torch.get_num_threads(), options.local_actors,
+                    lambda: self.mode() is Mode.DISTRIBUTED and trainer.admission.accepting())
+                logger.info("torch threads follow the %d local actors: %d while they play, "
+                            "%d while they pause", options.local_actors, trainer.threads(),
+                            torch.get_num_threads())
         if options.web is not None and self.main:  # like the sockets: a port in use leaves no run behind
             self.web = stack.enter_context(WebView(options.web, [self.run_dir], self.live_game))
             trainer.collector.watch = True
@@ -474,9 +479,18 @@ class Learner:
         recent = sorted(table, key=lambda info: info.last_seen, reverse=True)[:REPORTED_ACTORS]
         states = {str(state): sum(info.state is state for info in table) for state in ActorState}
         return ActorsReport([info.as_dict(now) for info in recent],
-                            sum(info.steps_per_second for info in table
-                                if info.state in (ActorState.HEALTHY, ActorState.STARTING)),
+                            sum(info.steps_per_second for info in table),  # all that delivered
                             dict(self.server.counters), states)
+
+
+def follow_actors(cores: int, actors: int, playing: Callable[[], bool]) -> Callable[[], int]:
+    """The learner's torch threads while ``actors`` local actors share its ``cores``: one
+    core each is theirs while they play (``playing``: the learner wants data and is not
+    collecting in-process), every core is the update's while they pause on back-pressure.
+    Two busy threads on one core would make the update several times slower, and a core
+    left to paused actors would sit idle."""
+    shared = max(1, cores - actors)
+    return lambda: shared if playing() else cores
 
 
 def _line_step(line: bytes) -> int:

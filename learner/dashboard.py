@@ -52,7 +52,6 @@ class Dashboard:
         self.latest: EpochReport | None = None
         self.started = time.monotonic()
         self._last_line = 0.0
-        self._received_at: tuple[float, int] | None = None  # (report time, actor steps received)
         self._live: Live | None = None
 
     def __enter__(self) -> Dashboard:
@@ -75,26 +74,14 @@ class Dashboard:
     def __call__(self, report: EpochReport) -> None:
         self.latest = report
         now = time.monotonic()
-        received = self._actor_steps_per_second(report)
         if self.console is None and now - self._last_line >= self.config.refresh_seconds:
             self._last_line = now
-            logger.info(self.summary_line(report, received))
-
-    def _actor_steps_per_second(self, report: EpochReport) -> float | None:
-        """Steps the actors delivered per second since the previous epoch (their own
-        heartbeat rates read 0 at an epoch's end: they pause while the update runs)."""
-        if report.actors is None:
-            return None
-        received = report.actors.wire.get("steps_received", 0)
-        previous, self._received_at = self._received_at, (report.time, received)
-        if previous is None or report.time <= previous[0]:
-            return None
-        return (received - previous[1]) / (report.time - previous[0])
+            logger.info(self.summary_line(report))
 
     @staticmethod
-    def summary_line(report: EpochReport, actor_steps_per_second: float | None = None) -> str:
-        """The plain-log line of an epoch; ``actor_steps_per_second`` is what the actors
-        delivered (default: the sum of their reported rates)."""
+    def summary_line(report: EpochReport) -> str:
+        """The plain-log line of an epoch (the actors' rate is what they delivered, as in
+        the metrics: ``learner.actors``)."""
         update, games, collect = report.update, report.games, report.collect
         rating = report.ratings.new_rating if report.ratings is not None else None
         finished = (f"games {games.games} len {games.mean_game_length:.0f} "
@@ -102,8 +89,7 @@ class Dashboard:
                     f"{games.draw_rate:.2f}" if games.games else "no game finished")
         actors = ""
         if report.actors is not None:
-            rate = (report.actors.actor_steps_per_second if actor_steps_per_second is None
-                    else actor_steps_per_second)
+            rate = report.actors.actor_steps_per_second
             delivering = report.actors.actor_states.get("healthy", 0)
             actors = f" | actors {delivering} healthy, {rate:.0f} steps/s delivered"
         return (f"epoch {report.epoch} step {report.step} v{report.policy_version} "

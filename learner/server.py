@@ -183,8 +183,15 @@ class LearnerServer:
                     last_publish = now
                 self.admission.flush()  # room freed by the trainer since the last round
                 wanting = self.accepting()
-                if wanting and not self._was_accepting:
-                    self.accepting_since = now
+                if wanting != self._was_accepting:
+                    if wanting:
+                        self.accepting_since = now
+                    # said at once, not at each actor's next heartbeat or delivery: a
+                    # paused actor plays as soon as the trainer takes an epoch, and a
+                    # playing one stops as soon as the next is buffered, so the learner's
+                    # threads (``Trainer.threads``) and the actors take turns on the cores
+                    for identity in self.actors.connections():
+                        self._reply(identity, Ack(wanting))
                 self._was_accepting = wanting
             for identity in self.actors.connections():
                 self._reply(identity, Shutdown("the learner is stopping"))
@@ -204,8 +211,8 @@ class LearnerServer:
         elif sender is None or getattr(message, "actor_id", sender) != sender:
             self._invalid(sender, f"{type(message).__name__} from an actor that has not said hello")
         elif isinstance(message, Heartbeat):
-            self.actors.heartbeat(sender, message.steps_per_second, message.policy_version,
-                                  message.batches_dropped, message.steps_dropped)
+            self.actors.heartbeat(sender, message.policy_version, message.batches_dropped,
+                                  message.steps_dropped)
             self._reply(identity, Ack(self.accepting()))
         elif isinstance(message, Games):
             self._counters["games_bytes"] += sum(frame.nbytes for frame in frames)

@@ -160,6 +160,10 @@ class Trainer:
         self._pool_counted = (0, 0.0)  # the collector's pool games and score last reported
         # where published weights go (policy version, state dict); none when sequential only
         self.weights_out: Callable[[int, dict[str, torch.Tensor]], None] | None = None
+        # torch threads the update should use now, asked before each minibatch (the
+        # learner's local actors play or pause: ``learner.app.follow_actors``); None: the
+        # number set at start stays
+        self.threads: Callable[[], int] | None = None
 
     @classmethod
     def build(cls, config: Config, stop: threading.Event | None = None, threads: int | None = None,
@@ -207,6 +211,7 @@ class Trainer:
             if self.buffer.ready():
                 break
             if self.mode() is Mode.SEQUENTIAL:
+                self._follow_threads()  # no actor plays: every core collects
                 self.collector.step(self.policy_version)
                 continue
             if self.collector.in_flight_steps():  # back to actors: drop half-played games
@@ -330,6 +335,7 @@ class Trainer:
             order = self.shuffle_rng.permutation(batch.size)
             pass_kl = 0.0
             for start in range(0, batches_per_pass * minibatch, minibatch):
+                self._follow_threads()
                 rows = order[start:start + minibatch]
                 losses, grad_norm = self._minibatch_step(batch, rows, weight, kl_coef,
                                                          pre_update[torch.from_numpy(rows)])
@@ -395,6 +401,7 @@ class Trainer:
         self.model.eval()
         parts = []
         for start in range(0, batch.size, self.minibatch_size):
+            self._follow_threads()
             rows = slice(start, start + self.minibatch_size)
             observations = to_device(unpack_observations(batch.observations[rows]), self.device)
             legal = to_device(unpack_masks(batch.legal_masks[rows]), self.device)
@@ -402,6 +409,14 @@ class Trainer:
                 logits, _ = self.model(observations.float())
             parts.append(torch.log_softmax(masked_logits(logits.float(), legal), dim=-1))
         return torch.cat(parts)
+
+    def _follow_threads(self) -> None:
+        """Set torch's thread count to what ``threads`` says now (a call costs
+        microseconds; the thread pool is kept)."""
+        if self.threads is not None:
+            wanted = self.threads()
+            if wanted != torch.get_num_threads():
+                torch.set_num_threads(wanted)
 
     def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray, shaping: float,
                         kl_coef: float, pre_update: torch.Tensor) -> tuple[dict[str, float], float]:

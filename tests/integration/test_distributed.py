@@ -15,11 +15,12 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
+import pytest
 import zmq
 from helpers import DISTRIBUTED_FIELDS, EPOCH_FIELDS, LogTail, free_port_pair, log_tail, wait_for
 
 from keisei.config import load_config
-from keisei.protocol import Games, Hello, Reject, Welcome, decode, encode
+from keisei.protocol import Ack, Games, Hello, Reject, Welcome, decode, encode
 from keisei.records import GameRecord
 from keisei.selfplay import Collector
 from learner.actors import ActorState
@@ -98,6 +99,10 @@ def test_two_actors_train_and_every_step_is_counted_once(tmp_path: Path) -> None
         assert len(lines) == epochs
         last = json.loads(lines[-1])
         assert set(last) == EPOCH_FIELDS | DISTRIBUTED_FIELDS | {"ratings_skipped", "ledger"}
+        # what arrived, paused or not (``learner.actors``), and the total is the actors' sum
+        assert last["actor_steps_per_second"] > 0
+        assert last["actor_steps_per_second"] == pytest.approx(
+            sum(actor["steps_per_second"] for actor in last["actors"]), abs=0.2)
         ledger = run.learner.ledger()
         assert ledger.balanced and ledger.trained == run.trainer.step and ledger.carried == 0
         assert ledger.received == counters["steps_received"]
@@ -186,6 +191,29 @@ def hello(dealer: zmq.Socket, actor_id: str) -> object:
     send(dealer, encode(Hello(actor_id, "h", 1)))
     assert dealer.poll(5000), f"no answer to the hello of {actor_id}"
     return decode(dealer.recv_multipart())
+
+
+def test_back_pressure_is_said_to_every_actor_the_moment_it_changes(tmp_path: Path) -> None:
+    """Not at each actor's next heartbeat or delivery: a paused actor plays as soon as an
+    epoch is taken, and stops as soon as the next is buffered."""
+    with learner(tmp_path) as run:
+        wanting = [True]
+        run.trainer.admission.accepting = lambda: wanting[0]  # type: ignore[method-assign]
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(run.bind)
+        try:
+            assert isinstance(hello(dealer, "quiet"), Welcome)  # it sends nothing after this
+            for state in (False, True, False):
+                wanting[0] = state
+                assert dealer.poll(2000), f"no ack when accepting became {state}"
+                ack = decode(dealer.recv_multipart())
+                assert isinstance(ack, Ack) and ack.accepting is state
+            assert not dealer.poll(300)  # nothing changed: nothing said
+        finally:
+            dealer.close()
+            context.term()
 
 
 def test_floods_hijacks_oversized_and_future_messages_are_refused(tmp_path: Path) -> None:

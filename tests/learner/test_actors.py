@@ -60,7 +60,7 @@ def test_the_table_is_bounded_and_forgets_the_long_gone() -> None:
     refused = table.hello("a4", "h", 1, capacity=4)
     assert refused is not None and "full" in refused
     clock.now += 50
-    table.heartbeat("a0", 1.0, 0, 0, 0)
+    table.heartbeat("a0", 0, 0, 0)
     clock.now += 20
     assert sorted(table.forget(60.0, keep={"a1"})) == ["a2", "a3"]
     assert {info.actor_id for info in table.snapshot()} == {"a0", "a1"}
@@ -88,3 +88,26 @@ def test_the_table_owns_which_connection_speaks_for_which_actor() -> None:
     clock.now += 100
     assert table.forget(older_than=50, keep=set()) == ["a", "c"]
     assert table.sender(b"conn-3") is None and table.connections() == []
+
+
+def test_an_actors_rate_is_the_steps_it_delivered_over_the_window() -> None:
+    clock = Clock()
+    table = ActorTable(clock=clock, rate_window=30.0)
+    assert table.hello("a", "h", 1) is None and table.hello("b", "h", 2) is None
+    clock.now = 101.0
+    table.games("a", 2, 600)
+    table.heartbeat("a", 0, 0, 0)  # what it says of itself does not count
+    clock.now = 110.0
+    table.games("a", 3, 900)
+    clock.now = 120.0  # 20 s since its hello, shorter than the window
+    rates = {info.actor_id: info.steps_per_second for info in table.snapshot()}
+    assert rates == {"a": 1500 / 20, "b": 0.0}
+    clock.now = 135.0  # the window is (105, 135]: the 600 steps at 101 have left it
+    assert table.snapshot()[0].steps_per_second == 900 / 30
+    table.bye("a")  # a paused or stopped actor reads what it delivered, not 0
+    clock.now = 139.0
+    assert table.snapshot()[0].steps_per_second == 900 / 30
+    assert table.hello("a", "h", 3) is None  # its new process carries the count on
+    assert table.snapshot()[0].steps_per_second == 900 / 30
+    clock.now = 140.1
+    assert table.snapshot()[0].steps_per_second == 0.0

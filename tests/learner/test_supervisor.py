@@ -115,7 +115,7 @@ def test_a_dead_process_fails_and_restarts_with_backoff_then_is_given_up(rig: Ri
         rig.advance(0.2)
         assert rig.local.started == ["local-0"] * (attempt + 1)
         assert rig.state("local-0") is ActorState.STARTING
-        rig.actors.heartbeat("local-0", 10.0, 0, 0, 0)
+        rig.actors.heartbeat("local-0", 0, 0, 0)
         rig.deliver("local-0")
         rig.deliver("local-1")
     rig.local.dead["local-0"] = "is a zombie"
@@ -129,14 +129,14 @@ def test_silence_makes_an_actor_stale_and_speaking_makes_it_healthy(rig: Rig) ->
     rig.deliver("local-0")
     rig.deliver("local-1")
     rig.advance(4.8)
-    rig.actors.heartbeat("local-1", 10.0, 0, 0, 0)
+    rig.actors.heartbeat("local-1", 0, 0, 0)
     rig.deliver("local-1")
     assert rig.state("local-0") is ActorState.HEALTHY
     rig.advance(0.4)  # local-0 silent for 5.2 s > heartbeat_timeout
     assert rig.state("local-0") is ActorState.STALE and rig.supervisor.detections == 1
     rig.advance(20)  # a local actor whose process lives stays stale, never failed
     assert rig.state("local-0") is ActorState.STALE and rig.local.stopped == []
-    rig.actors.heartbeat("local-0", 10.0, 0, 0, 0)
+    rig.actors.heartbeat("local-0", 0, 0, 0)
     assert rig.state("local-0") is ActorState.HEALTHY
 
 
@@ -155,19 +155,19 @@ def test_a_remote_actor_silent_for_three_timeouts_is_failed(rig: Rig) -> None:
 def test_heartbeats_without_games_fail_an_actor_only_while_data_is_wanted(rig: Rig) -> None:
     rig.server.wanting = False  # back-pressure: actors pause, and that is no stall
     for _ in range(100):
-        rig.actors.heartbeat("local-0", 0.0, 0, 0, 0)
-        rig.actors.heartbeat("local-1", 0.0, 0, 0, 0)
+        rig.actors.heartbeat("local-0", 0, 0, 0)
+        rig.actors.heartbeat("local-1", 0, 0, 0)
         rig.deliver("local-1") if rig.clock.now < 1001 else None
         rig.advance(1.0)
     assert rig.state("local-0") is ActorState.STARTING and rig.local.stopped == []
     rig.server.wanting, rig.server.accepting_since = True, rig.clock.now
     for _ in range(59):
-        rig.actors.heartbeat("local-0", 0.0, 0, 0, 0)
-        rig.actors.heartbeat("local-1", 0.0, 0, 0, 0)
+        rig.actors.heartbeat("local-0", 0, 0, 0)
+        rig.actors.heartbeat("local-1", 0, 0, 0)
         rig.deliver("local-1")
         rig.advance(1.0)
     assert rig.state("local-0") is ActorState.STARTING
-    rig.actors.heartbeat("local-0", 0.0, 0, 0, 0)
+    rig.actors.heartbeat("local-0", 0, 0, 0)
     rig.advance(1.2)  # wanted for 60.2 s > stall_timeout, no game from local-0
     assert rig.state("local-0") is ActorState.FAILED and rig.local.stopped == ["local-0"]
     rig.advance(1.0)
@@ -201,13 +201,13 @@ def test_no_data_for_collect_timeout_downgrades_and_new_games_upgrade(rig: Rig) 
 def test_an_actor_playing_its_first_games_holds_the_downgrade_off(rig: Rig) -> None:
     # Both actors heartbeat but have not finished a game (a large network is slow).
     for _ in range(59):
-        rig.actors.heartbeat("local-0", 1.0, 0, 0, 0)
-        rig.actors.heartbeat("local-1", 1.0, 0, 0, 0)
+        rig.actors.heartbeat("local-0", 0, 0, 0)
+        rig.actors.heartbeat("local-1", 0, 0, 0)
         rig.advance(1.0)
     assert rig.supervisor.mode is Mode.DISTRIBUTED  # 59 s > collect_timeout, still starting
     for _ in range(2):
-        rig.actors.heartbeat("local-0", 1.0, 0, 0, 0)
-        rig.actors.heartbeat("local-1", 1.0, 0, 0, 0)
+        rig.actors.heartbeat("local-0", 0, 0, 0)
+        rig.actors.heartbeat("local-1", 0, 0, 0)
         rig.advance(1.0)
     assert rig.supervisor.mode is Mode.SEQUENTIAL  # past stall_timeout: failed, then downgrade
 
@@ -239,7 +239,7 @@ def test_an_actor_repeating_hello_cannot_hold_the_downgrade_off(rig: Rig) -> Non
     for _ in range(25):  # says hello every 3 s on its connection, never sends a game
         rig.advance(3.0)
         rig.actors.hello("squatter", "elsewhere", 9, new_connection=False)
-        rig.actors.heartbeat("local-0", 1.0, 0, 0, 0)
-        rig.actors.heartbeat("local-1", 1.0, 0, 0, 0)
+        rig.actors.heartbeat("local-0", 0, 0, 0)
+        rig.actors.heartbeat("local-1", 0, 0, 0)
     assert rig.supervisor.mode is Mode.SEQUENTIAL
     assert "no actor delivered games for 6" in rig.supervisor.transitions[-1].cause  # at 60.x s

@@ -19,6 +19,7 @@ from keisei.config import Config, load_config
 from keisei.model import masked_logits
 from keisei.ppo import search_cross_entropy
 from keisei.records import unpack_masks, unpack_observations
+from learner.app import follow_actors
 from learner.ranks import World
 from learner.reports import EpochReport, Mode
 from learner.trainer import EpochDropped, Trainer, TrainingInterrupted, train
@@ -329,3 +330,30 @@ def test_an_init_from_runs_start_network_is_pinned_in_the_pool() -> None:
     trainer.pool.add("v1", trainer.model.state_dict())
     trainer.pool.add("v2", trainer.model.state_dict())
     assert trainer.pool.names() == ["start", "v2"] and trainer.pool.opponents[0].pinned
+
+
+def test_the_update_sets_the_threads_that_threads_says_before_each_minibatch() -> None:
+    trainer = Trainer.build(tiny_config(), threading.Event())
+    trainer.collect()
+    seen: list[int] = []  # torch's thread count when asked: the previous answer, applied
+
+    def threads() -> int:
+        seen.append(torch.get_num_threads())
+        return 2 if len(seen) % 2 else 1
+
+    trainer.threads = threads
+    try:
+        trainer.update()
+    finally:
+        torch.set_num_threads(1)
+    # asked before each of the pre-update pass's 4 chunks and the 2 passes' 4 minibatches
+    assert seen == [1] + [2 if call % 2 else 1 for call in range(1, 12)]
+
+
+def test_the_learners_threads_leave_a_core_to_each_playing_local_actor() -> None:
+    playing = [True]
+    threads = follow_actors(2, 2, lambda: playing[0])
+    assert threads() == 1  # never fewer than one
+    playing[0] = False  # paused on back-pressure: every core is the update's
+    assert threads() == 2
+    assert follow_actors(16, 2, lambda: True)() == 14
