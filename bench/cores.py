@@ -47,6 +47,7 @@ ARMS: dict[str, tuple[bool, list[str]]] = {  # name: (local actors?, settings)
     "in-process": (False, ["run.threads=0"]),
     "actors": (True, []),
     "actors-1-thread": (True, ["run.threads=1"]),
+    "actors-2-thread": (True, ["run.threads=2"]),
 }
 
 

@@ -17,6 +17,12 @@ from keisei.processes import stop_process_tree, stop_processes
 logger = logging.getLogger(__name__)
 
 
+ACTOR_NICE = 19
+"""Local actors run at the lowest CPU priority: they share the learner's cores, so the PPO
+update comes first and they play in the time it leaves idle (between its parallel
+kernels, and while the learner waits for games, when they have every core)."""
+
+
 class LocalActors:
     """``count`` ``keisei-actor`` processes connected to ``endpoint``.
 
@@ -26,8 +32,9 @@ class LocalActors:
     """
 
     def __init__(self, count: int, endpoint: str, log_dir: Path, threads: int = 1,
-                 prefix: str = "local") -> None:
+                 prefix: str = "local", nice: int = ACTOR_NICE) -> None:
         self.count = count
+        self.nice = nice
         self.prefix = prefix  # actor ids are ``<prefix>-<index>``
         self.endpoint = endpoint
         self.log_dir = log_dir
@@ -51,7 +58,8 @@ class LocalActors:
     def start(self, actor_id: str, *options: str) -> subprocess.Popen[bytes]:
         """Start ``keisei-actor`` as ``actor_id``, with any further command-line ``options``."""
         command = [sys.executable, "-m", "workers.actor", "--learner", self.endpoint,
-                   "--actor-id", actor_id, "--threads", str(self.threads), *options]
+                   "--actor-id", actor_id, "--threads", str(self.threads),
+                   "--nice", str(self.nice), *options]
         with open(self.log_dir / f"{actor_id}.log", "ab") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True,

@@ -395,6 +395,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--actor-id", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--nice", type=int, default=int(os.environ.get("KEISEI_ACTOR_NICE", "0")),
+                        metavar="N",
+                        help="lower this actor's CPU priority by N (0..19; default: "
+                             "$KEISEI_ACTOR_NICE, else 0). On a machine it shares with the "
+                             "learner, the learner's update then comes first and the actor "
+                             "plays in the CPU time the update leaves idle; keisei-learner "
+                             "--local-actors starts its actors with 19")
     parser.add_argument("--curve-keys", default=os.environ.get("KEISEI_CURVE_KEYS"), metavar="DIR",
                         help="authenticate with CurveZMQ: DIR holds actor.key_secret and the "
                              "learner's server.key, made by keisei-keys (default: $KEISEI_CURVE_KEYS)")
@@ -415,6 +422,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "comma-separated list of them")
     if args.games is not None and not 1 <= args.games <= 4096:
         problems.append(f"--games {args.games}: expected 1..4096")
+    if not 0 <= args.nice <= 19:
+        problems.append(f"--nice {args.nice}: expected 0..19")
     if args.threads < 1 or args.max_pending_batches < 1:
         problems.append("--threads and --max-pending-batches must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -437,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
+    if args.nice:
+        os.nice(args.nice)
     stop = threading.Event()
     signalled: list[int] = []
 
