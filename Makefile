@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python -m bench.collector
 	$(BIN)/python -m bench.learner
 	$(BIN)/python -m bench.end_to_end
+	$(BIN)/python -m bench.cores
 	$(BIN)/python -m bench.distributed
 	$(BIN)/python -m bench.ranks
 	$(BIN)/python -m bench.search

@@ -395,7 +395,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--actor-id", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    parser.add_argument("--nice", type=int, default=int(os.environ.get("KEISEI_ACTOR_NICE", "0")),
+    parser.add_argument("--nice", type=int, default=os.environ.get("KEISEI_ACTOR_NICE", "0"),
                         metavar="N",
                         help="lower this actor's CPU priority by N (0..19; default: "
                              "$KEISEI_ACTOR_NICE, else 0). On a machine it shares with the "

@@ -147,3 +147,14 @@ def test_an_actor_that_has_decided_its_exit_ignores_a_late_sigterm(monkeypatch: 
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def test_a_niceness_outside_0_to_19_is_refused_and_the_environment_gives_the_default(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_args(["--learner", "tcp://a:5555"]).nice == 0
+    assert parse_args(["--learner", "tcp://a:5555", "--nice", "19"]).nice == 19
+    with pytest.raises(SystemExit):
+        parse_args(["--learner", "tcp://a:5555", "--nice", "20"])
+    assert "--nice 20: expected 0..19" in capsys.readouterr().err
+    monkeypatch.setenv("KEISEI_ACTOR_NICE", "7")
+    assert parse_args(["--learner", "tcp://a:5555"]).nice == 7
