@@ -10,7 +10,9 @@ competes for the cores. Arms, as ``--arms`` names them:
   (``run.threads=0``): in-process collection at its best;
 * ``actors``: ``--actors`` local actors, with the configuration's own ``run.threads``;
 * ``actors-1-thread``: the same with ``run.threads=1`` (the demo's setting before the
-  learner's threads followed its actors).
+  learner's threads followed its actors);
+* ``actors-2-thread``: the same with ``run.threads=2``: the learner keeps two threads
+  whatever its actors do (only the actors' niceness shares the cores).
 
 For each arm it prints the training rate (steps per second from the second epoch's
 report to the last, so start-up is not counted), the mean collect and update seconds of

@@ -10,9 +10,9 @@ from learner.dashboard import Dashboard
 from learner.reports import ActorsReport, EpochReport, GamesReport, PoolReport
 
 
-def with_actors(report: EpochReport, time: float, received: int) -> EpochReport:
-    actors = ActorsReport([], 0.0, {"steps_received": received}, {"healthy": 2, "stale": 0})
-    return dataclasses.replace(report, time=time, actors=actors)
+def with_actors(report: EpochReport, rate: float) -> EpochReport:
+    actors = ActorsReport([], rate, {}, {"healthy": 2, "stale": 0})
+    return dataclasses.replace(report, actors=actors)
 
 
 def test_an_epoch_without_finished_games_says_so_instead_of_nan() -> None:
@@ -24,9 +24,7 @@ def test_an_epoch_without_finished_games_says_so_instead_of_nan() -> None:
 
 
 def test_the_log_line_shows_the_rate_the_actors_delivered() -> None:
-    report = with_actors(epoch_report(256, 1), time=100.0, received=1000)
-    report = dataclasses.replace(report, actors=dataclasses.replace(report.actors,  # type: ignore[arg-type]
-                                                                    actor_steps_per_second=300.0))
+    report = with_actors(epoch_report(256, 1), rate=300.0)
     assert "actors 2 healthy, 300 steps/s delivered" in Dashboard.summary_line(report)
 
 
