@@ -185,7 +185,12 @@ def _train_with_curve(learner: Learner, budget: float, points: int,
               + (f"  search {update.search_loss:.3f} on {update.search_targets}"
                  if update.search_targets else "")
               + (f"  pool {report.pool.size} score {report.pool.score:.2f} in {report.pool.games}"
-                 if report.pool is not None else ""), flush=True)
+                 if report.pool is not None else "")
+              + (f"  anchor v{report.anchor.anchor_version}" + (
+                  f" (gate {report.anchor.anchor_gate_score:.2f} in "
+                  f"{report.anchor.anchor_gate_games}{', moved' if report.anchor.anchor_moved else ''})"
+                  if report.anchor.anchor_gate_games else "")
+                 if report.anchor is not None else ""), flush=True)
         if elapsed >= budget:
             learner.stop.set()
         elif elapsed >= budget * (len(curve) + 1) / points:

@@ -161,6 +161,21 @@ class TrainConfig:
                                   "taught; 0: off", low=0.0, high=100.0)
     init_kl_steps: int = setting(0, "the KL penalty's weight falls linearly to 0 at this "
                                  "training step (0: it stays at init_kl_coef)", low=0)
+    kl_anchor: str = setting("initial", "the policy the init_kl_coef penalty holds PPO near: "
+                             "initial (the network training started from, for the whole "
+                             "run) or gated (a regulariser that moves: every "
+                             "anchor_every_epochs epochs the current policy plays the anchor, "
+                             "and replaces it if it scores at least anchor_gate_score)",
+                             choices=("initial", "gated"))
+    anchor_every_epochs: int = setting(10, "with kl_anchor = gated: epochs between gates",
+                                       low=1)
+    anchor_gate_games: int = setting(64, "with kl_anchor = gated: games of a gate, the "
+                                     "policies' most probable moves in colour-swapped pairs "
+                                     "from the shipped openings (rounded up to even)", low=2,
+                                     high=4096)
+    anchor_gate_score: float = setting(0.55, "with kl_anchor = gated: the score against the "
+                                       "anchor at which the current policy becomes the anchor",
+                                       low=0.0, high=1.0)
 
 
 @dataclass(frozen=True)
@@ -483,6 +498,9 @@ def _cross_checks(config: Config) -> list[str]:
     if 0 < train.dual_clip <= 1:
         problems.append(f"train.dual_clip = {train.dual_clip}: must be above 1 (3 is usual), "
                         "or 0 for off")
+    if train.kl_anchor == "gated" and train.init_kl_coef == 0:
+        problems.append("train.kl_anchor = gated moves the anchor of the KL penalty, which is "
+                        "off: set train.init_kl_coef above 0")
     device = config.run.device
     if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         problems.append(f"run.device = {device!r}: expected cpu, cuda or cuda:N")

@@ -295,6 +295,8 @@ class Learner:
         if "state" in mine:
             state = mine["state"]
             trainer.load_state_dict(state)
+            if self.config.train.kl_anchor == "gated" and trainer.reference is None:
+                trainer.hold_anchor(trainer.model.state_dict())  # gated from this resume on
             trainer.reseed_rank()
             if world.is_main:
                 if "ratings" in state:
@@ -309,6 +311,8 @@ class Learner:
             trainer.set_reference(mine["reference"])
         elif "model" in mine:
             trainer.model.load_state_dict(mine["model"])
+            if self.config.train.kl_anchor == "gated":  # anchored at the start, as member 0
+                trainer.hold_anchor(mine["model"])
         return [Path(name) for name in mine.get("resumed_from", [])]
 
     def _start_parts(self, resume_from: list[Path]) -> list[dict[str, Any]]:
@@ -326,6 +330,8 @@ class Learner:
             self._init_from(Path(options.init_from))
             assert trainer.reference is not None
             return [{}] + [{"reference": trainer.reference.state_dict()}] * others
+        if self.config.train.kl_anchor == "gated":  # from random weights: they are the anchor
+            trainer.hold_anchor(trainer.model.state_dict())
         return [{}] + [{"model": trainer.model.state_dict()}] * others
 
     def _init_from(self, path: Path) -> None:

@@ -162,6 +162,19 @@ class PoolReport:
 
 
 @dataclass(frozen=True)
+class AnchorReport:
+    """The moving KL anchor (``train.kl_anchor = gated``), written flat: ``anchor_version``
+    (the policy version the anchor is now, 0 the start), and in an epoch with a gate its
+    ``anchor_gate_score`` (the policy's score against the old anchor, null in epochs
+    without one), ``anchor_gate_games`` and ``anchor_moved``."""
+
+    anchor_version: int
+    anchor_gate_score: float
+    anchor_gate_games: int
+    anchor_moved: bool
+
+
+@dataclass(frozen=True)
 class EpochReport:
     step: int
     epoch: int
@@ -179,6 +192,7 @@ class EpochReport:
     ledger: Ledger | None = None  # written as one ``ledger`` object
     ranks: RanksReport | None = None  # several learner ranks only
     pool: PoolReport | None = None  # with an opponent pool only
+    anchor: AnchorReport | None = None  # with train.kl_anchor = gated only
 
     def to_json(self) -> dict[str, Any]:
         """The flat ``metrics.jsonl`` record (NaN and infinities as null)."""
@@ -205,7 +219,8 @@ class EpochReport:
                 if value.weights_checksum is not None:
                     record.update(weights_checksum=value.weights_checksum,
                                   weights_agree=value.weights_agree)
-            elif isinstance(value, CollectReport | UpdateReport | GamesReport | SupervisionReport):
+            elif isinstance(value, CollectReport | UpdateReport | GamesReport | SupervisionReport
+                            | AnchorReport):
                 record.update(asdict(value))
             elif value is not None:
                 record[item.name] = str(value) if isinstance(value, Mode) else value

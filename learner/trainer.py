@@ -32,6 +32,8 @@ import torch
 
 from keisei.config import Config
 from keisei.errors import KeiseiError
+from keisei.evaluation import PolicyPlayer, load_openings, play_match
+from keisei.evaluation import tally as match_tally
 from keisei.model import (
     PolicyValueNet,
     autocast,
@@ -59,6 +61,7 @@ from learner.admission import Admission
 from learner.buffer import EpochBatch, ExperienceBuffer, GameTally
 from learner.ranks import Alone, RankFailed, World, check_divisible
 from learner.reports import (
+    AnchorReport,
     CollectReport,
     EpochReport,
     GamesReport,
@@ -151,7 +154,10 @@ class Trainer:
         self.processing = False  # true only while an update runs; reset in finally
         self.in_flight_steps_discarded = 0
         self.steps_dropped_non_finite = 0
-        self.reference: PolicyValueNet | None = None  # the initial policy of an --init-from run
+        # the KL penalty's anchor: the initial policy of an --init-from run, or with
+        # train.kl_anchor = gated the last policy that passed a gate
+        self.reference: PolicyValueNet | None = None
+        self.anchor_version = 0  # the policy version the anchor is (0: the start)
         self.pool: OpponentPool | None = None  # past policies (pool.share > 0)
         if config.pool.share > 0:
             self.pool = OpponentPool(config.pool.size, config.pool.power)
@@ -189,13 +195,46 @@ class Trainer:
         :raises RuntimeError: if the weights do not fit the configured network.
         """
         self.model.load_state_dict(weights)
+        self.hold_anchor(weights)
+        if self.pool is not None:
+            self.pool.add(START_OPPONENT, weights, pinned=True)
+
+    def hold_anchor(self, weights: dict[str, Any]) -> None:
+        """Make a frozen copy of ``weights`` the KL penalty's anchor (``reference``)."""
         reference = build_model(self.config.model).to(self.device)
         reference.load_state_dict(weights)
         reference.eval()
         reference.requires_grad_(False)
         self.reference = reference
-        if self.pool is not None:
-            self.pool.add(START_OPPONENT, weights, pinned=True)
+
+    def gate_anchor(self) -> AnchorReport | None:
+        """With ``train.kl_anchor = gated`` (else None): every ``anchor_every_epochs``
+        epochs, the current policy plays the anchor (both their most probable moves,
+        ``anchor_gate_games`` games in colour-swapped pairs, a new stretch of the shipped
+        openings each gate) and becomes the anchor if it scores at least
+        ``anchor_gate_score``. With ranks every member plays the same games on the same
+        weights, and they decide on their mean score, so their anchors stay equal."""
+        train = self.config.train
+        if train.kl_anchor != "gated" or self.reference is None:
+            return None
+        if self.epoch % train.anchor_every_epochs:
+            return AnchorReport(self.anchor_version, math.nan, 0, False)
+        self._follow_threads()
+        pairs = (train.anchor_gate_games + 1) // 2
+        first = self.epoch // train.anchor_every_epochs * pairs
+        policy = PolicyPlayer(copy.deepcopy(self.model), "policy", device=self.device,
+                              autocast_dtype=self.autocast_dtype)
+        anchor = PolicyPlayer(self.reference, "anchor", device=self.device,
+                              autocast_dtype=self.autocast_dtype)
+        result = match_tally(play_match(policy, anchor, load_openings(), range(first, first + pairs),
+                                  seed=self.config.run.seed + self.epoch,
+                                  max_plies=self.config.selfplay.max_plies))
+        score = self.world.mean([result.score])[0]
+        moved = score >= train.anchor_gate_score
+        if moved:
+            self.reference.load_state_dict(self.model.state_dict())
+            self.anchor_version = self.policy_version
+        return AnchorReport(self.anchor_version, score, result.games, moved)
 
     # --- the three phases ---------------------------------------------------------------
     def collect(self) -> CollectReport:
@@ -548,14 +587,15 @@ class Trainer:
                     "shuffle": self.shuffle_rng.bit_generator.state},
             "buffer": self.buffer.state_dict(),
             "config": self.config.to_dict(),
-            **({"reference_model": self.reference.state_dict()} if self.reference is not None
-               else {}),
+            **({"reference_model": self.reference.state_dict(),
+                "anchor_version": self.anchor_version} if self.reference is not None else {}),
             **({"pool": self.pool.state_dict()} if self.pool is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "reference_model" in state:
             self.set_reference(state["reference_model"])
+            self.anchor_version = int(state.get("anchor_version", 0))
         if self.pool is not None and "pool" in state:
             self.pool.load_state_dict(state["pool"])
         self.model.load_state_dict(state["model"])
@@ -603,7 +643,8 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
             step=trainer.step, epoch=trainer.epoch, policy_version=trainer.policy_version,
             mode=trainer.mode(), steps_per_second=(trainer.step - last_step) / (now - last_time),
             steps_dropped_stale=stale, time=time.time(),
-            collect=collected, update=updated, games=games, pool=trainer.pool_report())
+            collect=collected, update=updated, games=games, pool=trainer.pool_report(),
+            anchor=trainer.gate_anchor())
         last_time, last_step = now, trainer.step
         for callback in callbacks:
             await call_callback(callback, report)

@@ -45,6 +45,8 @@ def test_cross_field_checks() -> None:
         load_config(None, ["train.steps_per_epoch=64", "train.minibatch_size=128"])
     with pytest.raises(ConfigError, match="run.device"):
         load_config(None, ["run.device=tpu"])
+    with pytest.raises(ConfigError, match="kl_anchor = gated .* set train.init_kl_coef"):
+        load_config(None, ["train.kl_anchor=gated"])
 
 
 def test_bad_override_syntax_and_bad_files(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 from helpers import EPOCH_FIELDS
 
 from keisei.config import Config, load_config
+from keisei.evaluation import MatchResult
 from keisei.model import masked_logits
 from keisei.ppo import search_cross_entropy
 from keisei.records import unpack_masks, unpack_observations
@@ -330,6 +331,56 @@ def test_an_init_from_runs_start_network_is_pinned_in_the_pool() -> None:
     trainer.pool.add("v1", trainer.model.state_dict())
     trainer.pool.add("v2", trainer.model.state_dict())
     assert trainer.pool.names() == ["start", "v2"] and trainer.pool.opponents[0].pinned
+
+
+GATED = ["train.init_kl_coef=0.5", "train.kl_anchor=gated", "train.anchor_every_epochs=2",
+         "train.anchor_gate_games=4", "train.total_steps=512"]
+
+
+@pytest.mark.parametrize(("wins", "moves"), [(3, True), (2, False)])
+def test_the_gated_anchor_becomes_the_policy_only_when_it_passes_its_gate(
+        monkeypatch: pytest.MonkeyPatch, wins: int, moves: bool) -> None:
+    trainer = Trainer.build(tiny_config(*GATED, "train.anchor_gate_score=0.6"), threading.Event())
+    start = copy.deepcopy(trainer.model.state_dict())
+    trainer.set_reference(start)
+    gates: list[int] = []
+
+    def scored(games: list[object]) -> MatchResult:  # the gate's games, scored as told
+        gates.append(len(games))
+        return MatchResult(wins, 0, 4 - wins)
+
+    monkeypatch.setattr("learner.trainer.match_tally", scored)
+    reports: list[EpochReport] = []
+    asyncio.run(train(trainer, [reports.append]))
+    records = [report.to_json() for report in reports]
+    assert gates == [4, 4]  # after epochs 2 and 4, four games each
+    assert [record["anchor_gate_games"] for record in records] == [0, 4, 0, 4]
+    assert [record["anchor_gate_score"] for record in records] == [None, wins / 4, None, wins / 4]
+    assert [record["anchor_moved"] for record in records] == [False, moves, False, moves]
+    assert [record["anchor_version"] for record in records] == ([0, 2, 2, 4] if moves else [0] * 4)
+    assert trainer.reference is not None
+    anchor, policy = trainer.reference.state_dict(), trainer.model.state_dict()
+    for name, weights in anchor.items():  # 0.75 passes the 0.6 gate, 0.5 does not
+        assert torch.equal(weights, policy[name] if moves else start[name]), name
+    assert records[-1]["init_kl"] is not None and records[-1]["init_kl_coef"] == 0.5
+
+
+def test_the_gate_plays_real_games_and_its_anchor_survives_a_checkpoint(world: World) -> None:
+    config = tiny_config(*GATED, "train.anchor_gate_score=0", "selfplay.max_plies=16")
+    trainer = Trainer.build(config, threading.Event(), world=world)
+    trainer.hold_anchor(trainer.model.state_dict())
+    reports: list[EpochReport] = []
+    asyncio.run(train(trainer, [reports.append]))
+    gated = [report.anchor for report in reports if report.anchor and report.anchor.anchor_gate_games]
+    assert [(item.anchor_gate_games, item.anchor_moved) for item in gated] == [(4, True)] * 2
+    assert all(0.0 <= item.anchor_gate_score <= 1.0 for item in gated)
+    assert trainer.anchor_version == trainer.policy_version == 4
+    fresh = Trainer.build(config, threading.Event(), world=world)
+    fresh.load_state_dict(trainer.state_dict())
+    assert fresh.anchor_version == 4 and fresh.reference is not None
+    assert trainer.reference is not None
+    for name, weights in trainer.reference.state_dict().items():
+        assert torch.equal(fresh.reference.state_dict()[name], weights), name
 
 
 def test_the_update_sets_the_threads_that_threads_says_before_each_minibatch() -> None:
