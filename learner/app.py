@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ import torch
 
 from keisei.checkpoint import CheckpointError, load_checkpoint
 from keisei.config import CheckpointConfig, Config, ConfigError
-from keisei.files import write_atomically, write_text_atomically
+from keisei.files import write_atomically, write_json_atomically, write_text_atomically
 from keisei.kifu import to_csa, to_kif, write_game_files
 from keisei.metrics import MetricsWriter
 from keisei.model import count_parameters
@@ -185,6 +186,7 @@ class Learner:
         self.supervisor: Supervisor | None = None
         self.web: WebView | None = None
         self._finished_watch: tuple[WatchedGame, float] | None = None
+        self.outcome: RunOutcome | None = None  # how ``run`` ended, for the final status
         self._stack = ExitStack()
 
     def mode(self) -> Mode:
@@ -203,6 +205,29 @@ class Learner:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._stack.close()
+        if self.outcome is not None:
+            self._write_final_status(self.outcome)
+
+    def _write_final_status(self, outcome: RunOutcome) -> None:
+        """``status.json`` once everything is closed: how the run ended (``state``), when,
+        at which step of how many, and its actors all ``stopped`` (but a failed one): the
+        learner no longer serves any of them. ``keisei-learner --status`` and the web view
+        read it; while the run goes, ``state`` is ``running``."""
+        trainer = self.trainer
+        status: dict[str, Any] = (self.supervisor.status() if self.supervisor is not None else {
+            "pid": os.getpid(), "mode": str(Mode.SEQUENTIAL), "actors": [],
+            "ledger": asdict(self.ledger()), "transitions": []})
+        for actor in status["actors"]:
+            if actor["state"] != str(ActorState.FAILED):
+                actor["state"] = str(ActorState.STOPPED)
+        status.update(time=time.time(), ended=time.time(), state=outcome.value,
+                      step=trainer.step, epoch=trainer.epoch,
+                      policy_version=trainer.policy_version,
+                      total_steps=self.config.train.total_steps)
+        try:
+            write_json_atomically(self.rank_dir.status, status)
+        except OSError as exc:
+            logger.error("cannot write the final status %s: %s", self.rank_dir.status, exc)
 
     def _open(self) -> None:
         config, options, stack = self.config, self.options, self._stack
@@ -377,7 +402,12 @@ class Learner:
     # --- training -----------------------------------------------------------------------
     def run(self, until_step: int | None = None, callbacks: Sequence[Callback] = ()) -> RunOutcome:
         """Train until ``until_step`` (default ``train.total_steps``) or a stop; then write a
-        checkpoint. ``callbacks`` see each epoch's full report after the learner's own."""
+        checkpoint. ``callbacks`` see each epoch's full report after the learner's own.
+        The outcome is also kept (``outcome``) for the final ``status.json``."""
+        self.outcome = self._run(until_step, callbacks)
+        return self.outcome
+
+    def _run(self, until_step: int | None, callbacks: Sequence[Callback]) -> RunOutcome:
         trainer = self.trainer
         outcome = RunOutcome.FAILED
         try:

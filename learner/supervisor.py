@@ -242,7 +242,7 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         now = self.clock()
         progress = self.progress
-        return {"time": time.time(), "pid": os.getpid(), "mode": str(self.mode),
+        return {"time": time.time(), "state": "running", "pid": os.getpid(), "mode": str(self.mode),
                 "step": progress.step, "epoch": progress.epoch,
                 "policy_version": progress.policy_version,
                 "actors": [info.as_dict(now) for info in self.actors.snapshot()],

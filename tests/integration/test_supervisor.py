@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ def supervised(tmp_path: Path, local_actors: int, *extra: str) -> Iterator[Train
     with Learner(config, options) as learner, training(learner) as run:
         yield run
     assert run.outcome is RunOutcome.INTERRUPTED, run.context()
+    status = json.loads((tmp_path / "status.json").read_text())  # the final one, at exit
+    assert status["state"] == "interrupted" and status["step"] == learner.trainer.step
+    assert all(actor["state"] in ("stopped", "failed") for actor in status["actors"]), status
 
 
 def info(learner: Learner, actor_id: str):  # type: ignore[no-untyped-def]
@@ -101,6 +105,9 @@ def test_exception_in_an_update_exits_cleanly_with_a_checkpoint_and_reaps_actors
     with Learner(config, options) as learner:
         assert learner.run() is RunOutcome.FAILED
     assert list((tmp_path / "checkpoints").glob("checkpoint-*.pt"))
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "failed" and status["total_steps"] == 1_000_000
+    assert [actor["state"] for actor in status["actors"]] == ["stopped"], status
     assert actor_processes(options.bind) == []
 
 

@@ -64,6 +64,23 @@ def test_a_run_that_cannot_bind_exits_2_and_leaves_the_directory_free(
     assert main(arguments(tmp_path / "run", "train.total_steps=128")) == 0  # a new run, same folder
 
 
+def test_a_finished_run_says_so_and_its_status_exits_0(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    assert main(arguments(run_dir, "train.total_steps=128")) == 0
+    status = json.loads((run_dir / "status.json").read_text())  # written at exit, no actors
+    assert (status["state"], status["step"], status["total_steps"]) == ("finished", 128, 128)
+    assert status["actors"] == [] and status["ended"] <= time.time()
+    capsys.readouterr()
+    assert main(["--status", "--set", f"run.dir={run_dir}"]) == 0  # however old: it finished
+    assert f"{run_dir}: finished at step 128 of 128" in capsys.readouterr().out
+    status["state"] = "interrupted"
+    (run_dir / "status.json").write_text(json.dumps(status))
+    assert main(["--status", "--set", f"run.dir={run_dir}"]) == 1
+    printed = capsys.readouterr()
+    assert "was interrupted at step 128" in printed.out and "--resume" in printed.err
+
+
 def test_the_status_health_check_does_not_import_torch(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
