@@ -177,7 +177,9 @@ class RunFiles:
             except OSError:
                 age = None
             status = self.status or {}
-            fresh_status = bool(status) and time.time() - float(status.get("time", 0)) < 30
+            # a run that ended wrote its final status (how it ended, its actors stopped)
+            ended = status.get("state") not in (None, "running")
+            fresh_status = bool(status) and (ended or time.time() - float(status.get("time", 0)) < 30)
             actors = status.get("actors") if fresh_status else last.get("actors")
             return {
                 "id": self.index, "name": self.name, "path": str(self.path), "version": self.version,
@@ -190,6 +192,8 @@ class RunFiles:
                 "eta_seconds": eta, "time": last.get("time"),
                 "seconds_since_epoch": None if age is None else round(age, 1),
                 "status_time": status.get("time") if status else None,
+                "state": status.get("state", "running") if fresh_status else None,
+                "ended": status.get("ended") if ended else None,
                 "ledger": status.get("ledger") if fresh_status and status.get("ledger")
                 else last.get("ledger"),
                 "games": last.get("games"), "mean_game_length": last.get("mean_game_length"),

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +124,52 @@ def test_a_training_run_watched_in_a_browser(tmp_path: Path, browser: Any) -> No
             process.terminate()
         try:
             process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_a_finished_run_reads_finished_in_a_browser(tmp_path: Path, browser: Any) -> None:
+    shots = Path(os.environ.get("KEISEI_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    run_dir, port = tmp_path / "run", free_port()
+    trained = subprocess.run(learner_command(run_dir, "train.total_steps=256", "selfplay.max_plies=96",
+                                             "train.steps_per_epoch=128"),
+                             capture_output=True, text=True, timeout=180)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    command = [str(Path(sys.executable).parent / "keisei-web"), str(run_dir), "--address",
+               f"127.0.0.1:{port}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        deadline = time.monotonic() + 30
+        while True:  # until keisei-web listens
+            try:
+                page.goto(f"http://127.0.0.1:{port}/", timeout=10_000)
+                break
+            except Exception:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "keisei-web did not answer within 30 s"
+                time.sleep(0.3)
+        page.wait_for_selector("#connection.ended", timeout=30_000)
+        assert page.inner_text("#connection") == "finished"  # not "live"
+        assert not page.is_visible("#live-button")
+        # the newest game stands at its end: shown, not replayed
+        until(lambda: number(page, "#board", "data-plies") > 0, 30, "the newest game on the board")
+        plies = number(page, "#board", "data-plies")
+        assert number(page, "#board", "data-ply") == plies
+        time.sleep(1.0)
+        assert number(page, "#board", "data-ply") == plies
+        overview = page.inner_text("#overview")
+        assert "finished" in overview and "ended" in overview and "256 / 256" in overview
+        page.screenshot(path=str(shots / "web-finished.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)

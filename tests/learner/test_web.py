@@ -103,6 +103,7 @@ def test_the_runs_summary_reads_the_run_directory(served: tuple[WebView, Path]) 
     run = answer["runs"][0]
     assert (run["step"], run["epoch"], run["total_steps"], run["points"]) == (384, 3, 12800, 3)
     assert run["mode"] == "distributed"  # the fresh status.json's
+    assert run["state"] == "running" and run["ended"] is None
     assert run["eta_seconds"] == pytest.approx((12800 - 384) / 100.0)
     assert run["ledger"]["trained"] == 384
     assert run["actors"][0]["actor_id"] == "a1"
@@ -110,6 +111,25 @@ def test_the_runs_summary_reads_the_run_directory(served: tuple[WebView, Path]) 
     assert ratings["step-000000000256"]["elo"] == 150.0
     assert ratings["step-000000000256"]["games"] == 20 and ratings["step-000000000256"]["interval"] > 0
     assert run["ladder"] == {"random": 0.9, "greedy": 0.4}
+
+
+def test_a_run_that_ended_is_shown_as_it_ended_however_old_its_status(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    write_run(run_dir)
+    status = json.loads((run_dir / "status.json").read_text())
+    ended = time.time() - 3600  # the learner's final status, written an hour ago
+    status.update(time=ended, ended=ended, state="finished", total_steps=384)
+    status["actors"][0]["state"] = "stopped"
+    (run_dir / "status.json").write_text(json.dumps(status))
+    with WebView("127.0.0.1:0", [run_dir]) as view:
+        run = get(view, "/api/runs")[1]["runs"][0]
+    assert (run["state"], run["ended"], run["mode"]) == ("finished", ended, "distributed")
+    assert [actor["state"] for actor in run["actors"]] == ["stopped"]
+    status.pop("state")  # a learner gone without a final status: neither running nor ended
+    (run_dir / "status.json").write_text(json.dumps(status))
+    with WebView("127.0.0.1:0", [run_dir]) as view:
+        run = get(view, "/api/runs")[1]["runs"][0]
+    assert run["state"] is None and run["ended"] is None
 
 
 def test_curve_points_come_in_pieces_and_follow_the_file(served: tuple[WebView, Path],

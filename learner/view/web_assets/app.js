@@ -31,7 +31,12 @@ const state = {
   ply: 0,
   followLive: true,
   live: null,
+  connected: false,
+  ended: false,        // every run shown has ended: nothing is live
 };
+
+const ENDINGS = { finished: "finished", interrupted: "interrupted", failed: "failed", "rank-lost": "a rank was lost" };
+const hasEnded = (run) => Boolean(run.state) && run.state !== "running";
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, text) => {
@@ -67,6 +72,12 @@ function takeRuns(runs) {
   renderRunPicker();
   renderOverview();
   renderTables();
+  const ended = runs.length > 0 && runs.every(hasEnded);
+  if (ended && !state.ended) setFollow(false);  // a finished run has no live game
+  state.ended = ended;
+  if (ended) showLastGame();
+  $("live-button").hidden = ended;
+  showConnection();
   for (const run of runs) {
     const data = state.data.get(run.id);
     if (!data || data.generation !== run.generation || data.points.length < run.points) fetchPoints(run.id);
@@ -138,7 +149,13 @@ function renderOverview() {
     if (run.actor_steps_per_second !== null) item("actors' steps/s", fmt(run.actor_steps_per_second));
     item("mode", run.mode || "—", run.mode ? `mode-${run.mode}` : undefined);
     item("policy", run.policy_version === null || run.policy_version === undefined ? "—" : `v${run.policy_version}`);
-    item("to the end", run.step !== null && run.total_steps && run.step >= run.total_steps ? "finished" : duration(run.eta_seconds));
+    if (hasEnded(run)) {
+      item("run", ENDINGS[run.state] || run.state, `ended-${run.state}`);
+      if (run.ended) item("ended", `${new Date(run.ended * 1000).toLocaleString()}`);
+    } else {
+      item("to the end", run.step !== null && run.total_steps && run.step >= run.total_steps
+        ? "finished" : duration(run.eta_seconds));  // (a run from before final statuses)
+    }
     if (run.seconds_since_epoch !== null && run.seconds_since_epoch !== undefined) {
       item("last epoch", `${duration(run.seconds_since_epoch)} ago`);
     }
@@ -472,6 +489,14 @@ function followLive() {
   }, 250);
 }
 
+// A run that ended: its newest game at its end, once (nothing is followed or replayed).
+function showLastGame() {
+  if (state.game || !state.live) return;
+  showGame(state.live, false);
+  state.ply = state.live.moves.length;
+  renderBoard();
+}
+
 function setFollow(on) {
   state.followLive = on;
   $("live-button").classList.toggle("on", on);
@@ -512,15 +537,31 @@ async function openGame(value) {
 }
 
 // --- wiring ------------------------------------------------------------------------------------
+// "live" while a run goes; how it ended once every run shown has (the page stays connected,
+// and says so again if one is resumed)
+function showConnection() {
+  if (!state.connected) return;
+  const status = $("connection");
+  if (state.ended) {
+    const states = [...new Set(state.runs.map((run) => ENDINGS[run.state] || run.state))];
+    status.textContent = states.join(", ");
+    status.className = `connection ended ended-${state.runs[0].state}`;
+  } else {
+    status.textContent = "live";
+    status.className = "connection live";
+  }
+}
+
 function connect() {
   const status = $("connection");
   const source = new EventSource("/api/events");
-  source.addEventListener("open", () => { status.textContent = "live"; status.className = "connection live"; });
+  source.addEventListener("open", () => { state.connected = true; showConnection(); });
   source.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "connection"; });
   source.addEventListener("runs", (event) => { takeRuns(JSON.parse(event.data).runs); refreshGameList(); });
   source.addEventListener("live", (event) => {
     state.live = JSON.parse(event.data);
-    if (state.followLive) followLive();
+    if (state.ended) showLastGame();
+    else if (state.followLive) followLive();
   });
 }
 
