@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from learner.fields import describe
-from learner.view.address import is_loopback, parse_address
+from learner.view.address import host_allowed, is_loopback, parse_address
 from learner.view.errors import WebError
 from learner.view.games import LiveGame, live_view, read_game_file
 from learner.view.run_files import RunFiles
@@ -89,8 +90,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the base class answers itself (a request line too long, a malformed
+        request) as JSON, like every other error here."""
+        short, long = self.responses.get(code, ("error", ""))
+        text = f"{code} {message or short}" + (f": {explain or long}" if explain or long else "")
+        self.close_connection = True
+        body = self.command != "HEAD" and code >= 200 and code not in (204, 205, 304)
+        try:
+            self._send_json({"error": text}, HTTPStatus(code), body=body,
+                            extra={"Connection": "close"})
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+
     def _serve(self, body: bool) -> None:
         try:
+            host = self.headers.get("Host")
+            if not host_allowed(host, self.server.bound_host, self.server.allowed_hosts):
+                raise WebError(HTTPStatus.FORBIDDEN, f"Host {str(host)[:100]!r} is not this server's "
+                               "name: refused (a page on another site, through DNS rebinding?); "
+                               "use its address, or list the name in KEISEI_WEB_HOSTS")
             split = urlsplit(self.path)
             query = parse_qs(split.query, keep_blank_values=True, max_num_fields=8)
             path = split.path
@@ -156,6 +175,11 @@ class WebServer(ThreadingHTTPServer):
         self._live_lock = threading.Lock()
         self.closing = threading.Event()
         self.refused = 0  # connections answered 503
+        self.bound_host = address[0]
+        # names besides IP addresses and localhost that requests may call this server by
+        self.allowed_hosts = frozenset(name.strip().lower() for name in
+                                       os.environ.get("KEISEI_WEB_HOSTS", "").split(",")
+                                       if name.strip())
         super().__init__(address, _Handler)
 
     @property

@@ -198,6 +198,49 @@ def test_malformed_queries_get_a_clear_error(served: tuple[WebView, Path], path:
     assert code == status and answer["error"]
 
 
+def raw_request(view: WebView, head: bytes) -> tuple[int, str, Any]:
+    """Send ``head`` as it is; the status, the content type and the JSON body."""
+    port = int(view.url.rstrip("/").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(head)
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    header, _, body = data.partition(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    kind = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("content-type"))
+    return int(lines[0].split()[1]), kind, json.loads(body)
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("127.0.0.1:8080", True), ("localhost", True), ("LOCALHOST:80", True), ("[::1]:8080", True),
+    ("192.168.1.20:8080", True), ("shogi.lan:8080", True), ("evil.example", False),
+    ("evil.example:8080", False), ("127.0.0.1.evil.example", False), ("", False),
+])
+def test_a_host_header_that_names_another_site_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, allowed: bool) -> None:
+    monkeypatch.setenv("KEISEI_WEB_HOSTS", "shogi.lan, other.lan")  # names a user allowed
+    run_dir = tmp_path / "run"
+    write_run(run_dir)
+    with WebView("127.0.0.1:0", [run_dir]) as view:
+        status, kind, answer = raw_request(
+            view, f"GET /api/runs HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    assert kind == "application/json"
+    if allowed:
+        assert status == 200 and answer["runs"][0]["step"] == 384
+    else:
+        assert status == 403 and "DNS rebinding" in answer["error"] and "runs" not in answer
+
+
+def test_errors_the_http_layer_answers_are_json_too(served: tuple[WebView, Path]) -> None:
+    view, _ = served
+    status, kind, answer = raw_request(view, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n")
+    assert (status, kind) == (414, "application/json") and answer["error"].startswith("414")
+    headers = b"".join(b"X-%d: 1\r\n" % number for number in range(120))
+    status, kind, answer = raw_request(view, b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
+    assert (status, kind) == (431, "application/json") and "431" in answer["error"]
+
+
 def test_it_is_read_only(served: tuple[WebView, Path]) -> None:
     view, _ = served
     for method in ("POST", "PUT", "DELETE"):
