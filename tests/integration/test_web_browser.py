@@ -5,6 +5,7 @@ temporary folder)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -165,6 +166,105 @@ def test_a_finished_run_reads_finished_in_a_browser(tmp_path: Path, browser: Any
         overview = page.inner_text("#overview")
         assert "finished" in overview and "ended" in overview and "256 / 256" in overview
         page.screenshot(path=str(shots / "web-finished.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def served_run(run_dir: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(Path(sys.executable).parent / "keisei-web"), str(run_dir),
+                             "--address", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def open_page(page: Any, url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while True:  # until keisei-web listens
+        try:
+            page.goto(url, timeout=10_000)
+            return
+        except Exception:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "keisei-web did not answer within 30 s"
+            time.sleep(0.3)
+
+
+def is_1_2_5(values: list[float]) -> bool:
+    """Evenly spaced by 1, 2 or 5 times a power of ten."""
+    steps = {round(b - a, 9) for a, b in zip(values[:-1], values[1:], strict=True)}
+    if len(steps) != 1:
+        return False
+    mantissa = f"{steps.pop():.6e}".split("e")[0].rstrip("0").rstrip(".")
+    return mantissa in ("1", "2", "5")
+
+
+def test_charts_read_at_a_glance(tmp_path: Path, browser: Any) -> None:
+    shots = Path(os.environ.get("KEISEI_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    run_dir, port = tmp_path / "run", free_port()
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text("[train]\ntotal_steps = 100000\n")
+    lines = []
+    for epoch in range(1, 41):
+        lines.append(json.dumps({
+            "step": 2048 * epoch, "epoch": epoch, "time": 1000.0 + 30 * epoch, "mode": "sequential",
+            "policy_loss": 0.0142 - 0.002 * epoch, "value_loss": 0.1, "entropy": 3.0,
+            "clipfrac": 0.02 + 0.001 * epoch, "exact_kl": 0.001 * 1.3 ** epoch,
+            "approx_kl": 0.002 * 1.4 ** epoch, "steps_per_second": 150.0 + epoch,
+            "search_loss": None}))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    process = served_run(run_dir, port)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1100}, device_scale_factor=2)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        open_page(page, f"http://127.0.0.1:{port}/", process)
+        loss = "canvas[data-title='policy loss']"
+        until(lambda: number(page, loss, "data-points") == 40, 30, "the curves")
+
+        def ticks(selector: str, axis: str) -> list[str]:
+            return list(json.loads(page.get_attribute(selector, f"data-{axis}-ticks") or "[]"))
+
+        y = ticks(loss, "y")
+        assert is_1_2_5([float(label) for label in y]), y  # not 0.0142 / -0.0103 ...
+        x = ticks(loss, "x")
+        assert len(x) >= 4 and all("," in label for label in x[1:]), x  # 20,000 40,000 ...
+        assert is_1_2_5([float(label.replace(",", "")) for label in x]), x
+        clip = ticks("canvas[data-title='clip fraction']", "y")
+        assert float(clip[0]) >= 0 and is_1_2_5([float(label) for label in clip]), clip
+        kl = ticks("canvas[data-title='KL from the pre-update policy']", "y")
+        assert set(kl) <= {"0.0001", "0.001", "0.01", "0.1", "1", "10", "100", "1,000", "10,000"}, kl
+        assert len(kl) >= 3
+        # distinct colours, named in a legend
+        keys = page.locator(".chart[data-title='KL from the pre-update policy'] .legend .key")
+        assert keys.count() == 2 and keys.nth(0).inner_text() == "exact"
+        colours = {keys.nth(k).locator(".swatch").evaluate("node => node.style.borderColor")
+                   for k in range(2)}
+        assert len(colours) == 2
+        speed = page.locator(".chart[data-title='steps per second'] .legend .key")
+        assert speed.count() == 1 and speed.nth(0).inner_text() == "learner"  # no actors' line
+        # no data, no chart
+        assert not page.is_visible(".chart[data-title='search-target loss']")
+        # sharp on a high-DPI screen: the canvas has the screen's pixels
+        width = page.locator(loss).evaluate("node => [node.width, node.clientWidth]")
+        assert width[0] == 2 * width[1], width
+        # the values at a step under the pointer
+        box = page.locator(loss).bounding_box()
+        page.mouse.move(box["x"] + box["width"] - 11, box["y"] + 40)  # the plot's right end
+        readout = page.locator(".chart[data-title='policy loss'] .readout")
+        until(lambda: "step 81,920" in readout.inner_text(), 10,
+              f"the readout at the last step, not {readout.inner_text()!r}")
+        assert "policy loss -0.0658" in readout.inner_text()
+        # the newest part only
+        page.select_option("#x-range", "0.25")
+        until(lambda: number(page, loss, "data-points") < 40, 10, "the range to narrow")
+        assert float(ticks(loss, "x")[0].replace(",", "")) >= 60_000
+        page.screenshot(path=str(shots / "web-charts.png"), full_page=True)
         assert not errors, errors
     finally:
         process.terminate()

@@ -6,19 +6,21 @@ const PIECES = { P: "歩", L: "香", N: "桂", S: "銀", G: "金", B: "角", R: 
   "+P": "と", "+L": "杏", "+N": "圭", "+S": "全", "+B": "馬", "+R": "龍" };
 const HAND_ORDER = ["R", "B", "G", "S", "N", "L", "P"];
 const RANKS = "一二三四五六七八九";
-const DASHES = [[[], "─"], [[4, 3], "┄"], [[1, 3], "···"]];
+const DASHES = [[], [5, 3], [1, 3]];
 // The charts, made from the server's list of metric fields (/api/fields) at start.
 let CHARTS = [];
 
 function chartsOf(described) {
-  const labels = new Map(described.fields.map((field) => [field.name, field.label]));
-  return described.charts.map((chart) => {
-    const series = chart.fields.map((name, k) => [name, DASHES[k % DASHES.length][0]]);
-    const legend = chart.fields.length > 1
-      ? ` (${chart.fields.map((name, k) => `${labels.get(name)} ${DASHES[k % DASHES.length][1]}`).join(", ")})` : "";
-    const unit = chart.unit && chart.fields.length > 1 ? `, ${chart.unit}` : chart.unit ? ` (${chart.unit})` : "";
-    return { title: chart.title + legend + unit, series, log: chart.log, elo: chart.group === "ratings" };
-  });
+  const fields = new Map(described.fields.map((field) => [field.name, field]));
+  return described.charts.map((chart) => ({
+    title: chart.title,
+    unit: chart.unit || "",
+    fields: chart.fields.map((name) => fields.get(name) || { name, label: name }),
+    log: chart.log,
+    elo: chart.group === "ratings",
+    // an axis for quantities that cannot be negative starts at 0 or above
+    nonnegative: chart.fields.every((name) => (fields.get(name) || {}).nonnegative),
+  }));
 }
 
 const state = {
@@ -27,6 +29,7 @@ const state = {
   data: new Map(),     // run id -> { generation, fields, points }
   fetching: new Set(),
   xAxis: "step",
+  range: 1,            // the share of the x axis shown, its newest part (1: all)
   game: null,          // the game on the board
   ply: 0,
   followLive: true,
@@ -230,12 +233,23 @@ function renderTimeline() {
 function buildCharts() {
   const box = $("charts");
   for (const spec of CHARTS) {
-    const card = el("div", { class: "chart" });
-    card.append(el("h4", {}, spec.title));
-    const canvas = el("canvas", { width: "480", height: "150", "data-title": spec.title, "data-points": "0" });
+    const card = el("div", { class: "chart", "data-title": spec.title });
+    card.append(el("h4", {}, spec.title + (spec.unit ? ` (${spec.unit})` : "")));
+    spec.legend = el("div", { class: "legend" });
+    card.append(spec.legend);
+    const canvas = el("canvas", { "data-title": spec.title, "data-points": "0" });
     card.append(canvas);
+    spec.readout = el("div", { class: "readout" }, "\u00a0");
+    card.append(spec.readout);
     box.append(card);
+    spec.card = card;
     spec.canvas = canvas;
+    canvas.addEventListener("mousemove", (event) => {
+      const box = canvas.getBoundingClientRect();
+      spec.hover = event.clientX - box.left;
+      drawChart(spec);
+    });
+    canvas.addEventListener("mouseleave", () => { spec.hover = null; drawChart(spec); });
   }
 }
 
@@ -243,67 +257,158 @@ function drawCharts() {
   for (const spec of CHARTS) drawChart(spec);
 }
 
-function drawChart(spec) {
-  const canvas = spec.canvas;
-  const ctx = canvas.getContext("2d");
-  const width = canvas.width, height = canvas.height;
-  const pad = { left: 48, right: 8, top: 6, bottom: 18 };
-  ctx.clearRect(0, 0, width, height);
-  const lines = []; // { color, dash, xs, ys, bars }
-  state.runs.forEach((run, index) => {
-    if (!state.shown.has(run.id)) return;
+// Ticks at 1, 2 or 5 times a power of ten, about `count` of them over [low, high].
+function niceTicks(low, high, count) {
+  const raw = (high - low) / Math.max(1, count);
+  const power = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((candidate) => candidate >= raw) || 10 * power;
+  const ticks = [];
+  for (let value = Math.ceil(low / step - 1e-9) * step; value <= high + step * 1e-9; value += step) {
+    ticks.push(Math.abs(value) < step * 1e-9 ? 0 : value);
+  }
+  return { ticks, step };
+}
+
+const NUMBER = new Intl.NumberFormat("en-US", { maximumFractionDigits: 6 });
+// A tick's label: thousands separators, as many decimals as the step between ticks needs.
+function tickLabel(value, step) {
+  if (value === 0) return "0";
+  const magnitude = Math.abs(value);
+  if (magnitude >= 1e15 || magnitude < 1e-6) return value.toExponential(0);
+  const decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  return value.toLocaleString("en-US", { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
+}
+
+// A decade's label on a log axis: 0.001, 0.01 ... 1,000, then powers of ten.
+function decadeLabel(exponent) {
+  if (exponent >= -4 && exponent <= 6) return NUMBER.format(Math.pow(10, exponent));
+  return `1e${exponent}`;
+}
+
+function xLabel(value, step) {
+  if (state.xAxis === "step") return tickLabel(value, step);
+  return duration(value);
+}
+
+// The lines of a chart: per run shown, per field; colours tell fields apart within a run,
+// and runs apart when several are shown (then each field has its own dash).
+function chartLines(spec) {
+  const lines = [];
+  const runs = state.runs.filter((run) => state.shown.has(run.id));
+  runs.forEach((run, runIndex) => {
     const data = state.data.get(run.id);
-    const color = COLORS[index % COLORS.length];
+    const prefix = runs.length > 1 ? `${run.name}: ` : "";
     if (spec.elo) {
       const rows = (run.ratings || []).filter((r) => r.step !== null && r.step !== undefined && r.elo !== null);
       rows.sort((a, b) => a.step - b.step);
       const xs = rows.map((r) => state.xAxis === "step" ? r.step : stepToTime(data, r.step));
-      lines.push({ color, dash: [], xs, ys: rows.map((r) => r.elo), bars: rows.map((r) => r.interval ?? 0) });
+      lines.push({ label: `${prefix}Elo`, color: COLORS[runIndex % COLORS.length], dash: [], xs,
+        ys: rows.map((r) => r.elo), bars: rows.map((r) => r.interval ?? 0) });
       return;
     }
     if (!data) return;
     const xKey = data.fields.indexOf(state.xAxis);
-    for (const [field, dash] of spec.series) {
-      const yKey = data.fields.indexOf(field);
+    spec.fields.forEach((field, k) => {
+      const yKey = data.fields.indexOf(field.name);
       const xs = [], ys = [];
       for (const point of data.points) {
         const x = point[xKey], y = point[yKey];
-        if (x === null || y === null || (spec.log && y <= 0)) continue;
+        if (x === null || x === undefined || y === null || y === undefined || (spec.log && y <= 0)) continue;
         xs.push(x); ys.push(spec.log ? Math.log10(y) : y);
       }
-      lines.push({ color, dash: dash || [], xs, ys });
-    }
+      const color = runs.length > 1 ? COLORS[runIndex % COLORS.length] : COLORS[k % COLORS.length];
+      const dash = runs.length > 1 ? DASHES[k % DASHES.length] : [];
+      lines.push({ label: prefix + field.label, color, dash, xs, ys });
+    });
   });
-  let count = 0, xMin = Infinity, xMax = -Infinity, yMin = Infinity, yMax = -Infinity;
+  return lines;
+}
+
+function drawChart(spec) {
+  const canvas = spec.canvas;
+  const pad = { left: 56, right: 10, top: 8, bottom: 34 };
+  const lines = chartLines(spec);
+  let xMin = Infinity, xMax = -Infinity;
+  for (const line of lines) for (const x of line.xs) {
+    if (x === null || x === undefined) continue;
+    xMin = Math.min(xMin, x); xMax = Math.max(xMax, x);
+  }
+  if (state.range < 1 && xMax > xMin) xMin = xMax - (xMax - xMin) * state.range;
+  let count = 0, yMin = Infinity, yMax = -Infinity;
   for (const line of lines) {
     line.xs.forEach((x, i) => {
-      if (x === null || x === undefined) return;
+      if (x === null || x === undefined || x < xMin) return;
       const bar = line.bars ? line.bars[i] : 0;
-      xMin = Math.min(xMin, x); xMax = Math.max(xMax, x);
       yMin = Math.min(yMin, line.ys[i] - bar); yMax = Math.max(yMax, line.ys[i] + bar);
       count += 1;
     });
   }
   canvas.dataset.points = String(count);
-  ctx.font = "11px system-ui, sans-serif";
-  ctx.fillStyle = "#777";
-  if (count === 0) { ctx.fillText("no data yet", width / 2 - 30, height / 2); return; }
-  if (xMax === xMin) { xMax += 1; xMin -= 1; }
+  spec.card.hidden = count === 0;  // a chart without data is not shown
+  renderLegend(spec, lines.filter((line) => line.xs.length > 0));
+  if (count === 0) return;
+  // sized once shown (a hidden card has no width): the screen's pixels, for high-DPI screens
+  const ratio = window.devicePixelRatio || 1;
+  const width = Math.max(200, canvas.clientWidth || 480), height = 160;
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  if (xMax === xMin) { xMax += 1; xMin = Math.max(0, xMin - 1); }
   if (yMax === yMin) { yMax += Math.abs(yMax) * 0.1 || 1; yMin -= Math.abs(yMin) * 0.1 || 1; }
-  const span = yMax - yMin; yMax += span * 0.05; yMin -= span * 0.05;
+  let yTicks, yLabels;
+  if (spec.log) {  // decades, or 1-2-5 ticks of the exponent within less than two
+    const low = Math.floor(yMin), high = Math.ceil(yMax);
+    yMin = low; yMax = high === low ? low + 1 : high;
+    const every = Math.max(1, Math.ceil((yMax - yMin) / 5));
+    yTicks = [];
+    for (let e = yMin; e <= yMax; e += every) yTicks.push(e);
+    yLabels = yTicks.map(decadeLabel);
+  } else {
+    const span = yMax - yMin;
+    yMin -= span * 0.05; yMax += span * 0.05;
+    if (spec.nonnegative) yMin = Math.max(0, yMin);
+    const nice = niceTicks(yMin, yMax, 4);
+    yTicks = nice.ticks;
+    yMin = Math.min(yMin, yTicks[0]); yMax = Math.max(yMax, yTicks[yTicks.length - 1]);
+    yLabels = yTicks.map((value) => tickLabel(value, nice.step));
+  }
   const X = (x) => pad.left + ((x - xMin) / (xMax - xMin)) * (width - pad.left - pad.right);
   const Y = (y) => height - pad.bottom - ((y - yMin) / (yMax - yMin)) * (height - pad.top - pad.bottom);
-  ctx.strokeStyle = "#ddd"; ctx.lineWidth = 1;
-  for (let i = 0; i <= 3; i++) {
-    const y = yMin + ((yMax - yMin) * i) / 3;
-    ctx.beginPath(); ctx.moveTo(pad.left, Y(y)); ctx.lineTo(width - pad.right, Y(y)); ctx.stroke();
-    ctx.fillText(spec.log ? `1e${fmt(y, 2)}` : fmt(y), 2, Y(y) + 4);
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.lineWidth = 1;
+  yTicks.forEach((tick, i) => {
+    ctx.strokeStyle = "#e4e4e4";
+    ctx.beginPath(); ctx.moveTo(pad.left, Y(tick)); ctx.lineTo(width - pad.right, Y(tick)); ctx.stroke();
+    ctx.fillStyle = "#666";
+    const label = yLabels[i];
+    ctx.fillText(label, pad.left - 4 - ctx.measureText(label).width, Y(tick) + 4);
+  });
+  const xNice = state.xAxis === "step" ? niceTicks(xMin, xMax, Math.max(2, Math.floor(width / 110)))
+    : timeTicks(xMin, xMax, Math.max(2, Math.floor(width / 110)));
+  const xLabels = [];
+  for (const tick of xNice.ticks) {
+    if (tick < xMin || tick > xMax) continue;
+    const label = xLabel(tick, xNice.step);
+    xLabels.push(label);
+    ctx.strokeStyle = "#ccc";
+    ctx.beginPath(); ctx.moveTo(X(tick), height - pad.bottom); ctx.lineTo(X(tick), height - pad.bottom + 4); ctx.stroke();
+    ctx.fillStyle = "#666";
+    const w = ctx.measureText(label).width;
+    ctx.fillText(label, Math.min(width - w - 2, Math.max(pad.left - w / 2, X(tick) - w / 2)), height - pad.bottom + 15);
   }
-  ctx.fillText(state.xAxis === "step" ? fmt(xMin) : duration(xMin), pad.left, height - 4);
-  const right = state.xAxis === "step" ? fmt(xMax) : duration(xMax);
-  ctx.fillText(right, width - pad.right - ctx.measureText(right).width, height - 4);
+  const title = state.xAxis === "step" ? "training steps (plies)" : "wall-clock since the first epoch";
+  ctx.fillStyle = "#888";
+  ctx.fillText(title, pad.left + (width - pad.left - pad.right) / 2 - ctx.measureText(title).width / 2, height - 3);
+  canvas.dataset.yTicks = JSON.stringify(yLabels);
+  canvas.dataset.xTicks = JSON.stringify(xLabels);
+  ctx.save();
+  ctx.beginPath(); ctx.rect(pad.left, 0, width - pad.left - pad.right, height - pad.bottom); ctx.clip();
   for (const line of lines) {
-    ctx.strokeStyle = line.color; ctx.fillStyle = line.color; ctx.lineWidth = 1.5; ctx.setLineDash(line.dash);
+    ctx.strokeStyle = line.color; ctx.fillStyle = line.color; ctx.lineWidth = 1.6; ctx.setLineDash(line.dash);
     ctx.beginPath();
     let started = false;
     line.xs.forEach((x, i) => {
@@ -312,16 +417,69 @@ function drawChart(spec) {
     });
     ctx.stroke();
     ctx.setLineDash([]);
-    if (line.bars) {
+    if (line.bars || line.xs.length === 1) {
       line.xs.forEach((x, i) => {
         if (x === null || x === undefined) return;
-        ctx.beginPath();
-        ctx.moveTo(X(x), Y(line.ys[i] - line.bars[i])); ctx.lineTo(X(x), Y(line.ys[i] + line.bars[i]));
-        ctx.stroke();
+        if (line.bars) {
+          ctx.beginPath();
+          ctx.moveTo(X(x), Y(line.ys[i] - line.bars[i])); ctx.lineTo(X(x), Y(line.ys[i] + line.bars[i]));
+          ctx.stroke();
+        }
         ctx.fillRect(X(x) - 2, Y(line.ys[i]) - 2, 4, 4);
       });
     }
   }
+  ctx.restore();
+  showReadout(spec, lines, X, xMin, xMax, ctx, height - pad.bottom, pad.left, width - pad.right);
+}
+
+// Ticks on a wall-clock axis: at 1-2-5 multiples of a second, minute or hour.
+function timeTicks(low, high, count) {
+  const raw = (high - low) / Math.max(1, count);
+  const units = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+  const step = units.find((unit) => unit >= raw) || Math.ceil(raw / 86400) * 86400;
+  const ticks = [];
+  for (let value = Math.ceil(low / step) * step; value <= high; value += step) ticks.push(value);
+  return { ticks, step };
+}
+
+function renderLegend(spec, lines) {
+  const key = JSON.stringify(lines.map((line) => [line.label, line.color, line.dash]));
+  if (spec.legendKey === key) return;
+  spec.legendKey = key;
+  spec.legend.replaceChildren(...lines.map((line) => {
+    const item = el("span", { class: "key" });
+    const swatch = el("span", { class: "swatch" + (line.dash.length ? " dashed" : "") });
+    swatch.style.borderColor = line.color;
+    item.append(swatch, document.createTextNode(line.label));
+    return item;
+  }));
+}
+
+// Under the pointer: a rule at the nearest step and every line's value there.
+function showReadout(spec, lines, X, xMin, xMax, ctx, bottom, left, right) {
+  if (spec.hover === null || spec.hover === undefined || spec.hover < left || spec.hover > right) {
+    spec.readout.textContent = "\u00a0";
+    return;
+  }
+  const x = xMin + ((spec.hover - left) / (right - left)) * (xMax - xMin);
+  let nearest = null;
+  for (const line of lines) for (const candidate of line.xs) {
+    if (candidate === null || candidate === undefined || candidate < xMin) continue;
+    if (nearest === null || Math.abs(candidate - x) < Math.abs(nearest - x)) nearest = candidate;
+  }
+  if (nearest === null) return;
+  ctx.strokeStyle = "#999"; ctx.lineWidth = 1;
+  ctx.beginPath(); ctx.moveTo(X(nearest), 0); ctx.lineTo(X(nearest), bottom); ctx.stroke();
+  const parts = [];
+  for (const line of lines) {
+    const i = line.xs.indexOf(nearest);
+    if (i < 0) continue;
+    const value = spec.log ? Math.pow(10, line.ys[i]) : line.ys[i];
+    parts.push(`${line.label} ${fmt(value, 4)}` + (line.bars ? ` ± ${fmt(line.bars[i], 3)}` : ""));
+  }
+  const where = state.xAxis === "step" ? `step ${NUMBER.format(nearest)}` : duration(nearest);
+  spec.readout.textContent = `${where}: ${parts.join(", ")}`;
 }
 
 function stepToTime(data, step) {
@@ -574,6 +732,9 @@ async function start() {
   buildCharts();
   renderBoard();
   $("x-axis").addEventListener("change", (event) => { state.xAxis = event.target.value; drawCharts(); renderTimeline(); });
+  $("x-range").addEventListener("change", (event) => { state.range = Number(event.target.value); drawCharts(); });
+  let resizing = null;
+  window.addEventListener("resize", () => { clearTimeout(resizing); resizing = setTimeout(drawCharts, 150); });
   $("live-button").addEventListener("click", () => setFollow(!state.followLive));
   $("first").addEventListener("click", () => step(-1e9));
   $("back").addEventListener("click", () => step(-1));
