@@ -248,6 +248,12 @@ def test_charts_read_at_a_glance(tmp_path: Path, browser: Any) -> None:
         assert len(colours) == 2
         speed = page.locator(".chart[data-title='steps per second'] .legend .key")
         assert speed.count() == 1 and speed.nth(0).inner_text() == "learner"  # no actors' line
+        # the healthy bands: KL far above 0.05 is flagged, a clip fraction of 0.06 is not
+        kl_card = ".chart[data-title='KL from the pre-update policy']"
+        assert page.get_attribute(kl_card, "data-health") == "outside"
+        assert "outside the healthy band: exact 36.1 > 0.05" in page.inner_text(kl_card + " .flag")
+        assert page.get_attribute(".chart[data-title='clip fraction']", "data-health") == "within"
+        assert page.get_attribute(loss.replace("canvas", ".chart"), "data-health") == ""
         # no data, no chart
         assert not page.is_visible(".chart[data-title='search-target loss']")
         # sharp on a high-DPI screen: the canvas has the screen's pixels

@@ -236,7 +236,8 @@ function buildCharts() {
     const card = el("div", { class: "chart", "data-title": spec.title });
     card.append(el("h4", {}, spec.title + (spec.unit ? ` (${spec.unit})` : "")));
     spec.legend = el("div", { class: "legend" });
-    card.append(spec.legend);
+    spec.flag = el("div", { class: "flag" });
+    card.append(spec.legend, spec.flag);
     const canvas = el("canvas", { "data-title": spec.title, "data-points": "0" });
     card.append(canvas);
     spec.readout = el("div", { class: "readout" }, "\u00a0");
@@ -346,6 +347,7 @@ function drawChart(spec) {
   canvas.dataset.points = String(count);
   spec.card.hidden = count === 0;  // a chart without data is not shown
   renderLegend(spec, lines.filter((line) => line.xs.length > 0));
+  flagHealth(spec, lines);
   if (count === 0) return;
   // sized once shown (a hidden card has no width): the screen's pixels, for high-DPI screens
   const ratio = window.devicePixelRatio || 1;
@@ -378,6 +380,16 @@ function drawChart(spec) {
   }
   const X = (x) => pad.left + ((x - xMin) / (xMax - xMin)) * (width - pad.left - pad.right);
   const Y = (y) => height - pad.bottom - ((y - yMin) / (yMax - yMin)) * (height - pad.top - pad.bottom);
+  const band = healthyBand(spec);
+  if (band) {  // where a healthy run stays, shaded
+    const axis = (value) => spec.log ? Math.log10(value) : value;
+    const top = band.high === null ? yMax : Math.min(yMax, axis(band.high));
+    const bottom = band.low === null ? yMin : Math.max(yMin, axis(band.low));
+    if (top > bottom) {
+      ctx.fillStyle = "rgba(46, 125, 50, 0.08)";
+      ctx.fillRect(pad.left, Y(top), width - pad.left - pad.right, Y(bottom) - Y(top));
+    }
+  }
   ctx.font = "11px system-ui, sans-serif";
   ctx.lineWidth = 1;
   yTicks.forEach((tick, i) => {
@@ -441,6 +453,31 @@ function timeTicks(low, high, count) {
   const ticks = [];
   for (let value = Math.ceil(low / step) * step; value <= high; value += step) ticks.push(value);
   return { ticks, step };
+}
+
+// The band a healthy run stays in (``learner.fields``), if the chart's fields have one.
+function healthyBand(spec) {
+  const lows = spec.fields.map((field) => field.low).filter((value) => value !== null && value !== undefined);
+  const highs = spec.fields.map((field) => field.high).filter((value) => value !== null && value !== undefined);
+  if (!lows.length && !highs.length) return null;
+  return { low: lows.length ? Math.max(...lows) : null, high: highs.length ? Math.min(...highs) : null };
+}
+
+// Flag a chart whose newest values (each run's, each field's) left the healthy band.
+function flagHealth(spec, lines) {
+  const band = healthyBand(spec);
+  const outside = [];
+  if (band) {
+    for (const line of lines) {
+      if (!line.xs.length) continue;
+      const value = spec.log ? Math.pow(10, line.ys[line.ys.length - 1]) : line.ys[line.ys.length - 1];
+      if (band.high !== null && value > band.high) outside.push(`${line.label} ${fmt(value, 3)} > ${fmt(band.high)}`);
+      else if (band.low !== null && value < band.low) outside.push(`${line.label} ${fmt(value, 3)} < ${fmt(band.low)}`);
+    }
+  }
+  spec.card.classList.toggle("unhealthy", outside.length > 0);
+  spec.flag.textContent = outside.length ? `outside the healthy band: ${outside.join(", ")}` : "";
+  spec.card.dataset.health = outside.length ? "outside" : band ? "within" : "";
 }
 
 function renderLegend(spec, lines) {
