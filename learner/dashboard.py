@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import asdict
 from types import TracebackType
 from typing import IO, Any
 
@@ -21,6 +22,7 @@ from rich.text import Text
 
 from keisei.config import DisplayConfig
 from learner.actors import ActorTable
+from learner.fields import outside_band
 from learner.ratings import Ratings
 from learner.reports import EpochReport
 from learner.supervisor import Supervisor
@@ -99,7 +101,7 @@ class Dashboard:
                 f"{finished} | collect {collect.collect_seconds:.1f}s "
                 f"update {update.update_seconds:.1f}s" + actors + _pool_text(report)
                 + (f" | Elo {rating.elo:+.0f} (step {rating.elo_step}, random = 0)"
-                   if rating is not None else ""))
+                   if rating is not None else "") + _health_text(report))
 
     def render(self) -> Group:
         trainer, report = self.trainer, self.latest
@@ -118,6 +120,8 @@ class Dashboard:
                               f"{time.strftime('%H:%M:%S', time.localtime(last.time))} -> {last.mode}: "
                               f"{last.cause}", style="yellow"))
         parts.append(self.render_epoch(report))
+        if report is not None and (health := _health_text(report)):
+            parts.append(Text(health.lstrip(" |"), style="bold red"))
         if self.actors is not None and (actors := self.actors.snapshot()):
             now = time.monotonic()
             actor_table = Table("actor", "state", "steps/s", "policy", "games", "steps", "invalid",
@@ -180,6 +184,13 @@ class Dashboard:
                           _format(scores.get("random"), 3), _format(scores.get("greedy"), 3))
         table.add_row("greedy", f"{ratings.table.get('greedy', math.nan):+.0f}", "", "")
         return table
+
+
+def _health_text(report: EpochReport) -> str:
+    """`` | outside the healthy band: ...`` when the update's figures left the band a
+    healthy run stays in (``learner.fields``), else nothing."""
+    outside = outside_band(asdict(report.update))
+    return f" | outside the healthy band: {', '.join(outside)}" if outside else ""
 
 
 def _pool_text(report: EpochReport) -> str:

@@ -72,6 +72,22 @@ CHARTS = (
 )
 
 
+def outside_band(record: dict[str, Any]) -> list[str]:
+    """The fields of a metrics record outside the band a healthy run stays in, as words
+    (``clip fraction 0.708 > 0.3``); empty when all are within or have no band."""
+    found = []
+    for field in FIELDS:
+        value = record.get(field.name)
+        if not isinstance(value, int | float) or value != value:  # absent, null or NaN
+            continue
+        name = field.label if field.name not in ("approx_kl", "exact_kl") else f"KL ({field.label})"
+        if field.high is not None and value > field.high:
+            found.append(f"{name} {value:.3g} > {field.high:g}")
+        elif field.low is not None and value < field.low:
+            found.append(f"{name} {value:.3g} < {field.low:g}")
+    return found
+
+
 def unit_of(chart: Chart) -> str:
     """The unit of a chart's fields (they share one)."""
     return BY_NAME[chart.fields[0]].unit

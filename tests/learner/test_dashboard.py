@@ -36,3 +36,13 @@ def test_the_pool_shows_its_size_and_the_learners_score() -> None:
     empty = dataclasses.replace(report, pool=PoolReport(0, 0, float("nan"), []))
     assert "| pool 0: no game" in Dashboard.summary_line(empty)
     assert pooled.to_json()["pool_score"] == 0.625 and empty.to_json()["pool_score"] is None
+
+
+def test_an_unhealthy_update_is_flagged_in_the_line() -> None:
+    report = epoch_report(256, 1)  # KL 0.01, clip fraction 0.1, explained variance 0.2
+    assert "healthy band" not in Dashboard.summary_line(report)
+    update = dataclasses.replace(report.update, clipfrac=0.708, approx_kl=5164.0,
+                                 explained_variance=-0.23)
+    line = Dashboard.summary_line(dataclasses.replace(report, update=update))
+    assert line.endswith("| outside the healthy band: KL (sampled estimate) 5.16e+03 > 0.05, "
+                         "clip fraction 0.708 > 0.3, explained variance -0.23 < 0"), line
