@@ -19,6 +19,7 @@ from typing import Any
 
 from keisei.rundir import RunDir
 from learner.fields import BY_NAME, CHARTS, Chart, unit_of
+from learner.view.run_files import ratings_rows
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -61,6 +62,9 @@ def plot_run(run_dir: Path, records: Sequence[dict[str, Any]], output: Path) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    thousands = FuncFormatter(lambda value, _: f"{value:,.0f}")  # steps: 20,000
 
     output.mkdir(parents=True, exist_ok=True)
     groups: dict[str, list[Chart]] = {}
@@ -69,7 +73,7 @@ def plot_run(run_dir: Path, records: Sequence[dict[str, Any]], output: Path) -> 
             groups.setdefault(chart.group, []).append(chart)
     written = []
     for name, charts in groups.items():
-        figure, axes = plt.subplots(len(charts), 1, figsize=(8, 2.4 * len(charts)), sharex=True,
+        figure, axes = plt.subplots(len(charts), 1, figsize=(10, 2.4 * len(charts)), sharex=True,
                                     squeeze=False)
         for axis, chart in zip(axes[:, 0], charts, strict=True):
             for key in chart.fields:
@@ -84,37 +88,46 @@ def plot_run(run_dir: Path, records: Sequence[dict[str, Any]], output: Path) -> 
                 axis.set_yscale("log")
             elif field.nonnegative:
                 axis.set_ylim(bottom=0)
-            for bound in (field.low, field.high):  # the band a healthy run stays in
-                if bound is not None and len(chart.fields) == 1:
-                    axis.axhline(bound, linestyle=":", color="gray", linewidth=1)
+            if field.low is not None or field.high is not None:  # where a healthy run stays
+                low, high = axis.get_ylim()
+                axis.axhspan(low if field.low is None else field.low,
+                             high if field.high is None else field.high, color="tab:green",
+                             alpha=0.08, label="healthy band")
+                axis.set_ylim(low, high)
             axis.set_title(chart.title)
-            axis.set_ylabel(unit_of(chart) or chart.fields[0].replace("_", " "))
+            unit = unit_of(chart)
+            axis.set_ylabel(f"{chart.title} ({unit})" if unit else chart.title, fontsize="small")
             axis.grid(alpha=0.3)
-            if len(chart.fields) > 1:
-                axis.legend(loc="best", fontsize="small")
-        axes[-1, 0].set_xlabel("training steps")
+            if axis.get_legend_handles_labels()[0]:  # outside the data, on the right
+                axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+        axes[-1, 0].set_xlabel("training steps (plies)")
+        axes[-1, 0].xaxis.set_major_formatter(thousands)
         figure.suptitle(f"{run_dir.name}: {name}")
         figure.tight_layout(rect=(0, 0, 1, 0.98))
         written.append(output / f"{name}.png")
         figure.savefig(written[-1], dpi=100)
         plt.close(figure)
-    written.append(_plot_ratings(plt, run_dir, records, output / "ratings.png"))
+    written.append(_plot_ratings(plt, run_dir, records, output / "ratings.png", thousands))
     return written
 
 
-def _plot_ratings(plt: Any, run_dir: Path, records: Sequence[dict[str, Any]], path: Path) -> Path:
+def _plot_ratings(plt: Any, run_dir: Path, records: Sequence[dict[str, Any]], path: Path,
+                  thousands: Any) -> Path:
     """Elo over steps and the scores against random and greedy at each rating: from
     ``ratings.json`` when it exists (the table refitted on all games, and the final
     policy's rating), else from the metrics lines."""
-    figure, (elo_axis, rate_axis) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    figure, (elo_axis, rate_axis) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     table_path = RunDir(run_dir).ratings
     scores: dict[str, tuple[list[int], list[float]]] = {"random": ([], []), "greedy": ([], [])}
     if table_path.is_file():
         saved = json.loads(table_path.read_text(encoding="utf-8"))
         table, steps_of = saved["table"], {str(name): int(step) for name, step in saved["rated"]}
-        rated = sorted((step, table[name]) for name, step in steps_of.items() if name in table)
-        elo_axis.plot([step for step, _ in rated], [elo for _, elo in rated], marker="o",
-                      label="policy (refitted on all games)")
+        rated = sorted((row["step"], row["elo"], row.get("interval") or 0.0)
+                       for row in ratings_rows(saved) if row["step"] is not None
+                       and row["elo"] is not None)
+        elo_axis.errorbar([step for step, _, _ in rated], [elo for _, elo, _ in rated],
+                          yerr=[half for _, _, half in rated], marker="o", capsize=3,
+                          label="policy, 95% interval (refitted on all games)")
         if "greedy" in table:
             elo_axis.axhline(table["greedy"], linestyle="--", color="gray", label="greedy")
         for pairing in saved.get("pairings", []):
@@ -129,15 +142,19 @@ def _plot_ratings(plt: Any, run_dir: Path, records: Sequence[dict[str, Any]], pa
             scores[opponent] = series(records, f"win_rate_{opponent}", "elo_step")
     elo_axis.axhline(0.0, linestyle=":", color="black", label="random (0)")
     elo_axis.set_title("Elo (random = 0)")
-    elo_axis.legend(loc="best", fontsize="small")
+    elo_axis.set_ylabel("Elo")
+    elo_axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     elo_axis.grid(alpha=0.3)
     for opponent, (steps, values) in scores.items():
         rate_axis.plot(steps, values, marker="o", label=f"score vs {opponent}")
     rate_axis.set_ylim(-0.02, 1.02)
     rate_axis.set_title("score at each rating")
-    rate_axis.set_xlabel("training steps")
-    rate_axis.legend(loc="best", fontsize="small")
+    rate_axis.set_ylabel("score (1 win, ½ draw)")
+    rate_axis.set_xlabel("training steps (plies)")
+    rate_axis.xaxis.set_major_formatter(thousands)
+    rate_axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     rate_axis.grid(alpha=0.3)
+    figure.suptitle(f"{run_dir.name}: ratings")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

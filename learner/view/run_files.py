@@ -201,7 +201,7 @@ class RunFiles:
                 "modes": self.modes[-200:],
                 "transitions": sorted(self.transitions.values(), key=lambda t: t["time"])[-50:],
                 "first_time": self.first_time,
-                "ratings": _ratings_rows(self.ratings),
+                "ratings": ratings_rows(self.ratings),
                 "ladder": (self.ratings or {}).get("latest", {}).get("scores"),
             }
 
@@ -280,7 +280,7 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _ratings_rows(ratings: dict[str, Any] | None) -> list[dict[str, Any]]:
+def ratings_rows(ratings: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Each rated policy and baseline with its Elo and a 95% interval from its own games."""
     if not ratings:
         return []
