@@ -50,6 +50,15 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
+def japanese_fonts() -> bool:
+    """Whether fontconfig knows a font with Japanese (else the page draws letters)."""
+    try:
+        listed = subprocess.run(["fc-list", ":lang=ja"], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return False
+    return bool(listed.stdout.strip())
+
+
 def number(page: Any, selector: str, attribute: str) -> int:
     return int(page.get_attribute(selector, attribute) or 0)
 
@@ -157,6 +166,11 @@ def test_a_finished_run_reads_finished_in_a_browser(tmp_path: Path, browser: Any
         page.wait_for_selector("#connection.ended", timeout=30_000)
         assert page.inner_text("#connection") == "finished"  # not "live"
         assert not page.is_visible("#live-button")
+        board = page.inner_text("#board")
+        if not japanese_fonts():  # letters, not empty boxes
+            assert "P" in board and "K" in board and "歩" not in board, board
+        else:
+            assert "歩" in board, board
         # the newest game stands at its end: shown, not replayed
         until(lambda: number(page, "#board", "data-plies") > 0, 30, "the newest game on the board")
         plies = number(page, "#board", "data-plies")
@@ -218,6 +232,13 @@ def test_charts_read_at_a_glance(tmp_path: Path, browser: Any) -> None:
             "approx_kl": 0.002 * 1.4 ** epoch, "steps_per_second": 150.0 + epoch,
             "search_loss": None}))
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    actor = {"actor_id": "rank0-local-0", "host": "a-rather-long-host-name.example", "state": "stopped",
+             "steps_per_second": 1234.5, "policy_version": 40, "games_received": 12345,
+             "restarts": 0, "steps_dropped": 0, "seconds_since_heard": 0.2}
+    (run_dir / "status.json").write_text(json.dumps({
+        "time": 1.0, "ended": 1.0, "state": "finished", "mode": "distributed", "step": 81920,
+        "epoch": 40, "policy_version": 40, "total_steps": 100000, "pid": 1,
+        "actors": [actor, {**actor, "actor_id": "rank0-local-1"}], "transitions": []}))
     process = served_run(run_dir, port)
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1100}, device_scale_factor=2)
@@ -271,6 +292,16 @@ def test_charts_read_at_a_glance(tmp_path: Path, browser: Any) -> None:
         until(lambda: number(page, loss, "data-points") < 40, 10, "the range to narrow")
         assert float(ticks(loss, "x")[0].replace(",", "")) >= 60_000
         page.screenshot(path=str(shots / "web-charts.png"), full_page=True)
+        # nothing overflows: the actor table fits its box at 1400 px ...
+        until(lambda: page.locator("#actors tr").count() == 3, 10, "the actor table")
+        fits = page.locator("#actors").evaluate("node => node.scrollWidth <= node.parentElement.clientWidth")
+        assert fits
+        # ... and at 420 px nothing scrolls sideways
+        page.set_viewport_size({"width": 420, "height": 900})
+        time.sleep(0.5)
+        wide = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert wide[0] <= wide[1], wide
+        page.screenshot(path=str(shots / "web-narrow.png"), full_page=True)
         assert not errors, errors
     finally:
         process.terminate()

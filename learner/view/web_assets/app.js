@@ -2,8 +2,13 @@
 "use strict";
 
 const COLORS = ["#b03a2e", "#1f77b4", "#2e7d32", "#8e44ad", "#e67e22", "#16a085", "#7f8c8d"];
-const PIECES = { P: "歩", L: "香", N: "桂", S: "銀", G: "金", B: "角", R: "飛", K: "玉",
+const KANJI = { P: "歩", L: "香", N: "桂", S: "銀", G: "金", B: "角", R: "飛", K: "玉",
   "+P": "と", "+L": "杏", "+N": "圭", "+S": "全", "+B": "馬", "+R": "龍" };
+const LETTERS = { P: "P", L: "L", N: "N", S: "S", G: "G", B: "B", R: "R", K: "K",
+  "+P": "+P", "+L": "+L", "+N": "+N", "+S": "+S", "+B": "+B", "+R": "+R" };
+// Without a font that has the pieces' kanji (they would all be empty boxes), letters.
+const CJK = hasGlyphs("歩", "香");
+const PIECES = CJK ? KANJI : LETTERS;
 const HAND_ORDER = ["R", "B", "G", "S", "N", "L", "P"];
 const RANKS = "一二三四五六七八九";
 const DASHES = [[], [5, 3], [1, 3]];
@@ -42,6 +47,25 @@ const ENDINGS = { finished: "finished", interrupted: "interrupted", failed: "fai
 const hasEnded = (run) => Boolean(run.state) && run.state !== "running";
 
 const $ = (id) => document.getElementById(id);
+
+// Whether this browser draws `a` and `b` differently: two kanji drawn alike are the same
+// empty box, so no installed font has them.
+function hasGlyphs(a, b) {
+  try {
+    const canvas = document.createElement("canvas");
+    canvas.width = 40; canvas.height = 40;
+    const ctx = canvas.getContext("2d");
+    const draw = (text) => {
+      ctx.clearRect(0, 0, 40, 40);
+      ctx.font = "32px sans-serif";
+      ctx.fillText(text, 2, 32);
+      return ctx.getImageData(0, 0, 40, 40).data.join(",");
+    };
+    return draw(a) !== draw(b);
+  } catch (error) {
+    return true;
+  }
+}
 const el = (tag, attrs = {}, text) => {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
@@ -562,6 +586,14 @@ function moveLabel(game, index) {
   const usi = game.moves[index];
   const before = parseSfen(game.sfens[index]);
   const mark = before.turn === "b" ? "☗" : "☖";
+  if (!CJK) {  // P-7f, B*5e, Sx4c+ (from the USI squares)
+    if (usi[1] === "*") return `${mark}${usi[0]}*${usi.slice(2, 4)}`;
+    const [fromRow, fromCol] = square(usi.slice(0, 2));
+    const piece = before.cells[fromRow][fromCol];
+    const [toRow, toCol] = square(usi.slice(2, 4));
+    const takes = before.cells[toRow][toCol] ? "x" : "-";
+    return `${mark}${piece ? LETTERS[piece.kind] : "?"}${takes}${usi.slice(2, 4)}${usi.endsWith("+") ? "+" : ""}`;
+  }
   const to = usi.slice(2, 4);
   const previous = index > 0 ? game.moves[index - 1].slice(2, 4) : null;
   const where = to === previous ? "同" : `${to[0]}${RANKS[to.charCodeAt(1) - 97]}`;
@@ -612,13 +644,13 @@ function renderBoard() {
     if (piece && piece.kind.startsWith("+")) classes.push("promoted");
     if (to && to[0] === row && to[1] === col) classes.push("last-to");
     if (from && from[0] === row && from[1] === col) classes.push("last-from");
-    const text = piece ? (piece.kind === "K" && piece.white ? "王" : PIECES[piece.kind]) : "";
+    const text = piece ? (piece.kind === "K" && piece.white && CJK ? "王" : PIECES[piece.kind]) : "";
     board.append(el("div", { class: classes.join(" ") }, text));
   }));
   for (const color of ["black", "white"]) {
     const hand = position.hand[color];
     const parts = HAND_ORDER.filter((k) => hand[k]).map((k) => hand[k] > 1 ? `${PIECES[k]}${hand[k]}` : PIECES[k]);
-    $(`hand-${color}`).textContent = parts.join(" ") || "なし";
+    $(`hand-${color}`).textContent = parts.join(" ") || (CJK ? "なし" : "-");
   }
   const plies = game ? game.moves.length : 0;
   const count = $("ply-count");
