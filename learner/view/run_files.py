@@ -32,6 +32,11 @@ MAX_METRICS_READ = 16 << 20
 REFRESH_SECONDS = 0.5
 """A run's files are read again at most this often, whatever the number of clients."""
 GAMES_REFRESH_SECONDS = 5.0
+SUMMARY_SECONDS = 0.5
+"""Time a listing spends reading games it has not summarised yet (the rest come at the
+next listing, so a run with hundreds of new records never holds up a page)."""
+MAX_SUMMARY_BYTES = 1 << 20
+"""A record larger than this is listed without its summary."""
 CURVE_FIELDS = ("step", "time", *(field.name for field in FIELDS))
 """The numbers of each ``metrics.jsonl`` line the curves show, in the order of a point."""
 
@@ -58,6 +63,8 @@ class RunFiles:
         self.transitions: dict[float, dict[str, Any]] = {}
         self.status: dict[str, Any] | None = None
         self.ratings: dict[str, Any] | None = None
+        # per game file: (its modification time, its summary for the games browser)
+        self._summaries: dict[str, tuple[float, dict[str, Any]]] = {}
         self.total_steps: int | None = None
         self._mtimes: dict[str, float] = {}
         self._games: list[dict[str, Any]] = []
@@ -223,7 +230,9 @@ class RunFiles:
             return list(self._games)
 
     def _list_games(self) -> list[dict[str, Any]]:
-        found = []
+        """The newest games, each with its group (self-play samples; rating games by step
+        and opponent), and once read its players, result and length (``summarise``)."""
+        found: list[dict[str, Any]] = []
         for files, kind, folder in ((self.run.sample_games(), "sample", self.run.games),
                                     (self.run.rating_games(), "rating", self.run.rating_jobs / "jobs")):
             for file in files:
@@ -231,10 +240,24 @@ class RunFiles:
                     mtime = file.stat().st_mtime
                 except OSError:
                     continue
+                name = file.relative_to(folder).as_posix()
                 found.append({"path": file.relative_to(self.path).as_posix(), "kind": kind,
-                              "mtime": mtime, "name": file.relative_to(folder).as_posix()})
+                              "mtime": mtime, "name": name, "group": game_group(kind, name)})
         found.sort(key=lambda item: (item["mtime"], item["path"]), reverse=True)
-        return found[:MAX_GAMES_LISTED]
+        found = found[:MAX_GAMES_LISTED]
+        deadline = time.monotonic() + SUMMARY_SECONDS
+        for item in found:
+            cached = self._summaries.get(item["path"])
+            if cached is None or cached[0] != item["mtime"]:
+                if time.monotonic() > deadline:
+                    continue  # summarised at a later listing
+                cached = (item["mtime"], summarise(self.path / item["path"]))
+                self._summaries[item["path"]] = cached
+            item.update(cached[1])
+        listed = {item["path"] for item in found}
+        for path in [path for path in self._summaries if path not in listed]:
+            del self._summaries[path]
+        return found
 
     def resolve(self, relative: str) -> Path:
         """The file ``relative`` names inside the run directory.
@@ -272,6 +295,44 @@ class RunFiles:
         self._newest = LiveGame(key, f"{self.name}: {newest['name']}", game.start_sfen,
                                 tuple(game.moves), result=game_result(game))
         return self._newest
+
+
+def game_group(kind: str, name: str) -> str:
+    """The group a game is listed under: ``self-play samples``, or for a rating game
+    ``rating of step 81,920 vs greedy`` (its folder ``step-<step>/<opponent>/``)."""
+    if kind == "sample":
+        return "self-play samples"
+    parts = name.split("/")
+    if len(parts) >= 3:
+        return f"rating of {person_name(parts[0])} vs {person_name(parts[1])}"
+    return "rating games"
+
+
+def person_name(name: str) -> str:
+    """A player's name for people: ``step-000000081920`` is ``step 81,920``."""
+    if name.startswith("step-") and name[5:].isdigit():
+        return f"step {int(name[5:]):,}"
+    return name
+
+
+def summarise(path: Path) -> dict[str, Any]:
+    """A record's players, result, winner (``black``, ``white`` or null) and length, by
+    replaying it; ``{"unread": reason}`` where it cannot be read."""
+    try:
+        if path.stat().st_size > MAX_SUMMARY_BYTES:
+            return {"unread": "too large to list"}
+        text = path.read_text(encoding="utf-8", errors="replace")
+        game = read_csa(text)
+    except (OSError, KeiseiError) as exc:
+        return {"unread": str(exc)[:200]}
+    names = {"N+": "black", "N-": "white"}
+    for line in text.splitlines()[:8]:
+        if line[:2] in names:
+            names[line[:2]] = person_name(line[2:].strip()[:80])
+    outcome = game.outcome
+    return {"black": names["N+"], "white": names["N-"], "result": game_result(game),
+            "winner": None if outcome is None or outcome.winner is None else str(outcome.winner),
+            "plies": game.ply}
 
 
 def _number(value: Any) -> float | None:

@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 from helpers import learner_command, metrics_lines
 
+from keisei.kifu import to_csa
+from keisei.shogi import play_random_game
+
 CHROMIUM = os.environ.get("KEISEI_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.slow
@@ -111,10 +114,9 @@ def test_a_training_run_watched_in_a_browser(tmp_path: Path, browser: Any) -> No
         page.screenshot(path=str(shots / "web-live.png"), full_page=True)
 
         # a finished game (the sample game written with each checkpoint) replays move by move
-        until(lambda: page.locator("#game-list option").count() > 0, 60, "a finished game listed")
-        value = page.locator("#game-list option").first.get_attribute("value")
-        page.select_option("#game-list", value)
-        path = value.split("|", 1)[1]
+        until(lambda: page.locator("#game-list li[data-path]").count() > 0, 60, "a finished game listed")
+        path = page.locator("#game-list li[data-path]").first.get_attribute("data-path")
+        page.locator("#game-list li[data-path]").first.click()
         until(lambda: page.get_attribute("#board", "data-game") == path, 10, "the game on the board")
         assert number(page, "#board", "data-ply") == 0
         plies = number(page, "#board", "data-plies")
@@ -232,6 +234,16 @@ def test_charts_read_at_a_glance(tmp_path: Path, browser: Any) -> None:
             "approx_kl": 0.002 * 1.4 ** epoch, "steps_per_second": 150.0 + epoch,
             "search_loss": None}))
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    for index in range(3):  # sample games, and a rating's games against greedy
+        record = to_csa(play_random_game(seed=index, max_plies=40), ("Keisei v1", "Keisei v2"))
+        (run_dir / "games").mkdir(exist_ok=True)
+        (run_dir / "games" / f"game-{2048 * (index + 1):012d}.csa").write_text(record)
+    jobs = run_dir / "ratings" / "jobs" / "step-000000002048" / "greedy"
+    jobs.mkdir(parents=True)
+    for index in range(30):
+        names = ("step-000000002048", "greedy")[::1 if index % 2 == 0 else -1]
+        record = to_csa(play_random_game(seed=100 + index, max_plies=60), names)
+        (jobs / f"{index:04d}-{names[0]}-vs-{names[1]}.csa").write_text(record)
     actor = {"actor_id": "rank0-local-0", "host": "a-rather-long-host-name.example", "state": "stopped",
              "steps_per_second": 1234.5, "policy_version": 40, "games_received": 12345,
              "restarts": 0, "steps_dropped": 0, "seconds_since_heard": 0.2}
@@ -292,6 +304,33 @@ def test_charts_read_at_a_glance(tmp_path: Path, browser: Any) -> None:
         until(lambda: number(page, loss, "data-points") < 40, 10, "the range to narrow")
         assert float(ticks(loss, "x")[0].replace(",", "")) >= 60_000
         page.screenshot(path=str(shots / "web-charts.png"), full_page=True)
+        # the games browser: grouped, named for people, paged, filtered; players by the hands
+        games = page.locator("#game-list li[data-path]")
+        until(lambda: games.count() == 25, 30, "a page of games")
+        groups = page.locator("#game-group option").all_inner_texts()
+        assert groups == ["all groups (33)", "rating of step 2,048 vs greedy (30)",
+                          "self-play samples (3)"] or groups == [
+            "all groups (33)", "self-play samples (3)", "rating of step 2,048 vs greedy (30)"], groups
+        assert page.inner_text("#games-page") == "1–25 of 33"
+        title = games.first.locator(".title").inner_text()
+        assert " ☗ vs " in title and " ☖ — " in title and title.endswith(" plies"), title
+        page.click("#games-next")
+        assert page.inner_text("#games-page") == "26–33 of 33" and games.count() == 8
+        page.fill("#game-filter", "greedy")
+        until(lambda: page.inner_text("#games-page") == "1–25 of 30", 10, "the filter")
+        page.select_option("#game-group", "self-play samples")
+        until(lambda: page.inner_text("#games-page") == "", 10, "no sample game with greedy")
+        assert page.inner_text("#game-list") == "no game matches"
+        page.fill("#game-filter", "")
+        until(lambda: games.count() == 3, 10, "the three samples")
+        page.select_option("#game-group", "rating of step 2,048 vs greedy")
+        rating = page.locator("#game-list li[data-path*='0029-greedy-vs-step']")
+        until(lambda: rating.count() == 1, 10, "a game with greedy as Black")
+        rating.click()
+        until(lambda: page.inner_text("#player-black") == "☗ greedy", 10, "the players named")
+        assert page.inner_text("#player-white") == "☖ step 2,048"
+        assert page.locator("#game-list li.current").count() == 1
+        page.screenshot(path=str(shots / "web-games.png"), full_page=True)
         # nothing overflows: the actor table fits its box at 1400 px ...
         until(lambda: page.locator("#actors tr").count() == 3, 10, "the actor table")
         fits = page.locator("#actors").evaluate("node => node.scrollWidth <= node.parentElement.clientWidth")

@@ -617,7 +617,9 @@ function showGame(game, keepPly) {
     game.moves.slice(from).map((_, i) => moveLabel(game, from + i)));
   if (!sameGame || !keepPly) state.ply = game.moves.length;
   state.ply = Math.min(state.ply, game.moves.length);
-  $("game-source").textContent = game.source || (game.path ? `${game.black} vs ${game.white}: ${game.path}` : "");
+  $("game-source").textContent = game.source || (game.path ? game.path : "");
+  $("player-black").textContent = `☗ ${game.black ? personName(game.black) : "Keisei (self-play)"}`;
+  $("player-white").textContent = `☖ ${game.white ? personName(game.white) : "Keisei (self-play)"}`;
   $("game-result").textContent = game.live ? "being played" : (game.result || "");
   if (!extended) list.replaceChildren();
   game.labels.slice(from).forEach((label, k) => {
@@ -681,7 +683,11 @@ function drawValues() {
   const game = state.game;
   const values = game && game.values ? game.values : [];
   canvas.dataset.points = String(values.length);
-  if (!values.length) { ctx.fillText(game ? "no evaluations for this game" : "", 8, height / 2); return; }
+  if (!values.length) {  // say why
+    ctx.fillText(game ? (game.live ? "no evaluations yet"
+      : "no evaluations: a saved record keeps only the moves") : "", 8, height / 2);
+    return;
+  }
   const X = (i) => 4 + (i / Math.max(1, values.length - 1)) * (width - 8);
   const Y = (v) => height / 2 - v * (height / 2 - 6);
   ctx.strokeStyle = "#ccc"; ctx.beginPath(); ctx.moveTo(0, Y(0)); ctx.lineTo(width, Y(0)); ctx.stroke();
@@ -737,20 +743,76 @@ function step(delta) {
   renderBoard();
 }
 
+// --- the games browser: grouped, named for people, filtered and paged in the page ------------
+const GAMES_PER_PAGE = 25;
+
+// step-000000081920 -> step 81,920 (as the server names players in the list)
+function personName(name) {
+  const match = /^step-(\d+)$/.exec(name);
+  return match ? `step ${fmt(Number(match[1]))}` : name;
+}
+
+function gameTitle(game) {
+  if (!game.black) return `${game.name}${game.unread ? ` (${game.unread})` : ""}`;
+  let result = game.result || "";
+  if (game.winner) {  // "white wins by checkmate" -> "greedy ☖ wins by checkmate"
+    const name = game.winner === "black" ? `${game.black} ☗` : `${game.white} ☖`;
+    result = result.replace(/^(black|white) wins/, `${name} wins`);
+  }
+  return `${game.black} ☗ vs ${game.white} ☖ — ${result}, ${fmt(game.plies)} plies`;
+}
+
 async function refreshGameList() {
-  const select = $("game-list");
   const run = state.runs[0];
   if (!run) return;
   try {
     const answer = await getJSON(`/api/runs/${run.id}/games`);
-    const chosen = select.value;
-    select.replaceChildren();
-    for (const game of answer.games) {
-      const option = el("option", { value: `${run.id}|${game.path}` }, `${game.kind}: ${game.name}`);
-      select.append(option);
-    }
-    if (chosen) select.value = chosen;
+    state.games = answer.games.map((game) => ({ ...game, run: run.id, title: gameTitle(game) }));
+    renderGameGroups();
+    renderGameList();
   } catch (error) { console.warn(error); }
+}
+
+function renderGameGroups() {
+  const select = $("game-group");
+  const chosen = select.value;
+  const groups = [...new Set(state.games.map((game) => game.group))];
+  select.replaceChildren(el("option", { value: "" }, `all groups (${fmt(state.games.length)})`),
+    ...groups.map((group) => el("option", { value: group },
+      `${group} (${fmt(state.games.filter((game) => game.group === group).length)})`)));
+  if (groups.includes(chosen)) select.value = chosen;
+}
+
+function shownGames() {
+  const group = $("game-group").value;
+  const words = $("game-filter").value.toLowerCase().split(/\s+/).filter(Boolean);
+  return state.games.filter((game) => (!group || game.group === group)
+    && words.every((word) => `${game.title} ${game.group}`.toLowerCase().includes(word)));
+}
+
+function renderGameList() {
+  const games = shownGames();
+  const pages = Math.max(1, Math.ceil(games.length / GAMES_PER_PAGE));
+  state.gamePage = Math.min(state.gamePage || 0, pages - 1);
+  const first = state.gamePage * GAMES_PER_PAGE;
+  const list = $("game-list");
+  list.replaceChildren(...games.slice(first, first + GAMES_PER_PAGE).map((game) => {
+    const item = el("li", { "data-path": game.path, "data-group": game.group, title: game.path });
+    item.append(el("span", { class: "group" }, game.group), el("span", { class: "title" }, game.title));
+    if (state.game && state.game.path === game.path) item.classList.add("current");
+    item.addEventListener("click", () => openGame(`${game.run}|${game.path}`));
+    return item;
+  }));
+  if (!games.length) list.append(el("li", { class: "none" }, state.games.length ? "no game matches" : "none yet"));
+  $("games-page").textContent = games.length
+    ? `${fmt(first + 1)}–${fmt(Math.min(games.length, first + GAMES_PER_PAGE))} of ${fmt(games.length)}` : "";
+  $("games-prev").disabled = state.gamePage === 0;
+  $("games-next").disabled = state.gamePage >= pages - 1;
+}
+
+function turnGamePage(delta) {
+  state.gamePage = (state.gamePage || 0) + delta;
+  renderGameList();
 }
 
 async function openGame(value) {
@@ -761,6 +823,7 @@ async function openGame(value) {
   showGame(game, false);
   state.ply = 0;
   renderBoard();
+  renderGameList();  // marks it
 }
 
 // --- wiring ------------------------------------------------------------------------------------
@@ -809,7 +872,10 @@ async function start() {
   $("back").addEventListener("click", () => step(-1));
   $("forward").addEventListener("click", () => step(1));
   $("last").addEventListener("click", () => step(1e9));
-  $("game-list").addEventListener("change", (event) => openGame(event.target.value));
+  $("game-group").addEventListener("change", () => { state.gamePage = 0; renderGameList(); });
+  $("game-filter").addEventListener("input", () => { state.gamePage = 0; renderGameList(); });
+  $("games-prev").addEventListener("click", () => turnGamePage(-1));
+  $("games-next").addEventListener("click", () => turnGamePage(1));
   document.addEventListener("keydown", (event) => {
     if (event.target.tagName === "SELECT") return;
     if (event.key === "ArrowLeft") step(-1);
