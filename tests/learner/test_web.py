@@ -170,6 +170,19 @@ def test_finished_games_are_listed_and_replay(served: tuple[WebView, Path]) -> N
         assert status == 200
         assert len(replay["sfens"]) == len(replay["moves"]) + 1 > 1
         assert replay["result"]
+        # listed with what a person needs to choose it
+        assert (game["result"], game["plies"]) == (replay["result"], len(replay["moves"]))
+    groups = {game["kind"]: game["group"] for game in games}
+    assert groups == {"sample": "self-play samples", "rating": "rating of step 256 vs greedy"}
+    assert {(game["black"], game["white"]) for game in games} == {("Keisei", "Keisei")}
+
+
+def test_a_record_that_does_not_replay_is_listed_with_why(served: tuple[WebView, Path]) -> None:
+    view, run_dir = served
+    (run_dir / "games" / "game-000000000384.csa").write_text("V2.2\nPI\n+\n+9999XX\n")
+    broken = next(game for game in get(view, "/api/runs/0/games")[1]["games"]
+                  if game["path"] == "games/game-000000000384.csa")
+    assert broken["unread"] and "result" not in broken
 
 
 @pytest.mark.parametrize("path", [
