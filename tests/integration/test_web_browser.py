@@ -349,3 +349,97 @@ def test_charts_read_at_a_glance(tmp_path: Path, browser: Any) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def test_a_person_plays_a_whole_game_in_the_browser(tmp_path: Path, browser: Any) -> None:
+    import random
+    import urllib.request
+
+    import torch
+
+    from keisei.checkpoint import save_policy
+    from keisei.config import build_config
+    from keisei.model import build_model
+
+    shots = Path(os.environ.get("KEISEI_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    config = build_config([{"model": {"blocks": 1, "channels": 16, "value_hidden": 16}}])
+    torch.manual_seed(0)
+    checkpoint = save_policy(tmp_path / "tiny.pt", {
+        "model": build_model(config.model).state_dict(), "config": config.to_dict(),
+        "counters": {"step": 128, "policy_version": 1}})
+    port = free_port()
+    process = subprocess.Popen([str(Path(sys.executable).parent / "keisei-play"), str(checkpoint),
+                                "--address", f"127.0.0.1:{port}", "--movetime", "20",
+                                "--max-plies", "300", "--threads", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def state_of(game_id: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{base}/api/games/{game_id}", timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+    try:
+        page = browser.new_page(viewport={"width": 1000, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        open_page(page, base + "/", process)
+        until(lambda: "Keisei tiny" in page.inner_text("#engine-name"), 10, "the engine's name")
+        page.fill("#movetime", "0.02")
+        page.click("#new-game")
+        until(lambda: page.get_attribute("#status", "data-state") == "your-move", 30, "the game")
+        game_id = page.get_attribute("#board", "data-game") or ""
+        # a move no piece can make is refused with the reason, and nothing changes
+        page.click(".cell[data-square='7g']")
+        page.click(".cell[data-square='7e']")
+        until(lambda: "no piece of yours moves so" in page.inner_text("#message"), 10, "the reason")
+        assert state_of(game_id)["moves"] == []
+        rng = random.Random(7)
+        promoted = dropped = False
+        for _ in range(140):
+            until(lambda: page.get_attribute("#status", "data-state") in ("your-move", "over"), 60,
+                  "the engine's move")
+            state = state_of(game_id)
+            if state["over"]:
+                break
+            if promoted and dropped:
+                break
+            legal = state["legal"]
+            plies = len(state["moves"])
+            choices = [move for move in legal if move + "+" in legal]
+            drops = [move for move in legal if move[1] == "*"]
+            if choices and not promoted:
+                move, promoted = rng.choice(choices) + "+", True
+            elif drops and not dropped:
+                move, dropped = rng.choice(drops), True
+            else:
+                move = rng.choice(legal)
+            if move[1] == "*":
+                page.click(f"#hand-bottom button[data-piece='{move[0]}']")
+            else:
+                page.click(f".cell[data-square='{move[:2]}']")
+            page.click(f".cell[data-square='{move[2:4]}']")
+            if move.endswith("+") and move[:-1] in legal:
+                page.wait_for_selector("#promotion:not([hidden])", timeout=5000)
+                page.click("#promote-yes")
+            until(lambda: number(page, "#board", "data-plies") > plies, 30, f"{move} on the board")
+            assert state_of(game_id)["moves"][plies] == move
+        assert promoted and dropped, "no promotion or no drop in 140 moves"
+        if not state_of(game_id)["over"]:
+            page.click("#resign")
+        until(lambda: page.get_attribute("#status", "data-state") == "over", 10, "the end")
+        assert page.is_visible("#evaluation")
+        page.screenshot(path=str(shots / "play.png"), full_page=True)
+        with urllib.request.urlopen(base + (page.get_attribute("#save-csa", "href") or ""),
+                                    timeout=10) as response:
+            record = response.read().decode()
+        moves = state_of(game_id)["moves"]
+        assert record.count("\n+") + record.count("\n-") >= len(moves) and "%TORYO" in record
+        assert not errors, errors
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

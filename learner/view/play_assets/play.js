@@ -76,6 +76,8 @@ function render() {
   const human = game ? game.human : "black";
   const board = $("board");
   board.replaceChildren();
+  board.dataset.game = game ? game.id : "";
+  board.dataset.plies = String(game ? game.moves.length : 0);
   const last = game && game.moves.length ? game.moves[game.moves.length - 1] : null;
   const targets = new Set(targetsOf(state.selected));
   for (let row = 0; row < 9; row++) {
