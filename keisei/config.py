@@ -53,6 +53,13 @@ class RunConfig:
     precision: str = setting("auto", "network arithmetic: auto (float16 mixed precision on CUDA, "
                              "bfloat16 on CPUs with native bf16, else float32)",
                              choices=("auto", "float32", "bfloat16", "float16"))
+    wandb_project: str = setting("", "also log to this Weights & Biases project (pip install "
+                                 "'keisei[wandb]'; '' : off): the metrics, the configuration, "
+                                 "the ratings and the final checkpoint; --resume continues the "
+                                 "same W&B run")
+    wandb_entity: str = setting("", "the W&B team or user ('': your default)")
+    wandb_mode: str = setting("online", "online, or offline (written under the run directory; "
+                              "wandb sync uploads it later)", choices=("online", "offline"))
 
 
 @dataclass(frozen=True)

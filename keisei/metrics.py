@@ -3,9 +3,11 @@ command that trains (``keisei-learner``, ``keisei-pretrain``)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
+import secrets
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -72,3 +74,56 @@ class MetricsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+WANDB_ID_FILE = "wandb-id"
+"""The file in a run directory that keeps its W&B run id, so a resume logs to the same run."""
+
+
+class WandbLogger:
+    """Logs each report's numeric fields to Weights & Biases (``run.wandb_project``), with
+    ``step`` as the x axis; the configuration and each field's unit (``units``) go into
+    the run's config. The run id is kept in ``RUN_DIR/wandb-id``: a resumed run continues
+    the same W&B run. ``wandb`` is imported only here (the ``wandb`` extra).
+
+    :raises ImportError: if the ``wandb`` package is not installed.
+    """
+
+    def __init__(self, run_dir: Path, project: str, entity: str, mode: str,
+                 config: dict[str, Any], units: dict[str, str]) -> None:
+        wandb: Any = importlib.import_module("wandb")  # the optional extra, untyped here
+        self._wandb = wandb
+        id_file = run_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
+        id_file.write_text(run_id + "\n")
+        self.run: Any = wandb.init(project=project, entity=entity or None, name=run_dir.name,
+                              id=run_id, resume="allow", mode=mode, dir=str(run_dir),
+                              config={**config, "metric_units": units})
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+        logger.info("W&B run %s (project %s, %s)", run_id, project, mode)
+
+    def __call__(self, report: JsonReport) -> None:
+        metrics = report.to_json()
+        logged = {key: value for key, value in metrics.items()
+                  if isinstance(value, int | float) and not isinstance(value, bool)
+                  and math.isfinite(value)}
+        self.run.log(logged)
+
+    def ratings(self, rows: list[dict[str, Any]]) -> None:
+        """The rating table (player, step, Elo, ± its 95% interval, games) as a W&B table."""
+        columns = ["player", "step", "elo", "interval_95", "games"]
+        table = self._wandb.Table(columns=columns, data=[
+            [row.get("name"), row.get("step"), row.get("elo"), row.get("interval"),
+             row.get("games")] for row in rows])
+        self.run.log({"ratings": table})
+
+    def checkpoint(self, path: Path, step: int) -> None:
+        """The final checkpoint as a model artifact."""
+        artifact = self._wandb.Artifact(f"{self.run.name}-model", type="model",
+                                        metadata={"step": step})
+        artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def close(self) -> None:
+        self.run.finish()

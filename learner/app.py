@@ -33,14 +33,14 @@ from keisei.checkpoint import CheckpointError, load_checkpoint
 from keisei.config import CheckpointConfig, Config, ConfigError
 from keisei.files import write_atomically, write_json_atomically, write_text_atomically
 from keisei.kifu import to_csa, to_kif, write_game_files
-from keisei.metrics import MetricsWriter
+from keisei.metrics import MetricsWriter, WandbLogger
 from keisei.model import count_parameters
 from keisei.protocol import DEFAULT_BIND, load_keys
 from keisei.runs import CheckpointWriter, RunDir, check_run_directory, load_newest
 from keisei.selfplay import WatchedGame
 from learner.actors import ActorState, ActorTable
 from learner.dashboard import Dashboard
-from learner.fields import tensorboard_layout
+from learner.fields import FIELDS, tensorboard_layout
 from learner.local_actors import LocalActors
 from learner.ranks import (
     Alone,
@@ -59,6 +59,7 @@ from learner.supervisor import Supervisor
 from learner.trainer import Callback, Trainer, TrainingInterrupted, call_callback, train
 from learner.view.address import parse_address
 from learner.view.games import LiveGame
+from learner.view.run_files import ratings_rows
 from learner.view.server import WebView
 
 logger = logging.getLogger(__name__)
@@ -208,6 +209,34 @@ class Learner:
         if self.outcome is not None:
             self._write_final_status(self.outcome)
 
+    def _open_wandb(self) -> WandbLogger:
+        """The W&B logger of ``run.wandb_project``; closed (with the ratings table and the
+        final checkpoint as an artifact) when the learner closes.
+
+        :raises ConfigError: if the ``wandb`` package is not installed.
+        """
+        run = self.config.run
+        try:
+            logger_ = WandbLogger(self.run_dir, run.wandb_project, run.wandb_entity, run.wandb_mode,
+                                  self.config.to_dict(), {field.name: field.unit for field in FIELDS})
+        except ImportError as exc:
+            raise ConfigError([f"run.wandb_project = {run.wandb_project!r}: the wandb package is "
+                               f"not installed ({exc}); pip install 'keisei[wandb]'"]) from exc
+        self._stack.callback(self._close_wandb, logger_)
+        return logger_
+
+    def _close_wandb(self, wandb: WandbLogger) -> None:
+        try:
+            if self.ratings.table:
+                wandb.ratings(ratings_rows(self.ratings.state_dict()))
+            newest = self.rundir.newest_checkpoint()
+            if newest is not None and self.outcome is RunOutcome.FINISHED:
+                wandb.checkpoint(newest, self.trainer.step)
+        except Exception:  # the run's own files are written; W&B is a copy
+            logger.exception("W&B: the ratings table or the final checkpoint did not log")
+        finally:
+            wandb.close()
+
     def _write_final_status(self, outcome: RunOutcome) -> None:
         """``status.json`` once everything is closed: how the run ended (``state``), when,
         at which step of how many, and its actors all ``stopped`` (but a failed one): the
@@ -275,6 +304,7 @@ class Learner:
             trainer.collector.watch = True
         if not resume_from:  # so a crash at any moment from here on leaves a run to resume
             self.checkpoints.save()  # (after the sockets: a start that fails leaves no run)
+        self.wandb = self._open_wandb() if self.main and config.run.wandb_project else None
         self.metrics = (stack.enter_context(MetricsWriter(self.rundir.metrics,
                                                           self.rundir.tensorboard,
                                                           tensorboard_layout()))
@@ -464,6 +494,8 @@ class Learner:
         full = gather_epoch(self.world, full, self.trainer, self.config.ranks.checksum_every)
         if self.metrics is not None:
             self.metrics(full)
+        if self.wandb is not None:
+            self.wandb(full)
         self.checkpoints.on_epoch()
         if self.dashboard is not None:
             self.dashboard(full)

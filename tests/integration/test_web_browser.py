@@ -422,7 +422,8 @@ def test_a_person_plays_a_whole_game_in_the_browser(tmp_path: Path, browser: Any
             if move.endswith("+") and move[:-1] in legal:
                 page.wait_for_selector("#promotion:not([hidden])", timeout=5000)
                 page.click("#promote-yes")
-            until(lambda: number(page, "#board", "data-plies") > plies, 30, f"{move} on the board")
+            until(lambda before=plies: number(page, "#board", "data-plies") > before, 30,  # type: ignore[misc]
+                  f"{move} on the board")
             assert state_of(game_id)["moves"][plies] == move
         assert promoted and dropped, "no promotion or no drop in 140 moves"
         if not state_of(game_id)["over"]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import free_port_pair
@@ -103,3 +104,84 @@ def test_the_status_health_check_does_not_import_torch(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "learner.main", "--status", "--set",
                               f"run.dir={run_dir}"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no readable status" in missing.stderr
+
+
+class FakeWandb:
+    """What the learner asks of the wandb package, recorded."""
+
+    def __init__(self) -> None:
+        self.inits: list[dict[str, Any]] = []
+        self.logged: list[dict[str, Any]] = []
+        self.artifacts: list[Any] = []
+        self.finished = 0
+        outer = self
+
+        class Run:
+            name = "run"
+
+            def define_metric(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+            def log(self, values: dict[str, Any]) -> None:
+                outer.logged.append(values)
+
+            def log_artifact(self, artifact: Any) -> None:
+                outer.artifacts.append(artifact)
+
+            def finish(self) -> None:
+                outer.finished += 1
+
+        class Artifact:
+            def __init__(self, name: str, type: str, metadata: dict[str, Any]) -> None:  # noqa: A002
+                self.name, self.type, self.metadata, self.files = name, type, metadata, []
+
+            def add_file(self, path: str) -> None:
+                self.files.append(path)
+
+        self.Artifact, self.Table, self._run = Artifact, dict, Run()
+
+    def init(self, **kwargs: Any) -> Any:
+        self.inits.append(kwargs)
+        return self._run
+
+
+def test_wandb_gets_the_metrics_config_and_final_checkpoint_and_resume_continues_its_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run_dir = tmp_path / "run"
+    assert main(arguments(run_dir, "train.total_steps=128", "run.wandb_project=keisei-test")) == 0
+    first = fake.inits[0]
+    assert (first["project"], first["resume"], first["mode"], first["dir"]) == (
+        "keisei-test", "allow", "online", str(run_dir))
+    assert first["id"] == (run_dir / "wandb-id").read_text().strip()
+    assert first["config"]["train"]["total_steps"] == 128
+    assert first["config"]["metric_units"]["entropy"] == "nats"
+    assert fake.logged[0]["step"] == 128 and "policy_loss" in fake.logged[0]
+    assert all(isinstance(value, int | float) for value in fake.logged[0].values())
+    [artifact] = fake.artifacts
+    assert artifact.type == "model" and artifact.files[0].endswith("checkpoint-000000000128.pt")
+    assert fake.finished == 1
+    assert main([*arguments(run_dir, "train.total_steps=256", "run.wandb_project=keisei-test"),
+                 "--resume"]) == 0
+    assert fake.inits[1]["id"] == first["id"]  # the same W&B run goes on
+    assert [values["step"] for values in fake.logged] == [128, 256]
+
+
+def test_wandb_asked_for_but_not_installed_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    assert main(arguments(tmp_path / "run", "train.total_steps=128", "run.wandb_project=x")) == 2
+    assert "pip install 'keisei[wandb]'" in capfd.readouterr().err
+
+
+def test_wandb_offline_writes_its_run_under_the_run_directory(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    assert main(arguments(run_dir, "train.total_steps=128", "run.wandb_project=keisei-test",
+                          "run.wandb_mode=offline")) == 0
+    run_id = (run_dir / "wandb-id").read_text().strip()
+    runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert runs and list(runs[0].glob("run-*.wandb")), list((run_dir / "wandb").iterdir())
