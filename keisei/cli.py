@@ -1,8 +1,9 @@
-"""What every Keisei command that trains shares on the command line: exit codes, log
-set-up and stopping on signals (``keisei-learner``, ``keisei-pretrain``)."""
+"""What Keisei's commands share on the command line: exit codes, log set-up and stopping
+on signals (the commands that train), and ``--version`` (every command)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -48,3 +49,21 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--version``: Keisei's version (the installed package's), with torch's and cshogi's."""
+    parser.add_argument("--version", action="version", version=version_line(parser.prog))
+    return parser
+
+
+def version_line(prog: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"{prog} (Keisei) {of('keisei')}; torch {of('torch')}, cshogi {of('cshogi')}, Python {sys.version.split()[0]}"

@@ -34,6 +34,7 @@ import msgpack
 import numpy as np
 import zmq.auth
 
+from keisei.cli import add_version
 from keisei.errors import KeiseiError, RecordError
 from keisei.records import TARGET_WIDTH, GameRecord, check_targets
 from keisei.shogi import Termination
@@ -453,6 +454,7 @@ def apply_keys(sock: zmq.Socket[Any], keys: CurveKeys) -> None:
 def keys_main(argv: Sequence[str] | None = None) -> int:
     """``keisei-keys DIR``: generate CurveZMQ keys for a learner and its actors."""
     parser = argparse.ArgumentParser(prog="keisei-keys", description=keys_main.__doc__)
+    add_version(parser)
     parser.add_argument("directory")
     args = parser.parse_args(argv)
     try:

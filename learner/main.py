@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from keisei.cli import ExitCode, setup_logging, stop_on_signals
+from keisei.cli import ExitCode, add_version, setup_logging, stop_on_signals
 from keisei.config import Config, ConfigError, build_config, load_config, load_saved_config
 from keisei.protocol import DEFAULT_BIND, ProtocolError
 from keisei.rundir import RunDir
@@ -84,12 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "gloo on CPU, NCCL with one GPU per rank), started as torchrun "
                              "would; rank r binds --bind's port + 2r and starts its own "
                              "--local-actors. Leave it out under torchrun (see the README)")
-    parser.add_argument("--status", action="store_true",
-                        help="print the mode and actor table of the run in run.dir (from its "
-                             "status.json, refreshed each second while it runs) and exit; the exit "
-                             f"code is 1 when the status is missing or older than "
-                             f"{STATUS_STALE_SECONDS:.0f} s (a Docker health check)")
-    return parser
+    parser.add_argument("--status", nargs="?", const="", metavar="RUN_DIR",
+                        help="print the state, mode and actor table of the run in RUN_DIR "
+                             "(default: run.dir) from its status.json, and exit: 0 for a "
+                             "learner that runs (its status fresh) or a run that finished; 1 "
+                             "when the status is missing, older than "
+                             f"{STATUS_STALE_SECONDS:.0f} s, or the run was interrupted or "
+                             "failed (a Docker health check)")
+    return add_version(parser)
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[Config, bool]:
@@ -138,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"keisei-learner: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    if args.ranks is not None and not (args.status or args.print_config):
+    status = args.status is not None
+    if args.ranks is not None and not (status or args.print_config):
         if args.ranks < 1:
             print(f"keisei-learner: --ranks {args.ranks}: must be 1 or more", file=sys.stderr)
             return ExitCode.USAGE
@@ -149,15 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.ranks > 1:
             setup_logging()
             return launch(args.ranks, without_ranks(argv))
-    if info is not None and not (args.status or args.print_config):
+    if info is not None and not (status or args.print_config):
         leave_rank(train(args, info))
     try:
-        if args.print_config or args.status:
+        if args.print_config or status:
             config, _ = resolve_config(args)
             if args.print_config:
                 sys.stdout.write(config.to_toml())
                 return ExitCode.SUCCESS
-            return print_status(Path(config.run.dir))
+            return print_status(Path(args.status or config.run.dir))
     except ConfigError as exc:
         print(f"keisei-learner: {exc}", file=sys.stderr)
         return ExitCode.USAGE

@@ -45,7 +45,7 @@ from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 
-from keisei.cli import ExitCode, setup_logging, stop_on_signals
+from keisei.cli import ExitCode, add_version, setup_logging, stop_on_signals
 from keisei.config import Config, ConfigError, load_config, load_saved_config
 from keisei.dataset import (
     DatasetError,
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "when it holds none, reused as it is when it does")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in run.dir from its newest checkpoint")
-    return parser
+    return add_version(parser)
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, Path, Path]:

@@ -38,6 +38,7 @@ import psutil
 import torch
 import zmq
 
+from keisei.cli import add_version
 from keisei.config import ConfigError, ModelConfig, SelfPlayConfig, build_config
 from keisei.encoding import NUM_ACTIONS, NUM_PLANES, encode_observation
 from keisei.errors import KeiseiError
@@ -386,6 +387,7 @@ def first_endpoint(actor_id: str, count: int) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="keisei-actor", description="Keisei self-play actor.")
+    add_version(parser)
     parser.add_argument("--learner", default=os.environ.get("KEISEI_LEARNER"),
                         help="learner address, tcp://HOST:PORT, or a comma-separated list of "
                              "a multi-rank learner's ranks (default: $KEISEI_LEARNER)")

@@ -35,6 +35,7 @@ import torch
 
 from keisei import elo
 from keisei.checkpoint import CheckpointError
+from keisei.cli import add_version
 from keisei.config import ConfigError, load_search_config
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import (
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for KIF/CSA records and results.json "
                              "(default: eval/NAME-YYYYmmdd-HHMMSS)")
     add_engine_arguments(parser, "usi: opponents", "go depth N")
-    return parser
+    return add_version(parser)
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, title: str, depth_help: str) -> None:

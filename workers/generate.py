@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keisei.cli import add_version
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import apply_decision, load_openings
 from keisei.files import write_json_atomically
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--progress", type=float, default=10.0, metavar="S",
                         help="seconds between progress lines")
     add_engine_arguments(parser, "usi: engines", "go depth N (default 4 when no limit is given)")
-    return parser
+    return add_version(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> list[str]:

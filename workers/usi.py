@@ -33,6 +33,7 @@ from cshogi import move_to_usi
 
 from keisei import __version__
 from keisei.checkpoint import CheckpointError
+from keisei.cli import add_version
 from keisei.config import ConfigError, SearchConfig, load_search_config
 from keisei.encoding import BatchEncoder
 from keisei.errors import KeiseiError
@@ -277,6 +278,7 @@ def load_engine(checkpoint: str, device: str, output: TextIO,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keisei-usi", description="A Keisei network as a USI engine.")
+    add_version(parser)
     parser.add_argument("--checkpoint", required=True, help="a Keisei checkpoint (.pt)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--config", metavar="FILE.toml", help="a TOML file (its [search] is used)")

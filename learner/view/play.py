@@ -46,7 +46,7 @@ import cshogi
 import torch
 
 from keisei.checkpoint import CheckpointError
-from keisei.cli import setup_logging
+from keisei.cli import add_version, setup_logging
 from keisei.config import SearchConfig
 from keisei.errors import GameOverError, IllegalMoveError
 from keisei.evaluation import load_policy
@@ -471,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads")
     parser.add_argument("--max-plies", type=int, default=MAX_PLIES, metavar="N",
                         help=f"a game this long is a draw (at most {MAX_PLIES})")
-    return parser
+    return add_version(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from keisei.cli import add_version
 from keisei.rundir import RunDir
 from learner.fields import BY_NAME, CHARTS, Chart, unit_of
 from learner.view.run_files import ratings_rows
@@ -163,6 +164,7 @@ def _plot_ratings(plt: Any, run_dir: Path, records: Sequence[dict[str, Any]], pa
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keisei-plot", description="PNG learning curves of a Keisei run.")
+    add_version(parser)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds metrics.jsonl)")
     parser.add_argument("--output", metavar="DIR", help="where to write (default: RUN_DIR/plots)")
     args = parser.parse_args(argv)

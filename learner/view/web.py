@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from keisei.cli import ExitCode, setup_logging
+from keisei.cli import ExitCode, add_version, setup_logging
 from keisei.rundir import RunDir
 from learner.view.address import DEFAULT_HOST, DEFAULT_PORT, parse_address
 from learner.view.server import WebView
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=f"{DEFAULT_HOST}:{DEFAULT_PORT}", metavar="[HOST:]PORT",
                         help=f"where to listen (default {DEFAULT_HOST}:{DEFAULT_PORT}; a host "
                              "beyond loopback exposes the runs, read-only, to the network)")
-    return parser
+    return add_version(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,6 +75,8 @@ def test_a_finished_run_says_so_and_its_status_exits_0(
     capsys.readouterr()
     assert main(["--status", "--set", f"run.dir={run_dir}"]) == 0  # however old: it finished
     assert f"{run_dir}: finished at step 128 of 128" in capsys.readouterr().out
+    assert main(["--status", str(run_dir)]) == 0  # the run folder as an argument, as keisei-web
+    assert f"{run_dir}: finished at step 128 of 128" in capsys.readouterr().out
     status["state"] = "interrupted"
     (run_dir / "status.json").write_text(json.dumps(status))
     assert main(["--status", "--set", f"run.dir={run_dir}"]) == 1
