@@ -63,6 +63,15 @@ SETTINGS = ["model.blocks=4", "model.channels=48", "selfplay.games=64", "selfpla
             "train.max_policy_lag=64", "train.total_steps=1000000000", "display.mode=plain",
             "evaluation.every_epochs=0", "checkpoint.every_epochs=1000000"]
 
+# With --init-from (self-play on top of a pre-trained network), before --set: search targets
+# as the improvement signal (a quarter of the plies searched 32 visits, the targets'
+# cross-entropy weighted 4, the value target mixed a third with the search's root value),
+# small healthy PPO steps, and the KL penalty toward a gated anchor that moves
+# (docs/results/2026-12-04-self-play-on-a-start.md).
+INIT_SETTINGS = ["train.learning_rate=0.0001", "train.ppo_passes=2", "selfplay.search_share=0.25",
+                 "selfplay.search_visits=32", "train.search_coef=4", "train.search_value_mix=0.33",
+                 "train.init_kl_coef=0.5", "train.kl_anchor=gated"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -94,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     with tempfile.TemporaryDirectory() as run_dir:
-        config = load_config(None, [*SETTINGS, f"run.dir={run_dir}", f"run.seed={args.seed}",
-                                    *args.overrides])
+        config = load_config(None, [*SETTINGS, *(INIT_SETTINGS if args.init_from else []),
+                                    f"run.dir={run_dir}", f"run.seed={args.seed}", *args.overrides])
         with Learner(config, LearnerOptions(init_from=args.init_from)) as learner:
             trainer = learner.trainer
             untrained = copy.deepcopy(trainer.model)
