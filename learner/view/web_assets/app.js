@@ -402,6 +402,8 @@ function drawChart(spec) {
     yMin = Math.min(yMin, yTicks[0]); yMax = Math.max(yMax, yTicks[yTicks.length - 1]);
     yLabels = yTicks.map((value) => tickLabel(value, nice.step));
   }
+  ctx.font = "11px system-ui, sans-serif";  // the y labels' width sets the left margin
+  pad.left = Math.max(40, Math.ceil(Math.max(...yLabels.map((label) => ctx.measureText(label).width))) + 10);
   const X = (x) => pad.left + ((x - xMin) / (xMax - xMin)) * (width - pad.left - pad.right);
   const Y = (y) => height - pad.bottom - ((y - yMin) / (yMax - yMin)) * (height - pad.top - pad.bottom);
   const band = healthyBand(spec);
