@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 RUN_DIR ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
 WEB ?= 127.0.0.1:8080
 
-.PHONY: setup run test e2e soak docker-test bench clean
+.PHONY: setup run test e2e soak docker-test bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ run: setup
 	$(BIN)/keisei-learner --config configs/quick.toml --set run.dir=$(RUN_DIR) --local-actors 2 --web $(WEB)
 
 test: setup
-	$(BIN)/ruff check keisei learner workers pretrain tests bench
+	$(BIN)/ruff check keisei learner workers pretrain tests bench tools
 	$(BIN)/mypy --strict keisei/ learner/ workers/ pretrain/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -45,6 +45,13 @@ soak: setup
 docker-test: setup
 	$(BIN)/python -m pytest -m docker -s $(PYTEST_ARGS)
 
+# The documentation site: the generated reference pages, then mkdocs build --strict into
+# site/ (a broken link or a page missing from the navigation fails).
+docs: setup
+	$(BIN)/pip install --quiet -e '.[docs]'
+	$(BIN)/python tools/reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: setup
 	$(BIN)/python -m bench.game_speed
 	$(BIN)/python -m bench.collector
@@ -56,4 +63,4 @@ bench: setup
 	$(BIN)/python -m bench.search
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

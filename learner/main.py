@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train as N learner processes on this machine (torch.distributed: "
                              "gloo on CPU, NCCL with one GPU per rank), started as torchrun "
                              "would; rank r binds --bind's port + 2r and starts its own "
-                             "--local-actors. Leave it out under torchrun (see the README)")
+                             "--local-actors. Leave it out under torchrun (see docs/guides/actors.md)")
     parser.add_argument("--status", nargs="?", const="", metavar="RUN_DIR",
                         help="print the state, mode and actor table of the run in RUN_DIR "
                              "(default: run.dir) from its status.json, and exit: 0 for a "

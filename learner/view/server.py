@@ -341,8 +341,8 @@ class WebView:
         self.url = self.server.url
         if not is_loopback(host):
             logger.warning("web view bound to %s:%d: anyone who can reach this address can read "
-                           "the run (read-only, no authentication); see the README's security "
-                           "note", host, self.server.server_address[1])
+                           "the run (read-only, no authentication); see docs/guides/watching.md, "
+                           "Security", host, self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="keisei-web", daemon=True)
         self._thread.start()
