@@ -86,11 +86,31 @@ def _save_atomically(target: Path, state: dict[str, Any]) -> Path:
     return write_atomically(target, lambda stream: torch.save(payload, stream))
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` itself, or, for a run directory, its newest checkpoint: every command that
+    takes a checkpoint takes a run folder too.
+
+    :raises CheckpointError: for a run directory without a checkpoint yet.
+    """
+    from keisei.rundir import RunDir
+
+    target = Path(path)
+    if target.is_dir():
+        newest = RunDir(target).newest_checkpoint()
+        if newest is None:
+            raise CheckpointError(f"{target}: a directory without a checkpoint (a run "
+                                  "directory's checkpoints/ is empty or missing)")
+        return newest
+    return target
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) and migrate it to ``FORMAT_VERSION``.
+    ``path`` may be a run directory: its newest checkpoint (``resolve_checkpoint``).
 
     :raises CheckpointError: naming the file and what is wrong with it.
     """
+    path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError as exc:

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--resume: always); auto continues one if run.dir holds one and "
                              "otherwise starts fresh (default: run.resume, never)")
     parser.add_argument("--init-from", metavar="CHECKPOINT",
-                        help="start a new run from this checkpoint's network (e.g. keisei-pretrain's): "
+                        help="start a new run from this checkpoint's network (e.g. keisei-pretrain's; "
+                             "a run directory stands for its newest checkpoint): "
                              "fresh counters and optimizer; [model] must match it. With "
                              "train.init_kl_coef, PPO is held near its policy at first")
     parser.add_argument("--print-config", action="store_true",

@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                "gnushogi:DEPTH\n"
                "ladder rungs (weak to strong, those installed): "
                + ", ".join(spec.name for spec in LADDER))
-    parser.add_argument("--checkpoint", required=True, help="the Keisei checkpoint to evaluate")
+    parser.add_argument("--checkpoint", required=True,
+                        help="the Keisei checkpoint to evaluate, or a run directory (its newest)")
     parser.add_argument("--name", help="its name in records and tables (default: the file name)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--opponent", action="append", metavar="SPEC", help="repeatable")

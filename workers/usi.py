@@ -279,7 +279,8 @@ def load_engine(checkpoint: str, device: str, output: TextIO,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keisei-usi", description="A Keisei network as a USI engine.")
     add_version(parser)
-    parser.add_argument("--checkpoint", required=True, help="a Keisei checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a Keisei checkpoint (.pt), or a run directory (its newest)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--config", metavar="FILE.toml", help="a TOML file (its [search] is used)")
     parser.add_argument("--set", metavar="search.KEY=VALUE", action="append", default=[],

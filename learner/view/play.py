@@ -38,14 +38,13 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import cshogi
 import torch
 
-from keisei.checkpoint import CheckpointError
+from keisei.checkpoint import CheckpointError, resolve_checkpoint
 from keisei.cli import add_version, setup_logging
 from keisei.config import SearchConfig
 from keisei.errors import GameOverError, IllegalMoveError
@@ -70,23 +69,6 @@ DEFAULT_ADDRESS = "127.0.0.1:8081"
 ASSETS = {"/": ("play.html", "text/html; charset=utf-8"),
           "/play.js": ("play.js", "text/javascript; charset=utf-8"),
           "/play.css": ("play.css", "text/css; charset=utf-8")}
-
-
-def resolve_checkpoint(target: Path) -> Path:
-    """``target`` itself, or for a run directory its newest checkpoint.
-
-    :raises CheckpointError: naming what is missing.
-    """
-    from keisei.rundir import RunDir
-
-    if target.is_dir():
-        newest = RunDir(target).newest_checkpoint()
-        if newest is None:
-            raise CheckpointError(f"{target}: a run directory without a checkpoint yet")
-        return newest
-    if not target.is_file():
-        raise CheckpointError(f"{target}: no such checkpoint or run directory")
-    return target
 
 
 USI_MOVE = re.compile(r"^(?:([1-9])([a-i])([1-9])([a-i])(\+?)|([PLNSGBR])\*([1-9])([a-i]))$")
@@ -496,7 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        checkpoint = resolve_checkpoint(Path(args.target))
+        checkpoint = resolve_checkpoint(args.target)
+        if not checkpoint.is_file():
+            raise CheckpointError(f"{checkpoint}: no such checkpoint or run directory")
         model, version = load_policy(checkpoint)
     except CheckpointError as exc:
         print(f"keisei-play: {exc}", file=sys.stderr)

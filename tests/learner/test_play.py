@@ -15,13 +15,20 @@ from typing import Any
 import pytest
 import torch
 
-from keisei.checkpoint import CheckpointError, save_checkpoint, save_policy
+from keisei.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_policy,
+)
 from keisei.config import build_config
+from keisei.evaluation import load_policy
 from keisei.kifu import read_csa
 from keisei.model import build_model
 from keisei.shogi import Game
 from learner.view import play
-from learner.view.play import PlayServer, resolve_checkpoint, why_illegal
+from learner.view.play import PlayServer, why_illegal
 
 TINY = {"blocks": 1, "channels": 16, "value_hidden": 16}
 
@@ -83,8 +90,10 @@ def test_a_run_directory_stands_for_its_newest_checkpoint(tmp_path: Path) -> Non
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="without a checkpoint"):
         resolve_checkpoint(tmp_path / "empty")
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
-        resolve_checkpoint(tmp_path / "missing.pt")
+    # every command loads through load_checkpoint: a run folder works wherever a file does
+    assert load_checkpoint(tmp_path / "run")["counters"]["step"] == 128
+    model, version = load_policy(tmp_path / "run")
+    assert version == 1
 
 
 def test_a_game_is_played_move_by_move_and_saved(server: PlayServer) -> None:
