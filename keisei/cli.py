@@ -8,10 +8,11 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import IntEnum
 from types import FrameType
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +68,21 @@ def version_line(prog: str) -> str:
             return "not installed"
 
     return f"{prog} (Keisei) {of('keisei')}; torch {of('torch')}, cshogi {of('cshogi')}, Python {sys.version.split()[0]}"
+
+
+class HelpConfig(argparse.Action):
+    """``--help-config``: print the settings of the configuration ``sections`` a command
+    reads (name, type, default, range, meaning) and exit."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, sections: Sequence[str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.sections = sections
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from keisei.config import Config
+
+        print(f"settings {parser.prog} reads (in the TOML file of --config, or --set SECTION.KEY=VALUE):")
+        print(Config.describe(self.sections))
+        parser.exit()

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import math
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,10 +365,18 @@ class Config:
         return "\n".join(lines)
 
     @staticmethod
-    def describe() -> str:
-        """One line per key: name, type, default and help (for ``--help``)."""
+    def section_names() -> list[str]:
+        """The configuration's sections, in declaration order."""
+        return list(_section_classes())
+
+    @staticmethod
+    def describe(sections: Collection[str] | None = None) -> str:
+        """One line per key: name, type, default and help (for ``--help-config``), of the
+        ``sections`` named (default: all)."""
         lines = []
         for section_name, section_class in _section_classes().items():
+            if sections is not None and section_name not in sections:
+                continue
             for item in dataclasses.fields(section_class):
                 meta = item.metadata
                 allowed = _allowed_text(meta)
@@ -581,6 +589,20 @@ def markdown_reference() -> str:
                          f"`{_toml_value(item.default)}` | {allowed} | {item.metadata['help']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def check_sections(overrides: Sequence[str], sections: Collection[str], command: str) -> None:
+    """Refuse a ``--set SECTION.KEY=VALUE`` whose section ``command`` does not read: it
+    would change nothing (a TOML file may hold every section; only ``--set`` is checked).
+
+    :raises ConfigError: naming each such setting and the sections that do apply.
+    """
+    wrong = [text for text in overrides if text.split(".", 1)[0].strip() in _section_classes()
+             and text.split(".", 1)[0].strip() not in sections]
+    if wrong:
+        raise ConfigError([f"--set {text!r}: {command} does not read "
+                           f"[{text.split('.', 1)[0].strip()}], so it would change nothing here "
+                           f"(it reads {', '.join(sorted(sections))})" for text in wrong])
 
 
 def load_search_config(path: str | Path | None, settings: Sequence[str]) -> SearchConfig:

@@ -21,8 +21,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from keisei.cli import ExitCode, add_version, setup_logging, stop_on_signals
-from keisei.config import Config, ConfigError, build_config, load_config, load_saved_config
+from keisei.cli import ExitCode, HelpConfig, add_version, setup_logging, stop_on_signals
+from keisei.config import (
+    Config,
+    ConfigError,
+    build_config,
+    check_sections,
+    load_config,
+    load_saved_config,
+)
 from keisei.protocol import DEFAULT_BIND, ProtocolError
 from keisei.rundir import RunDir
 from learner.launch import EXIT_RANK_LOST, RankInfo, launch
@@ -35,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 
 RESUME_MODES = ("never", "auto", "always")
+SECTIONS = tuple(name for name in Config.section_names() if name != "pretrain")
+"""The configuration sections keisei-learner reads (``--set pretrain.*`` is refused)."""
 
 
 EXIT_CODES = {"finished": ExitCode.SUCCESS, "failed": ExitCode.FAILURE,
@@ -46,7 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keisei-learner", description="Train a Shogi policy by self-play PPO.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="configuration keys (set in the TOML file or with --set):\n" + Config.describe())
+        epilog="examples:\n"
+               "  keisei-learner --config configs/quick.toml --set run.dir=runs/mine --local-actors 2\n"
+               "  keisei-learner --set run.dir=runs/mine --resume --set train.total_steps=200000\n"
+               "  keisei-learner --init-from runs/pre --set run.dir=runs/ppo --set train.init_kl_coef=0.5\n"
+               "  keisei-learner --status runs/mine\n\n"
+               f"settings it reads: [{'], ['.join(SECTIONS)}] (keisei-learner --help-config "
+               "lists them with types, defaults and ranges; docs/configuration.md too)")
+    parser.add_argument("--help-config", action=HelpConfig, sections=SECTIONS,
+                        help="list every setting keisei-learner reads, and exit")
     parser.add_argument("--config", metavar="FILE.toml", default=os.environ.get("KEISEI_CONFIG"),
                         help="TOML configuration file (default: $KEISEI_CONFIG)")
     parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
@@ -102,6 +119,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, bool]:
 
     :raises ConfigError: for any invalid value, or a resume with nothing to resume.
     """
+    check_sections(args.overrides, SECTIONS, "keisei-learner")
     config = load_config(args.config, args.overrides)
     mode = args.resume or config.run.resume
     run_dir = Path(config.run.dir)

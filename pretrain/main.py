@@ -45,8 +45,8 @@ from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 
-from keisei.cli import ExitCode, add_version, setup_logging, stop_on_signals
-from keisei.config import Config, ConfigError, load_config, load_saved_config
+from keisei.cli import ExitCode, HelpConfig, add_version, setup_logging, stop_on_signals
+from keisei.config import Config, ConfigError, check_sections, load_config, load_saved_config
 from keisei.dataset import (
     DatasetError,
     DecodedBatch,
@@ -357,12 +357,23 @@ class PretrainDashboard:
 
 
 # --- the command ---------------------------------------------------------------------------
+SECTIONS = ("run", "model", "pretrain", "checkpoint", "display")
+"""The configuration sections keisei-pretrain reads (``--set`` into another is refused)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keisei-pretrain", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a Keisei network on game records (supervised), as a start for "
                     "keisei-learner --init-from.",
-        epilog="configuration keys (set in the TOML file or with --set):\n" + Config.describe())
+        epilog="examples:\n"
+               "  keisei-pretrain records/fsf-d4 --set run.dir=runs/pre --set model.blocks=4 \\\n"
+               "      --set model.channels=48 --set pretrain.minutes=10 --set pretrain.epochs=100\n"
+               "  keisei-pretrain --resume --set run.dir=runs/pre\n\n"
+               f"settings it reads: [{'], ['.join(SECTIONS)}] (keisei-pretrain --help-config "
+               "lists them; every key: docs/configuration.md)")
+    parser.add_argument("--help-config", action=HelpConfig, sections=SECTIONS,
+                        help="list the settings keisei-pretrain reads, and exit")
     parser.add_argument("records", nargs="*", metavar="RECORDS",
                         help="CSA/KIF/USI files, folders and .zip/.tar.gz archives")
     parser.add_argument("--config", metavar="FILE.toml", default=os.environ.get("KEISEI_CONFIG"))
@@ -381,6 +392,7 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path, Path]:
 
     :raises ConfigError: naming the problem.
     """
+    check_sections(args.overrides, SECTIONS, "keisei-pretrain")
     config = load_config(args.config, args.overrides)
     run_dir = Path(config.run.dir)
     if args.resume:

@@ -187,3 +187,23 @@ def test_wandb_offline_writes_its_run_under_the_run_directory(tmp_path: Path,
     run_id = (run_dir / "wandb-id").read_text().strip()
     runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert runs and list(runs[0].glob("run-*.wandb")), list((run_dir / "wandb").iterdir())
+
+
+def test_help_shows_examples_and_help_config_the_settings_it_reads(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "--status runs/mine" in text and len(text.splitlines()) < 80
+    with pytest.raises(SystemExit) as exited:
+        main(["--help-config"])
+    listed = capsys.readouterr().out
+    assert exited.value.code == 0 and "  train.learning_rate (float" in listed
+    assert "pretrain." not in listed  # keisei-learner does not read [pretrain]
+
+
+def test_a_setting_the_learner_does_not_read_is_refused(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(arguments(tmp_path / "run", "pretrain.minutes=3")) == 2
+    assert "keisei-learner does not read [pretrain]" in capfd.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -185,3 +185,13 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_goes_on(tmp_path: Path) -> N
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     lines = metrics_lines(run_dir)
     assert lines[-1]["epoch"] == 3.0 and lines[-1]["step"] > stopped_at
+
+
+def test_a_setting_pretraining_does_not_read_is_refused_and_help_config_lists_its_own(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["x", "--set", f"run.dir={tmp_path / 'run'}", "--set", "wire.max_actors=3"]) == 2
+    assert "keisei-pretrain does not read [wire]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help-config"])
+    listed = capsys.readouterr().out
+    assert "  pretrain.minutes (" in listed and "train." not in listed.replace("pretrain.", "")
