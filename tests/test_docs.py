@@ -48,7 +48,7 @@ def test_every_command_in_the_readme_and_the_tutorial_parses() -> None:
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     commands = []
-    for page in ("README.md", "docs/getting-started.md"):
+    for page in ("README.md", "docs/getting-started.md", "docs/guides/pretraining.md"):
         commands += shell_commands((ROOT / page).read_text())
     assert len(commands) >= 10
     for words in commands:
