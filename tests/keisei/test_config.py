@@ -84,3 +84,10 @@ def test_a_renamed_key_is_still_read_with_a_warning(caplog: pytest.LogCaptureFix
         config = load_config(None, ["train.ppo_epochs=3"])  # the name before ppo_passes
     assert config.train.ppo_passes == 3
     assert "train.ppo_epochs is now called train.ppo_passes" in caplog.text
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml")),
+                         ids=lambda path: path.name)
+def test_every_shipped_configuration_loads(path: Path) -> None:
+    config = load_config(path)
+    assert config.train.total_steps > 0
