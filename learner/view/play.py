@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import secrets
 import sys
@@ -36,7 +35,7 @@ import threading
 import time
 from collections.abc import Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,8 +51,9 @@ from keisei.evaluation import load_policy
 from keisei.kifu import to_csa, to_kif
 from keisei.search import Search, SearchResult, network_evaluator
 from keisei.shogi import Color, Game, Outcome, Termination
-from learner.view.address import host_allowed, is_loopback, parse_address
+from learner.view.address import is_loopback, parse_address
 from learner.view.errors import WebError
+from learner.view.http import JsonHandler, allowed_host_names
 
 logger = logging.getLogger(__name__)
 
@@ -167,9 +167,7 @@ class PlayServer(ThreadingHTTPServer):
         self.lock = threading.Lock()  # the games table
         self.engine_lock = threading.Lock()  # one search at a time
         self.bound_host = address[0]
-        self.allowed_hosts = frozenset(item.strip().lower() for item in
-                                       os.environ.get("KEISEI_WEB_HOSTS", "").split(",")
-                                       if item.strip())
+        self.allowed_hosts = allowed_host_names()
         self.closing = threading.Event()
         self._assets: dict[str, bytes] = {}
         super().__init__(address, _Handler)
@@ -308,18 +306,8 @@ def describe(result: SearchResult, seconds: float) -> dict[str, Any]:
             "mate": result.mate}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: PlayServer
-    protocol_version = "HTTP/1.1"
-    server_version = "Keisei"
-    sys_version = ""
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(10.0)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
-        logger.debug("%s %s", self.address_string(), format % args)
 
     def do_GET(self) -> None:  # noqa: N802 (the base class's name)
         self._serve("GET")
@@ -329,16 +317,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:  # noqa: N802
         self._serve("HEAD")
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        short, long = self.responses.get(code, ("error", ""))
-        self.close_connection = True
-        body = self.command != "HEAD" and code >= 200 and code not in (204, 205, 304)
-        try:
-            self._send_json({"error": f"{code} {message or short}: {explain or long}"},
-                            HTTPStatus(code), body=body)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass
 
     def _body(self) -> dict[str, Any]:
         try:
@@ -362,35 +340,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         try:
-            host = self.headers.get("Host")
-            if not host_allowed(host, self.server.bound_host, self.server.allowed_hosts):
-                raise WebError(HTTPStatus.FORBIDDEN, f"Host {str(host)[:100]!r} is not this "
-                               "server's name: refused (DNS rebinding?); use its address, or "
-                               "list the name in KEISEI_WEB_HOSTS")
+            self.check_host()
             path = urlsplit(self.path).path
             body = method != "HEAD"
             parts = [part for part in path.split("/") if part]
             if method in ("GET", "HEAD") and path in ASSETS:
                 name, kind = ASSETS[path]
-                self._send(self.server.asset(name), kind, body=body)
+                self.send_data(self.server.asset(name), kind, body=body)
             elif method in ("GET", "HEAD") and parts == ["api", "engine"]:
                 server = self.server
-                self._send_json({"name": server.name, "movetime": server.movetime_ms,
+                self.send_json({"name": server.name, "movetime": server.movetime_ms,
                                  "visits": server.visits, "max_movetime": MAX_MOVETIME_MS},
                                 body=body)
             elif method == "POST" and parts == ["api", "games"]:
-                self._send_json(self.server.new_game(self._body()), HTTPStatus.CREATED)
+                self.send_json(self.server.new_game(self._body()), HTTPStatus.CREATED)
             elif len(parts) >= 3 and parts[:2] == ["api", "games"]:
                 game = self.server.get(parts[2])
                 action = parts[3:]
                 if method in ("GET", "HEAD") and not action:
                     self.server.resume(game)
-                    self._send_json(game.state(), body=body)
+                    self.send_json(game.state(), body=body)
                 elif method == "POST" and action == ["move"]:
-                    self._send_json(self.server.move(game, self._body()))
+                    self.send_json(self.server.move(game, self._body()))
                 elif method == "POST" and action == ["resign"]:
                     self._body()
-                    self._send_json(self.server.resign(game))
+                    self.send_json(self.server.resign(game))
                 elif method in ("GET", "HEAD") and action in (["record.kif"], ["record.csa"]):
                     self._send_record(game, action[0], body)
                 else:
@@ -398,7 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 raise WebError(HTTPStatus.NOT_FOUND, f"{path[:200]}: not found")
         except WebError as exc:
-            self._send_json({"error": str(exc)}, exc.status, body=method != "HEAD")
+            self.send_json({"error": str(exc)}, exc.status, body=method != "HEAD")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
 
@@ -411,27 +385,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             data = to_csa(game.game, names).encode()
             kind = "text/plain; charset=utf-8"
-        self._send(data, kind, body=body,
+        self.send_data(data, kind, body=body,
                    extra={"Content-Disposition": f'attachment; filename="keisei-{game.id[:8]}.{name[7:]}"'})
-
-    def _send_json(self, value: Any, status: HTTPStatus = HTTPStatus.OK, body: bool = True) -> None:
-        self._send(json.dumps(value, separators=(",", ":"), allow_nan=False).encode(),
-                   "application/json", status, body)
-
-    def _send(self, data: bytes, kind: str, status: HTTPStatus = HTTPStatus.OK, body: bool = True,
-              extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'self'")
-        self.send_header("Referrer-Policy", "no-referrer")
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
 
 
 def build_parser() -> argparse.ArgumentParser:

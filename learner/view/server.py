@@ -30,21 +30,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from learner.fields import describe
-from learner.view.address import host_allowed, is_loopback, parse_address
+from learner.view.address import is_loopback, parse_address
 from learner.view.errors import WebError
 from learner.view.games import LiveGame, live_view, read_game_file
+from learner.view.http import JsonHandler, allowed_host_names
 from learner.view.run_files import RunFiles
 
 logger = logging.getLogger(__name__)
@@ -65,18 +65,10 @@ ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
 """The only files served outside the API (from the package's ``web_assets``)."""
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: WebServer
-    protocol_version = "HTTP/1.1"
-    server_version = "Keisei"
-    sys_version = ""
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(SEND_TIMEOUT)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
-        logger.debug("%s %s", self.address_string(), format % args)
+    send_timeout = SEND_TIMEOUT
+    content_security_policy = "default-src 'self'; img-src 'self' data:"
 
     def do_GET(self) -> None:  # noqa: N802 (the base class's name)
         self._serve(body=True)
@@ -85,74 +77,34 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body=False)
 
     def _refuse(self) -> None:
-        self._send_json({"error": f"{self.command}: this server is read-only (GET only)"},
-                        HTTPStatus.METHOD_NOT_ALLOWED, extra={"Allow": "GET, HEAD"})
+        self.send_json({"error": f"{self.command}: this server is read-only (GET only)"},
+                       HTTPStatus.METHOD_NOT_ALLOWED, extra={"Allow": "GET, HEAD"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors the base class answers itself (a request line too long, a malformed
-        request) as JSON, like every other error here."""
-        short, long = self.responses.get(code, ("error", ""))
-        text = f"{code} {message or short}" + (f": {explain or long}" if explain or long else "")
-        self.close_connection = True
-        body = self.command != "HEAD" and code >= 200 and code not in (204, 205, 304)
-        try:
-            self._send_json({"error": text}, HTTPStatus(code), body=body,
-                            extra={"Connection": "close"})
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass
-
     def _serve(self, body: bool) -> None:
         try:
-            host = self.headers.get("Host")
-            if not host_allowed(host, self.server.bound_host, self.server.allowed_hosts):
-                raise WebError(HTTPStatus.FORBIDDEN, f"Host {str(host)[:100]!r} is not this server's "
-                               "name: refused (a page on another site, through DNS rebinding?); "
-                               "use its address, or list the name in KEISEI_WEB_HOSTS")
+            self.check_host()
             split = urlsplit(self.path)
             query = parse_qs(split.query, keep_blank_values=True, max_num_fields=8)
             path = split.path
             if path in ASSETS:
                 name, content_type = ASSETS[path]
-                self._send(self.server.asset(name), content_type, body=body)
+                self.send_data(self.server.asset(name), content_type, body=body)
             elif path == "/favicon.ico":
-                self._send(b"", "image/x-icon", HTTPStatus.NO_CONTENT, body=False)
+                self.send_data(b"", "image/x-icon", HTTPStatus.NO_CONTENT, body=False)
             elif path == "/api/events":
                 self.server.stream_events(self)
             elif path.startswith("/api/"):
-                self._send_json(self.server.api(path, query), body=body)
+                self.send_json(self.server.api(path, query), body=body)
             else:
                 raise WebError(HTTPStatus.NOT_FOUND, f"{path[:200]}: not found")
         except WebError as exc:
-            self._send_json({"error": str(exc)}, exc.status, body=body)
+            self.send_json({"error": str(exc)}, exc.status, body=body)
         except ValueError as exc:  # e.g. too many query fields
-            self._send_json({"error": f"bad request: {exc}"}, HTTPStatus.BAD_REQUEST, body=body)
+            self.send_json({"error": f"bad request: {exc}"}, HTTPStatus.BAD_REQUEST, body=body)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
-
-    def _send_json(self, value: Any, status: HTTPStatus = HTTPStatus.OK, body: bool = True,
-                   extra: dict[str, str] | None = None) -> None:
-        data = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-        self._send(data, "application/json", status, body, extra)
-
-    def _send(self, data: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK,
-              body: bool = True, extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self._common_headers()
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def _common_headers(self) -> None:
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
-        self.send_header("Referrer-Policy", "no-referrer")
 
 
 class WebServer(ThreadingHTTPServer):
@@ -176,10 +128,7 @@ class WebServer(ThreadingHTTPServer):
         self.closing = threading.Event()
         self.refused = 0  # connections answered 503
         self.bound_host = address[0]
-        # names besides IP addresses and localhost that requests may call this server by
-        self.allowed_hosts = frozenset(name.strip().lower() for name in
-                                       os.environ.get("KEISEI_WEB_HOSTS", "").split(",")
-                                       if name.strip())
+        self.allowed_hosts = allowed_host_names()
         super().__init__(address, _Handler)
 
     @property
@@ -268,7 +217,7 @@ class WebServer(ThreadingHTTPServer):
             handler.send_response(HTTPStatus.OK)
             handler.send_header("Content-Type", "text/event-stream")
             handler.send_header("Connection", "close")
-            handler._common_headers()
+            handler.send_safety_headers()
             handler.end_headers()
             handler.close_connection = True
             sent_runs: list[int] | None = None

@@ -62,6 +62,42 @@ def japanese_fonts() -> bool:
     return bool(listed.stdout.strip())
 
 
+def screenshots(tmp_path: Path) -> Path:
+    """Where screenshots go: ``$KEISEI_SCREENSHOTS``, else the test's folder."""
+    shots = Path(os.environ.get("KEISEI_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+def reap(process: subprocess.Popen[str]) -> None:
+    """Stop a server the test started, and wait for it (killed if it will not stop)."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def served_run(run_dir: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(Path(sys.executable).parent / "keisei-web"), str(run_dir),
+                             "--address", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def open_page(page: Any, url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while True:  # until keisei-web listens
+        try:
+            page.goto(url, timeout=10_000)
+            return
+        except Exception:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "keisei-web did not answer within 30 s"
+            time.sleep(0.3)
+
+
 def number(page: Any, selector: str, attribute: str) -> int:
     return int(page.get_attribute(selector, attribute) or 0)
 
@@ -76,8 +112,7 @@ def until(condition: Any, timeout: float, what: str) -> None:
 
 
 def test_a_training_run_watched_in_a_browser(tmp_path: Path, browser: Any) -> None:
-    shots = Path(os.environ.get("KEISEI_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots(tmp_path)
     run_dir, port = tmp_path / "run", free_port()
     command = [*learner_command(run_dir, "train.total_steps=1000000", "selfplay.max_plies=96",
                                 "train.steps_per_epoch=256"), "--web", f"127.0.0.1:{port}"]
@@ -132,39 +167,22 @@ def test_a_training_run_watched_in_a_browser(tmp_path: Path, browser: Any) -> No
         page.screenshot(path=str(shots / "web-replay.png"), full_page=True)
         assert not errors, errors
     finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        reap(process)
 
 
 def test_a_finished_run_reads_finished_in_a_browser(tmp_path: Path, browser: Any) -> None:
-    shots = Path(os.environ.get("KEISEI_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots(tmp_path)
     run_dir, port = tmp_path / "run", free_port()
     trained = subprocess.run(learner_command(run_dir, "train.total_steps=256", "selfplay.max_plies=96",
                                              "train.steps_per_epoch=128"),
                              capture_output=True, text=True, timeout=180)
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    command = [str(Path(sys.executable).parent / "keisei-web"), str(run_dir), "--address",
-               f"127.0.0.1:{port}"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = served_run(run_dir, port)
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        deadline = time.monotonic() + 30
-        while True:  # until keisei-web listens
-            try:
-                page.goto(f"http://127.0.0.1:{port}/", timeout=10_000)
-                break
-            except Exception:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline, "keisei-web did not answer within 30 s"
-                time.sleep(0.3)
+        open_page(page, f"http://127.0.0.1:{port}/", process)
         page.wait_for_selector("#connection.ended", timeout=30_000)
         assert page.inner_text("#connection") == "finished"  # not "live"
         assert not page.is_visible("#live-button")
@@ -184,30 +202,7 @@ def test_a_finished_run_reads_finished_in_a_browser(tmp_path: Path, browser: Any
         page.screenshot(path=str(shots / "web-finished.png"), full_page=True)
         assert not errors, errors
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def served_run(run_dir: Path, port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(Path(sys.executable).parent / "keisei-web"), str(run_dir),
-                             "--address", f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def open_page(page: Any, url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while True:  # until keisei-web listens
-        try:
-            page.goto(url, timeout=10_000)
-            return
-        except Exception:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "keisei-web did not answer within 30 s"
-            time.sleep(0.3)
+        reap(process)
 
 
 def is_1_2_5(values: list[float]) -> bool:
@@ -220,8 +215,7 @@ def is_1_2_5(values: list[float]) -> bool:
 
 
 def test_charts_read_at_a_glance(tmp_path: Path, browser: Any) -> None:
-    shots = Path(os.environ.get("KEISEI_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots(tmp_path)
     run_dir, port = tmp_path / "run", free_port()
     run_dir.mkdir()
     (run_dir / "config.toml").write_text("[train]\ntotal_steps = 100000\n")
@@ -343,12 +337,7 @@ def test_charts_read_at_a_glance(tmp_path: Path, browser: Any) -> None:
         page.screenshot(path=str(shots / "web-narrow.png"), full_page=True)
         assert not errors, errors
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        reap(process)
 
 
 def test_a_person_plays_a_whole_game_in_the_browser(tmp_path: Path, browser: Any) -> None:
@@ -361,8 +350,7 @@ def test_a_person_plays_a_whole_game_in_the_browser(tmp_path: Path, browser: Any
     from keisei.config import build_config
     from keisei.model import build_model
 
-    shots = Path(os.environ.get("KEISEI_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots(tmp_path)
     config = build_config([{"model": {"blocks": 1, "channels": 16, "value_hidden": 16}}])
     torch.manual_seed(0)
     checkpoint = save_policy(tmp_path / "tiny.pt", {
@@ -438,9 +426,4 @@ def test_a_person_plays_a_whole_game_in_the_browser(tmp_path: Path, browser: Any
         assert record.count("\n+") + record.count("\n-") >= len(moves) and "%TORYO" in record
         assert not errors, errors
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        reap(process)
