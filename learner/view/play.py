@@ -204,7 +204,12 @@ class PlayServer(ThreadingHTTPServer):
             self.games[game.id] = game
         if game.game.side_to_move is not game.human:
             self._think(game)
-        return game.state()
+        return self.state(game)
+
+    def state(self, game: PlayGame) -> dict[str, Any]:
+        """A game's state, read under the lock the engine's move is played under."""
+        with self.lock:
+            return game.state()
 
     def get(self, game_id: str) -> PlayGame:
         with self.lock:
@@ -232,7 +237,7 @@ class PlayServer(ThreadingHTTPServer):
                 raise WebError(HTTPStatus.CONFLICT, str(exc)) from None
         if not game.game.is_over:
             self._think(game)
-        return game.state()
+        return self.state(game)
 
     def resign(self, game: PlayGame) -> dict[str, Any]:
         """The person resigns (on either turn: a search under way is stopped)."""
@@ -240,7 +245,7 @@ class PlayServer(ThreadingHTTPServer):
             if not game.game.is_over:
                 game.stop.set()
                 game.game.end(Outcome(game.human.opponent, Termination.RESIGNATION))
-        return game.state()
+        return self.state(game)
 
     def resume(self, game: PlayGame) -> None:
         """A page is back for a game whose search was stopped when it went: think again."""
@@ -359,7 +364,7 @@ class _Handler(JsonHandler):
                 action = parts[3:]
                 if method in ("GET", "HEAD") and not action:
                     self.server.resume(game)
-                    self.send_json(game.state(), body=body)
+                    self.send_json(self.server.state(game), body=body)
                 elif method == "POST" and action == ["move"]:
                     self.send_json(self.server.move(game, self._body()))
                 elif method == "POST" and action == ["resign"]:
