@@ -278,9 +278,16 @@ function buildCharts() {
   }
 }
 
+// Widths are read for every chart first, then the charts drawn: reading a width after a
+// write to the page would make the browser lay the whole page out again, once a chart.
 function drawCharts() {
+  for (const spec of CHARTS) spec.width = spec.canvas.clientWidth;
   for (const spec of CHARTS) drawChart(spec);
 }
+
+// Write to the page only what changed (an unchanged write still costs a style pass).
+function setText(node, text) { if (node.textContent !== text) node.textContent = text; }
+function setData(node, key, value) { if (node.dataset[key] !== value) node.dataset[key] = value; }
 
 // Ticks at 1, 2 or 5 times a power of ten, about `count` of them over [low, high].
 function niceTicks(low, high, count) {
@@ -368,14 +375,14 @@ function drawChart(spec) {
       count += 1;
     });
   }
-  canvas.dataset.points = String(count);
-  spec.card.hidden = count === 0;  // a chart without data is not shown
+  setData(canvas, "points", String(count));
+  if (spec.card.hidden !== (count === 0)) spec.card.hidden = count === 0;  // no data: not shown
   renderLegend(spec, lines.filter((line) => line.xs.length > 0));
   flagHealth(spec, lines);
   if (count === 0) return;
   // sized once shown (a hidden card has no width): the screen's pixels, for high-DPI screens
   const ratio = window.devicePixelRatio || 1;
-  const width = Math.max(200, canvas.clientWidth || 480), height = 160;
+  const width = Math.max(200, spec.width || canvas.clientWidth || 480), height = 160;
   if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
     canvas.width = Math.round(width * ratio);
     canvas.height = Math.round(height * ratio);
@@ -441,8 +448,8 @@ function drawChart(spec) {
   const title = state.xAxis === "step" ? "training steps (plies)" : "wall-clock since the first epoch";
   ctx.fillStyle = "#888";
   ctx.fillText(title, pad.left + (width - pad.left - pad.right) / 2 - ctx.measureText(title).width / 2, height - 3);
-  canvas.dataset.yTicks = JSON.stringify(yLabels);
-  canvas.dataset.xTicks = JSON.stringify(xLabels);
+  setData(canvas, "yTicks", JSON.stringify(yLabels));
+  setData(canvas, "xTicks", JSON.stringify(xLabels));
   ctx.save();
   ctx.beginPath(); ctx.rect(pad.left, 0, width - pad.left - pad.right, height - pad.bottom); ctx.clip();
   for (const line of lines) {
@@ -481,6 +488,11 @@ function timeTicks(low, high, count) {
   return { ticks, step };
 }
 
+const HEALTH_NOTE = "A KL from the pre-update policy above 0.05, or a clip fraction above 0.3, "
+  + "says the update's steps are too large; an explained variance below 0 says the value head "
+  + "predicts the returns worse than their mean does. See docs/guides/learning.md and "
+  + "docs/results/2026-12-04-update-health.md.";
+
 // The band a healthy run stays in (``learner.fields``), if the chart's fields have one.
 function healthyBand(spec) {
   const lows = spec.fields.map((field) => field.low).filter((value) => value !== null && value !== undefined);
@@ -501,9 +513,12 @@ function flagHealth(spec, lines) {
       else if (band.low !== null && value < band.low) outside.push(`${line.label} ${fmt(value, 3)} < ${fmt(band.low)}`);
     }
   }
-  spec.card.classList.toggle("unhealthy", outside.length > 0);
-  spec.flag.textContent = outside.length ? `outside the healthy band: ${outside.join(", ")}` : "";
-  spec.card.dataset.health = outside.length ? "outside" : band ? "within" : "";
+  if (spec.card.classList.contains("unhealthy") !== outside.length > 0) {
+    spec.card.classList.toggle("unhealthy", outside.length > 0);
+  }
+  setText(spec.flag, outside.length ? `outside the healthy band: ${outside.join(", ")}` : "");
+  if (outside.length && !spec.flag.title) spec.flag.title = HEALTH_NOTE;
+  setData(spec.card, "health", outside.length ? "outside" : band ? "within" : "");
 }
 
 function renderLegend(spec, lines) {
@@ -522,7 +537,7 @@ function renderLegend(spec, lines) {
 // Under the pointer: a rule at the nearest step and every line's value there.
 function showReadout(spec, lines, X, xMin, xMax, ctx, bottom, left, right) {
   if (spec.hover === null || spec.hover === undefined || spec.hover < left || spec.hover > right) {
-    spec.readout.textContent = "\u00a0";
+    setText(spec.readout, "\u00a0");
     return;
   }
   const x = xMin + ((spec.hover - left) / (right - left)) * (xMax - xMin);
@@ -769,6 +784,9 @@ async function refreshGameList() {
   if (!run) return;
   try {
     const answer = await getJSON(`/api/runs/${run.id}/games`);
+    const key = JSON.stringify(answer.games);
+    if (key === state.gamesKey) return;  // nothing new: the list stays as it is
+    state.gamesKey = key;
     state.games = answer.games.map((game) => ({ ...game, run: run.id, title: gameTitle(game) }));
     renderGameGroups();
     renderGameList();
