@@ -188,6 +188,7 @@ class Learner:
         self.web: WebView | None = None
         self._finished_watch: tuple[WatchedGame, float] | None = None
         self.outcome: RunOutcome | None = None  # how ``run`` ended, for the final status
+        self.wandb: WandbLogger | None = None  # with run.wandb_project (rank 0)
         self._stack = ExitStack()
 
     def mode(self) -> Mode:
@@ -278,6 +279,10 @@ class Learner:
         evaluation = config.evaluation if self.main else replace(config.evaluation, every_epochs=0)
         self.ratings = Ratings(evaluation, self.run_dir, trainer)
         resume_from = self._start(resume_from, problem)
+        if config.train.kl_anchor == "gated" and trainer.reference is None:
+            # no start network (random weights) or none in the checkpoint: the weights every
+            # member now holds are the first anchor
+            trainer.hold_anchor(trainer.model.state_dict())
         if self.main:
             write_text_atomically(self.rundir.config, config.to_toml())
         logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",
@@ -350,8 +355,6 @@ class Learner:
         if "state" in mine:
             state = mine["state"]
             trainer.load_state_dict(state)
-            if self.config.train.kl_anchor == "gated" and trainer.reference is None:
-                trainer.hold_anchor(trainer.model.state_dict())  # gated from this resume on
             trainer.reseed_rank()
             if world.is_main:
                 if "ratings" in state:
@@ -366,8 +369,6 @@ class Learner:
             trainer.set_reference(mine["reference"])
         elif "model" in mine:
             trainer.model.load_state_dict(mine["model"])
-            if self.config.train.kl_anchor == "gated":  # anchored at the start, as member 0
-                trainer.hold_anchor(mine["model"])
         return [Path(name) for name in mine.get("resumed_from", [])]
 
     def _start_parts(self, resume_from: list[Path]) -> list[dict[str, Any]]:
@@ -385,8 +386,6 @@ class Learner:
             self._init_from(Path(options.init_from))
             assert trainer.reference is not None
             return [{}] + [{"reference": trainer.reference.state_dict()}] * others
-        if self.config.train.kl_anchor == "gated":  # from random weights: they are the anchor
-            trainer.hold_anchor(trainer.model.state_dict())
         return [{}] + [{"model": trainer.model.state_dict()}] * others
 
     def _init_from(self, path: Path) -> None:
