@@ -54,6 +54,7 @@ from keisei.evaluation import (
     tally,
 )
 from learner.app import Learner, LearnerOptions
+from learner.pipeline import ON_START
 from learner.reports import EpochReport
 from learner.trainer import Trainer
 from workers import evaluate
@@ -70,9 +71,8 @@ SETTINGS = ["model.blocks=4", "model.channels=48", "selfplay.games=64", "selfpla
 # targets' cross-entropy weighted 4, the value target mixed a third with the search's root
 # value), small healthy PPO steps, and the KL penalty toward the start
 # (docs/results/2026-12-04-self-play-on-a-start.md: 0.620 against the start in 30 minutes).
-INIT_SETTINGS = ["train.learning_rate=0.0001", "train.ppo_passes=2", "selfplay.search_share=0.25",
-                 "selfplay.search_visits=64", "train.search_coef=4", "train.search_value_mix=0.33",
-                 "train.init_kl_coef=0.5"]
+# They are keisei-pipeline's self-play settings, less its checkpoints.
+INIT_SETTINGS = [item for item in ON_START if not item.startswith("checkpoint.")]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -97,6 +97,10 @@ class SelfPlayConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     total_steps: int = setting(1_000_000, "stop after this many training steps (plies)", low=1)
+    minutes: float = setting(0.0, "also stop, as finished, at the first epoch's end after this "
+                             "many minutes of training, counted across resumes (kept in "
+                             "checkpoints; the learning-rate schedule still runs over "
+                             "total_steps); 0: no limit", low=0.0)
     steps_per_epoch: int = setting(4096, "steps collected per PPO update", low=16)
     ppo_passes: int = setting(4, "passes over each epoch's data (at most: train.target_kl may "
                               "stop the update sooner; each report's ppo_passes says how many ran)",

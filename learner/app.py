@@ -253,7 +253,9 @@ class Learner:
         status.update(time=time.time(), ended=time.time(), state=outcome.value,
                       step=trainer.step, epoch=trainer.epoch,
                       policy_version=trainer.policy_version,
-                      total_steps=self.config.train.total_steps)
+                      total_steps=self.config.train.total_steps,
+                      train_seconds=round(trainer.train_seconds, 1),
+                      minutes=self.config.train.minutes)
         try:
             write_json_atomically(self.rank_dir.status, status)
         except OSError as exc:

@@ -154,6 +154,7 @@ class Trainer:
         self.processing = False  # true only while an update runs; reset in finally
         self.in_flight_steps_discarded = 0
         self.steps_dropped_non_finite = 0
+        self.train_seconds = 0.0  # wall-clock of the epochs trained, across resumes
         # the KL penalty's anchor: the initial policy of an --init-from run, or with
         # train.kl_anchor = gated the last policy that passed a gate
         self.reference: PolicyValueNet | None = None
@@ -206,6 +207,11 @@ class Trainer:
         reference.eval()
         reference.requires_grad_(False)
         self.reference = reference
+
+    def time_up(self) -> bool:
+        """Whether ``train.minutes`` (when set) of training have passed, across resumes."""
+        minutes = self.config.train.minutes
+        return bool(minutes) and self.train_seconds >= 60 * minutes
 
     def gate_anchor(self) -> AnchorReport | None:
         """With ``train.kl_anchor = gated`` (else None): every ``anchor_every_epochs``
@@ -579,6 +585,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "counters": {"step": self.step, "epoch": self.epoch,
                          "policy_version": self.policy_version,
+                         "train_seconds": self.train_seconds,
                          "games": self.admission.games_total(),  # every game admitted
                          "steps_dropped_non_finite": self.steps_dropped_non_finite,
                          **self.buffer.counters()},
@@ -605,6 +612,7 @@ class Trainer:
         counters = state["counters"]
         self.step, self.epoch = int(counters["step"]), int(counters["epoch"])
         self.policy_version = int(counters["policy_version"])
+        self.train_seconds = float(counters.get("train_seconds", 0.0))
         self.admission.games_carried = int(counters["games"])
         self.buffer.load_counters(counters)
         self.steps_dropped_non_finite = int(counters.get("steps_dropped_non_finite", 0))
@@ -627,7 +635,7 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
     """The one training loop: run epochs until ``until_step`` (default ``train.total_steps``)."""
     total = trainer.config.train.total_steps if until_step is None else until_step
     last_time, last_step = time.perf_counter(), trainer.step
-    while trainer.step < total:
+    while trainer.step < total and not trainer.world.any(trainer.time_up()):
         collected = trainer.collect()
         if trainer.world.any(trainer.stop.is_set()):
             raise TrainingInterrupted(f"stop requested at step {trainer.step}")
@@ -639,6 +647,7 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
         games = games_report(trainer.buffer, trainer.world)
         stale = round(trainer.world.sum([trainer.buffer.steps_dropped_stale])[0])
         now = time.perf_counter()
+        trainer.train_seconds += now - last_time
         report = EpochReport(
             step=trainer.step, epoch=trainer.epoch, policy_version=trainer.policy_version,
             mode=trainer.mode(), steps_per_second=(trainer.step - last_step) / (now - last_time),

@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from keisei.rundir import RunDir
 
@@ -41,7 +42,8 @@ def print_status(run_dir: Path) -> int:
         ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["ended"]))
         print(f"{run_dir}: {ENDINGS.get(state, state)} at step {status['step']:,} of "
               f"{status['total_steps']:,} (epoch {status['epoch']}, policy "
-              f"v{status['policy_version']}), ended {ended} ({_ago(time.time() - status['ended'])})")
+              f"v{status['policy_version']}), ended {ended} ({_ago(time.time() - status['ended'])})"
+              + _time_budget(status))
     print(f"{'actor':<16} {'state':<9} {'steps/s':>8} {'policy':>7} {'games':>7} {'restarts':>8} heard")
     for actor in status["actors"]:
         print(f"{actor['actor_id']:<16} {actor['state']:<9} {actor['steps_per_second']:>8.0f} "
@@ -59,6 +61,15 @@ def print_status(run_dir: Path) -> int:
         print(f"status is {age:.0f} s old: the learner is not running or not responding", file=sys.stderr)
         return 1
     return 0
+
+
+def _time_budget(status: dict[str, Any]) -> str:
+    """For a run that finished on ``train.minutes`` before ``train.total_steps``, say so."""
+    minutes, seconds = status.get("minutes") or 0.0, status.get("train_seconds")
+    if status.get("state") != "finished" or not minutes or seconds is None \
+            or status["step"] >= status["total_steps"]:
+        return ""
+    return f"; its train.minutes = {minutes:g} reached after {seconds / 60:.1f} min of training"
 
 
 def _ago(seconds: float) -> str:

@@ -84,6 +84,26 @@ def test_a_finished_run_says_so_and_its_status_exits_0(
     assert "was interrupted at step 128" in printed.out and "--resume" in printed.err
 
 
+def test_train_minutes_ends_a_run_as_finished_and_counts_across_resumes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    # a budget shorter than one epoch: the run ends, finished, after its first epoch
+    assert main(arguments(run_dir, "train.minutes=0.0001")) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["state"], status["step"], status["total_steps"]) == ("finished", 128, 512)
+    assert status["minutes"] == 0.0001 and status["train_seconds"] > 0
+    capsys.readouterr()
+    assert main(["--status", str(run_dir)]) == 0
+    assert "its train.minutes = 0.0001 reached after" in capsys.readouterr().out
+    # resumed with the same budget, the time already trained counts: no epoch more
+    assert main(["--resume", "--set", f"run.dir={run_dir}"]) == 0
+    assert json.loads((run_dir / "status.json").read_text())["step"] == 128
+    # a larger budget carries on from there
+    assert main(["--resume", "--set", f"run.dir={run_dir}", "--set", "train.minutes=60"]) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("finished", 512)
+
+
 def test_the_status_health_check_does_not_import_torch(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -1,0 +1,156 @@
+"""keisei-pipeline: its arguments, its state file, and each phase resumed after an interrupt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from keisei.config import load_config
+from keisei.rundir import RunDir
+from learner.pipeline import ON_START, build_parser, main, make_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "display.mode=plain",
+        "run.threads=1", "selfplay.games=8", "selfplay.max_plies=64", "selfplay.search_visits=4",
+        "train.steps_per_epoch=256", "evaluation.every_epochs=0", "checkpoint.every_epochs=1",
+        "pretrain.batch_size=64", "pretrain.validate_every=2048", "pretrain.epochs=1000"]
+
+
+def test_settings_go_to_the_commands_that_read_their_section() -> None:
+    args = build_parser().parse_args(["runs/p", "--set", "model.blocks=2", "--set",
+                                      "pretrain.batch_size=64", "--set", "train.ppo_passes=1",
+                                      "--set", "search.c_puct=2"])
+    plan, problems = make_plan(args)
+    assert plan is not None and problems == []
+    assert plan.pretrain_sets == ["model.blocks=2", "pretrain.batch_size=64"]
+    assert plan.selfplay_sets == ["model.blocks=2", "train.ppo_passes=1", "search.c_puct=2"]
+    assert plan.phases == ["generate", "pretrain", "selfplay", "evaluate"]
+    assert plan.opponents == ["gnushogi:3"]
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--phases", "generate,train"], "--phases: train"),
+    (["--selfplay-minutes", "0"], "--selfplay-minutes must be more than 0"),
+    (["--set", "run.dir=elsewhere"], "--set run.dir: the pipeline sets it"),
+    (["--set", "train.minutes=5"], "--set train.minutes: the pipeline sets it"),
+    (["--set", "blocks=2"], "expected SECTION.KEY=VALUE"),
+    (["--games", "0"], "--games must be at least 1"),
+])
+def test_bad_arguments_are_refused_by_name(argv: list[str], named: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "p"), *argv]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_a_missing_engine_is_named_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "p"), "--engine", "usi:no-such-engine-here"]) == 2
+    assert "no-such-engine-here is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "records").exists()
+
+
+def test_a_state_file_that_is_not_one_is_refused(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "pipeline.json").write_text("[1, 2")
+    assert main([str(tmp_path / "p"), "--engine", "greedy", "--opponent", "random"]) == 2
+    assert "is not a pipeline state file" in capsys.readouterr().err
+    assert (tmp_path / "p" / "pipeline.json").read_text() == "[1, 2"  # left as it was
+
+
+def test_the_on_start_config_file_holds_the_pipelines_settings() -> None:
+    from_file = load_config(ROOT / "configs" / "on-start.toml", []).to_dict()
+    from_pipeline = load_config(None, list(ON_START)).to_dict()
+    for config in (from_file, from_pipeline):
+        config["train"].pop("total_steps")  # the file's own budget; the pipeline's is minutes
+    assert from_file == from_pipeline
+
+
+def _pipeline(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "learner.pipeline", str(run_dir), "--engine", "greedy",
+            "--generate-minutes", "0.2", "--pretrain-minutes", "0.3", "--selfplay-minutes",
+            "0.3", "--opponent", "random", "--opponent", "greedy", "--games", "2", "--visits",
+            "0", "--workers", "1", *[word for item in TINY for word in ("--set", item)], *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _interrupt_when(process: subprocess.Popen[str], ready: Callable[[], bool]) -> str:
+    """SIGINT the pipeline once ``ready()``; its output (it must exit 130)."""
+    deadline = time.monotonic() + 240
+    while not ready():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "the phase never got going"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 130, output
+    return output
+
+
+def _phase(run_dir: Path, name: str) -> dict[str, object]:
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    return dict(state["phases"].get(name, {}))
+
+
+def _games(run_dir: Path) -> int:
+    return sum(path.read_text().count("V2.2\n") for path in (run_dir / "records").glob("games-*.csa"))
+
+
+@pytest.mark.e2e
+def test_each_phase_continues_after_an_interrupt(tmp_path: Path) -> None:
+    run_dir = tmp_path / "p"
+    # generate: interrupted once games are written; the rerun appends for the time left
+    process = _pipeline(run_dir)
+    try:
+        _interrupt_when(process, lambda: _games(run_dir) > 20)
+        first = _phase(run_dir, "generate")
+        assert first["done"] is False and 0 < float(first["seconds"]) < 10  # type: ignore[arg-type]
+        kept = _games(run_dir)
+        # pretrain: interrupted after its second checkpoint; the rerun resumes it
+        process = _pipeline(run_dir)
+        pretrain = RunDir(run_dir / "pretrain")
+        output = _interrupt_when(process, lambda: len(list(pretrain.checkpoints.glob("*.pt"))) >= 2)
+        assert "--seed 1" in output  # new games, appended to the kept ones
+        assert _phase(run_dir, "generate")["done"] is True and _games(run_dir) > kept
+        newest = pretrain.newest_checkpoint()
+        assert newest is not None and _phase(run_dir, "pretrain")["done"] is False
+        # selfplay: interrupted after its second checkpoint; the rerun resumes it
+        process = _pipeline(run_dir)
+        selfplay = RunDir(run_dir / "selfplay")
+        output = _interrupt_when(process, lambda: len(list(selfplay.checkpoints.glob("*.pt"))) >= 2)
+        assert "generate: done before; skipped" in output
+        assert "-m pretrain.main --resume" in output
+        assert _phase(run_dir, "pretrain")["done"] is True
+        assert "--init-from" in output
+        interrupted_at = json.loads(selfplay.status.read_text())["step"]
+        # evaluate: interrupted once the first opponent has its result
+        process = _pipeline(run_dir)
+        output = _interrupt_when(
+            process, lambda: (run_dir / "eval" / "random" / "results.json").is_file())
+        assert "-m learner.main --resume" in output
+        status = json.loads(selfplay.status.read_text())
+        assert status["state"] == "finished" and status["step"] > interrupted_at
+        assert status["train_seconds"] >= 0.3 * 60
+        # the last run plays only what has no result, and ends with the summary
+        process = _pipeline(run_dir)
+        output, _ = process.communicate(timeout=240)
+        assert process.returncode == 0, output
+        assert "--opponent random" not in output
+        assert "keisei vs greedy:" in output and "keisei vs random:" in output
+        assert "Play the network: keisei-play" in output
+        state = json.loads((run_dir / "pipeline.json").read_text())
+        assert all(state["phases"][name]["done"] for name in state["phases"])
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
