@@ -52,6 +52,23 @@ def test_dockerfile_ships_every_package_and_config() -> None:
     assert compose["services"]["actor"]["deploy"]["replicas"] >= 1
 
 
+def test_the_pipeline_profile_runs_keisei_pipeline_with_its_engines() -> None:
+    """The ``pipeline`` profile: the image has the engines its default phases call, its
+    command is a valid keisei-pipeline command line, the web view is on loopback only."""
+    from learner.pipeline import build_parser, make_plan
+
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["pipeline"]
+    assert spec["profiles"] == ["pipeline"] and spec["command"][0] == "keisei-pipeline"
+    plan, problems = make_plan(build_parser().parse_args(spec["command"][1:]))
+    assert plan is not None and problems == [], problems
+    engines = set(spec["build"]["args"]["ENGINES"].split())
+    needed = {plan.engine.removeprefix("usi:")} | {
+        "gnushogi" for opponent in plan.opponents if opponent.startswith("gnushogi:")}
+    assert needed <= engines, (needed, engines)
+    assert plan.web == "0.0.0.0:8080"
+    assert spec["ports"] == ["127.0.0.1:${KEISEI_PIPELINE_WEB_PORT:-8082}:8080"]
+
+
 def test_the_ranks_override_names_every_rank_port() -> None:
     """docker-compose.ranks.yml: the learner runs --ranks N, exposes each rank's two ports
     (``learner.launch.rank_bind``) and the actors are given every rank's endpoint."""
