@@ -34,7 +34,7 @@ test: setup
 	$(BIN)/mypy --strict keisei/ learner/ workers/ pretrain/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# End-to-end runs of a minute or more each (about 4 minutes in all), kept out of `make test`.
+# End-to-end runs of a minute or more each (about 7 minutes in all), kept out of `make test`.
 e2e: setup
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
