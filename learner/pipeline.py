@@ -51,7 +51,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from keisei.cli import ExitCode, add_version
+from keisei.cli import ExitCode, HelpConfig, add_version
+from keisei.config import Config, ConfigError, load_config
 from keisei.files import write_json_atomically
 from keisei.rundir import RunDir
 
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the self-play learner's web view (keisei-learner --web)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="a setting for the trainers (repeatable)")
+    parser.add_argument("--help-config", action=HelpConfig, sections=Config.section_names(),
+                        help="list the settings --set can give the trainers, and exit")
     return add_version(parser)
 
 
@@ -159,6 +162,13 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
             pretrain_sets.append(item)
         if section not in PRETRAIN_SECTIONS or section in SHARED_SECTIONS:
             selfplay_sets.append(item)
+    if not problems:  # a mistyped setting is named now, not when its phase starts
+        for overrides in (pretrain_sets, [*ON_START, *selfplay_sets]):
+            try:
+                load_config(None, overrides)
+            except ConfigError as exc:
+                problems += [f"--set: {problem}" for problem in exc.problems
+                             if f"--set: {problem}" not in problems]
     if problems:
         return None, problems
     return Plan(Path(args.run_dir), phases,

@@ -43,6 +43,8 @@ def test_settings_go_to_the_commands_that_read_their_section() -> None:
     (["--set", "train.minutes=5"], "--set train.minutes: the pipeline sets it"),
     (["--set", "blocks=2"], "expected SECTION.KEY=VALUE"),
     (["--games", "0"], "--games must be at least 1"),
+    (["--set", "train.learning_rat=0.1"], "train.learning_rat"),
+    (["--set", "pretrain.batch_size=0"], "pretrain.batch_size"),
 ])
 def test_bad_arguments_are_refused_by_name(argv: list[str], named: str, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
