@@ -25,7 +25,7 @@ interrupt (Ctrl-C, SIGTERM, a reboot): finished phases are skipped, and the inte
 continues. ``generate`` appends new games for the minutes it has left, ``pretrain`` and
 ``selfplay`` resume from their newest checkpoint, and ``evaluate`` plays the opponents that
 have no result yet. A finished phase is not redone: delete its folder to redo it (and those
-after it). The network to play at the end is ``RUN_DIR/selfplay`` (``keisei-play``,
+after it); evaluation plays any opponent added since. The network to play at the end is ``RUN_DIR/selfplay`` (``keisei-play``,
 ``keisei-usi``, ``keisei-eval`` take the folder).
 
 ``--set SECTION.KEY=VALUE`` goes to the commands that read the section: ``pretrain.*`` to
@@ -57,6 +57,7 @@ from keisei.files import write_json_atomically
 from keisei.rundir import RunDir
 
 PHASES = ("generate", "pretrain", "selfplay", "evaluate")
+FOLDERS = {"generate": "records", "pretrain": "pretrain", "selfplay": "selfplay", "evaluate": "eval"}
 # Self-play on a pre-trained start: search targets as the improvement signal (a quarter of
 # the plies searched with 64 Gumbel visits, weighted 4, the value target mixed a third with
 # the search's value), small PPO steps and a KL penalty toward the start. Measured in
@@ -176,6 +177,25 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
                  "selfplay": args.selfplay_minutes}, args.engine, args.engine_depth,
                 args.workers, args.opponent or ["gnushogi:3"], args.games, args.visits, args.web,
                 pretrain_sets, selfplay_sets), []
+
+
+def has_output(plan: Plan, name: str) -> bool:
+    """Whether a phase's folder still holds what it made (a user may delete it to redo it);
+    evaluation is always looked at again, opponent by opponent."""
+    if name == "generate":
+        return any((plan.run_dir / "records").glob("games-*.csa"))
+    if name in ("pretrain", "selfplay"):
+        return RunDir(plan.run_dir / name).newest_checkpoint() is not None
+    return False
+
+
+def forget_deleted(plan: Plan, state: State) -> None:
+    """A phase marked done whose output is gone runs again from the start."""
+    for name in PHASES:
+        if state.done(name) and not has_output(plan, name):
+            if name != "evaluate":
+                print(f"keisei-pipeline: {name}: its folder is gone; it runs again", flush=True)
+            state.data["phases"].pop(name)
 
 
 def missing_programs(plan: Plan, state: State) -> list[str]:
@@ -331,6 +351,7 @@ def evaluate(plan: Plan, runner: Runner) -> int:
     for opponent in plan.opponents:
         folder = plan.run_dir / "eval" / re.sub(r"[^A-Za-z0-9@.+-]+", "-", opponent).strip("-")
         if (folder / "results.json").is_file():
+            print(f"keisei-pipeline: evaluate: {opponent}: played before ({folder})", flush=True)
             continue
         code = runner.run("evaluate", [*command("eval"), "--checkpoint",
                                        str(plan.run_dir / "selfplay"), "--name", "keisei",
@@ -375,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"keisei-pipeline: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    forget_deleted(plan, state)
     missing = missing_programs(plan, state)
     if missing:
         print(f"keisei-pipeline: {', '.join(missing)} is not installed (on Debian or Ubuntu: "
@@ -387,8 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name in plan.phases:
             if state.done(name):
-                print(f"keisei-pipeline: {name}: done before; skipped (delete its folder to "
-                      "redo it)", flush=True)
+                print(f"keisei-pipeline: {name}: done before; skipped (delete "
+                      f"{plan.run_dir / FOLDERS[name]} to redo it)", flush=True)
                 continue
             state.data["current"] = name
             state.save()

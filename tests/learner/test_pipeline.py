@@ -156,3 +156,19 @@ def test_each_phase_continues_after_an_interrupt(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_a_done_phase_whose_folder_was_deleted_runs_again(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "p"
+    run_dir.mkdir()
+    (run_dir / "pipeline.json").write_text(json.dumps(
+        {"phases": {"generate": {"done": True, "seconds": 60.0, "attempts": 1}}}))
+    assert main([str(run_dir), "--phases", "generate", "--engine", "greedy",
+                 "--generate-minutes", "0.02", "--workers", "1"]) == 0
+    assert "generate: its folder is gone; it runs again" in capfd.readouterr().out
+    assert list((run_dir / "records").glob("games-*.csa"))
+    phase = _phase(run_dir, "generate")
+    assert phase["done"] is True and phase["attempts"] == 1
+    assert main([str(run_dir), "--phases", "generate", "--engine", "greedy"]) == 0
+    assert f"generate: done before; skipped (delete {run_dir / 'records'}" in capfd.readouterr().out
