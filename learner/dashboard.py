@@ -105,11 +105,15 @@ class Dashboard:
 
     def render(self) -> Group:
         trainer, report = self.trainer, self.latest
-        total = trainer.config.train.total_steps
+        total, minutes = trainer.config.train.total_steps, trainer.config.train.minutes
         phase = "update" if trainer.processing else "collect"
+        done = 100 * max(trainer.step / total,
+                         trainer.train_seconds / (60 * minutes) if minutes else 0.0)
         header = Text.assemble(
             ("Keisei learner  ", "bold"), (f"mode {trainer.mode()}  ", "cyan"),
-            f"step {trainer.step:,}/{total:,} ({100 * trainer.step / total:.1f}%)  ",
+            f"step {trainer.step:,}/{total:,} ({done:.1f}%)  " if not minutes else
+            f"step {trainer.step:,}, {trainer.train_seconds / 60:.1f} of {minutes:g} min "
+            f"({min(done, 100.0):.1f}%)  ",
             f"epoch {trainer.epoch}  policy v{trainer.policy_version}  ",
             f"phase {phase}  buffer {trainer.buffer.size:,}/{trainer.buffer.steps_per_epoch:,}  ",
             f"elapsed {time.monotonic() - self.started:.0f}s")

@@ -193,6 +193,7 @@ class EpochReport:
     ranks: RanksReport | None = None  # several learner ranks only
     pool: PoolReport | None = None  # with an opponent pool only
     anchor: AnchorReport | None = None  # with train.kl_anchor = gated only
+    train_seconds: float = 0.0  # wall-clock of the epochs trained, across resumes (train.minutes)
 
     def to_json(self) -> dict[str, Any]:
         """The flat ``metrics.jsonl`` record (NaN and infinities as null)."""

@@ -653,7 +653,7 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
             mode=trainer.mode(), steps_per_second=(trainer.step - last_step) / (now - last_time),
             steps_dropped_stale=stale, time=time.time(),
             collect=collected, update=updated, games=games, pool=trainer.pool_report(),
-            anchor=trainer.gate_anchor())
+            anchor=trainer.gate_anchor(), train_seconds=round(trainer.train_seconds, 3))
         last_time, last_step = now, trainer.step
         for callback in callbacks:
             await call_callback(callback, report)

@@ -66,6 +66,7 @@ class RunFiles:
         # per game file: (its modification time, its summary for the games browser)
         self._summaries: dict[str, tuple[float, dict[str, Any]]] = {}
         self.total_steps: int | None = None
+        self.minutes = 0.0  # train.minutes
         self._mtimes: dict[str, float] = {}
         self._games: list[dict[str, Any]] = []
         self._games_listed = -math.inf
@@ -83,7 +84,7 @@ class RunFiles:
             self.status, status_changed = self._read_json(self.run.status, self.status)
             self.ratings, ratings_changed = self._read_json(self.run.ratings, self.ratings)
             if self.total_steps is None or self._changed(self.run.config):
-                self.total_steps = self._read_total_steps()
+                self.total_steps, self.minutes = self._read_budget()
             if changed or status_changed or ratings_changed:
                 self.version += 1
 
@@ -106,12 +107,13 @@ class RunFiles:
             return current, False
         return (value if isinstance(value, dict) else current), True
 
-    def _read_total_steps(self) -> int | None:
+    def _read_budget(self) -> tuple[int | None, float]:
+        """``train.total_steps`` and ``train.minutes`` (0: none) of the run's configuration."""
         try:
-            config = tomllib.loads(self.run.config.read_text(encoding="utf-8"))
-            return int(config["train"]["total_steps"])
+            train = tomllib.loads(self.run.config.read_text(encoding="utf-8"))["train"]
+            return int(train["total_steps"]), float(train.get("minutes", 0.0))
         except (OSError, ValueError, KeyError, TypeError):
-            return None
+            return None, 0.0
 
     def _read_metrics(self) -> bool:
         path = self.run.metrics
@@ -179,6 +181,10 @@ class RunFiles:
             eta = None
             if self.total_steps is not None and step is not None and rate:
                 eta = max(0.0, (self.total_steps - step) / rate)
+            trained = _number(last.get("train_seconds"))
+            if self.minutes and trained is not None:  # train.minutes ends it first
+                left = max(0.0, 60 * self.minutes - trained)
+                eta = left if eta is None else min(eta, left)
             try:
                 age = time.time() - self.run.metrics.stat().st_mtime
             except OSError:
@@ -192,6 +198,7 @@ class RunFiles:
                 "id": self.index, "name": self.name, "path": str(self.path), "version": self.version,
                 "generation": self.generation, "points": len(self.points),
                 "step": step, "epoch": last.get("epoch"), "total_steps": self.total_steps,
+                "minutes": self.minutes or None, "train_seconds": _number(last.get("train_seconds")),
                 "policy_version": last.get("policy_version"),
                 "mode": status.get("mode") if fresh_status else last.get("mode"),
                 "steps_per_second": rate, "actor_steps_per_second": _number(

@@ -113,6 +113,19 @@ def test_the_runs_summary_reads_the_run_directory(served: tuple[WebView, Path]) 
     assert run["ladder"] == {"random": 0.9, "greedy": 0.4}
 
 
+def test_a_time_budget_ends_the_estimate_when_it_comes_first(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    write_run(run_dir)
+    (run_dir / "config.toml").write_text("[train]\ntotal_steps = 1000000000\nminutes = 2.0\n")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines[-1]["train_seconds"] = 90.0  # 30 s of the 2 minutes left
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with WebView("127.0.0.1:0", [run_dir]) as view:
+        run = get(view, "/api/runs")[1]["runs"][0]
+    assert (run["minutes"], run["train_seconds"]) == (2.0, 90.0)
+    assert run["eta_seconds"] == pytest.approx(30.0)
+
+
 def test_a_run_that_ended_is_shown_as_it_ended_however_old_its_status(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     write_run(run_dir)

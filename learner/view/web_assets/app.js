@@ -170,7 +170,10 @@ function renderOverview() {
       box.append(span);
     };
     if (state.runs.length > 1) item("run", run.name);
-    item("step", run.total_steps ? `${fmt(run.step)} / ${fmt(run.total_steps)}` : fmt(run.step));
+    item("step", run.total_steps && !run.minutes ? `${fmt(run.step)} / ${fmt(run.total_steps)}` : fmt(run.step));
+    if (run.minutes) {  // train.minutes: a budget of training time
+      item("trained", `${duration(run.train_seconds || 0)} of ${duration(run.minutes * 60)}`);
+    }
     item("epoch", fmt(run.epoch));
     item("steps/s", fmt(run.steps_per_second));
     if (run.actor_steps_per_second !== null) item("actors' steps/s", fmt(run.actor_steps_per_second));
