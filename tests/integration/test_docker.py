@@ -403,3 +403,63 @@ def run_stack(stack: Stack, build_args: list[str]) -> None:
     assert gave_up["State"]["ExitCode"] == 2
     assert all(actor["State"]["ExitCode"] == 0 for actor in stack.containers("actor"))
     assert stack.metrics()[-1]["step"] == target
+
+
+PIPELINE_TINY = ["--engine-depth", "1", "--generate-minutes", "0.3", "--pretrain-minutes", "0.3",
+                 "--selfplay-minutes", "0.3", "--opponent", "gnushogi:1", "--games", "2",
+                 "--visits", "8", "--workers", "1",
+                 *(word for item in ("model.blocks=1", "model.channels=16", "model.value_hidden=16",
+                                     "selfplay.games=8", "selfplay.search_visits=4",
+                                     "train.steps_per_epoch=256", "evaluation.every_epochs=0",
+                                     "checkpoint.every_epochs=1", "run.threads=1")
+                   for word in ("--set", item))]
+
+
+def test_the_pipeline_profile_with_a_real_engine(build_args: list[str]) -> None:
+    """``docker compose --profile pipeline``: the image with Debian's engines builds, its
+    service stops cleanly and continues, and a short pipeline runs every phase in it."""
+    work = Path(tempfile.mkdtemp(prefix="keisei-docker-"))
+    work.chmod(0o755)
+    stack = Stack(work)
+    stack.image = f"keisei-test-engines:{os.getpid()}"  # volume_text reads with it
+    stack.env["KEISEI_PIPELINE_IMAGE"] = stack.image
+    try:
+        built = stack.timed("build pipeline", "--profile", "pipeline", "build", "pipeline",
+                            *(word for arg in build_args for word in ("--build-arg", arg)),
+                            timeout=1200, check=False)
+        if built.returncode != 0 and "apt-get" in built.stdout + built.stderr:
+            pytest.skip("Debian's engines could not be installed in the image (no package "
+                        "mirror reachable from the build?): " + built.stderr[-300:])
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+        # the default command: stopped in its first phase (exit 130), started again, it goes on
+        stack.compose("--profile", "pipeline", "up", "-d", "pipeline")
+
+        def pipeline_log() -> str:
+            return stack.compose("logs", "--no-color", "pipeline").stdout
+
+        stack.wait("engine games being played", lambda: "generating with fairy-stockfish" in pipeline_log(),
+                   timeout=120)
+        time.sleep(5)
+        stack.timed("stop pipeline", "--profile", "pipeline", "stop", "pipeline", timeout=180)
+        [stopped] = stack.containers("pipeline")
+        assert stopped["State"]["ExitCode"] == 130, stopped["State"]
+        state = json.loads(stack.volume_text("pipeline/pipeline.json"))
+        assert state["current"] == "generate" and not state["phases"]["generate"]["done"]
+        stack.compose("--profile", "pipeline", "start", "pipeline")
+        stack.wait("the pipeline continued", lambda: "--seed 1" in pipeline_log(), timeout=120)
+        stack.compose("--profile", "pipeline", "stop", "pipeline", timeout=180)
+        # a short pipeline, every phase, with the engines of the image
+        done = stack.timed("short pipeline", "--profile", "pipeline", "run", "--rm", "pipeline",
+                           "keisei-pipeline", "runs/short", *PIPELINE_TINY, timeout=900, check=False)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        state = json.loads(stack.volume_text("short/pipeline.json"))
+        assert all(state["phases"][name]["done"] for name in
+                   ("generate", "pretrain", "selfplay", "evaluate")), state
+        assert "keisei vs " in done.stdout and "Play the network" in done.stdout
+    finally:
+        stack.compose("--profile", "pipeline", "down", "-v", "--rmi", "all", "--remove-orphans",
+                      "--timeout", "30", timeout=180, check=False)
+        stack.down()
+        shutil.rmtree(work, ignore_errors=True)
+        print("\ndocker pipeline phases (s): " + ", ".join(
+            f"{phase} {seconds:.1f}" for phase, seconds in stack.phases.items()))
