@@ -38,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def play(network: Path, opponent: str, output: Path, args: argparse.Namespace) -> MatchResult:
-    """One match (played unless its results are already there)."""
+def play(network: Path, opponent: str, output: Path, args: argparse.Namespace,
+         name: str = "keisei") -> MatchResult:
+    """One match (played unless its results are already there): ``network`` as ``name``
+    against ``opponent``, with ``args.games``, ``workers``, ``seed`` and ``visits``."""
     results = output / "results.json"
     if not results.is_file():
-        argv = ["--checkpoint", str(network), "--name", "keisei", *opponent_arguments(opponent),
+        argv = ["--checkpoint", str(network), "--name", name, *opponent_arguments(opponent),
                 "--games", str(args.games), "--workers", str(args.workers), "--seed",
                 str(args.seed), "--output", str(output)]
         argv += ["--visits", str(args.visits)] if args.visits else []

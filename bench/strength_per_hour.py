@@ -31,10 +31,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.budget import opponent_arguments
+from bench.curves import play
 from keisei.elo import elo_interval, fit_ratings
 from keisei.evaluation import MatchResult, Pairing
-from workers import evaluate
 
 STEP = re.compile(r"checkpoint-(\d+)\.pt$")
 
@@ -125,19 +124,9 @@ def spread(points: list[Point], count: int) -> list[Point]:
     return [point for point in points if id(point) in keep]
 
 
-def play(point: Point, opponent: str, work: Path, args: argparse.Namespace) -> MatchResult:
+def play_point(point: Point, opponent: str, work: Path, args: argparse.Namespace) -> MatchResult:
     output = work / f"{point.name}-{re.sub(r'[^A-Za-z0-9.@-]+', '_', opponent)}"
-    results = output / "results.json"
-    if not results.is_file():
-        argv = ["--checkpoint", str(point.path), "--name", point.name,
-                *opponent_arguments(opponent), "--games", str(args.games), "--workers",
-                str(args.workers), "--seed", str(args.seed), "--output", str(output)]
-        argv += ["--visits", str(args.visits)] if args.visits else []
-        code = evaluate.main(argv)
-        if code:
-            raise SystemExit(f"keisei-eval failed with exit code {code}: {point.path} vs {opponent}")
-    pairing = json.loads(results.read_text())["pairings"][0]
-    return MatchResult(pairing["wins"], pairing["draws"], pairing["losses"])
+    return play(point.path, opponent, output, args, name=point.name)
 
 
 def main() -> None:
@@ -150,7 +139,7 @@ def main() -> None:
                     args.points)
     if not points:
         raise SystemExit(f"no checkpoints of {pipeline}'s pretrain or selfplay phases found")
-    results = {(point.name, opponent): play(point, opponent, work, args)
+    results = {(point.name, opponent): play_point(point, opponent, work, args)
                for point in points for opponent in opponents}
     pairings = [Pairing(name, opponent, result) for (name, opponent), result in results.items()]
     ratings = fit_ratings(pairings, anchor=opponents[0])
