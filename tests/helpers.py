@@ -22,7 +22,7 @@ EPOCH_FIELDS = {
     "policy_lag_mean", "policy_loss", "policy_version", "ppo_passes", "rules_seconds", "search_loss",
     "search_targets",
     "shaping_weight", "step", "steps_dropped_stale", "steps_per_second", "terminations", "time",
-    "update_seconds", "value_loss", "white_win_rate"}
+    "train_seconds", "update_seconds", "value_loss", "white_win_rate"}
 """metrics.jsonl's fields from the training loop itself (users' scripts read these names)."""
 
 DISTRIBUTED_FIELDS = {
