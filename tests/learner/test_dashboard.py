@@ -46,3 +46,24 @@ def test_an_unhealthy_update_is_flagged_in_the_line() -> None:
     line = Dashboard.summary_line(dataclasses.replace(report, update=update))
     assert line.endswith("| outside the healthy band: KL (sampled estimate) 5.16e+03 > 0.05, "
                          "clip fraction 0.708 > 0.3, explained variance -0.23 < 0"), line
+
+
+def test_the_live_header_shows_a_time_budget_when_one_is_set() -> None:
+    import io
+
+    from rich.console import Console
+
+    from keisei.config import load_config
+    from learner.trainer import Trainer
+
+    settings = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "selfplay.games=8",
+                "train.steps_per_epoch=128", "train.minibatch_size=32", "run.threads=1",
+                "display.mode=rich"]
+    for extra, shown in ((["train.total_steps=1000"], "step 0/1,000 (0.0%)"),
+                         (["train.minutes=2"], "step 0, 0.5 of 2 min (25.0%)")):
+        config = load_config(None, [*settings, *extra])
+        trainer = Trainer.build(config)
+        trainer.train_seconds = 30.0
+        screen = io.StringIO()
+        Console(file=screen, width=200).print(Dashboard(trainer, config.display, io.StringIO()).render())
+        assert shown in screen.getvalue()
