@@ -635,7 +635,8 @@ async def train(trainer: Trainer, callbacks: Sequence[Callback], until_step: int
     """The one training loop: run epochs until ``until_step`` (default ``train.total_steps``)."""
     total = trainer.config.train.total_steps if until_step is None else until_step
     last_time, last_step = time.perf_counter(), trainer.step
-    while trainer.step < total and not trainer.world.any(trainer.time_up()):
+    timed = bool(trainer.config.train.minutes)  # the same on every member: no collective without it
+    while trainer.step < total and not (timed and trainer.world.any(trainer.time_up())):
         collected = trainer.collect()
         if trainer.world.any(trainer.stop.is_set()):
             raise TrainingInterrupted(f"stop requested at step {trainer.step}")
