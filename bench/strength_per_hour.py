@@ -115,8 +115,10 @@ def spread(points: list[Point], count: int) -> list[Point]:
     """``count`` points evenly spread in time, always the first and the last of each phase."""
     if len(points) <= count:
         return points
-    keep = {id(point) for phase in ("pretrain", "selfplay")
-            for point in [p for p in points if p.phase == phase][:1] + [p for p in points if p.phase == phase][-1:]}
+    keep = set()
+    for phase in ("pretrain", "selfplay"):
+        of_phase = [point for point in points if point.phase == phase]
+        keep |= {id(point) for point in of_phase[:1] + of_phase[-1:]}
     first, last = points[0].minutes, points[-1].minutes
     for index in range(count):
         target = first + (last - first) * index / max(count - 1, 1)
