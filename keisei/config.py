@@ -326,12 +326,12 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """Opponents from the past (``keisei.pool``): played by the learner's own collector."""
+    """Opponents from the past (``keisei.pool``): played by the learner's own collector and
+    by its actors, to whom the learner publishes the pool."""
 
-    share: float = setting(0.0, "share of the learner's in-process self-play games played "
+    share: float = setting(0.0, "share of self-play games, in-process and actors', played "
                            "against an opponent drawn from the pool (only the learner's own "
-                           "plies train); 0: off. Actors play self-play only",
-                           low=0.0, high=1.0)
+                           "plies train); 0: off", low=0.0, high=1.0)
     size: int = setting(8, "past policies the pool holds (the start network of an "
                         "--init-from run is kept besides)", low=1, high=1000)
     every_epochs: int = setting(10, "the current policy joins the pool every this many epochs",

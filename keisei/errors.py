@@ -32,7 +32,7 @@ class RecordError(KeiseiError, ValueError):
 
 
 RECORD_PROBLEMS = ("does not parse", "bad position", "illegal move", "false result", "too long",
-                   "bad target")
+                   "bad target", "bad opponent")
 """The kinds of ``RecordError``."""
 
 

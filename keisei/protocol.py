@@ -2,7 +2,8 @@
 
 Transport (ZeroMQ): actors talk to the learner's ROUTER from a DEALER (``hello``,
 ``heartbeat``, ``games``, ``bye``); the learner answers over the ROUTER (``welcome``,
-``reject``, ``ack``, ``shutdown``) and publishes ``weights`` on a PUB socket.
+``reject``, ``ack``, ``shutdown``) and publishes ``weights`` on a PUB socket, and, with an
+opponent pool (``pool.share``), ``pool`` beside them.
 
 Each message is a multipart list of frames: frame 0 is a small msgpack header (a map
 with ``type`` and ``version``), then numpy arrays as raw frames (sent without copying).
@@ -14,7 +15,8 @@ and that floats are finite. Any violation raises ``ProtocolError`` naming it.
 A finished game crosses the wire as its start position and moves plus, per ply, the
 behaviour log-probability, value and policy version: 16 bytes a ply; and its search
 targets, if any (``selfplay.search_share``): per target the ply, the count and the root
-value, and per target move the move and its probability. The learner
+value, and per target move the move and its probability. A game against the opponent
+pool names the opponent and the colour the learner's policy played. The learner
 replays the moves through ``keisei.shogi.Game`` (``keisei.records.replay_game``),
 which rebuilds the observation planes and legal masks and rejects any illegal move
 or misreported result. Bit-packed planes and masks would be about 1 510 bytes a ply.
@@ -42,17 +44,21 @@ from keisei.shogi import Termination
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 """Where the learner's ROUTER listens unless told otherwise (weights one port above)."""
 
-PROTOCOL_VERSION = 3
-"""3: games carry search targets (five more array frames) and ``welcome`` the learner's
+PROTOCOL_VERSION = 4
+"""4: the ``pool`` message (the learner's opponent pool, one opponent's weights at a time),
+and each game names its pool opponent and the learner's colour (``""`` and -1 in
+self-play). 3: games carry search targets (five more array frames) and ``welcome`` the learner's
 ``search`` settings. 2: ``hello`` no longer carries ``games``, ``heartbeat`` no longer
 ``games_sent`` and ``ack`` no longer ``policy_version`` (nothing read them); actors
 heartbeat at the ``welcome``'s ``heartbeat_interval``."""
-ACCEPTED_VERSIONS = (3,)
+ACCEPTED_VERSIONS = (4,)
 WEIGHTS_TOPIC = b"weights"
+POOL_TOPIC = b"pool"
 MAX_HEADER_BYTES = 1 << 20
 MAX_GAMES_PER_MESSAGE = 4096
 MAX_PLIES_PER_GAME = 10_000
 MAX_WEIGHT_BYTES = 1 << 31
+MAX_POOL_OPPONENTS = 1001  # pool.size's largest, and the start network
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class MessageType(StrEnum):
     ACK = "ack"
     SHUTDOWN = "shutdown"
     WEIGHTS = "weights"
+    POOL = "pool"
 
 
 @dataclass(frozen=True)
@@ -147,12 +154,28 @@ class Weights:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-Message = Hello | Heartbeat | Games | Bye | Welcome | Reject | Ack | Shutdown | Weights
+@dataclass(frozen=True, eq=False)
+class Pool:
+    """The learner's opponent pool, published beside the weights: the ``share`` of new
+    games to play against it, each opponent's name and PFSP probability (the learner keeps
+    the results and so the probabilities), and the weights of one of them, ``name`` (none:
+    ``""``). The opponents take turns, so each message is one network's size and an actor
+    that joins late holds every opponent after ``len(names)`` messages."""
+
+    share: float
+    names: list[str]
+    probabilities: list[float]
+    name: str = ""
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+Message = Hello | Heartbeat | Games | Bye | Welcome | Reject | Ack | Shutdown | Weights | Pool
 
 _TYPES: dict[type, MessageType] = {
     Hello: MessageType.HELLO, Heartbeat: MessageType.HEARTBEAT, Games: MessageType.GAMES,
     Bye: MessageType.BYE, Welcome: MessageType.WELCOME, Reject: MessageType.REJECT,
     Ack: MessageType.ACK, Shutdown: MessageType.SHUTDOWN, Weights: MessageType.WEIGHTS,
+    Pool: MessageType.POOL,
 }
 _REASONS = list(Termination)
 # Per-ply arrays of a games message, in frame order, with their one allowed dtype.
@@ -175,13 +198,18 @@ def encode(message: Message) -> list[Frame]:
     if isinstance(message, Games):
         header["actor_id"] = message.actor_id
         header["games"] = [[game.start_sfen, game.length, game.winner, _REASONS.index(game.reason),
-                            game.targets, len(game.target_moves)] for game in message.games]
+                            game.targets, len(game.target_moves), game.opponent, game.learner_side]
+                           for game in message.games]
         for name, dtype in _ALL_GAME_ARRAYS:
             joined = np.concatenate([np.asarray(getattr(game, name), dtype=dtype)
                                      for game in message.games]) if message.games else np.zeros(0, dtype)
             frames.append(_raw(joined))
-    elif isinstance(message, Weights):
-        header["policy_version"] = message.policy_version
+    elif isinstance(message, Weights | Pool):
+        if isinstance(message, Weights):
+            header["policy_version"] = message.policy_version
+        else:
+            header.update(share=message.share, names=list(message.names),
+                          probabilities=[float(p) for p in message.probabilities], name=message.name)
         header["tensors"] = []
         for name, array in message.tensors.items():
             header["tensors"].append([name, str(array.dtype), list(array.shape)])
@@ -220,8 +248,9 @@ def decode(frames: Sequence[Frame], limits: Limits | None = None) -> Message:
         raise ProtocolError(f"unknown message type {kind!r}")
     kind = MessageType(str(kind))
     version = header.get("version")
-    if kind is MessageType.HELLO:
-        # A hello of another version still decodes, so the learner can answer with a reject.
+    if kind in (MessageType.HELLO, MessageType.REJECT):
+        # A hello of another version still decodes, so the learner can answer with a
+        # reject, and a reject of another version too, so that an actor reads the reason.
         _expect(header, "version", int)
     elif version not in ACCEPTED_VERSIONS:
         raise ProtocolError(f"protocol version {version!r} is not accepted "
@@ -233,7 +262,9 @@ def decode(frames: Sequence[Frame], limits: Limits | None = None) -> Message:
             raise ProtocolError(f"games message of {size} bytes exceeds {limits.max_message_bytes}")
         return _decode_games(header, payload, limits)
     if kind is MessageType.WEIGHTS:
-        return _decode_weights(header, payload)
+        return Weights(_expect(header, "policy_version", int, 0), _decode_tensors(header, payload))
+    if kind is MessageType.POOL:
+        return _decode_pool(header, payload)
     if payload:
         raise ProtocolError(f"{kind} message has {len(payload)} unexpected extra frames")
     return _decode_plain(kind, header)
@@ -324,11 +355,16 @@ def _decode_games(header: dict[str, Any], payload: Sequence[Frame], limits: Limi
                             f"{len(_ALL_GAME_ARRAYS)}")
     lengths, target_counts, move_counts = [], [], []
     for index, entry in enumerate(entries):
-        if not (isinstance(entry, list) and len(entry) == 6 and isinstance(entry[0], str)
-                and all(isinstance(item, int) and not isinstance(item, bool) for item in entry[1:])):
+        if not (isinstance(entry, list) and len(entry) == 8 and isinstance(entry[0], str)
+                and isinstance(entry[6], str)
+                and all(isinstance(item, int) and not isinstance(item, bool)
+                        for item in (*entry[1:6], entry[7]))):
             raise ProtocolError(f"game {index}: entry {entry!r} is not [sfen, length, winner, "
-                                "reason, targets, target moves]")
-        sfen, length, winner, reason, targets, target_moves = entry
+                                "reason, targets, target moves, opponent, learner side]")
+        sfen, length, winner, reason, targets, target_moves, opponent, side = entry
+        if len(opponent) > _TEXT or side not in (-1, 0, 1) or (side >= 0) != bool(opponent):
+            raise ProtocolError(f"game {index}: opponent {opponent!r} with learner side {side} "
+                                "(a pool game names both, a self-play game neither)")
         if not 1 <= length <= limits.max_plies_per_game or winner not in (-1, 0, 1) \
                 or not 0 <= reason < len(_REASONS) or len(sfen) > _TEXT:
             raise ProtocolError(f"game {index}: length {length}, winner {winner} or reason {reason} "
@@ -360,7 +396,8 @@ def _decode_games(header: dict[str, Any], payload: Sequence[Frame], limits: Limi
     for i, entry in enumerate(entries):
         parts = {name: array[bounds[kinds[name]][i]:bounds[kinds[name]][i + 1]]
                  for name, array in arrays.items()}
-        game = GameRecord(start_sfen=entry[0], winner=entry[2], reason=_REASONS[entry[3]], **parts)
+        game = GameRecord(start_sfen=entry[0], winner=entry[2], reason=_REASONS[entry[3]], **parts,
+                          opponent=entry[6], learner_side=entry[7])
         try:
             check_targets(game)
         except RecordError as exc:
@@ -369,8 +406,29 @@ def _decode_games(header: dict[str, Any], payload: Sequence[Frame], limits: Limi
     return Games(actor_id, games)
 
 
-def _decode_weights(header: dict[str, Any], payload: Sequence[Frame]) -> Weights:
-    version = _expect(header, "policy_version", int, 0)
+def _decode_pool(header: dict[str, Any], payload: Sequence[Frame]) -> Pool:
+    share = float(_expect(header, "share", (int, float), 0.0, 1.0))
+    names, probabilities = _expect(header, "names", list), _expect(header, "probabilities", list)
+    name = _text(header, "name")
+    if len(names) > MAX_POOL_OPPONENTS or len(probabilities) != len(names):
+        raise ProtocolError(f"pool: {len(names)} names and {len(probabilities)} probabilities "
+                            f"(equal, at most {MAX_POOL_OPPONENTS})")
+    if not all(isinstance(item, str) and 0 < len(item) <= _TEXT for item in names) \
+            or len(set(names)) != len(names):
+        raise ProtocolError("pool: the names must be distinct, non-empty strings")
+    if not all(isinstance(p, int | float) and not isinstance(p, bool) and np.isfinite(p) and p >= 0
+               for p in probabilities) or (names and abs(sum(probabilities) - 1.0) > 1e-3):
+        raise ProtocolError("pool: the probabilities must be finite, non-negative and sum to 1")
+    if name and name not in names:
+        raise ProtocolError(f"pool: weights for {name!r}, not one of its opponents")
+    tensors = _decode_tensors(header, payload)
+    if bool(name) != bool(tensors):
+        raise ProtocolError("pool: weights come with the name of their opponent, and only then")
+    return Pool(share, [str(item) for item in names], [float(p) for p in probabilities], name, tensors)
+
+
+def _decode_tensors(header: dict[str, Any], payload: Sequence[Frame]) -> dict[str, np.ndarray]:
+    """The named tensors of a weights or pool message."""
     specs = _expect(header, "tensors", list)
     if len(specs) != len(payload):
         raise ProtocolError(f"weights header lists {len(specs)} tensors for {len(payload)} frames")
@@ -390,7 +448,7 @@ def _decode_weights(header: dict[str, Any], payload: Sequence[Frame]) -> Weights
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ProtocolError(f"weights: tensor {name!r} is not finite")
         tensors[name] = array
-    return Weights(version, tensors)
+    return tensors
 
 
 # --- CurveZMQ keys ----------------------------------------------------------------------

@@ -69,6 +69,10 @@ class GameRecord:
     search ran and its improved policy gives ``target_probs`` to ``target_moves`` (the
     ``target_counts[k]`` entries of target k, in order of k); ``target_values[k]`` is the
     search's root value for the mover. Games without search have them empty.
+
+    **A game against the opponent pool** (``pool.share``) names its ``opponent`` and the
+    colour the learner's policy played, ``learner_side`` (0 black, 1 white); a self-play
+    game has ``""`` and -1. Only the learner's side of such a game trains the policy.
     """
 
     start_sfen: str
@@ -84,6 +88,8 @@ class GameRecord:
     target_probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), kw_only=True)
     target_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32),
                                       kw_only=True)
+    opponent: str = field(default="", kw_only=True)
+    learner_side: int = field(default=-1, kw_only=True)
 
     @property
     def length(self) -> int:
@@ -202,6 +208,9 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True,
         raise RecordError(f"start position: {exc}", "bad position") from exc
     length = record.length
     check_targets(record)
+    if (record.learner_side in (0, 1)) != bool(record.opponent) or record.learner_side not in (-1, 0, 1):
+        raise RecordError(f"opponent {record.opponent!r} with learner side {record.learner_side} "
+                          "(a pool game names both, a self-play game neither)", "bad opponent")
     planes = np.empty((length, *OBSERVATION_SHAPE), dtype=np.float32)
     turns = np.empty(length, dtype=np.uint8)
     legal_lists = []
@@ -248,7 +257,9 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True,
         target_probs=record.target_probs.astype(np.float32),
         target_values=record.target_values.astype(np.float32),
         observations=pack_observations(planes), legal_masks=pack_masks(masks), actions=actions,
-        players=turns, target_actions=target_actions, forced=forced)
+        players=turns, target_actions=target_actions, forced=forced,
+        opponent=record.opponent, learner_side=record.learner_side,
+        trained=turns == record.learner_side if record.opponent else None)
 
 
 def _target_slices(record: GameRecord) -> dict[int, slice]:

@@ -155,6 +155,8 @@ class Collector:
         ``pool`` (PFSP), the learner taking a random colour; ``build`` makes an empty
         network of the opponents' shape. The opponent's plies are recorded as not trained,
         and each result goes back to the pool."""
+        if pool is not self.pool:
+            self._opponent_models = {}  # another pool's opponents, whatever their names
         self.pool, self._pool_share, self._build_opponent = pool, share, build
 
     def _choose_opponent(self, slot: int) -> None:
@@ -341,6 +343,7 @@ class Collector:
         opponent = self._opponents[slot]
         trained = None
         if opponent is not None:
+            record = replace(record, opponent=opponent, learner_side=int(self._learner_sides[slot]))
             trained = self._trained[slot, :length].copy()
             side = int(self._learner_sides[slot])
             score = 0.5 if outcome.winner is None else float(outcome.winner.number == side)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from keisei.errors import KeiseiError
-from keisei.records import FinishedGame, GameRecord, replay_game
+from keisei.records import DRAW, FinishedGame, GameRecord, replay_game
 from learner.buffer import IN_PROCESS, BufferFullError, ExperienceBuffer
 
 
@@ -77,6 +77,8 @@ class Admission:
         self._games_in_process = 0
         self._steps_dropped_backpressure = 0
         self.games_carried = 0  # admitted before this process: the resumed checkpoint's total
+        self.pool_result: Callable[[str, float], None] | None = None
+        """Told each admitted pool game of a peer: its opponent and the learner's score."""
         self._lock = threading.Lock()
 
     # --- the two ways in ---------------------------------------------------------------
@@ -102,8 +104,13 @@ class Admission:
             raise InvalidGames(str(exc)) from exc
         with self._lock:
             self._games_received += len(games)
-            self._steps_received += sum(game.length for game in games)
-            self._enqueue(games, source)
+            self._steps_received += sum(game.steps for game in games)  # an opponent's plies
+            self._enqueue(games, source)  # are no steps (a pool game's)
+        if self.pool_result is not None:
+            for game in games:
+                if game.opponent:
+                    self.pool_result(game.opponent, 0.5 if game.winner == DRAW
+                                     else float(game.winner == game.learner_side))
         return games
 
     def put(self, game: FinishedGame) -> None:

@@ -333,7 +333,10 @@ class Learner:
             heartbeat_interval=min(1.0, config.supervisor.heartbeat_timeout / 4),
             wire=config.wire, takeover_after=config.supervisor.heartbeat_timeout))
         trainer.weights_out = self.server.publish
-        self._stack.callback(setattr, trainer, "weights_out", None)  # before the server closes
+        trainer.pool_out = self.server.publish_pool
+        trainer.admission.pool_result = trainer.record_pool_game
+        for name in ("weights_out", "pool_out"):  # before the server closes
+            self._stack.callback(setattr, trainer, name, None)
         trainer.publish(new_version=False)  # version 0, or the resumed one
         if options.local_actors:
             self.local = self._stack.enter_context(LocalActors(

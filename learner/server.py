@@ -3,10 +3,11 @@
 A ROUTER (``--bind``, default ``tcp://127.0.0.1:5555``) takes ``hello``, ``heartbeat``,
 ``games`` and ``bye`` from actors and answers ``welcome``/``reject``/``ack``/``shutdown``;
 a PUB one port above it publishes weights, again every ``publish_interval`` so a late
-joiner gets the current version within that time. Games go to ``learner.admission``,
+joiner gets the current version within that time, and with them the opponent pool
+(``publish_pool``: its table and one opponent's weights each time, in turn). Games go to ``learner.admission``,
 which validates them and queues them for the buffer (the same path the in-process
 collector's games take); anything malformed is dropped and counted, never raised. Only
-this thread touches the sockets; other threads call ``publish`` and ``close``.
+this thread touches the sockets; other threads call ``publish``, ``publish_pool`` and ``close``.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import torch
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from keisei.config import WireConfig
+from keisei.pool import OpponentPool
 from keisei.protocol import (
     ACCEPTED_VERSIONS,
+    POOL_TOPIC,
     WEIGHTS_TOPIC,
     Ack,
     Bye,
@@ -34,6 +38,7 @@ from keisei.protocol import (
     Heartbeat,
     Hello,
     Limits,
+    Pool,
     ProtocolError,
     Reject,
     Shutdown,
@@ -47,6 +52,12 @@ from learner.actors import ActorTable
 from learner.admission import Admission, InvalidGames
 
 logger = logging.getLogger(__name__)
+
+
+def wire_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A network's weights as the wire carries them: float32 (integers as they are)."""
+    return {name: tensor.detach().float().cpu().numpy() if tensor.is_floating_point()
+            else tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
 
 
 def weights_bind_address(bind: str) -> str:
@@ -103,6 +114,10 @@ class LearnerServer:
         self._was_accepting = True
         self._weights: list[Frame] | None = None
         self._weights_due = threading.Event()
+        self._pool_lock = threading.Lock()
+        self._pool_table: tuple[float, list[str], list[float]] | None = None  # share, names, odds
+        self._pool_tensors: dict[str, dict[str, np.ndarray]] = {}  # per opponent, its weights
+        self._pool_queue: list[str] = []  # whose weights go out next, in order
         self._stopping = threading.Event()
         self._context = zmq.Context()
         self._authenticator: ThreadAuthenticator | None = None
@@ -140,10 +155,36 @@ class LearnerServer:
     def publish(self, policy_version: int, state_dict: dict[str, torch.Tensor]) -> None:
         """Publish ``state_dict`` as ``policy_version``'s weights (encoded here, sent by the
         server thread); ``Trainer.publish`` calls it."""
-        tensors = {name: tensor.detach().float().cpu().numpy() if tensor.is_floating_point()
-                   else tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
-        self._weights = [WEIGHTS_TOPIC, *encode(Weights(policy_version, tensors))]
+        self._weights = [WEIGHTS_TOPIC, *encode(Weights(policy_version, wire_tensors(state_dict)))]
         self._weights_due.set()
+
+    def publish_pool(self, pool: OpponentPool, share: float) -> None:
+        """Publish the opponent pool beside the weights (``Trainer.publish`` calls it after
+        each new policy version): its table every time the weights go out, with one
+        opponent's weights each time, a newcomer first, then each in turn."""
+        opponents, probabilities = pool.snapshot()
+        with self._pool_lock:
+            held = self._pool_tensors
+            tensors = {opponent.name: held.get(opponent.name) or wire_tensors(opponent.weights)
+                       for opponent in opponents}
+            fresh = [name for name in tensors if name not in held]
+            self._pool_queue = fresh + [name for name in self._pool_queue
+                                        if name in tensors and name not in fresh]
+            self._pool_tensors = tensors
+            self._pool_table = (share, list(tensors), [float(p) for p in probabilities])
+
+    def _pool_message(self) -> list[Frame] | None:
+        """The next ``pool`` message (server thread): the table and the next opponent's
+        weights in turn; None before the pool was published."""
+        with self._pool_lock:
+            if self._pool_table is None:
+                return None
+            share, names, probabilities = self._pool_table
+            if not self._pool_queue:
+                self._pool_queue = list(names)
+            name = self._pool_queue.pop(0) if self._pool_queue else ""
+            tensors = self._pool_tensors.get(name, {})
+        return [POOL_TOPIC, *encode(Pool(share, names, probabilities, name, tensors))]
 
     def close(self) -> None:
         """Tell every actor to shut down, stop the thread and close the sockets (idempotent)."""
@@ -180,6 +221,9 @@ class LearnerServer:
                                                   or now - last_publish >= self.publish_interval):
                     self._weights_due.clear()
                     self._publisher.send_multipart(self._weights, copy=False)
+                    pool = self._pool_message()
+                    if pool is not None:
+                        self._publisher.send_multipart(pool, copy=False)
                     last_publish = now
                 self.admission.flush()  # room freed by the trainer since the last round
                 wanting = self.accepting()
@@ -252,7 +296,7 @@ class LearnerServer:
             self._invalid(sender, f"games rejected: {exc}")
             return
         self.last_games_at = time.monotonic()
-        self.actors.games(sender, len(games), sum(game.length for game in games))
+        self.actors.games(sender, len(games), sum(game.steps for game in games))
 
     @property
     def counters(self) -> dict[str, int]:

@@ -164,9 +164,14 @@ class Trainer:
             self.pool = OpponentPool(config.pool.size, config.pool.power)
             self.collector.play_pool(self.pool, config.pool.share,
                                      lambda: build_model(config.model))
-        self._pool_counted = (0, 0.0)  # the collector's pool games and score last reported
+        self._pool_counted = (0, 0.0)  # the pool games and score last reported
+        self._peer_pool_games, self._peer_pool_score = 0, 0.0  # actors' pool games admitted
+        # and the learner's score in them
+        self._peer_pool_lock = threading.Lock()
         # where published weights go (policy version, state dict); none when sequential only
         self.weights_out: Callable[[int, dict[str, torch.Tensor]], None] | None = None
+        # where the opponent pool is published beside them (the pool, pool.share), for actors
+        self.pool_out: Callable[[OpponentPool, float], None] | None = None
         # torch threads the update should use now, asked before each minibatch (the
         # learner's local actors play or pause: ``learner.app.follow_actors``); None: the
         # number set at start stays
@@ -325,6 +330,18 @@ class Trainer:
                 self.pool.add(f"v{self.policy_version}", self.model.state_dict())
         if self.weights_out is not None:
             self.weights_out(self.policy_version, self.model.state_dict())
+        if self.pool is not None and self.pool_out is not None:
+            self.pool_out(self.pool, self.config.pool.share)
+
+    def record_pool_game(self, opponent: str, score: float) -> None:
+        """An actor's game against ``opponent`` from the pool was admitted: the learner's
+        policy scored ``score`` (``Admission.pool_result``; the server thread calls it)."""
+        if self.pool is None:
+            return
+        self.pool.record(opponent, score)
+        with self._peer_pool_lock:
+            self._peer_pool_games += 1
+            self._peer_pool_score += score
 
     def pool_report(self) -> PoolReport | None:
         """The pool's part of the epoch: games against it since the last call (every
@@ -332,14 +349,17 @@ class Trainer:
         if self.pool is None:
             return None
         stats = self.collector.stats
-        games, score = stats.pool_games - self._pool_counted[0], stats.pool_score - self._pool_counted[1]
-        self._pool_counted = (stats.pool_games, stats.pool_score)
+        with self._peer_pool_lock:
+            total_games = stats.pool_games + self._peer_pool_games
+            total_score = stats.pool_score + self._peer_pool_score
+        games, score = total_games - self._pool_counted[0], total_score - self._pool_counted[1]
+        self._pool_counted = (total_games, total_score)
         games_all, score_all = self.world.sum([float(games), score])
-        probabilities: Sequence[float] = list(self.pool.probabilities()) if len(self.pool) else []
+        opponents, probabilities = self.pool.snapshot()
         table = [{"name": opponent.name, "games": opponent.games,
                   "win_rate": round(opponent.win_rate, 4), "probability": round(float(chance), 4)}
-                 for opponent, chance in zip(self.pool.opponents, probabilities, strict=True)]
-        return PoolReport(len(self.pool), round(games_all),
+                 for opponent, chance in zip(opponents, probabilities, strict=True)]
+        return PoolReport(len(opponents), round(games_all),
                           score_all / games_all if games_all else math.nan, table)
 
     def shard_state(self) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def protocol_page() -> str:
              "\n\n## Messages\n\n| type | from | fields |\n|---|---|---|\n"]
     senders = {"hello": "actor", "heartbeat": "actor", "games": "actor", "bye": "actor",
                "welcome": "learner", "reject": "learner", "ack": "learner",
-               "shutdown": "learner", "weights": "learner (PUB)"}
+               "shutdown": "learner", "weights": "learner (PUB)", "pool": "learner (PUB)"}
     for kind in protocol.MessageType:
         message = getattr(protocol, kind.value.capitalize())
         names = ", ".join(f"`{item.name}`" for item in dataclasses.fields(message))

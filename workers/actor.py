@@ -10,7 +10,10 @@ Lifecycle: connect a DEALER to the learner's ROUTER and say ``hello``; the ``wel
 gives the network and self-play settings and the weights endpoint (a PUB socket); wait
 for weights; then play with ``keisei.selfplay.Collector`` (the same collector the
 learner runs in-process), send finished games in batches, heartbeat every second,
-and switch to new weights as they arrive. If the learner falls silent the actor says
+and switch to new weights as they arrive. With the learner's opponent pool
+(``pool.share``) the actor plays that share of its new games against the pool's
+opponents, drawn by the learner's PFSP probabilities, as their weights arrive
+(``keisei.pool.MirroredPool``). If the learner falls silent the actor says
 so, drops its sockets and reconnects with exponential backoff, never spinning while it
 waits. ``shutdown``, SIGTERM and SIGINT end it cleanly, with a ``bye``; so does a
 learner silent for ``--give-up-after`` seconds (``KEISEI_GIVE_UP_AFTER``), if given.
@@ -43,7 +46,9 @@ from keisei.config import ConfigError, ModelConfig, SelfPlayConfig, build_config
 from keisei.encoding import NUM_ACTIONS, NUM_PLANES, encode_observation
 from keisei.errors import KeiseiError
 from keisei.model import build_model
+from keisei.pool import MirroredPool
 from keisei.protocol import (
+    POOL_TOPIC,
     PROTOCOL_VERSION,
     WEIGHTS_TOPIC,
     Ack,
@@ -52,6 +57,7 @@ from keisei.protocol import (
     Games,
     Heartbeat,
     Hello,
+    Pool,
     ProtocolError,
     Reject,
     Shutdown,
@@ -110,6 +116,9 @@ class Actor:
         self.heartbeat_interval = HEARTBEAT_SECONDS  # the learner's, once welcomed
         self.steps_at_heartbeat = 0
         self.accepting = True  # the learner's back-pressure signal, from its acks
+        self.pool = MirroredPool()  # the learner's opponent pool, as far as it has arrived
+        self.pool_share = 0.0
+        self.model_config: ModelConfig | None = None
 
     # --- the sink the collector writes to (records only: nothing here needs planes) ------
     def put_record(self, record: GameRecord) -> None:
@@ -187,8 +196,9 @@ class Actor:
         check_memory(config.model, selfplay)
         subscriber = self.context.socket(zmq.SUB)
         subscriber.setsockopt(zmq.LINGER, 0)
-        subscriber.setsockopt(zmq.RCVHWM, 2)
+        subscriber.setsockopt(zmq.RCVHWM, 4)
         subscriber.setsockopt(zmq.SUBSCRIBE, WEIGHTS_TOPIC)
+        subscriber.setsockopt(zmq.SUBSCRIBE, POOL_TOPIC)
         if self.keys is not None:
             apply_keys(subscriber, self.keys)
         weights_endpoint = self._weights_endpoint(welcome.weights_endpoint)
@@ -201,6 +211,9 @@ class Actor:
                                        seed=int.from_bytes(os.urandom(4), "little"),
                                        precision=self.precision, search=config.search)
             self.policy_version = -1  # no weights yet
+        # this learner's pool (another learner's opponents of the same names are others)
+        self.pool, self.pool_share, self.model_config = MirroredPool(), 0.0, config.model
+        self.collector.play_pool(self.pool, 0.0, lambda: build_model(config.model))
         self.heartbeat_interval = welcome.heartbeat_interval
         logger.info("welcomed by %s: policy version %d, %d games, weights from %s, a heartbeat "
                     "every %.2g s", self.learner, welcome.policy_version, selfplay.games,
@@ -242,6 +255,8 @@ class Actor:
                 continue
             if isinstance(message, Weights):
                 latest = message
+            elif isinstance(message, Pool):
+                self._update_pool(message)
         if latest is not None and latest.policy_version != self.policy_version:
             self._load_weights(latest)
             # New weights mean an epoch was consumed, not that the next one is short: a
@@ -262,6 +277,26 @@ class Actor:
             self.finished = []
             self.last_flush = now
         self._drain_outbox()
+
+    def _update_pool(self, message: Pool) -> None:
+        """Take the learner's pool table, and an opponent's weights if new here and they fit
+        the network (otherwise say why and play without that opponent)."""
+        assert self.collector is not None and self.model_config is not None
+        weights = None
+        if message.name and message.name not in self.pool.names():
+            weights = {name: torch.from_numpy(array.copy()) for name, array in message.tensors.items()}
+            try:
+                build_model(self.model_config).load_state_dict(weights, strict=True)
+            except (RuntimeError, ValueError) as exc:
+                logger.error("pool opponent %s's weights do not fit this network: %s", message.name, exc)
+                weights = None
+        self.pool.update(message.names, message.probabilities, message.name, weights)
+        if message.share != self.pool_share:
+            self.pool_share = message.share
+            model = self.model_config
+            self.collector.play_pool(self.pool, message.share, lambda: build_model(model))
+            logger.info("playing %.0f%% of new games against the learner's opponent pool",
+                        100 * message.share)
 
     def _load_weights(self, weights: Weights) -> bool:
         """Load ``weights`` if they fit the network and play: finite outputs on the start

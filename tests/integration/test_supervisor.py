@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import Training, free_port_pair, training
+from helpers import Training, free_port_pair, metrics_lines, training
 
 from keisei.config import load_config
 from learner.app import Learner, LearnerOptions, RunOutcome
@@ -92,6 +92,25 @@ def test_all_actors_dead_downgrades_then_a_new_actor_upgrades(tmp_path: Path) ->
             epoch = trainer.epoch
             wait_for(lambda: trainer.epoch >= epoch + 1, 60, "an epoch from the new actor")
         assert [t.mode for t in learner.supervisor.transitions] == ["sequential", "distributed"]
+
+
+def test_an_actor_plays_the_learners_pool_and_the_learner_keeps_the_results(tmp_path: Path) -> None:
+    with supervised(tmp_path, 1, "pool.share=1.0", "pool.every_epochs=1") as run:
+        learner, wait_for = run.learner, run.wait_for
+        trainer = learner.trainer
+        assert trainer.pool is not None
+        pool = trainer.pool
+        wait_for(lambda: len(pool) >= 2, 90, "two policies in the pool")
+        wait_for(lambda: sum(opponent.games for opponent in pool.opponents) >= 8, 120,
+                 "the actor's pool games, recorded by the learner")
+        assert learner.mode() is Mode.DISTRIBUTED
+        assert trainer.collector.stats.pool_games == 0  # every one of them the actor's
+        wait_for(lambda: any(line.get("pool_games", 0) > 0 for line in metrics_lines(tmp_path)),
+                 60, "an epoch's metrics with pool games")
+    logged = (tmp_path / "actors" / "local-0.log").read_text()
+    assert "against the learner's opponent pool" in logged, logged[-2000:]
+    line = next(line for line in metrics_lines(tmp_path) if line.get("pool_games", 0) > 0)
+    assert 0 <= float(line["pool_score"]) <= 1 and line["pool_size"] >= 2
 
 
 def test_exception_in_an_update_exits_cleanly_with_a_checkpoint_and_reaps_actors(

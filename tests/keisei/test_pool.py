@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from keisei.config import SelfPlayConfig
+from keisei.errors import RecordError
 from keisei.model import PRESETS, build_model, masked_logits
-from keisei.pool import OpponentPool, pfsp_weights
+from keisei.pool import MirroredPool, OpponentPool, pfsp_weights
+from keisei.protocol import Games, decode, encode
 from keisei.records import replay_game, unpack_masks, unpack_observations
 from keisei.selfplay import Collector
 
@@ -117,3 +121,59 @@ def test_an_opponent_that_leaves_mid_game_leaves_its_side_untrained() -> None:
         assert not set(game.players[trained].tolist()) & set(game.players[~trained].tolist())
         assert 0 < trained.sum() < game.length
     assert pool.get("old") is None and pool.opponents[0].games == 0  # no result for "newer"
+
+
+def test_a_pool_game_crosses_the_wire_and_replays_to_the_same_trained_plies() -> None:
+    torch.manual_seed(2)
+    pool = OpponentPool(size=2, power=2.0)
+    pool.add("v3", build_model(PRESETS["tiny"]).state_dict())
+    sink = ListSink()
+    collector = Collector(build_model(PRESETS["tiny"]).eval(),
+                          SelfPlayConfig(games=2, max_plies=30, mate_search=0), sink, seed=7)
+    collector.play_pool(pool, 1.0, lambda: build_model(PRESETS["tiny"]))
+    collector.discard_in_flight()
+    while len(sink.games) < 2:
+        collector.step(0)
+    played = sink.games[0]
+    assert played.opponent == "v3" and played.learner_side in (0, 1)
+    decoded = decode([bytes(frame) for frame in encode(Games("a", [played]))])
+    assert isinstance(decoded, Games)
+    record = decoded.games[0]
+    assert (record.opponent, record.learner_side) == ("v3", played.learner_side)
+    replayed = replay_game(record, 30)
+    assert np.array_equal(replayed.trained_plies(), played.trained_plies())
+    assert np.array_equal(replayed.trained_plies(), replayed.players == played.learner_side)
+    assert replayed.steps == played.steps < played.length
+
+
+def test_a_record_must_name_both_its_opponent_and_the_learners_side_or_neither() -> None:
+    sink = ListSink()
+    collector = Collector(build_model(PRESETS["tiny"]).eval(),
+                          SelfPlayConfig(games=1, max_plies=20, mate_search=0), sink, seed=1)
+    while not sink.games:
+        collector.step(0)
+    game = sink.games[0]
+    assert (game.opponent, game.learner_side, game.trained) == ("", -1, None)  # self-play
+    for opponent, side in (("", 0), ("v1", -1), ("v1", 2)):
+        with pytest.raises(RecordError, match="learner side"):
+            replay_game(dataclasses.replace(game, opponent=opponent, learner_side=side), 20)
+
+
+def test_a_mirrored_pool_draws_by_the_learners_probabilities_over_the_opponents_it_holds() -> None:
+    mirror = MirroredPool()
+    weights = build_model(PRESETS["tiny"]).state_dict()
+    mirror.update(["start", "v2", "v4"], [0.5, 0.3, 0.2])
+    assert len(mirror) == 0 and mirror.missing() == ["start", "v2", "v4"]
+    mirror.update(["start", "v2", "v4"], [0.5, 0.3, 0.2], "v2", weights)
+    mirror.update(["start", "v2", "v4"], [0.5, 0.3, 0.2], "v4", weights)
+    assert mirror.names() == ["v2", "v4"] and mirror.missing() == ["start"]
+    assert mirror.probabilities() == pytest.approx([0.6, 0.4])  # 0.3 and 0.2, renormalised
+    rng = np.random.default_rng(0)
+    draws = [mirror.sample(rng).name for _ in range(4000)]
+    assert draws.count("v2") / 4000 == pytest.approx(0.6, abs=0.03)
+    mirror.record("v2", 1.0)  # results are the learner's to keep
+    assert mirror.get("v2") is not None and mirror.get("v2").games == 0
+    mirror.update(["start", "v4", "v6"], [0.2, 0.3, 0.5])  # v2 left the learner's pool
+    assert mirror.names() == ["v4"] and mirror.probabilities() == pytest.approx([1.0])
+    mirror.update(["v4"], [1.0], "v9", weights)  # weights of a name not in the table: ignored
+    assert mirror.names() == ["v4"]

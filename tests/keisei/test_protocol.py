@@ -17,6 +17,7 @@ from keisei.protocol import (
     Games,
     Heartbeat,
     Hello,
+    Pool,
     ProtocolError,
     Reject,
     Shutdown,
@@ -84,11 +85,37 @@ def test_weights_round_trip() -> None:
         assert np.array_equal(decoded.tensors[key], value) and decoded.tensors[key].dtype == value.dtype
 
 
+def test_the_pool_round_trips_and_malformed_pools_are_refused() -> None:
+    state = {key: value.numpy() for key, value in build_model(PRESETS["tiny"]).state_dict().items()}
+    message = Pool(0.25, ["start", "v10"], [0.75, 0.25], "v10", state)
+    decoded = decode(encode(message))
+    assert isinstance(decoded, Pool)
+    assert (decoded.share, decoded.names, decoded.probabilities, decoded.name) == \
+        (0.25, ["start", "v10"], [0.75, 0.25], "v10")
+    assert all(np.array_equal(decoded.tensors[key], value) for key, value in state.items())
+    bare = decode(encode(Pool(0.25, ["start"], [1.0])))  # the table alone
+    assert isinstance(bare, Pool) and bare.name == "" and bare.tensors == {}
+    for bad, problem in (
+            (Pool(1.5, ["a"], [1.0]), "share"),
+            (Pool(0.5, ["a", "b"], [0.5]), "probabilities"),
+            (Pool(0.5, ["a", "b"], [0.9, 0.3]), "sum to 1"),
+            (Pool(0.5, ["a", "a"], [0.5, 0.5]), "distinct"),
+            (Pool(0.5, ["a"], [1.0], "b", state), "not one of its opponents"),
+            (Pool(0.5, ["a"], [1.0], "a"), "only then"),
+            (Pool(0.5, ["a"], [1.0], "", state), "only then")):
+        with pytest.raises(ProtocolError, match=problem):
+            decode(encode(bad))
+
+
 def test_hello_of_another_version_decodes_so_it_can_be_rejected() -> None:
     header = msgpack.unpackb(encode(Hello("a", "h", 1))[0])
     header.update(version=99, protocol_version=99)
     hello = decode([msgpack.packb(header)])
     assert isinstance(hello, Hello) and hello.protocol_version == 99
+    header = msgpack.unpackb(encode(Reject("protocol version 4 is not accepted", (99,)))[0])
+    header["version"] = 99  # a later learner's reject still says why
+    reject = decode([msgpack.packb(header)])
+    assert isinstance(reject, Reject) and reject.accepted_versions == (99,)
     header = msgpack.unpackb(encode(Ack())[0])
     header["version"] = 99
     with pytest.raises(ProtocolError, match="version 99 is not accepted"):
@@ -123,8 +150,16 @@ def test_malformed_messages_are_refused(finished) -> None:
         "short frame (wrong dtype or shape)": [*good[:2], good[2][:-4], *good[3:]],
         "wide dtype": [*good[:1], np.frombuffer(good[1], np.int32).astype(np.int64).tobytes(), *good[2:]],
         "bad game entry": [msgpack.packb({**header, "games": [["", 0, 0, 0]]}), *good[1:]],
-        "bad reason": [msgpack.packb({**header, "games": [[g[0], g[1], g[2], 99, 0, 0] for g in header["games"]]}),
-                       *good[1:]],
+        "bad reason": [msgpack.packb({**header, "games": [[g[0], g[1], g[2], 99, 0, 0, "", -1]
+                                                          for g in header["games"]]}), *good[1:]],
+        "old game entry (protocol 3)": [msgpack.packb({**header, "games": [g[:6] for g in header["games"]]}),
+                                        *good[1:]],
+        "an opponent without a side": [msgpack.packb({**header, "games": [[*g[:6], "v2", -1]
+                                                                          for g in header["games"]]}),
+                                       *good[1:]],
+        "a side without an opponent": [msgpack.packb({**header, "games": [[*g[:6], "", 1]
+                                                                          for g in header["games"]]}),
+                                       *good[1:]],
         "old game entry (protocol 2)": [msgpack.packb({**header, "games": [g[:4] for g in header["games"]]}),
                                         *good[1:5]],
         "oversized header": [b"\x00" * (2 << 20)],

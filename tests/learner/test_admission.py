@@ -10,7 +10,7 @@ import pytest
 
 from keisei.config import SelfPlayConfig
 from keisei.model import PRESETS, build_model
-from keisei.records import FinishedGame, GameRecord, replay_game
+from keisei.records import DRAW, FinishedGame, GameRecord, replay_game
 from keisei.selfplay import Collector
 from learner.admission import Admission, InvalidGames
 from learner.buffer import IN_PROCESS, ExperienceBuffer
@@ -151,3 +151,19 @@ def test_two_writers_racing_a_trainer_never_fail_and_every_step_is_counted_once(
     assert received == (trained[0] + counts.steps_dropped_backpressure + counts.steps_dropped_stale
                         + counts.steps_held + counts.steps_pending)
     assert trained[0] > 0 and counts.steps_dropped_backpressure > 0  # both paths were exercised
+
+
+def test_a_peers_pool_game_counts_the_learners_plies_and_reports_its_result(
+        records: list[GameRecord]) -> None:
+    admission = make_admission(steps_per_epoch=10 * MAX_PLIES, capacity=20 * MAX_PLIES)
+    results: list[tuple[str, float]] = []
+    admission.pool_result = lambda opponent, score: results.append((opponent, score))
+    assert records[1].winner == records[2].winner == DRAW  # (24 plies: every game a draw)
+    pool_games = [dataclasses.replace(records[1], opponent="v4", learner_side=0),
+                  dataclasses.replace(records[2], opponent="start", learner_side=1)]
+    games = admission.receive([*pool_games, records[0]], "actor-1")
+    assert results == [("v4", 0.5), ("start", 0.5)]  # self-play reports nothing
+    learner_plies = [int((game.players == record.learner_side).sum())
+                     for game, record in zip(games, pool_games, strict=False)]
+    assert [game.steps for game in games[:2]] == learner_plies
+    assert admission.counts().steps_received == sum(learner_plies) + records[0].length
