@@ -21,7 +21,7 @@ import zmq
 from helpers import DISTRIBUTED_FIELDS, EPOCH_FIELDS, LogTail, free_port_pair, log_tail, wait_for
 
 from keisei.config import load_config
-from keisei.protocol import Ack, Games, Hello, Reject, Welcome, decode, encode
+from keisei.protocol import PROTOCOL_VERSION, Ack, Games, Hello, Reject, Welcome, decode, encode
 from keisei.records import GameRecord
 from keisei.selfplay import Collector
 from learner.actors import ActorState
@@ -147,13 +147,13 @@ def test_malformed_traffic_is_dropped_and_counted_while_training_goes_on(tmp_pat
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(run.bind)
         try:
-            old = {"type": "hello", "version": 2, "actor_id": "old", "host": "h", "pid": 1,
-                   "protocol_version": 2}  # an actor of protocol 2 (games without search targets)
+            old = {"type": "hello", "version": 3, "actor_id": "old", "host": "h", "pid": 1,
+                   "protocol_version": 3}  # an actor of protocol 3 (games without pool fields)
             send(dealer, [msgpack.packb(old)])
             assert dealer.poll(5000)
             reject = decode(dealer.recv_multipart())
-            assert isinstance(reject, Reject) and reject.accepted_versions == (3,)
-            assert reject.reason == "protocol version 2 is not accepted"
+            assert isinstance(reject, Reject) and reject.accepted_versions == (PROTOCOL_VERSION,)
+            assert reject.reason == "protocol version 3 is not accepted"
             send(dealer, [b"\x00garbage"])  # not msgpack, before any hello
             send(dealer, encode(Hello("rogue", "h", 1)))
             assert dealer.poll(5000) and isinstance(decode(dealer.recv_multipart()), Welcome)
