@@ -102,15 +102,21 @@ def test_a_pool_game_trains_only_the_learners_side_and_reports_its_result() -> N
     assert chosen.numpy() == pytest.approx(game.log_probs[rows], abs=1e-4)
 
 
-def test_an_opponent_that_leaves_mid_game_leaves_its_side_untrained() -> None:
-    torch.manual_seed(1)
-    pool = OpponentPool(size=1, power=2.0)
-    pool.add("old", build_model(PRESETS["tiny"]).state_dict())
+def playing_the_pool(name: str, size: int, seed: int) -> tuple[OpponentPool, ListSink, Collector]:
+    """A pool of one random network, ``name``, and two 30-ply games started against it."""
+    pool = OpponentPool(size=size, power=2.0)
+    pool.add(name, build_model(PRESETS["tiny"]).state_dict())
     sink = ListSink()
     collector = Collector(build_model(PRESETS["tiny"]).eval(),
-                          SelfPlayConfig(games=2, max_plies=30, mate_search=0), sink, seed=5)
+                          SelfPlayConfig(games=2, max_plies=30, mate_search=0), sink, seed=seed)
     collector.play_pool(pool, 1.0, lambda: build_model(PRESETS["tiny"]))
-    collector.discard_in_flight()
+    collector.discard_in_flight()  # start every slot afresh, as pool games
+    return pool, sink, collector
+
+
+def test_an_opponent_that_leaves_mid_game_leaves_its_side_untrained() -> None:
+    torch.manual_seed(1)
+    pool, sink, collector = playing_the_pool("old", size=1, seed=5)
     # "old" leaves the pool before its network was ever needed
     pool.add("newer", build_model(PRESETS["tiny"]).state_dict())
     while len(sink.games) < 2:
@@ -125,13 +131,7 @@ def test_an_opponent_that_leaves_mid_game_leaves_its_side_untrained() -> None:
 
 def test_a_pool_game_crosses_the_wire_and_replays_to_the_same_trained_plies() -> None:
     torch.manual_seed(2)
-    pool = OpponentPool(size=2, power=2.0)
-    pool.add("v3", build_model(PRESETS["tiny"]).state_dict())
-    sink = ListSink()
-    collector = Collector(build_model(PRESETS["tiny"]).eval(),
-                          SelfPlayConfig(games=2, max_plies=30, mate_search=0), sink, seed=7)
-    collector.play_pool(pool, 1.0, lambda: build_model(PRESETS["tiny"]))
-    collector.discard_in_flight()
+    _, sink, collector = playing_the_pool("v3", size=2, seed=7)
     while len(sink.games) < 2:
         collector.step(0)
     played = sink.games[0]
