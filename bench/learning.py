@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -193,6 +194,8 @@ def _train_with_curve(learner: Learner, budget: float, points: int,
               f"passes {update.ppo_passes}  lag {update.policy_lag_mean:.1f}"
               + (f"  init_kl {update.init_kl:.3f} x {update.init_kl_coef:.2f}"
                  if update.init_kl_coef else "")
+              + (f"  value anchor {update.value_anchor:.3f}"
+                 if math.isfinite(update.value_anchor) else "")
               + (f"  search {update.search_loss:.3f} on {update.search_targets}"
                  if update.search_targets else "")
               + (f"  pool {report.pool.size} score {report.pool.score:.2f} in {report.pool.games}"

@@ -172,6 +172,12 @@ class TrainConfig:
                                   "taught; 0: off", low=0.0, high=100.0)
     init_kl_steps: int = setting(0, "the KL penalty's weight falls linearly to 0 at this "
                                  "training step (0: it stays at init_kl_coef)", low=0)
+    value_anchor_coef: float = setting(0.0, "with keisei-learner --init-from: weight of a "
+                                       "penalty (value - the anchor's value)^2 on each trained "
+                                       "position, the anchor being the KL penalty's "
+                                       "(train.kl_anchor), so the results of self-play games do "
+                                       "not pull the value head away from what pre-training "
+                                       "taught it; 0: off", low=0.0, high=100.0)
     kl_anchor: str = setting("initial", "the policy the init_kl_coef penalty holds PPO near: "
                              "initial (the network training started from, for the whole "
                              "run) or gated (a regulariser that moves: every "

@@ -60,14 +60,16 @@ PHASES = ("generate", "pretrain", "selfplay", "evaluate")
 FOLDERS = {"generate": "records", "pretrain": "pretrain", "selfplay": "selfplay", "evaluate": "eval"}
 # Self-play on a pre-trained start: search targets as the improvement signal (a quarter of
 # the plies searched with 64 Gumbel visits, weighted 4, the value target mixed a third with
-# the search's value), small PPO steps and a KL penalty toward the start. Measured in
-# docs/results/2026-12-04-self-play-on-a-start.md; configs/on-start.toml holds the same.
+# the search's value), small PPO steps, a KL penalty toward the start and a value anchor
+# that keeps the value head what pre-training made it. Measured in
+# docs/results/2026-12-04-self-play-on-a-start.md and
+# docs/results/2026-12-04-self-play-under-search.md; configs/on-start.toml holds the same.
 ON_START = ("model.blocks=4", "model.channels=48", "selfplay.games=64", "selfplay.max_plies=256",
             "selfplay.search_share=0.25", "selfplay.search_visits=64",
             "train.steps_per_epoch=2048", "train.ppo_passes=2", "train.minibatch_size=128",
             "train.learning_rate=0.0001", "train.lr_schedule=constant",
             "train.max_policy_lag=64", "train.search_coef=4.0", "train.search_value_mix=0.33",
-            "train.init_kl_coef=0.5", "checkpoint.every_epochs=5")
+            "train.init_kl_coef=0.5", "train.value_anchor_coef=1.0", "checkpoint.every_epochs=5")
 # the sections keisei-pretrain reads; model, run, checkpoint and display go to both trainers
 PRETRAIN_SECTIONS = {"run", "model", "pretrain", "checkpoint", "display"}
 SHARED_SECTIONS = {"run", "model", "checkpoint", "display"}

@@ -63,6 +63,9 @@ class UpdateReport:
     exact_kl: float = math.nan
     """Mean exact KL(pre-update policy || policy) over each trained position's legal moves,
     the pre-update policy computed once per epoch (``approx_kl`` is its sampled estimate)."""
+    value_anchor: float = math.nan
+    """Mean squared difference between the value and the anchor's value on the trained
+    positions, while ``train.value_anchor_coef`` is on (null otherwise)."""
 
 
 @dataclass(frozen=True)

@@ -515,13 +515,19 @@ class Trainer:
                             proximal_log_probs=proximal, behaviour_weight_cap=train.behaviour_weight_cap)
         loss = losses.loss
         init_kl = torch.full((), math.nan)  # measured only while the penalty is on
-        if self.reference is not None and kl_coef > 0:
+        value_anchor = torch.full((), math.nan)  # likewise
+        value_coef = train.value_anchor_coef if self.reference is not None else 0.0
+        if self.reference is not None and (kl_coef > 0 or value_coef > 0):
             with torch.no_grad(), autocast(device, self.autocast_dtype):
-                reference_logits, _ = self.reference(observations.float())
-            reference_log_probs = torch.log_softmax(masked_logits(reference_logits.float(), legal),
-                                                    dim=-1)
-            init_kl = kl_from_reference(log_probs, reference_log_probs).mean()
-            loss = loss + kl_coef * init_kl
+                reference_logits, reference_values = self.reference(observations.float())
+            if kl_coef > 0:
+                reference_log_probs = torch.log_softmax(
+                    masked_logits(reference_logits.float(), legal), dim=-1)
+                init_kl = kl_from_reference(log_probs, reference_log_probs).mean()
+                loss = loss + kl_coef * init_kl
+            if value_coef > 0:
+                value_anchor = torch.square(new_values.float() - reference_values.float()).mean()
+                loss = loss + value_coef * value_anchor
         exact_kl = kl_from_reference(log_probs.detach(), pre_update).mean()
         search_probs = batch.search_probs[rows]
         targets = int((search_probs.sum(axis=1) > 0).sum())
@@ -548,11 +554,11 @@ class Trainer:
                                   f"the PPO loss is not finite on another rank (here {here})")
         if verdict.stop:
             raise TrainingInterrupted(f"stop requested at step {self.step}")
-        return self._step(parameters, loss, losses, init_kl, search_loss, exact_kl)
+        return self._step(parameters, loss, losses, init_kl, search_loss, exact_kl, value_anchor)
 
     def _step(self, parameters: list[torch.nn.Parameter], loss: torch.Tensor, losses: Any,
-              init_kl: torch.Tensor, search_loss: torch.Tensor,
-              exact_kl: torch.Tensor) -> tuple[dict[str, float], float]:
+              init_kl: torch.Tensor, search_loss: torch.Tensor, exact_kl: torch.Tensor,
+              value_anchor: torch.Tensor) -> tuple[dict[str, float], float]:
         """The optimizer step once the gradients are in: unscaled, clipped, checked; the
         minibatch's figures and gradient norm."""
         max_norm = self.config.train.max_grad_norm
@@ -569,7 +575,7 @@ class Trainer:
         values = {"loss": loss, "policy_loss": losses.policy_loss,
                   "value_loss": losses.value_loss, "entropy": losses.entropy,
                   "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac, "init_kl": init_kl,
-                  "search_loss": search_loss, "exact_kl": exact_kl}
+                  "search_loss": search_loss, "exact_kl": exact_kl, "value_anchor": value_anchor}
         return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
 
     def _normalise(self, advantages: np.ndarray, rows: np.ndarray) -> np.ndarray:

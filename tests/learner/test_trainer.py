@@ -408,3 +408,59 @@ def test_the_learners_threads_leave_a_core_to_each_playing_local_actor() -> None
     playing[0] = False  # paused on back-pressure: every core is the update's
     assert threads() == 2
     assert follow_actors(16, 2, lambda: True)() == 14
+
+
+def _anchored_trainer(world: World, *extra: str) -> Trainer:
+    """A tiny trainer whose anchor is its own network with every weight moved a little."""
+    trainer = Trainer.build(tiny_config("train.ppo_passes=1", "train.minibatch_size=128", *extra),
+                            threading.Event(), world=world)
+    start = copy.deepcopy(trainer.model.state_dict())
+    trainer.set_reference(start)
+    generator = torch.Generator().manual_seed(7)
+    assert trainer.reference is not None
+    with torch.no_grad():
+        for parameter in trainer.reference.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return trainer
+
+
+def test_the_value_anchor_is_the_mean_squared_gap_to_the_anchors_value(world: World) -> None:
+    """One pass of one minibatch: the reported value anchor is the mean of
+    (value - anchor's value)² over the minibatch, by hand, the value from the training
+    forward before the step and the anchor's in evaluation mode."""
+    trainer = _anchored_trainer(world, "train.value_anchor_coef=2.0")
+    trainer.collect()
+    batch = trainer.buffer.take_epoch()
+    model, reference = copy.deepcopy(trainer.model), trainer.reference
+    assert reference is not None
+    observations = torch.from_numpy(unpack_observations(batch.observations)).float()
+    with torch.no_grad():
+        model.train()
+        values = model(observations).value.double().numpy()
+        anchored = reference(observations).value.double().numpy()
+    by_hand = float(np.mean([(value - anchor) ** 2 for value, anchor in zip(values, anchored, strict=True)]))
+    trainer.buffer.restore_epoch(batch)
+    report = trainer.update()
+    expected = world.mean([by_hand])[0]
+    assert expected > 1e-4  # the anchor's values differ
+    assert report.value_anchor == pytest.approx(expected, rel=1e-3, abs=1e-7)
+    assert math.isnan(report.init_kl)  # the KL penalty is off; the anchor held all the same
+
+
+def test_the_value_anchor_pulls_the_value_toward_the_anchors_and_is_null_when_off(world: World) -> None:
+    gaps = []
+    for coef in (0.0, 50.0):
+        trainer = _anchored_trainer(world, f"train.value_anchor_coef={coef}", "train.ppo_passes=4",
+                                    "train.minibatch_size=32", "train.learning_rate=0.003")
+        trainer.collect()
+        batch = trainer.buffer.take_epoch()
+        trainer.buffer.restore_epoch(batch)
+        report = trainer.update()
+        assert math.isnan(report.value_anchor) == (coef == 0)
+        observations = torch.from_numpy(unpack_observations(batch.observations)).float()
+        assert trainer.reference is not None
+        with torch.no_grad():
+            trainer.model.eval()
+            gap = torch.square(trainer.model(observations).value - trainer.reference(observations).value)
+        gaps.append(float(gap.mean()))
+    assert gaps[1] < 0.5 * gaps[0]
