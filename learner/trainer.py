@@ -516,7 +516,7 @@ class Trainer:
         loss = losses.loss
         init_kl = torch.full((), math.nan)  # measured only while the penalty is on
         value_anchor = torch.full((), math.nan)  # likewise
-        value_coef = train.value_anchor_coef if self.reference is not None else 0.0
+        value_coef = train.value_anchor_coef
         if self.reference is not None and (kl_coef > 0 or value_coef > 0):
             with torch.no_grad(), autocast(device, self.autocast_dtype):
                 reference_logits, reference_values = self.reference(observations.float())
