@@ -412,8 +412,7 @@ def test_the_learners_threads_leave_a_core_to_each_playing_local_actor() -> None
 
 def _anchored_trainer(world: World, *extra: str) -> Trainer:
     """A tiny trainer whose anchor is its own network with every weight moved a little."""
-    trainer = Trainer.build(tiny_config("train.ppo_passes=1", "train.minibatch_size=128", *extra),
-                            threading.Event(), world=world)
+    trainer = Trainer.build(tiny_config(*extra), threading.Event(), world=world)
     start = copy.deepcopy(trainer.model.state_dict())
     trainer.set_reference(start)
     generator = torch.Generator().manual_seed(7)
@@ -428,7 +427,8 @@ def test_the_value_anchor_is_the_mean_squared_gap_to_the_anchors_value(world: Wo
     """One pass of one minibatch: the reported value anchor is the mean of
     (value - anchor's value)² over the minibatch, by hand, the value from the training
     forward before the step and the anchor's in evaluation mode."""
-    trainer = _anchored_trainer(world, "train.value_anchor_coef=2.0")
+    trainer = _anchored_trainer(world, "train.value_anchor_coef=2.0", "train.ppo_passes=1",
+                                "train.minibatch_size=128")
     trainer.collect()
     batch = trainer.buffer.take_epoch()
     model, reference = copy.deepcopy(trainer.model), trainer.reference
@@ -438,7 +438,7 @@ def test_the_value_anchor_is_the_mean_squared_gap_to_the_anchors_value(world: Wo
         model.train()
         values = model(observations).value.double().numpy()
         anchored = reference(observations).value.double().numpy()
-    by_hand = float(np.mean([(value - anchor) ** 2 for value, anchor in zip(values, anchored, strict=True)]))
+    by_hand = float(np.mean((values - anchored) ** 2))
     trainer.buffer.restore_epoch(batch)
     report = trainer.update()
     expected = world.mean([by_hand])[0]
