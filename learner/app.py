@@ -285,6 +285,13 @@ class Learner:
             # no start network (random weights) or none in the checkpoint: the weights every
             # member now holds are the first anchor
             trainer.hold_anchor(trainer.model.state_dict())
+        anchored = {name: getattr(config.train, name)
+                    for name in ("init_kl_coef", "value_anchor_coef") if getattr(config.train, name)}
+        if anchored and trainer.reference is None and self.main:
+            logger.warning("%s: no anchor to hold the network near, so %s; start from a network "
+                           "with --init-from, or set train.kl_anchor = \"gated\"",
+                           ", ".join(f"train.{name} = {value:g}" for name, value in anchored.items()),
+                           "it is off" if len(anchored) == 1 else "they are off")
         if self.main:
             write_text_atomically(self.rundir.config, config.to_toml())
         logger.info("run %s: %s parameters, %d games in lock-step, device %s, %d torch threads",

@@ -227,3 +227,16 @@ def test_a_setting_the_learner_does_not_read_is_refused(
     assert main(arguments(tmp_path / "run", "pretrain.minutes=3")) == 2
     assert "keisei-learner does not read [pretrain]" in capfd.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_anchor_penalty_without_a_start_network_is_named_as_off(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(arguments(tmp_path / "run", "train.total_steps=128",
+                          "train.value_anchor_coef=1", "train.init_kl_coef=0.5")) == 0
+    err = capfd.readouterr().err
+    assert "train.init_kl_coef = 0.5, train.value_anchor_coef = 1: no anchor" in err
+    assert "they are off" in err and "--init-from" in err
+    # the gated anchor holds the random start: no warning
+    assert main(arguments(tmp_path / "gated", "train.total_steps=128", "train.init_kl_coef=0.5",
+                          "train.kl_anchor=gated")) == 0
+    assert "no anchor" not in capfd.readouterr().err
