@@ -3,12 +3,16 @@
 Keisei's library starts no process; the learner's local actors, its rating jobs and
 the evaluation's engines are started elsewhere and all stopped here. A process is
 anything with ``pid``, ``poll``, ``terminate`` and ``kill`` (``subprocess.Popen``).
+A child asks, as it starts, to be stopped with its parent (``die_with_parent``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -83,3 +87,21 @@ def _session_members(leaders: set[int]) -> list[psutil.Process]:
 def stop_process_tree(process: Process, grace_seconds: float = 3.0) -> None:
     """``stop_processes`` for one process."""
     stop_processes([process], grace_seconds)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """In a child, before it runs: have the kernel send it SIGTERM when its parent dies,
+    however it dies (SIGKILL included), so that no local actor outlives its learner and
+    no evaluation worker its ``keisei-eval`` (Linux; elsewhere a no-op, and an actor's own
+    learner timeout applies). ``parent`` is the parent's pid where the child runs this
+    well after it started (a pool worker's initializer): a child whose parent is already
+    gone stops at once."""
+    if sys.platform.startswith("linux"):
+        expected = os.getppid() if parent is None else parent
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != expected:  # it died before the request
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +10,7 @@ from types import TracebackType
 
 import psutil
 
-from keisei.processes import stop_process_tree, stop_processes
+from keisei.processes import die_with_parent, stop_process_tree, stop_processes
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +90,3 @@ class LocalActors:
     def close(self, grace_seconds: float = 5.0) -> None:
         """Terminate every actor, wait, then kill what is left, children included (idempotent)."""
         stop_processes(list(self.processes.values()), grace_seconds)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In a child before it runs: have the kernel send it SIGTERM when the learner dies,
-    however it dies (SIGKILL included), so no local actor outlives its learner (Linux;
-    elsewhere a no-op, and the actor's own learner timeout applies)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

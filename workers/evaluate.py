@@ -23,6 +23,7 @@ import argparse
 import logging
 import multiprocessing
 import multiprocessing.pool
+import os
 import random
 import re
 import sys
@@ -55,6 +56,7 @@ from keisei.evaluation import (
 )
 from keisei.files import write_json_atomically
 from keisei.kifu import to_csa, to_kif, write_game_files
+from keisei.processes import die_with_parent
 from keisei.shogi import Termination
 from workers.engines import EngineError, GnuShogiPlayer, SearchLimit, UsiPlayer, UsiSettings
 
@@ -233,7 +235,8 @@ def run_task(task: Task) -> list[MatchGame]:
     return [record_of(item) for item in played]
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
+    die_with_parent(parent)  # a keisei-eval stopped by a signal takes its workers with it
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s "
                         "%(message)s", force=True)
@@ -423,7 +426,7 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
     pairings: list[Pairing] = []
     games: list[dict[str, object]] = []
     context = multiprocessing.get_context("spawn")
-    pool = (context.Pool(args.workers, _init_worker, (args.threads,)) if args.workers > 1 else None)
+    pool = (context.Pool(args.workers, _init_worker, (args.threads, os.getpid())) if args.workers > 1 else None)
     try:
         for spec, skipped in rungs:
             if skipped is not None:

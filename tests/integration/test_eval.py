@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -198,6 +199,35 @@ def test_checkpoint_against_checkpoint_is_reproducible_with_a_seed(checkpoints: 
     assert first == again
     assert first[1] != other[1]
     assert len(first[1]) == 6
+
+
+def test_workers_stop_with_a_killed_keisei_eval(checkpoints: list[Path], tmp_path: Path) -> None:
+    evaluation = subprocess.Popen(
+        [str(BIN / "keisei-eval"), "--checkpoint", str(checkpoints[0]), "--opponent",
+         f"checkpoint:{checkpoints[1]}", "--visits", "64", "--games", "200", "--workers", "2",
+         "--output", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(evaluation.pid)
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        # two pool workers playing their (searched, so minutes long) share of the games
+        while time.monotonic() < deadline:
+            workers = [child for child in parent.children()
+                       if child.cpu_times().user > 1.0 and "multiprocessing" in " ".join(child.cmdline())]
+            if len(workers) == 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) == 2, "the pool's workers did not start"
+        evaluation.kill()  # no handler runs: the kernel stops the workers
+        evaluation.wait(timeout=10)
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"workers outlived keisei-eval: {[worker.pid for worker in alive]}"
+    finally:
+        evaluation.kill()
+        evaluation.wait(timeout=10)
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()
 
 
 @pytest.mark.slow
