@@ -213,14 +213,14 @@ def test_workers_stop_with_a_killed_keisei_eval(checkpoints: list[Path], tmp_pat
         # two pool workers playing their (searched, so minutes long) share of the games
         while time.monotonic() < deadline:
             workers = [child for child in parent.children()
-                       if child.cpu_times().user > 1.0 and "multiprocessing" in " ".join(child.cmdline())]
+                       if "spawn_main" in " ".join(child.cmdline()) and child.cpu_times().user > 1.0]
             if len(workers) == 2:
                 break
             time.sleep(0.2)
         assert len(workers) == 2, "the pool's workers did not start"
         evaluation.kill()  # no handler runs: the kernel stops the workers
         evaluation.wait(timeout=10)
-        gone, alive = psutil.wait_procs(workers, timeout=15)
+        _, alive = psutil.wait_procs(workers, timeout=15)
         assert not alive, f"workers outlived keisei-eval: {[worker.pid for worker in alive]}"
     finally:
         evaluation.kill()
