@@ -178,6 +178,17 @@ class TrainConfig:
                                        "(train.kl_anchor), so the results of self-play games do "
                                        "not pull the value head away from what pre-training "
                                        "taught it; 0: off", low=0.0, high=100.0)
+    supervised_data: str = setting("", "a data set keisei-pretrain prepared from engine games "
+                                   "(its run's data folder): every PPO minibatch also trains on "
+                                   "train.supervised_batch of its training positions, so the "
+                                   "network keeps learning from those games while self-play "
+                                   "steers it; empty: off")
+    supervised_coef: float = setting(1.0, "with train.supervised_data: weight of its loss, the "
+                                     "cross-entropy on the recorded move plus vf_coef x 0.5 "
+                                     "(value - result)^2, each a mean over the minibatch's "
+                                     "supervised positions", low=0.0, high=100.0)
+    supervised_batch: int = setting(64, "with train.supervised_data: its positions per PPO "
+                                    "minibatch", low=1, high=65_536)
     kl_anchor: str = setting("initial", "the policy the init_kl_coef penalty holds PPO near: "
                              "initial (the network training started from, for the whole "
                              "run) or gated (a regulariser that moves: every "

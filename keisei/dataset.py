@@ -278,6 +278,27 @@ class ShardSet:
             yield carry
 
 
+def endless_batches(directory: str | Path, batch_size: int,
+                    rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Shuffled batches of a prepared data set's training positions without end: one
+    shuffled pass after another (``ShardSet.batches``).
+
+    :raises DatasetError: if ``directory`` is not a prepared data set, or holds fewer
+        training positions than one batch.
+    """
+    read_summary(directory)
+    shards = ShardSet(directory, "train")
+    if len(shards) < batch_size:
+        raise DatasetError(f"{directory}: {len(shards)} training positions, fewer than a batch "
+                           f"of {batch_size}")
+
+    def forever() -> Iterator[np.ndarray]:
+        while True:
+            yield from shards.batches(batch_size, rng)
+
+    return forever()
+
+
 @dataclass
 class DecodedBatch:
     observations: np.ndarray

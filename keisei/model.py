@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from keisei.config import ModelConfig
+from keisei.dataset import DecodedBatch
 from keisei.encoding import NUM_ACTIONS, NUM_MOVE_PLANES, NUM_PLANES
 
 PRESETS: dict[str, ModelConfig] = {
@@ -154,6 +155,29 @@ def log_probs_and_entropy(masked: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     probs = log_probs.exp()
     entropy = -(probs * log_probs.masked_fill(probs == 0, 0.0)).sum(dim=-1)
     return log_probs, entropy
+
+
+def supervised_losses(logits: torch.Tensor, values: torch.Tensor, batch: dict[str, torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy on the recorded move (over the legal moves), the value
+    loss ``0.5 (v - result)^2`` where the result is known (0 elsewhere), whether the
+    top move is the recorded one, and the known mask as float."""
+    masked = masked_logits(logits.float(), batch["legal"])
+    log_probs = torch.log_softmax(masked, dim=-1)
+    policy = -log_probs.gather(1, batch["actions"][:, None]).squeeze(1)
+    known = batch["known"].float()
+    value = 0.5 * (values.float() - batch["results"]) ** 2 * known
+    hits = (masked.argmax(dim=-1) == batch["actions"]).float()
+    return policy, value, hits, known
+
+
+def supervised_tensors(decoded: DecodedBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """A decoded batch of recorded positions as the tensors ``supervised_losses`` takes."""
+    return {"observations": to_device(decoded.observations, device),
+            "legal": to_device(decoded.legal_masks, device),
+            "actions": to_device(decoded.actions, device),
+            "results": to_device(decoded.results, device),
+            "known": to_device(decoded.result_known, device)}
 
 
 def choose_actions(masked: torch.Tensor, temperature: float,

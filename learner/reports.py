@@ -66,6 +66,14 @@ class UpdateReport:
     value_anchor: float = math.nan
     """Mean squared difference between the value and the anchor's value on the trained
     positions, while ``train.value_anchor_coef`` is on (null otherwise)."""
+    supervised_loss: float = math.nan
+    """Mean cross-entropy of the policy on the recorded moves of ``train.supervised_data``'s
+    positions trained beside self-play's (null while it is off)."""
+    supervised_value_loss: float = math.nan
+    """Mean ``0.5 (value - result)^2`` on those positions (null while it is off)."""
+    supervised_accuracy: float = math.nan
+    """Share of those positions whose most probable move is the recorded one (null while
+    it is off)."""
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,14 @@ import os
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from keisei.config import Config
+from keisei.config import Config, ConfigError
+from keisei.dataset import DatasetError, decode_samples, endless_batches
 from keisei.errors import KeiseiError
 from keisei.evaluation import PolicyPlayer, load_openings, play_match
 from keisei.evaluation import tally as match_tally
@@ -41,6 +42,8 @@ from keisei.model import (
     log_probs_and_entropy,
     masked_logits,
     resolve_precision,
+    supervised_losses,
+    supervised_tensors,
     to_device,
 )
 from keisei.pool import OpponentPool
@@ -147,6 +150,15 @@ class Trainer:
         # float16 needs loss scaling against underflow; bfloat16 has float32's range
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.shuffle_rng = np.random.default_rng(config.run.seed + 1 + 1_000_003 * world.rank)
+        # engine-game positions trained beside self-play's (train.supervised_data)
+        self.supervised: Iterator[np.ndarray] | None = None
+        if train.supervised_data:
+            try:
+                self.supervised = endless_batches(
+                    train.supervised_data, train.supervised_batch,
+                    np.random.default_rng(config.run.seed + 2 + 1_000_003 * world.rank))
+            except DatasetError as exc:
+                raise ConfigError([f"train.supervised_data = {train.supervised_data!r}: {exc}"]) from exc
         self.step = 0
         self.steps_trained_here = 0
         self.epoch = 0
@@ -500,8 +512,16 @@ class Trainer:
             advantages = self._normalise(advantages, chosen)
         observations = to_device(unpack_observations(batch.observations[rows]), device)
         legal = to_device(unpack_masks(batch.legal_masks[rows]), device)
+        inputs = observations.float()
+        supervised = None
+        if self.supervised is not None:  # one forward pass for both kinds of position
+            supervised = supervised_tensors(decode_samples(next(self.supervised)), device)
+            inputs = torch.cat([inputs, supervised["observations"]])
         with autocast(device, self.autocast_dtype):
-            logits, new_values = self.model(observations.float())
+            logits, new_values = self.model(inputs)
+        if supervised is not None:
+            logits, supervised_logits = logits[:len(rows)], logits[len(rows):]
+            new_values, supervised_values = new_values[:len(rows)], new_values[len(rows):]
         log_probs, entropy = log_probs_and_entropy(masked_logits(logits.float(), legal))
         new_log_probs = log_probs.gather(1, tensors["actions"][:, None]).squeeze(1)
         proximal = (pre_update.gather(1, tensors["actions"][:, None]).squeeze(1)
@@ -538,6 +558,16 @@ class Trainer:
                 to_device(search_probs, device))
             search_loss = cross_entropy.sum() / targets
             loss = loss + train.search_coef * cross_entropy.sum() / len(rows)
+        figures = {"init_kl": init_kl, "search_loss": search_loss, "exact_kl": exact_kl,
+                   "value_anchor": value_anchor}
+        if supervised is not None:
+            policy_part, value_part, hits, known = supervised_losses(
+                supervised_logits, supervised_values, supervised)
+            figures["supervised_loss"] = policy_part.mean()
+            figures["supervised_value_loss"] = value_part.sum() / known.sum().clamp(min=1.0)
+            figures["supervised_accuracy"] = hits.mean()
+            loss = loss + train.supervised_coef * (
+                figures["supervised_loss"] + train.vf_coef * figures["supervised_value_loss"])
         # backward always (the synchronised batch norm meets the other members there),
         # then the gradients averaged over the members with the agreed verdicts on
         # finiteness and on stopping, then the same clipped step on every member
@@ -554,13 +584,12 @@ class Trainer:
                                   f"the PPO loss is not finite on another rank (here {here})")
         if verdict.stop:
             raise TrainingInterrupted(f"stop requested at step {self.step}")
-        return self._step(parameters, loss, losses, init_kl, search_loss, exact_kl, value_anchor)
+        return self._step(parameters, loss, losses, figures)
 
     def _step(self, parameters: list[torch.nn.Parameter], loss: torch.Tensor, losses: Any,
-              init_kl: torch.Tensor, search_loss: torch.Tensor, exact_kl: torch.Tensor,
-              value_anchor: torch.Tensor) -> tuple[dict[str, float], float]:
+              figures: dict[str, torch.Tensor]) -> tuple[dict[str, float], float]:
         """The optimizer step once the gradients are in: unscaled, clipped, checked; the
-        minibatch's figures and gradient norm."""
+        minibatch's figures (``figures`` beside the PPO losses) and gradient norm."""
         max_norm = self.config.train.max_grad_norm
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
@@ -574,8 +603,7 @@ class Trainer:
             self.optimizer.step()
         values = {"loss": loss, "policy_loss": losses.policy_loss,
                   "value_loss": losses.value_loss, "entropy": losses.entropy,
-                  "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac, "init_kl": init_kl,
-                  "search_loss": search_loss, "exact_kl": exact_kl, "value_anchor": value_anchor}
+                  "approx_kl": losses.approx_kl, "clipfrac": losses.clipfrac, **figures}
         return {key: float(value.detach()) for key, value in values.items()}, float(grad_norm)
 
     def _normalise(self, advantages: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -63,8 +63,8 @@ from keisei.model import (
     autocast,
     build_model,
     count_parameters,
-    masked_logits,
-    to_device,
+    supervised_losses,
+    supervised_tensors,
 )
 from keisei.ppo import learning_rate_at
 from keisei.runs import CheckpointWriter, RunDir, check_run_directory, load_newest, resolve_device
@@ -123,20 +123,6 @@ class Figures:
         """(policy loss, value loss, top-1 accuracy); NaN where nothing was counted."""
         positions = self.positions or math.nan
         return self.policy / positions, self.value / (self.valued or math.nan), self.hits / positions
-
-
-def supervised_losses(logits: torch.Tensor, values: torch.Tensor, batch: dict[str, torch.Tensor]
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-position cross-entropy on the recorded move (over the legal moves), the value
-    loss ``0.5 (v - result)^2`` where the result is known (0 elsewhere), whether the
-    top move is the recorded one, and the known mask as float."""
-    masked = masked_logits(logits.float(), batch["legal"])
-    log_probs = torch.log_softmax(masked, dim=-1)
-    policy = -log_probs.gather(1, batch["actions"][:, None]).squeeze(1)
-    known = batch["known"].float()
-    value = 0.5 * (values.float() - batch["results"]) ** 2 * known
-    hits = (masked.argmax(dim=-1) == batch["actions"]).float()
-    return policy, value, hits, known
 
 
 class Pretrainer:
@@ -198,12 +184,7 @@ class Pretrainer:
         self.epoch_rng_state = copy.deepcopy(dict(self.rng.bit_generator.state))
 
     def tensors(self, decoded: DecodedBatch) -> dict[str, torch.Tensor]:
-        device = self.device
-        return {"observations": to_device(decoded.observations, device),
-                "legal": to_device(decoded.legal_masks, device),
-                "actions": to_device(decoded.actions, device),
-                "results": to_device(decoded.results, device),
-                "known": to_device(decoded.result_known, device)}
+        return supervised_tensors(decoded, self.device)
 
     def train_batch(self, samples: np.ndarray) -> None:
         """One gradient step on ``samples``."""

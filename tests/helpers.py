@@ -20,7 +20,8 @@ EPOCH_FIELDS = {
     "encode_seconds", "entropy", "epoch", "explained_variance", "games", "grad_norm",
     "inference_seconds", "init_kl", "init_kl_coef", "learning_rate", "loss", "mean_game_length", "mode", "policy_lag_max",
     "policy_lag_mean", "policy_loss", "policy_version", "ppo_passes", "rules_seconds", "search_loss",
-    "search_targets", "value_anchor",
+    "search_targets", "value_anchor", "supervised_loss", "supervised_value_loss",
+    "supervised_accuracy",
     "shaping_weight", "step", "steps_dropped_stale", "steps_per_second", "terminations", "time",
     "train_seconds", "update_seconds", "value_loss", "white_win_rate"}
 """metrics.jsonl's fields from the training loop itself (users' scripts read these names)."""
@@ -176,3 +177,24 @@ def metrics_lines(run_dir: Path) -> list[dict[str, object]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def greedy_games(folder: Path, games: int, seed: int = 0) -> Path:
+    """Greedy-vs-greedy games (take the best capture, else a random move) as one CSA file:
+    a record set with something learnable in it."""
+    from keisei.evaluation import GreedyPlayer, apply_decision
+    from keisei.kifu import to_csa
+    from keisei.shogi import Game
+
+    folder.mkdir(parents=True, exist_ok=True)
+    player = GreedyPlayer()
+    texts = []
+    for index in range(games):
+        rng = random.Random(seed * 10_000 + index)
+        game = Game(max_plies=120)
+        while not game.is_over:
+            apply_decision(game, player.choose([game], [rng])[0])
+        texts.append(to_csa(game, ("greedy", "greedy")))
+    path = folder / "greedy.csa"
+    path.write_text("/\n".join(texts))
+    return path

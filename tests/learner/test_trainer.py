@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import itertools
 import math
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import EPOCH_FIELDS
+from helpers import EPOCH_FIELDS, greedy_games
 
-from keisei.config import Config, load_config
+from keisei.config import Config, ConfigError, load_config
+from keisei.dataset import ShardSet, decode_samples, endless_batches, prepare_dataset
 from keisei.evaluation import MatchResult
 from keisei.model import masked_logits
 from keisei.ppo import search_cross_entropy
@@ -464,3 +467,99 @@ def test_the_value_anchor_pulls_the_value_toward_the_anchors_and_is_null_when_of
             gap = torch.square(trainer.model(observations).value - trainer.reference(observations).value)
         gaps.append(float(gap.mean()))
     assert gaps[1] < 0.5 * gaps[0]
+
+
+@pytest.fixture(scope="module")
+def engine_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared data set of a few greedy games: recorded moves and results to learn."""
+    folder = tmp_path_factory.mktemp("supervised")
+    prepare_dataset([str(greedy_games(folder / "records", 6))], folder / "data",
+                    val_fraction=0.0, max_duplicates=4, shard_size=256)
+    return folder / "data"
+
+
+def test_the_supervised_figures_are_the_recorded_moves_and_results_losses(
+        world: World, engine_data: Path) -> None:
+    """One pass of one minibatch: the reported cross-entropy on the recorded moves, value
+    loss 0.5 (value - result)² and top-1 accuracy are, by hand, those of the supervised
+    positions in the training forward before the step (batch norm over both kinds of
+    position together)."""
+    trainer = Trainer.build(tiny_config(f"train.supervised_data={engine_data}",
+                                        "train.supervised_batch=24", "train.ppo_passes=1",
+                                        "train.minibatch_size=128", "run.precision=float32"),
+                            threading.Event(), world=world)
+    samples = next(ShardSet(engine_data, "train").batches(24, None))
+    decoded = decode_samples(samples)
+    assert 0 < decoded.result_known.sum()
+    trainer.supervised = itertools.repeat(samples)
+    trainer.collect()
+    batch = trainer.buffer.take_epoch()
+    model = copy.deepcopy(trainer.model)
+    inputs = torch.cat([torch.from_numpy(unpack_observations(batch.observations)).float(),
+                        torch.from_numpy(decoded.observations)])
+    with torch.no_grad():
+        model.train()
+        logits, values = model(inputs)
+    logits = logits[batch.size:].double().numpy()
+    values = values[batch.size:].double().numpy()
+    logits[~decoded.legal_masks] = -np.inf
+    log_probs = logits - logits.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+    rows = np.arange(len(samples))
+    cross_entropy = float(-log_probs[rows, decoded.actions].mean())
+    known = decoded.result_known
+    value_loss = float(np.mean(0.5 * (values[known] - decoded.results[known]) ** 2))
+    accuracy = float(np.mean(logits.argmax(axis=1) == decoded.actions))
+    trainer.buffer.restore_epoch(batch)
+    report = trainer.update()
+    expected = world.mean([cross_entropy, value_loss, accuracy])
+    assert report.supervised_loss == pytest.approx(expected[0], rel=1e-3)
+    assert report.supervised_value_loss == pytest.approx(expected[1], rel=1e-3, abs=1e-6)
+    assert report.supervised_accuracy == pytest.approx(expected[2])
+
+
+def test_the_supervised_loss_teaches_the_recorded_moves_and_is_null_when_off(
+        world: World, engine_data: Path) -> None:
+    samples = next(ShardSet(engine_data, "train").batches(32, None))
+    decoded = decode_samples(samples)
+    observations = torch.from_numpy(decoded.observations)
+    legal = torch.from_numpy(decoded.legal_masks)
+    actions = torch.from_numpy(decoded.actions)
+    learnt = []
+    for coef in (0.0, 10.0):
+        trainer = Trainer.build(tiny_config(
+            f"train.supervised_data={engine_data}", f"train.supervised_coef={coef}",
+            "train.supervised_batch=32", "train.ppo_passes=4", "train.minibatch_size=32",
+            "train.learning_rate=0.003"), threading.Event(), world=world)
+        trainer.supervised = itertools.repeat(samples)
+        trainer.collect()
+        report = trainer.update()
+        assert math.isfinite(report.supervised_loss)  # measured whatever its weight
+        with torch.no_grad():
+            trainer.model.eval()
+            log_probs = torch.log_softmax(masked_logits(trainer.model(observations).logits, legal), -1)
+        learnt.append(float(-log_probs.gather(1, actions[:, None]).mean()))
+    assert learnt[1] < learnt[0] - 0.5
+    trainer = Trainer.build(tiny_config("train.ppo_passes=1"), threading.Event(), world=world)
+    trainer.collect()
+    report = trainer.update()
+    assert math.isnan(report.supervised_loss) and math.isnan(report.supervised_accuracy)
+
+
+def test_a_supervised_data_folder_that_is_no_data_set_is_refused_by_name(tmp_path: Path,
+                                                                         engine_data: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train.supervised_data = .*not a prepared data set"):
+        Trainer.build(tiny_config(f"train.supervised_data={tmp_path}"), threading.Event())
+    with pytest.raises(ConfigError, match="fewer than a batch of 65536"):
+        Trainer.build(tiny_config(f"train.supervised_data={engine_data}",
+                                  "train.supervised_batch=65536"), threading.Event())
+
+
+def test_the_supervised_batches_go_on_past_the_end_of_the_data(engine_data: Path) -> None:
+    size = len(ShardSet(engine_data, "train"))
+    stream = endless_batches(engine_data, 50, np.random.default_rng(0))
+    batches = [next(stream) for _ in range(3 * size // 50)]
+    assert all(len(samples) == 50 for samples in batches)
+    seen = {bytes(row) for samples in batches for row in samples["hcp"]}
+    assert len(seen) > 0.5 * len({bytes(row) for row in next(ShardSet(engine_data, "train")
+                                                             .batches(size, None))["hcp"]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import signal
 import subprocess
 import sys
@@ -12,36 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import learner_command, metrics_lines
+from helpers import greedy_games, learner_command, metrics_lines
 
 from keisei.checkpoint import latest_checkpoint, load_checkpoint
 from keisei.config import load_config
 from keisei.dataset import ShardSet, prepare_dataset
-from keisei.evaluation import GreedyPlayer, apply_decision, load_policy
-from keisei.kifu import to_csa
-from keisei.shogi import Game
+from keisei.evaluation import load_policy
 from pretrain.main import Pretrainer, main
 
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "run.threads=1",
         "display.mode=plain", "pretrain.batch_size=64", "pretrain.val_fraction=0.2",
         "pretrain.shard_size=512"]
-
-
-def greedy_games(folder: Path, games: int, seed: int = 0) -> Path:
-    """Greedy-vs-greedy games (take the best capture, else a random move) as one CSA file:
-    a record set with something learnable in it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    player = GreedyPlayer()
-    texts = []
-    for index in range(games):
-        rng = random.Random(seed * 10_000 + index)
-        game = Game(max_plies=120)
-        while not game.is_over:
-            apply_decision(game, player.choose([game], [rng])[0])
-        texts.append(to_csa(game, ("greedy", "greedy")))
-    path = folder / "greedy.csa"
-    path.write_text("/\n".join(texts))
-    return path
 
 
 def overrides(run_dir: Path, *extra: str) -> list[str]:
