@@ -198,6 +198,9 @@ def _train_with_curve(learner: Learner, budget: float, points: int,
                  if math.isfinite(update.value_anchor) else "")
               + (f"  search {update.search_loss:.3f} on {update.search_targets}"
                  if update.search_targets else "")
+              + (f"  engine moves {update.supervised_loss:.3f} top-1 "
+                 f"{update.supervised_accuracy:.2f} value {update.supervised_value_loss:.3f}"
+                 if math.isfinite(update.supervised_loss) else "")
               + (f"  pool {report.pool.size} score {report.pool.score:.2f} in {report.pool.games}"
                  if report.pool is not None else "")
               + (f"  anchor v{report.anchor.anchor_version}" + (
