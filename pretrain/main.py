@@ -49,7 +49,6 @@ from keisei.cli import ExitCode, HelpConfig, add_version, setup_logging, stop_on
 from keisei.config import Config, ConfigError, check_sections, load_config, load_saved_config
 from keisei.dataset import (
     DatasetError,
-    DecodedBatch,
     ShardSet,
     decode_samples,
     prepare_dataset,
@@ -183,9 +182,6 @@ class Pretrainer:
         self.batch_in_epoch = 0
         self.epoch_rng_state = copy.deepcopy(dict(self.rng.bit_generator.state))
 
-    def tensors(self, decoded: DecodedBatch) -> dict[str, torch.Tensor]:
-        return supervised_tensors(decoded, self.device)
-
     def train_batch(self, samples: np.ndarray) -> None:
         """One gradient step on ``samples``."""
         if self.stop.is_set():
@@ -195,7 +191,7 @@ class Pretrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_at(settings.lr_schedule, settings.learning_rate,
                                            self.progress())
-        batch = self.tensors(decode_samples(samples))
+        batch = supervised_tensors(decode_samples(samples), self.device)
         self.model.train()
         with autocast(self.device, self.autocast_dtype):
             logits, values = self.model(batch["observations"])
@@ -228,7 +224,7 @@ class Pretrainer:
         limit = self.config.pretrain.val_positions
         for samples in self.val_set.batches(512, None):
             samples = samples[:limit - figures.positions]
-            batch = self.tensors(decode_samples(samples))
+            batch = supervised_tensors(decode_samples(samples), self.device)
             with autocast(self.device, self.autocast_dtype):
                 logits, values = self.model(batch["observations"])
             policy, value, hits, known = supervised_losses(logits, values, batch)
