@@ -31,9 +31,10 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cshogi
 import numpy as np
@@ -278,10 +279,58 @@ class ShardSet:
             yield carry
 
 
-def endless_batches(directory: str | Path, batch_size: int,
-                    rng: np.random.Generator) -> Iterator[np.ndarray]:
+class EndlessBatches:
     """Shuffled batches of a prepared data set's training positions without end: one
-    shuffled pass after another (``ShardSet.batches``).
+    shuffled pass after another (``ShardSet.batches``). Its ``state_dict`` (the generator's
+    state where the pass began, and the batches taken of it) lets a resumed run go on
+    where the stream stood instead of taking the same positions again."""
+
+    def __init__(self, shards: ShardSet, batch_size: int, rng: np.random.Generator) -> None:
+        self.shards, self.batch_size, self.rng = shards, batch_size, rng
+        self._pass: Iterator[np.ndarray] | None = None
+        self._pass_state: Mapping[str, Any] = rng.bit_generator.state
+        self._taken = 0
+
+    def __iter__(self) -> EndlessBatches:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        while True:
+            if self._pass is None:
+                self._pass_state, self._taken = self.rng.bit_generator.state, 0
+                self._pass = self.shards.batches(self.batch_size, self.rng)
+            batch = next(self._pass, None)
+            if batch is not None:
+                self._taken += 1
+                return batch
+            self._pass = None  # the end of a pass: the next one, shuffled anew
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._pass is None:
+            return {"rng": self.rng.bit_generator.state, "taken": 0, "batch_size": self.batch_size}
+        return {"rng": self._pass_state, "taken": self._taken, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on where ``state`` left the stream. A state taken with another batch size, or
+        one whose pass this data set cannot replay (it has changed), leaves a fresh pass
+        from that state's generator instead."""
+        self.rng.bit_generator.state = state["rng"]
+        self._pass = None
+        if int(state.get("batch_size", -1)) != self.batch_size:
+            return
+        self._pass_state, self._taken = state["rng"], 0
+        self._pass = self.shards.batches(self.batch_size, self.rng)
+        for _ in range(int(state["taken"])):
+            if next(self._pass, None) is None:
+                self._pass = None
+                return
+            self._taken += 1
+
+
+def endless_batches(directory: str | Path, batch_size: int,
+                    rng: np.random.Generator) -> EndlessBatches:
+    """The training positions of the data set in ``directory`` as an ``EndlessBatches``
+    stream.
 
     :raises DatasetError: if ``directory`` is not a prepared data set, or holds fewer
         training positions than one batch.
@@ -291,12 +340,7 @@ def endless_batches(directory: str | Path, batch_size: int,
     if len(shards) < batch_size:
         raise DatasetError(f"{directory}: {len(shards)} training positions, fewer than a batch "
                            f"of {batch_size}")
-
-    def forever() -> Iterator[np.ndarray]:
-        while True:
-            yield from shards.batches(batch_size, rng)
-
-    return forever()
+    return EndlessBatches(shards, batch_size, rng)
 
 
 @dataclass

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from keisei.config import Config, ConfigError
-from keisei.dataset import DatasetError, decode_samples, endless_batches
+from keisei.dataset import DatasetError, EndlessBatches, decode_samples, endless_batches
 from keisei.errors import KeiseiError
 from keisei.evaluation import PolicyPlayer, load_openings, play_match
 from keisei.evaluation import tally as match_tally
@@ -389,6 +389,9 @@ class Trainer:
         seed = self.config.run.seed + 1_000_003 * self.world.rank + self.step
         self.collector.generator.manual_seed(seed)
         self.shuffle_rng = np.random.default_rng(seed + 1)
+        if isinstance(self.supervised, EndlessBatches):  # a pass of this rank's own order
+            self.supervised.load_state_dict({"rng": np.random.default_rng(seed + 2).bit_generator.state,
+                                             "taken": 0, "batch_size": self.supervised.batch_size})
 
     # --- PPO ----------------------------------------------------------------------------
     def _ppo(self, batch: EpochBatch) -> dict[str, Any]:
@@ -651,6 +654,9 @@ class Trainer:
             **({"reference_model": self.reference.state_dict(),
                 "anchor_version": self.anchor_version} if self.reference is not None else {}),
             **({"pool": self.pool.state_dict()} if self.pool is not None else {}),
+            # where the stream of train.supervised_data's positions stands
+            **({"supervised": self.supervised.state_dict()}
+               if isinstance(self.supervised, EndlessBatches) else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -676,6 +682,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         self.collector.generator.set_state(rng["collector"])
         self.shuffle_rng.bit_generator.state = rng["shuffle"]
+        if isinstance(self.supervised, EndlessBatches) and "supervised" in state:
+            self.supervised.load_state_dict(state["supervised"])
 
 
 async def call_callback(callback: Callback, report: EpochReport) -> None:

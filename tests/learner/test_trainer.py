@@ -563,3 +563,32 @@ def test_the_supervised_batches_go_on_past_the_end_of_the_data(engine_data: Path
     seen = {bytes(row) for samples in batches for row in samples["hcp"]}
     assert len(seen) > 0.5 * len({bytes(row) for row in next(ShardSet(engine_data, "train")
                                                              .batches(size, None))["hcp"]})
+
+
+def test_the_supervised_stream_resumes_where_it_stood(engine_data: Path) -> None:
+    """Past a pass's end and mid-pass, a stream loaded from a state goes on with the batches
+    the original would have given; a checkpoint carries the state, so a resumed run does not
+    take the same engine positions again from the start."""
+    size = len(ShardSet(engine_data, "train"))
+    for taken in (3, size // 40 + 2):  # mid-pass; into the second pass
+        stream = endless_batches(engine_data, 40, np.random.default_rng(5))
+        for _ in range(taken):
+            next(stream)
+        state = stream.state_dict()
+        expected = [next(stream)["hcp"].tobytes() for _ in range(size // 40 + 1)]
+        again = endless_batches(engine_data, 40, np.random.default_rng(99))
+        again.load_state_dict(state)
+        assert [next(again)["hcp"].tobytes() for _ in range(size // 40 + 1)] == expected
+    other = endless_batches(engine_data, 30, np.random.default_rng(99))
+    other.load_state_dict(state)  # another batch size: a fresh pass, of full batches
+    assert len(next(other)) == 30
+
+    config = tiny_config(f"train.supervised_data={engine_data}", "train.supervised_batch=16")
+    trainer = Trainer.build(config, threading.Event())
+    for _ in range(5):
+        assert trainer.supervised is not None and len(next(trainer.supervised)) == 16
+    state = trainer.state_dict()
+    following = next(trainer.supervised)["hcp"].tobytes()
+    resumed = Trainer.build(config, threading.Event())
+    resumed.load_state_dict(state)
+    assert resumed.supervised is not None and next(resumed.supervised)["hcp"].tobytes() == following
