@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -192,15 +191,7 @@ def _train_with_curve(learner: Learner, budget: float, points: int,
               f"entropy {update.entropy:.2f}  kl {update.approx_kl:.3f} exact {update.exact_kl:.3f}  "
               f"clip {update.clipfrac:.2f}  ev {update.explained_variance:+.2f}  "
               f"passes {update.ppo_passes}  lag {update.policy_lag_mean:.1f}"
-              + (f"  init_kl {update.init_kl:.3f} x {update.init_kl_coef:.2f}"
-                 if update.init_kl_coef else "")
-              + (f"  value anchor {update.value_anchor:.3f}"
-                 if math.isfinite(update.value_anchor) else "")
-              + (f"  search {update.search_loss:.3f} on {update.search_targets}"
-                 if update.search_targets else "")
-              + (f"  engine moves {update.supervised_loss:.3f} top-1 "
-                 f"{update.supervised_accuracy:.2f} value {update.supervised_value_loss:.3f}"
-                 if math.isfinite(update.supervised_loss) else "")
+              + "".join(f"  {term}" for term in update.extra_terms())
               + (f"  pool {report.pool.size} score {report.pool.score:.2f} in {report.pool.games}"
                  if report.pool is not None else "")
               + (f"  anchor v{report.anchor.anchor_version}" + (

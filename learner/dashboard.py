@@ -24,7 +24,7 @@ from keisei.config import DisplayConfig
 from learner.actors import ActorTable
 from learner.fields import outside_band
 from learner.ratings import Ratings
-from learner.reports import EpochReport
+from learner.reports import EpochReport, UpdateReport
 from learner.supervisor import Supervisor
 from learner.trainer import Trainer
 
@@ -99,7 +99,8 @@ class Dashboard:
                 f"policy {_format(update.policy_loss)} value {_format(update.value_loss)} "
                 f"entropy {_format(update.entropy)} kl {_format(update.exact_kl)} (sampled {_format(update.approx_kl)}) | "
                 f"{finished} | collect {collect.collect_seconds:.1f}s "
-                f"update {update.update_seconds:.1f}s" + actors + _pool_text(report)
+                f"update {update.update_seconds:.1f}s" + _terms_text(update) + actors
+                + _pool_text(report)
                 + (f" | Elo {rating.elo:+.0f} (step {rating.elo_step}, random = 0)"
                    if rating is not None else "") + _health_text(report))
 
@@ -124,6 +125,8 @@ class Dashboard:
                               f"{time.strftime('%H:%M:%S', time.localtime(last.time))} -> {last.mode}: "
                               f"{last.cause}", style="yellow"))
         parts.append(self.render_epoch(report))
+        if report is not None and (terms := report.update.extra_terms()):
+            parts.append(Text("beyond PPO: " + ", ".join(terms)))  # the loss terms that are on
         if report is not None and (health := _health_text(report)):
             parts.append(Text(health.lstrip(" |"), style="bold red"))
         if self.actors is not None and (actors := self.actors.snapshot()):
@@ -195,6 +198,13 @@ def _health_text(report: EpochReport) -> str:
     healthy run stays in (``learner.fields``), else nothing."""
     outside = outside_band(asdict(report.update))
     return f" | outside the healthy band: {', '.join(outside)}" if outside else ""
+
+
+def _terms_text(update: UpdateReport) -> str:
+    """`` | search 2.088 on 514, ...``: the loss terms beyond PPO's that are on, else
+    nothing."""
+    terms = update.extra_terms()
+    return f" | {', '.join(terms)}" if terms else ""
 
 
 def _pool_text(report: EpochReport) -> str:

@@ -33,6 +33,14 @@ FIELDS = (
     Field("value_loss", "value loss", nonnegative=True),
     Field("entropy", "policy entropy", "nats", nonnegative=True),
     Field("search_loss", "search-target loss", "nats", nonnegative=True),
+    # What holds self-play near strong play, while it is on: the KL penalty toward the start
+    # (train.init_kl_coef), the value anchor (train.value_anchor_coef) and the engine games
+    # trained beside self-play (train.supervised_data)
+    Field("init_kl", "KL from the start", "nats", nonnegative=True),
+    Field("value_anchor", "value anchor", "", nonnegative=True),
+    Field("supervised_value_loss", "engine results", "", nonnegative=True),
+    Field("supervised_loss", "engine moves' cross-entropy", "nats", nonnegative=True),
+    Field("supervised_accuracy", "engine moves' top-1", "fraction", nonnegative=True),
     # The PPO update's health: an approximate KL well above 0.05 or a clip fraction above
     # about 0.3 says the steps are too large; an explained variance below 0 says the value
     # head predicts the returns worse than their mean does.
@@ -59,6 +67,11 @@ CHARTS = (
     Chart("value loss", "losses", ("value_loss",)),
     Chart("entropy", "losses", ("entropy",)),
     Chart("search-target loss", "losses", ("search_loss",)),
+    Chart("KL from the start", "anchors", ("init_kl",)),
+    Chart("value: squared distance from the anchor, loss on engine results", "anchors",
+          ("value_anchor", "supervised_value_loss")),
+    Chart("engine moves' cross-entropy", "anchors", ("supervised_loss",)),
+    Chart("engine moves' top-1", "anchors", ("supervised_accuracy",)),
     Chart("KL from the pre-update policy", "update", ("exact_kl", "approx_kl"), log=True),
     Chart("clip fraction", "update", ("clipfrac",)),
     Chart("explained variance", "update", ("explained_variance",)),

@@ -75,6 +75,22 @@ class UpdateReport:
     """Share of those positions whose most probable move is the recorded one (null while
     it is off)."""
 
+    def extra_terms(self) -> list[str]:
+        """The loss terms beyond PPO's that are on this update, in words (``search 2.088 on
+        514``, ``engine moves 2.229 top-1 0.37 value 0.247`` ...); empty when none is. The
+        plain log, the dashboard and ``bench.learning`` print these."""
+        terms = []
+        if self.init_kl_coef:
+            terms.append(f"init_kl {self.init_kl:.3f} x {self.init_kl_coef:.2f}")
+        if math.isfinite(self.value_anchor):
+            terms.append(f"value anchor {self.value_anchor:.3f}")
+        if self.search_targets:
+            terms.append(f"search {self.search_loss:.3f} on {self.search_targets}")
+        if math.isfinite(self.supervised_loss):
+            terms.append(f"engine moves {self.supervised_loss:.3f} top-1 "
+                         f"{self.supervised_accuracy:.2f} value {self.supervised_value_loss:.3f}")
+        return terms
+
 
 @dataclass(frozen=True)
 class GamesReport:

@@ -74,6 +74,8 @@ def plot_run(run_dir: Path, records: Sequence[dict[str, Any]], output: Path) -> 
             groups.setdefault(chart.group, []).append(chart)
     written = []
     for name, charts in groups.items():
+        if not any(series(records, key)[0] for chart in charts for key in chart.fields):
+            continue  # a group of settings this run left off (the anchors) has no figure
         figure, axes = plt.subplots(len(charts), 1, figsize=(10, 2.4 * len(charts)), sharex=True,
                                     squeeze=False)
         for axis, chart in zip(axes[:, 0], charts, strict=True):

@@ -67,3 +67,21 @@ def test_the_live_header_shows_a_time_budget_when_one_is_set() -> None:
         screen = io.StringIO()
         Console(file=screen, width=200).print(Dashboard(trainer, config.display, io.StringIO()).render())
         assert shown in screen.getvalue()
+
+
+def test_the_loss_terms_beyond_ppo_are_shown_while_they_are_on() -> None:
+    report = epoch_report(256, 1)
+    assert report.update.extra_terms() == []
+    assert "search" not in Dashboard.summary_line(report)
+    update = dataclasses.replace(report.update, init_kl=0.0151, init_kl_coef=0.5,
+                                 value_anchor=0.0123, search_loss=2.0884, search_targets=514,
+                                 supervised_loss=2.2291, supervised_accuracy=0.3712,
+                                 supervised_value_loss=0.2468)
+    terms = ("init_kl 0.015 x 0.50, value anchor 0.012, search 2.088 on 514, "
+             "engine moves 2.229 top-1 0.37 value 0.247")
+    line = Dashboard.summary_line(dataclasses.replace(report, update=update))
+    assert line.endswith(f"update 1.0s | {terms}"), line
+    # a search epoch without targets, and engine games off: neither is named
+    quiet = dataclasses.replace(report.update, search_loss=float("nan"), search_targets=0,
+                                value_anchor=0.0)
+    assert quiet.extra_terms() == ["value anchor 0.000"]

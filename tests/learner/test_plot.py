@@ -51,9 +51,23 @@ def test_plot_writes_every_chart_and_reports_unreadable_lines(tmp_path: Path,
         assert str(path) in out
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
     assert "skipped 1 unreadable line" in err
+    assert not (run_dir / "plots" / "anchors.png").exists()  # none of them was on
     (run_dir / "ratings.json").unlink()  # ratings from the metrics alone
     assert main([str(run_dir), "--output", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "ratings.png").is_file()
+
+
+def test_plot_draws_the_anchors_of_a_run_that_had_them(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    run_dir = tmp_path / "run"
+    fake_run(run_dir)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()[:6]]
+    for record in lines:
+        record.update({"init_kl": 0.02, "value_anchor": None, "supervised_loss": 2.2,
+                       "supervised_value_loss": 0.25, "supervised_accuracy": 0.37})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in lines))
+    assert main([str(run_dir)]) == 0
+    assert (run_dir / "plots" / "anchors.png").stat().st_size > 5_000
 
 
 def test_plot_refuses_a_directory_without_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,7 +94,7 @@ def test_metrics_writer_writes_tensorboard_scalars(tmp_path: Path) -> None:
     layout = layout_pb2.Layout.FromString(config.string_val[0])
     charts = {category.title: [chart.title for chart in category.chart] for category in layout.category}
     assert charts["update"][:2] == ["KL from the pre-update policy (nats)", "clip fraction (fraction)"]
-    assert set(charts) == {"losses", "update", "throughput", "games", "ratings"}
+    assert set(charts) == {"losses", "anchors", "update", "throughput", "games", "ratings"}
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and set(lines[0]) == EPOCH_FIELDS | {"ratings_skipped"}
     assert set(lines[1]) - set(lines[0]) == {"ratings", "elo", "elo_step", "win_rate_random",
