@@ -12,7 +12,10 @@ competes for the cores. Arms, as ``--arms`` names them:
 * ``actors-1-thread``: the same with ``run.threads=1`` (the demo's setting before the
   learner's threads followed its actors);
 * ``actors-2-thread``: the same with ``run.threads=2``: the learner keeps two threads
-  whatever its actors do (only the actors' niceness shares the cores).
+  whatever its actors do (only the actors' niceness shares the cores);
+* ``in-process-passive``, ``actors-passive``, ``actors-2-thread-passive``: those arms with
+  ``OMP_WAIT_POLICY=PASSIVE``: torch's OpenMP threads sleep as soon as they run out of
+  work instead of spinning first, so the niced actors can have those moments.
 
 For each arm it prints the training rate (steps per second from the second epoch's
 report to the last, so start-up is not counted), the mean collect and update seconds of
@@ -45,11 +48,18 @@ from pathlib import Path
 
 import psutil
 
-ARMS: dict[str, tuple[bool, list[str]]] = {  # name: (local actors?, settings)
-    "in-process": (False, ["run.threads=0"]),
-    "actors": (True, []),
-    "actors-1-thread": (True, ["run.threads=1"]),
-    "actors-2-thread": (True, ["run.threads=2"]),
+PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""OpenMP threads that sleep at once when they run out of work, instead of spinning for a
+while first (libgomp's default): the cores they leave go to whatever else can run."""
+
+ARMS: dict[str, tuple[bool, list[str], dict[str, str]]] = {  # name: (local actors?, settings, env)
+    "in-process": (False, ["run.threads=0"], {}),
+    "actors": (True, [], {}),
+    "actors-1-thread": (True, ["run.threads=1"], {}),
+    "actors-2-thread": (True, ["run.threads=2"], {}),
+    "in-process-passive": (False, ["run.threads=0"], PASSIVE),
+    "actors-passive": (True, [], PASSIVE),
+    "actors-2-thread-passive": (True, ["run.threads=2"], PASSIVE),
 }
 
 
@@ -103,7 +113,7 @@ class CpuSampler(threading.Thread):
 
 
 def run_arm(name: str, args: argparse.Namespace) -> ArmResult:
-    actors, settings = ARMS[name]
+    actors, settings, env = ARMS[name]
     with tempfile.TemporaryDirectory(prefix=f"keisei-cores-{name}-") as run_dir:
         command = [sys.executable, "-m", "learner.main", "--config", args.config,
                    "--set", f"run.dir={run_dir}", "--set", "display.mode=plain",
@@ -116,7 +126,8 @@ def run_arm(name: str, args: argparse.Namespace) -> ArmResult:
         sampler = CpuSampler(args.sample)
         log = Path(run_dir) / "learner.log"
         with log.open("w") as output:
-            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **env})
             sampler.start()
             try:
                 time.sleep(args.seconds)
