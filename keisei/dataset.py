@@ -305,6 +305,10 @@ class EndlessBatches:
                 return batch
             self._pass = None  # the end of a pass: the next one, shuffled anew
 
+    def reseed(self, rng: np.random.Generator) -> None:
+        """A fresh pass in ``rng``'s order from the next batch on."""
+        self.rng, self._pass = rng, None
+
     def state_dict(self) -> dict[str, Any]:
         if self._pass is None:
             return {"rng": self.rng.bit_generator.state, "taken": 0, "batch_size": self.batch_size}

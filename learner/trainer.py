@@ -390,8 +390,7 @@ class Trainer:
         self.collector.generator.manual_seed(seed)
         self.shuffle_rng = np.random.default_rng(seed + 1)
         if isinstance(self.supervised, EndlessBatches):  # a pass of this rank's own order
-            self.supervised.load_state_dict({"rng": np.random.default_rng(seed + 2).bit_generator.state,
-                                             "taken": 0, "batch_size": self.supervised.batch_size})
+            self.supervised.reseed(np.random.default_rng(seed + 2))
 
     # --- PPO ----------------------------------------------------------------------------
     def _ppo(self, batch: EpochBatch) -> dict[str, Any]:

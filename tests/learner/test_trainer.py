@@ -18,7 +18,13 @@ import torch
 from helpers import EPOCH_FIELDS, greedy_games
 
 from keisei.config import Config, ConfigError, load_config
-from keisei.dataset import ShardSet, decode_samples, endless_batches, prepare_dataset
+from keisei.dataset import (
+    EndlessBatches,
+    ShardSet,
+    decode_samples,
+    endless_batches,
+    prepare_dataset,
+)
 from keisei.evaluation import MatchResult
 from keisei.model import masked_logits
 from keisei.ppo import search_cross_entropy
@@ -592,3 +598,8 @@ def test_the_supervised_stream_resumes_where_it_stood(engine_data: Path) -> None
     resumed = Trainer.build(config, threading.Event())
     resumed.load_state_dict(state)
     assert resumed.supervised is not None and next(resumed.supervised)["hcp"].tobytes() == following
+    # another rank's stream after loading rank 0's state: a pass in its own order
+    assert isinstance(resumed.supervised, EndlessBatches)
+    resumed.supervised.reseed(np.random.default_rng(7))
+    fresh = endless_batches(engine_data, 16, np.random.default_rng(7))
+    assert next(resumed.supervised)["hcp"].tobytes() == next(fresh)["hcp"].tobytes()
