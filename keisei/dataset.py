@@ -27,6 +27,7 @@ shuffles within that chunk: memory is bounded by the chunk, not the data set.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -315,20 +316,15 @@ class EndlessBatches:
         return {"rng": self._pass_state, "taken": self._taken, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Go on where ``state`` left the stream. A state taken with another batch size, or
-        one whose pass this data set cannot replay (it has changed), leaves a fresh pass
-        from that state's generator instead."""
+        """Go on where ``state`` left the stream: its pass replayed, less the batches taken
+        (a data set that has changed since may end that pass early). A state taken with
+        another batch size leaves a fresh pass from that state's generator instead."""
         self.rng.bit_generator.state = state["rng"]
         self._pass = None
-        if int(state.get("batch_size", -1)) != self.batch_size:
-            return
-        self._pass_state, self._taken = state["rng"], 0
-        self._pass = self.shards.batches(self.batch_size, self.rng)
-        for _ in range(int(state["taken"])):
-            if next(self._pass, None) is None:
-                self._pass = None
-                return
-            self._taken += 1
+        if int(state.get("batch_size", -1)) == self.batch_size:
+            self._pass_state, self._taken = state["rng"], int(state["taken"])
+            self._pass = itertools.islice(self.shards.batches(self.batch_size, self.rng),
+                                          self._taken, None)
 
 
 def endless_batches(directory: str | Path, batch_size: int,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import logging
 import math
 import os
@@ -173,9 +174,7 @@ class Pretrainer:
         self.rng.bit_generator.state = copy.deepcopy(self.epoch_rng_state)
         settings = self.config.pretrain
         batches = self.train_set.batches(settings.batch_size, self.rng, settings.shuffle_shards)
-        for index, samples in enumerate(batches):
-            if index >= self.batch_in_epoch:
-                yield samples
+        return itertools.islice(batches, self.batch_in_epoch, None)
 
     def next_epoch(self) -> None:
         self.epoch += 1
