@@ -144,6 +144,10 @@ class TrainConfig:
                                           "rho-bar)", low=0.1, high=100.0)
     clip_value_loss: bool = setting(False, "clip the value loss around the old values")
     vf_coef: float = setting(0.5, "value loss weight", low=0.0, high=100.0)
+    value_passes: int = setting(0, "the first passes of an update in which the value head "
+                                "learns (the PPO value loss, the value anchor, engine games' "
+                                "value); later passes train the policy alone. 0: every pass",
+                                low=0, high=100)
     ent_coef: float = setting(0.01, "entropy bonus weight", low=0.0, high=10.0)
     max_grad_norm: float = setting(1.0, "global gradient-norm clip", low=0.0)
     target_kl: float = setting(0.0, "stop the update after a pass whose mean exact KL from the "

@@ -416,8 +416,9 @@ class Trainer:
             for start in range(0, batches_per_pass * minibatch, minibatch):
                 self._follow_threads()
                 rows = order[start:start + minibatch]
-                losses, grad_norm = self._minibatch_step(batch, rows, weight, kl_coef,
-                                                         pre_update[torch.from_numpy(rows)])
+                losses, grad_norm = self._minibatch_step(
+                    batch, rows, weight, kl_coef, pre_update[torch.from_numpy(rows)],
+                    train_value=not train.value_passes or passes <= train.value_passes)
                 pass_kl += losses["exact_kl"] / batches_per_pass
                 search_loss = losses.pop("search_loss")
                 if math.isfinite(search_loss):  # a minibatch without targets has none
@@ -498,12 +499,15 @@ class Trainer:
                 torch.set_num_threads(wanted)
 
     def _minibatch_step(self, batch: EpochBatch, rows: np.ndarray, shaping: float,
-                        kl_coef: float, pre_update: torch.Tensor) -> tuple[dict[str, float], float]:
+                        kl_coef: float, pre_update: torch.Tensor, *,
+                        train_value: bool = True) -> tuple[dict[str, float], float]:
         """One gradient step. ``shaping`` weighs the shaping part of the advantages; the
         value still learns the unshaped returns (the game's result), so it stays an
         estimate of winning (keisei-usi resigns by it). ``kl_coef`` weighs the penalty
         KL(reference || policy) over each position's legal moves. ``pre_update`` holds the
-        rows' log-probabilities before the update, for the exact KL from them."""
+        rows' log-probabilities before the update, for the exact KL from them. Without
+        ``train_value`` the value's losses are measured but move nothing (the value head
+        gets no gradient, so the optimizer leaves it as it is: ``train.value_passes``)."""
         train = self.config.train
         device = self.device
         tensors = {name: to_device(getattr(batch, name)[rows], device)
@@ -521,6 +525,8 @@ class Trainer:
             inputs = torch.cat([inputs, supervised["observations"]])
         with autocast(device, self.autocast_dtype):
             logits, new_values = self.model(inputs)
+        if not train_value:
+            new_values = new_values.detach()
         if supervised is not None:
             logits, supervised_logits = logits[:len(rows)], logits[len(rows):]
             new_values, supervised_values = new_values[:len(rows)], new_values[len(rows):]

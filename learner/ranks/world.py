@@ -159,21 +159,19 @@ class Ranks(World):
 
     def reduce_gradients(self, parameters: Sequence[nn.Parameter], finite: bool,
                          stop: bool = False) -> Verdict:
-        grads = [parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
-                 for parameter in parameters]
+        # a parameter the loss did not reach has no gradient on any member (they run the
+        # same graph: train.value_passes leaves the value head out of later passes) and
+        # keeps none, so the optimizer leaves it as it is, as in a world of one
+        grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
         flags = torch.tensor([0.0 if finite else 1.0, 1.0 if stop else 0.0], device=grads[0].device)
         flat = torch.cat([grad.reshape(-1).float() for grad in grads] + [flags])
         self._call(dist.all_reduce, flat)
         verdict = Verdict(bool(flat[-2].item() == 0), bool(flat[-1].item() > 0))
         flat /= self.size
         offset = 0
-        for parameter, grad in zip(parameters, grads, strict=True):
+        for grad in grads:  # in place: each is its parameter's gradient
             count = grad.numel()
-            chunk = flat[offset:offset + count].view_as(grad).to(grad.dtype)
-            if parameter.grad is None:
-                parameter.grad = chunk.clone()
-            else:
-                parameter.grad.copy_(chunk)
+            grad.copy_(flat[offset:offset + count].view_as(grad))
             offset += count
         return verdict
 

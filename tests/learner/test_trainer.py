@@ -267,6 +267,23 @@ def test_a_forced_ply_does_not_move_the_policy_gradient_loss(world: World) -> No
         assert torch.allclose(value, weights[1][key], rtol=1e-6, atol=1e-7), key
 
 
+def test_value_passes_leave_the_value_head_out_of_the_later_passes(world: World) -> None:
+    """Two passes with train.value_passes=1 move the value head exactly as one pass does
+    (same seed, same epoch), while the policy goes on learning in the second pass."""
+    models = {}
+    for setting in ("train.ppo_passes=1", "train.value_passes=1"):
+        trainer = Trainer.build(tiny_config(setting), threading.Event(), world=world)
+        trainer.collect()
+        trainer.update()
+        models[setting] = trainer.model
+    one, two = models["train.ppo_passes=1"], models["train.value_passes=1"]
+    for (name, first), second in zip(one.value_head.named_parameters(),
+                                     two.value_head.parameters(), strict=True):
+        assert torch.equal(first, second), name
+    assert not torch.equal(one.policy_head.weight, two.policy_head.weight)
+    assert not torch.equal(one.stem[0].weight, two.stem[0].weight)
+
+
 def test_epoch_statistics_train_the_policy_that_acts(world: World) -> None:
     """With the learning rate at 0 nothing should move. Under minibatch statistics the
     policy trained still differs from the acting one (batch norm in training mode); under
