@@ -61,7 +61,8 @@ from workers import evaluate
 
 # Chosen for learning speed on 2 CPU cores: a small net sees many games in the budget.
 SETTINGS = ["model.blocks=4", "model.channels=48", "selfplay.games=64", "selfplay.max_plies=256",
-            "train.steps_per_epoch=2048", "train.ppo_passes=4", "train.minibatch_size=128",
+            "train.steps_per_epoch=2048", "train.ppo_passes=4", "train.value_passes=1",
+            "train.minibatch_size=128",
             "train.learning_rate=0.001", "train.lr_schedule=constant", "train.ent_coef=0.01",
             "train.max_policy_lag=64", "train.total_steps=1000000000", "display.mode=plain",
             "evaluation.every_epochs=0", "checkpoint.every_epochs=1000000"]
@@ -72,7 +73,9 @@ SETTINGS = ["model.blocks=4", "model.channels=48", "selfplay.games=64", "selfpla
 # value), small healthy PPO steps, and the KL penalty toward the start
 # (docs/results/2026-12-04-self-play-on-a-start.md: 0.620 against the start in 30 minutes).
 # They are keisei-pipeline's self-play settings, less its checkpoints.
-INIT_SETTINGS = [item for item in ON_START if not item.startswith("checkpoint.")]
+# The value learns in every pass there, as measured (the value anchor holds it).
+INIT_SETTINGS = [*(item for item in ON_START if not item.startswith("checkpoint.")),
+                 "train.value_passes=0"]
 
 
 def build_parser() -> argparse.ArgumentParser:
