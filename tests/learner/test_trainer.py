@@ -70,11 +70,11 @@ def test_failed_update_restores_state_and_propagates(caplog: pytest.LogCaptureFi
     original = trainer._minibatch_step
     calls = []
 
-    def failing(*args):  # one real optimizer step, then a failure
+    def failing(*args, **options):  # one real optimizer step, then a failure
         calls.append(1)
         if len(calls) > 1:
             raise FloatingPointError("injected failure")
-        return original(*args)
+        return original(*args, **options)
 
     trainer._minibatch_step = failing  # type: ignore[method-assign]
     with pytest.raises(FloatingPointError, match="injected"):
