@@ -68,6 +68,12 @@ class ModelConfig:
     channels: int = setting(64, "channels per convolution", low=8, high=512)
     se_ratio: int = setting(0, "squeeze-and-excitation reduction ratio (0: no SE)", low=0, high=64)
     value_hidden: int = setting(128, "hidden units of the value head", low=8, high=1024)
+    norm: str = setting("batch", "normalisation in the tower and the value head: batch (batch "
+                        "norm: a PPO update trains with each minibatch's statistics while the "
+                        "policy acts with running ones, so the two differ before any step) or "
+                        "none (biases, and each residual branch scaled by a learnt gate that "
+                        "starts at 0: the policy trained is the policy that acts)",
+                        choices=("batch", "none"))
 
 
 @dataclass(frozen=True)
@@ -524,6 +530,12 @@ def build_config(layers: Iterable[Mapping[str, Mapping[str, Any]]]) -> Config:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def saved_model_settings(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``[model]`` table with the defaults of keys it predates filled in
+    (a checkpoint from before ``model.norm`` holds a batch-norm network)."""
+    return {**dataclasses.asdict(ModelConfig()), **saved}
 
 
 def _cross_checks(config: Config) -> list[str]:

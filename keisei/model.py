@@ -36,15 +36,26 @@ class PolicyValue(NamedTuple):
     value: torch.Tensor  # (N,), tanh, side to move's view
 
 
-class ResidualBlock(nn.Module):
-    """Two 3×3 convolutions with batch norm, optional squeeze-and-excitation, skip add."""
+def _normalisation(channels: int, norm: str) -> nn.Module:
+    """A batch norm over ``channels``, or nothing for ``norm == "none"``."""
+    return nn.BatchNorm2d(channels) if norm == "batch" else nn.Identity()
 
-    def __init__(self, channels: int, se_ratio: int) -> None:
+
+class ResidualBlock(nn.Module):
+    """Two 3×3 convolutions with batch norm, optional squeeze-and-excitation, skip add.
+
+    Without batch norm (``norm="none"``) the convolutions have biases and the block's
+    branch is scaled by a learnt gate that starts at 0 (ReZero, Bachlechner et al. 2020),
+    so a fresh tower is the identity and trains without normalisation."""
+
+    def __init__(self, channels: int, se_ratio: int, norm: str = "batch") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
+        plain = norm != "batch"
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=plain)
+        self.bn1 = _normalisation(channels, norm)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=plain)
+        self.bn2 = _normalisation(channels, norm)
+        self.gate: nn.Parameter | None = nn.Parameter(torch.zeros(())) if plain else None
         self.se: nn.Module | None = None
         if se_ratio:
             hidden = max(channels // se_ratio, 4)
@@ -56,6 +67,8 @@ class ResidualBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         if self.se is not None:
             out = out * self.se(out)[:, :, None, None]
+        if self.gate is not None:
+            out = out * self.gate
         return F.relu(out + x, inplace=True)
 
 
@@ -65,17 +78,18 @@ class PolicyValueNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        channels = config.channels
-        self.stem = nn.Sequential(nn.Conv2d(NUM_PLANES, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.tower = nn.Sequential(*(ResidualBlock(channels, config.se_ratio)
+        channels, norm = config.channels, config.norm
+        plain = norm != "batch"
+        self.stem = nn.Sequential(nn.Conv2d(NUM_PLANES, channels, 3, padding=1, bias=plain),
+                                  _normalisation(channels, norm), nn.ReLU(inplace=True))
+        self.tower = nn.Sequential(*(ResidualBlock(channels, config.se_ratio, norm)
                                      for _ in range(config.blocks)))
         # dlshogi's policy head: a 1x1 convolution to the 27 move planes plus a bias per
         # (plane, square), since a convolution alone cannot tell squares apart.
         self.policy_head = nn.Conv2d(channels, NUM_MOVE_PLANES, 1, bias=False)
         self.policy_bias = nn.Parameter(torch.zeros(NUM_ACTIONS))
         self.value_head = nn.Sequential(
-            nn.Conv2d(channels, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, 2, 1, bias=plain), _normalisation(2, norm), nn.ReLU(inplace=True),
             nn.Flatten(), nn.Linear(2 * 81, config.value_hidden), nn.ReLU(inplace=True),
             nn.Linear(config.value_hidden, 1), nn.Tanh())
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from keisei.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from keisei.config import Config, ConfigError
+from keisei.config import Config, ConfigError, saved_model_settings
 from keisei.model import resolve_precision
 from keisei.rundir import RunDir
 
@@ -60,7 +60,7 @@ def load_newest(checkpoints: Sequence[Path], config: Config,
             skipped.append(str(exc))
     else:
         raise ConfigError(["--resume: no checkpoint loads", *skipped])
-    saved_model, model = state["config"]["model"], config.to_dict()["model"]
+    saved_model, model = saved_model_settings(state["config"]["model"]), config.to_dict()["model"]
     if saved_model != model:
         raise ConfigError([f"[model] {model} differs from {checkpoint}'s {saved_model}; a "
                            "resumed run keeps its network"])

@@ -30,7 +30,7 @@ from typing import IO, Any
 import torch
 
 from keisei.checkpoint import CheckpointError, load_checkpoint
-from keisei.config import CheckpointConfig, Config, ConfigError
+from keisei.config import CheckpointConfig, Config, ConfigError, saved_model_settings
 from keisei.files import write_atomically, write_json_atomically, write_text_atomically
 from keisei.kifu import to_csa, to_kif, write_game_files
 from keisei.metrics import MetricsWriter, WandbLogger
@@ -408,7 +408,7 @@ class Learner:
         """
         state = load_checkpoint(path, map_location=self.trainer.device)
         try:
-            saved_model = dict(state["config"]["model"])
+            saved_model = saved_model_settings(state["config"]["model"])
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: holds no network configuration ({exc})") from exc
         model = self.config.to_dict()["model"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from keisei.config import ModelConfig
+from keisei.config import ModelConfig, saved_model_settings
 from keisei.encoding import NUM_ACTIONS, NUM_PLANES, encode_observation, legal_action_mask
 from keisei.model import (
     PRESETS,
@@ -24,6 +24,33 @@ def test_outputs_have_the_action_and_value_shapes(se_ratio: int) -> None:
     logits, value = model(torch.randn(5, NUM_PLANES, 9, 9) * 3)
     assert logits.shape == (5, NUM_ACTIONS) and value.shape == (5,)
     assert bool(((value >= -1) & (value <= 1)).all())
+
+
+def test_a_network_without_batch_norm_acts_as_it_trains_and_starts_as_the_identity_tower() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(blocks=2, channels=16, value_hidden=8, norm="none"))
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
+    observations = torch.randn(6, NUM_PLANES, 9, 9)
+    stem = model.stem(observations)
+    assert torch.equal(model.tower(stem), stem)  # every gate starts at 0
+    with torch.no_grad():
+        for block in model.tower:
+            block.gate.fill_(0.5)
+        trained = model.train()(observations)
+        acting = model.eval()(observations)
+        assert not torch.equal(model.tower(stem), stem)
+    assert torch.equal(trained.logits, acting.logits) and torch.equal(trained.value, acting.value)
+    # with batch norm the two differ: training mode uses the batch's statistics
+    batch_norm = build_model(ModelConfig(blocks=2, channels=16, value_hidden=8))
+    with torch.no_grad():
+        assert not torch.allclose(batch_norm.train()(observations).logits,
+                                  batch_norm.eval()(observations).logits)
+
+
+def test_saved_model_settings_fill_in_keys_a_checkpoint_predates() -> None:
+    saved = {"blocks": 2, "channels": 16, "se_ratio": 0, "value_hidden": 8}  # before model.norm
+    assert saved_model_settings(saved) == {**saved, "norm": "batch"}
+    assert saved_model_settings({**saved, "norm": "none"})["norm"] == "none"
 
 
 def test_presets_grow_in_size() -> None:
