@@ -309,6 +309,21 @@ def test_epoch_statistics_train_the_policy_that_acts(world: World) -> None:
     assert figures["epoch"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_a_network_without_batch_norm_trains_the_policy_that_acts(world: World) -> None:
+    """With model.norm=none and the learning rate at 0, the update's policy is the one that
+    played the epoch (in-process, version 0 throughout): no KL from the policy before the
+    update, and no ply outside the clip range; with batch norm the same update has both."""
+    figures = {}
+    for norm in ("batch", "none"):
+        trainer = Trainer.build(tiny_config("train.learning_rate=0", "train.ppo_passes=2",
+                                            f"model.norm={norm}"), threading.Event(), world=world)
+        trainer.collect()
+        report = trainer.update()
+        figures[norm] = (report.exact_kl, report.clipfrac)
+    assert figures["batch"][0] > 1e-3 and figures["batch"][1] > 0
+    assert figures["none"][0] == pytest.approx(0.0, abs=1e-6) and figures["none"][1] == 0.0
+
+
 def test_refreshed_statistics_are_those_of_the_weights_that_will_act(world: World) -> None:
     """Under norm_statistics=refresh the update trains with minibatch statistics, then sets
     the running statistics from the epoch's positions with the updated weights: the
