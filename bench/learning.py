@@ -123,18 +123,22 @@ def main() -> None:
           f"{trainer.step:,} steps, {trainer.epoch} epochs, "
           f"precision {trainer.autocast_dtype or 'float32'}", flush=True)
     print(health(updates), flush=True)
+    policy = {"model": trainer.model.state_dict(), "config": config.to_dict(),
+              "counters": {"step": trainer.step, "policy_version": trainer.policy_version}}
+    if args.save:  # before any game, so that --no-eval saves too
+        save_policy(Path(args.save), policy)
+    if args.save_curve:
+        _save_curve(Path(args.save_curve), curve, config.to_dict())
     if args.no_eval:
         return
     pairings = _evaluate(args, trainer, untrained, curve)
     ratings = fit_ratings(pairings)
     print("fitted Elo (random = 0): " + ", ".join(f"{name} {elo:+.0f}" for name, elo in
                                                    sorted(ratings.items(), key=lambda item: item[1])))
-    if args.save_curve:
-        _save_curve(Path(args.save_curve), curve, config.to_dict())
     with tempfile.TemporaryDirectory() as folder:
         path = Path(args.save or Path(folder) / "trained.pt")
-        save_policy(path, {"model": trainer.model.state_dict(), "config": config.to_dict(),
-                           "counters": {"step": trainer.step, "policy_version": trainer.policy_version}})
+        if not args.save:
+            save_policy(path, policy)
         if args.ladder:
             evaluate.main(["--checkpoint", str(path), "--name", "trained", "--ladder",
                            "--games", str(args.ladder_games), "--seed", str(args.seed + 100),
