@@ -135,14 +135,15 @@ def main() -> None:
     ratings = fit_ratings(pairings)
     print("fitted Elo (random = 0): " + ", ".join(f"{name} {elo:+.0f}" for name, elo in
                                                    sorted(ratings.items(), key=lambda item: item[1])))
+    if not args.ladder:
+        return
     with tempfile.TemporaryDirectory() as folder:
         path = Path(args.save or Path(folder) / "trained.pt")
-        if not args.save:
+        if not args.save:  # saved above otherwise
             save_policy(path, policy)
-        if args.ladder:
-            evaluate.main(["--checkpoint", str(path), "--name", "trained", "--ladder",
-                           "--games", str(args.ladder_games), "--seed", str(args.seed + 100),
-                           "--output", str(Path(folder) / "ladder")])
+        evaluate.main(["--checkpoint", str(path), "--name", "trained", "--ladder",
+                       "--games", str(args.ladder_games), "--seed", str(args.seed + 100),
+                       "--output", str(Path(folder) / "ladder")])
 
 
 def _save_curve(folder: Path, curve: list[tuple[float, int, nn.Module]],
