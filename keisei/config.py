@@ -122,6 +122,11 @@ class TrainConfig:
                                   "trains the value toward the game's result, smaller values "
                                   "toward its own later estimates; -1: gae_lambda",
                                   low=-1.0, high=1.0)
+    draw_penalty: float = setting(0.0, "a drawn game (ply limit, repetition) ends with a "
+                                  "reward of -draw_penalty for both players, not 0: the value "
+                                  "learns which positions head for a draw and self-play "
+                                  "steers away from them; 0: a draw is worth 0",
+                                  low=0.0, high=1.0)
     search_value_mix: float = setting(0.0, "on plies with a search target, the value target "
                                       "is (1 - mix) x the return + mix x the search's root "
                                       "value (dlshogi uses 1/3); 0: the return alone",

@@ -1,7 +1,8 @@
 """PPO mathematics as pure functions, named as in the paper and CleanRL's ``ppo.py``.
 
 Credit in a two-player zero-sum game: each ply belongs to the player who made it. At
-the end the winner's plies earn +1, the loser's -1, a draw 0, and GAE runs over each
+the end the winner's plies earn +1, the loser's -1, a draw ``draw_reward`` (0 unless
+``train.draw_penalty`` is set), and GAE runs over each
 player's own sequence of plies: the value that follows a ply is the value at that
 player's *next* turn, not the opponent's (whose value is from the other side's view).
 """
@@ -33,12 +34,14 @@ def compute_gae(rewards: np.ndarray, values: np.ndarray, gamma: float,
 
 
 def game_advantages(players: np.ndarray, values: np.ndarray, winner: int | None, gamma: float,
-                    gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
+                    gae_lambda: float, draw_reward: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-player GAE over one finished game.
 
     ``players[t]`` is the mover of ply t (0 black, 1 white), ``values[t]`` the value the
     network gave at ply t from the mover's view, ``winner`` 0, 1 or ``None`` for a draw.
-    Each player's last ply earns its final reward (+1, -1 or 0).
+    Each player's last ply earns its final reward (+1, -1, or ``draw_reward`` for both
+    players at a draw: below 0, a draw is worse than 0 for either side, so the value learns
+    which positions head for one and the advantages steer away from them).
     """
     advantages = np.zeros(len(players), dtype=np.float32)
     returns = np.zeros(len(players), dtype=np.float32)
@@ -49,6 +52,8 @@ def game_advantages(players: np.ndarray, values: np.ndarray, winner: int | None,
         rewards = np.zeros(len(plies), dtype=np.float32)
         if winner is not None:
             rewards[-1] = 1.0 if winner == player else -1.0
+        else:
+            rewards[-1] = draw_reward
         advantages[plies], returns[plies] = compute_gae(rewards, values[plies], gamma, gae_lambda)
     return advantages, returns
 

@@ -113,7 +113,8 @@ class ExperienceBuffer:
     def __init__(self, steps_per_epoch: int, capacity: int, *, gamma: float, gae_lambda: float,
                  max_policy_lag: int, policy_version: Callable[[], int] = lambda: 0,
                  shaping: bool = False, shaping_lambda: float = 0.0,
-                 value_lambda: float | None = None, search_value_mix: float = 0.0) -> None:
+                 value_lambda: float | None = None, search_value_mix: float = 0.0,
+                 draw_reward: float = 0.0) -> None:
         if capacity < steps_per_epoch:
             raise ValueError(f"capacity {capacity} is smaller than steps_per_epoch {steps_per_epoch}")
         self.steps_per_epoch = steps_per_epoch
@@ -122,6 +123,7 @@ class ExperienceBuffer:
         self.gae_lambda = gae_lambda
         self.value_lambda = gae_lambda if value_lambda is None else value_lambda
         self.search_value_mix = search_value_mix
+        self.draw_reward = draw_reward
         self.max_policy_lag = max_policy_lag
         self.shaping = shaping
         self.shaping_lambda = shaping_lambda
@@ -164,10 +166,10 @@ class ExperienceBuffer:
         """
         winner = None if game.winner == DRAW else game.winner
         advantages, returns = game_advantages(game.players, game.values, winner, self.gamma,
-                                              self.gae_lambda)
+                                              self.gae_lambda, self.draw_reward)
         if self.value_lambda != self.gae_lambda:
             _, returns = game_advantages(game.players, game.values, winner, self.gamma,
-                                         self.value_lambda)
+                                         self.value_lambda, self.draw_reward)
         if self.search_value_mix and len(game.target_plies):
             plies = game.target_plies
             returns[plies] = ((1 - self.search_value_mix) * returns[plies]

@@ -130,7 +130,8 @@ class Trainer:
                                        shaping_lambda=train.shaping_lambda,
                                        value_lambda=(train.gae_lambda if train.value_lambda < 0
                                                      else train.value_lambda),
-                                       search_value_mix=train.search_value_mix)
+                                       search_value_mix=train.search_value_mix,
+                                       draw_reward=-train.draw_penalty)
         # every game reaches the buffer through admission, the in-process collector's too
         self.admission = Admission(self.buffer, lambda: self.policy_version,
                                    max_plies=selfplay.max_plies, entering_king=selfplay.entering_king,

@@ -59,6 +59,24 @@ def test_each_player_is_credited_over_its_own_plies() -> None:
     assert td_returns == pytest.approx([0.3, 0.4, 0.5, 1.0, -1.0])
 
 
+def test_a_draw_reward_ends_both_players_plies() -> None:
+    players = np.array([0, 1, 0, 1, 0], dtype=np.uint8)
+    values = np.array([0.1, 0.2, 0.3, 0.4, 0.5], dtype=np.float32)
+    advantages, returns = game_advantages(players, values, winner=None, gamma=1.0,
+                                          gae_lambda=1.0, draw_reward=-0.5)
+    assert returns == pytest.approx([-0.5] * 5)
+    assert advantages == pytest.approx([-0.6, -0.7, -0.8, -0.9, -1.0])
+    # lambda 0, gamma 0.5: each player's last ply gets the draw reward, the others half the
+    # same player's next value
+    _, td_returns = game_advantages(players, values, winner=None, gamma=0.5, gae_lambda=0.0,
+                                    draw_reward=-0.5)
+    assert td_returns == pytest.approx([0.15, 0.2, 0.25, -0.5, -0.5])
+    # a decided game ignores it
+    _, decided = game_advantages(players, values, winner=0, gamma=1.0, gae_lambda=1.0,
+                                 draw_reward=-0.5)
+    assert decided == pytest.approx([1, -1, 1, -1, 1])
+
+
 def test_shaping_credits_each_move_with_the_material_change_over_it_and_the_reply() -> None:
     players = np.array([0, 1, 0, 1, 0], dtype=np.uint8)
     # material from each mover's view: Black takes a pawn at ply 0, White a silver at ply 1,

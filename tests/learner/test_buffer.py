@@ -56,6 +56,19 @@ def test_advantages_are_computed_on_the_whole_game() -> None:
     assert batch.returns.tolist() == [-1, 1, -1, 1]  # white won; black moved on even plies
 
 
+def test_a_draw_penalty_reaches_both_players_returns_and_a_win_is_untouched() -> None:
+    buffer = ExperienceBuffer(4, 16, gamma=1.0, gae_lambda=1.0, max_policy_lag=2,
+                              draw_reward=-0.25)
+    buffer.put(fake_game(4, 0, winner=DRAW))
+    buffer.put(fake_game(4, 4, winner=0))
+    drawn = buffer.take_epoch()
+    buffer.commit_epoch()
+    won = buffer.take_epoch()
+    assert drawn.returns.tolist() == [-0.25] * 4  # values 0: the advantages are the same
+    assert drawn.advantages.tolist() == [-0.25] * 4
+    assert won.returns.tolist() == [1, -1, 1, -1]
+
+
 def test_stale_steps_are_dropped_and_counted() -> None:
     buffer = make_buffer(lag=2)
     buffer.policy_version = lambda: 5
