@@ -66,13 +66,16 @@ from workers import evaluate
 # the update is then healthy (clip fraction 0.19, exact KL at most 0.03, explained variance
 # +0.09) and the same 8 minutes see 2.7 times the games: 0.875 against greedy (0.870 with
 # four passes), and 0.660 at 4 minutes where four passes scored 0.230
-# (docs/results/2026-12-05-one-pass.md).
+# (docs/results/2026-12-05-one-pass.md). A draw worth -0.5 to both players: 30 minutes from
+# random weights then scored 1.000 against greedy and 0.060 against Fairy-Stockfish depth 1
+# at 256 visits, where a draw worth 0 scored 0.985 and 0.030, and its self-play left the
+# drawn games behind sooner (docs/results/2026-12-05-draw-penalty.md).
 SETTINGS = ["model.blocks=4", "model.channels=48", "model.norm=none", "selfplay.games=64",
             "selfplay.max_plies=256", "train.steps_per_epoch=2048", "train.ppo_passes=1",
             "train.value_passes=1", "train.decoupled_clip=true", "train.minibatch_size=128",
             "train.learning_rate=0.001", "train.lr_schedule=constant", "train.ent_coef=0.01",
-            "train.max_policy_lag=64", "train.total_steps=1000000000", "display.mode=plain",
-            "evaluation.every_epochs=0", "checkpoint.every_epochs=1000000"]
+            "train.max_policy_lag=64", "train.draw_penalty=0.5", "train.total_steps=1000000000",
+            "display.mode=plain", "evaluation.every_epochs=0", "checkpoint.every_epochs=1000000"]
 
 # With --init-from (self-play on top of a pre-trained network), before --set: search targets
 # as the improvement signal (a quarter of the plies searched with 64 Gumbel visits, the
