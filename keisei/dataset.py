@@ -9,8 +9,9 @@ network and the PPO learner see: observation planes, legal-move mask, action, re
 
 ``prepare_dataset`` streams records (``keisei.kifu.read_games``) into numbered
 ``.npy`` shards of ``shard_size`` samples, one set for training and one held out for
-validation. The split is by game (a hash of the record's origin), so no game has
-positions on both sides and adding records never moves a game between them.
+validation. The split is by game (a hash of the record's name from the folder or file given
+on), so no game has positions on both sides, and neither adding records nor moving
+the folder moves a game between them.
 
 Duplicates are handled deliberately: the same (position, move) pair is kept at most
 ``max_duplicates`` times. Every game repeats its opening, and without a cap the first
@@ -27,11 +28,11 @@ shuffles within that chunk: memory is bounded by the chunk, not the data set.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import time
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,8 +120,22 @@ class DuplicateFilter:
 
 
 def split_of(origin: str, val_fraction: float) -> str:
-    """``val`` for about ``val_fraction`` of games, fixed by where each game came from."""
-    return "val" if (zlib.crc32(origin.encode()) % 10_000) < val_fraction * 10_000 else "train"
+    """``val`` for about ``val_fraction`` of games, fixed by where each game came from.
+
+    A cryptographic digest, not a CRC: a CRC is linear, so names that differ only in a
+    game number (``games.csa#1``, ``#2``, ...) can all land on one side.
+    """
+    digest = hashlib.blake2b(origin.encode(), digest_size=8).digest()
+    return "val" if int.from_bytes(digest, "big") % 10_000 < val_fraction * 10_000 else "train"
+
+
+def split_key(origin: str, source: str) -> str:
+    """The part of ``origin`` that decides its split: from the name of the file or folder
+    given (``source``) on, so moving a record folder does not change the split."""
+    base = str(Path(source))
+    if origin.startswith(base):
+        return Path(base).name + origin[len(base):]
+    return origin
 
 
 class ShardWriter:
@@ -205,8 +220,10 @@ def prepare_dataset(paths: Iterable[str | Path], directory: str | Path, *, val_f
     duplicates = DuplicateFilter(max_duplicates)
     games_val = 0
     started = last = time.monotonic()
-    for recorded in read_games(sources, stats):
-        split = split_of(recorded.origin, val_fraction)
+    recorded_games = ((source, recorded) for source in sources
+                      for recorded in read_games([source], stats))
+    for source, recorded in recorded_games:
+        split = split_of(split_key(recorded.origin, source), val_fraction)
         games_val += split == "val"
         samples = duplicates.keep(*game_positions(recorded))
         writers[split].add(samples)

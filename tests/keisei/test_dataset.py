@@ -17,6 +17,7 @@ from keisei.dataset import (
     game_positions,
     prepare_dataset,
     read_summary,
+    split_key,
     split_of,
 )
 from keisei.encoding import encode_observation, legal_action_mask, move_to_action
@@ -88,6 +89,23 @@ def test_split_is_by_game_and_stable() -> None:
     assert 150 < len(held) < 250
     assert held == [origin for origin in origins if split_of(origin, 0.1) == "val"]
     assert all(split_of(origin, 0.0) == "train" for origin in origins)
+    # Games of one file differ only in their number; they too spread over both sides.
+    for prefix in ("/tmp/pytest-of-root/pytest-103/test_the_command_writes_metric0/records",
+                   "records", "/data/floodgate/2024"):
+        numbered = [f"{prefix}/greedy.csa#{number}" for number in range(1, 31)]
+        assert 1 <= sum(split_of(origin, 0.2) == "val" for origin in numbered) <= 15, prefix
+
+
+def test_the_split_does_not_depend_on_where_the_records_are(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "records", tmp_path / "b" / "elsewhere" / "records"
+    write_records(first, 40)
+    write_records(second, 40)
+    one = prepare_dataset([first], tmp_path / "one", val_fraction=0.3, max_duplicates=0)
+    two = prepare_dataset([second], tmp_path / "two", val_fraction=0.3, max_duplicates=0)
+    assert 0 < one.games_val < 40
+    assert (one.games_val, one.positions_val) == (two.games_val, two.positions_val)
+    assert split_key(f"{first}/games.csa#3", str(first)) == "records/games.csa#3"
+    assert split_key(f"{first}/games.csa#3", f"{first}/") == "records/games.csa#3"
 
 
 def write_records(folder: Path, games: int) -> None:

@@ -49,7 +49,7 @@ def test_training_lowers_the_held_out_loss(tmp_path: Path) -> None:
     policy_after, value_after, accuracy_after = after.means()
     assert policy_after < policy_before - 0.3, (policy_before, policy_after)
     assert accuracy_after > accuracy_before
-    assert value_after < value_before
+    assert value_after < value_before, (value_before, value_after)
 
 
 def test_the_command_writes_metrics_and_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
