@@ -295,3 +295,12 @@ class BatchEncoder:
             raise IllegalMoveError("an action is not in its game's legal mask")
         moves: np.ndarray = self._moves[rows, actions]
         return moves
+
+    def move_at(self, row: int, action: int) -> int:
+        """The move of game ``row`` of the last ``encode`` for ``action``.
+
+        :raises IllegalMoveError: if the action is not legal for that game.
+        """
+        if not 0 <= row < self._count or not self.masks[row, action]:
+            raise IllegalMoveError(f"action {action} is not in game {row}'s legal mask")
+        return int(self._moves[row, action])

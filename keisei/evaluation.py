@@ -36,7 +36,7 @@ from keisei.encoding import PIECE_VALUES, BatchEncoder
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.model import PolicyValueNet, autocast, build_model, choose_actions, masked_logits
 from keisei.search import Search, network_evaluator
-from keisei.shogi import Color, Game
+from keisei.shogi import Color, Game, Termination
 
 
 class Special(StrEnum):
@@ -105,20 +105,74 @@ class GreedyPlayer:
         pass
 
 
+def throws_away(game: Game, move: int, value: float) -> bool:
+    """Whether ``move`` heads ``game`` for sennichite that the mover should not want: it
+    gives perpetual check (a loss), or, while its ``value`` (its own view, -1..1) says it
+    is ahead, it goes back to a position of this game (as chess engines score a first
+    repetition a draw: waiting for the fourth lets the opponent's move complete it, or
+    end a perpetual check against the mover)."""
+    mover = game.side_to_move
+    game.push(move)
+    outcome, repeated = game.outcome, game.repetitions > 0
+    game.pop()
+    if outcome is not None and outcome.reason == Termination.PERPETUAL_CHECK:
+        return outcome.winner != mover
+    return value > 0 and repeated
+
+
+def steer_clear_of_sennichite(games: Sequence[Game], encoder: BatchEncoder, masked: torch.Tensor,
+                              values: torch.Tensor, actions: torch.Tensor, temperature: float,
+                              uniforms: torch.Tensor | None) -> list[int]:
+    """The moves for ``actions`` (chosen from ``masked`` by ``choose_actions``), except
+    that a move that ``throws_away`` its game is replaced by the policy's next choice
+    among the moves left (the next most probable, or a sample from the rest at
+    ``temperature`` with the same uniform). If every legal move throws the game away,
+    the first choice stands.
+
+    A raw policy sees how often the current position occurred, not what its move will
+    repeat, so without this a policy that is winning drifts into sennichite: most of a
+    demo policy's draws against ``random`` were repetitions (see
+    ``docs/results/2026-12-05-draw-penalty.md``). A search scores the draw itself.
+    """
+    moves = [int(move) for move in encoder.moves_for(actions.cpu().numpy())]
+    for row, game in enumerate(games):
+        value = float(values[row])
+        if not throws_away(game, moves[row], value):
+            continue
+        logits = masked[row:row + 1].clone()
+        action = int(actions[row])
+        while True:
+            logits[0, action] = float("-inf")
+            if not bool(torch.isfinite(logits).any()):
+                break  # every move throws the game away: keep the first choice
+            uniform = uniforms[row:row + 1] if uniforms is not None else None
+            action = int(choose_actions(logits, temperature, uniform)[0][0])
+            candidate = encoder.move_at(row, action)
+            if not throws_away(game, candidate, value):
+                moves[row] = candidate
+                break
+    return moves
+
+
 class PolicyPlayer:
     """A network's policy: its most probable legal move, or a sample at ``temperature``.
 
-    All positions of one ``choose`` go through the network in one batch.
+    All positions of one ``choose`` go through the network in one batch. With
+    ``avoid_sennichite`` (the default) it does not give perpetual check or, when its
+    value head says it is ahead, go back to a position of the game
+    (``steer_clear_of_sennichite``).
     """
 
     def __init__(self, model: nn.Module, name: str, *, temperature: float = 0.0,
                  device: str | torch.device = "cpu",
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None,
+                 avoid_sennichite: bool = True) -> None:
         self.model = model.eval()
         self.name = name
         self.temperature = temperature
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
+        self.avoid_sennichite = avoid_sennichite
         self.encoder = BatchEncoder(1)
 
     def choose(self, games: Sequence[Game], rngs: Sequence[random.Random]) -> list[Decision]:
@@ -126,11 +180,16 @@ class PolicyPlayer:
             self.encoder = BatchEncoder(len(games))
         observations, masks = self.encoder.encode(list(games))
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
-            logits, _ = self.model(torch.from_numpy(observations).to(self.device))
+            logits, values = self.model(torch.from_numpy(observations).to(self.device))
             masked = masked_logits(logits.float(), torch.from_numpy(masks).to(self.device))
             uniforms = torch.tensor([rng.random() for rng in rngs]) if self.temperature else None
             actions, _ = choose_actions(masked, self.temperature, uniforms)
-        return [int(move) for move in self.encoder.moves_for(actions.cpu().numpy())]
+            if self.avoid_sennichite:
+                moves = steer_clear_of_sennichite(games, self.encoder, masked, values.float(),
+                                                  actions, self.temperature, uniforms)
+            else:
+                moves = [int(move) for move in self.encoder.moves_for(actions.cpu().numpy())]
+        return list(moves)
 
     def close(self) -> None:
         pass

@@ -78,6 +78,7 @@ class PlayerSpec:
     visits: int | None = None  # a checkpoint that searches: visits per move
     movetime_ms: int | None = None  # ... or milliseconds per move
     search_settings: tuple[str, ...] = ()  # "search.KEY=VALUE" overrides for that search
+    avoid_sennichite: bool = True  # a checkpoint's raw policy: see PolicyPlayer
 
 
 def parse_spec(spec: str, *, name: str | None = None, options: dict[str, str] | None = None,
@@ -149,7 +150,8 @@ def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
             config = load_search_config(None, spec.search_settings) if spec.search_settings else None
             return SearchPlayer(model, spec.name, visits=spec.visits, movetime=movetime,
                                 config=config, device=device)
-        return PolicyPlayer(model, spec.name, temperature=spec.temperature, device=device)
+        return PolicyPlayer(model, spec.name, temperature=spec.temperature, device=device,
+                            avoid_sennichite=spec.avoid_sennichite)
     if kind == "gnushogi":
         return GnuShogiPlayer(int(argument), move_timeout=spec.move_timeout, name=spec.name)
     limit = SearchLimit(spec.depth, spec.nodes, spec.byoyomi_ms)
@@ -314,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "with --visits or --movetime), e.g. search.c_puct=2")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sample the checkpoint's moves at this temperature (0: best move)")
+    parser.add_argument("--allow-sennichite", action="store_true",
+                        help="the checkpoint's raw policy plays its move even when it gives "
+                             "perpetual check, or repeats a position while its value says it "
+                             "is ahead (by default it takes its next choice instead)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--openings", metavar="FILE",
                         help="USI move lines from the start position (default: Keisei's set)")
@@ -395,7 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         me = PlayerSpec(f"checkpoint:{args.checkpoint}", name, temperature=args.temperature,
                         visits=args.visits, movetime_ms=args.movetime,
-                        search_settings=tuple(args.search_settings))
+                        search_settings=tuple(args.search_settings),
+                        avoid_sennichite=not args.allow_sennichite)
         build_player(me, args.device).close()
         if args.ladder:
             rungs = ladder_specs()

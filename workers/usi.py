@@ -37,7 +37,7 @@ from keisei.cli import add_version
 from keisei.config import ConfigError, SearchConfig, load_search_config
 from keisei.encoding import BatchEncoder
 from keisei.errors import KeiseiError
-from keisei.evaluation import load_policy
+from keisei.evaluation import load_policy, steer_clear_of_sennichite
 from keisei.model import PolicyValueNet, choose_actions, masked_logits, to_device
 from keisei.search import UNBOUNDED, Search, SearchResult, network_evaluator
 from keisei.shogi import Color, Game
@@ -254,8 +254,10 @@ class UsiEngine:
             logits, value = self.model(to_device(observations, self.device))
             masked = masked_logits(logits.float(), to_device(masks, self.device))
             temperature = int(self.options["Temperature"]) / 100
-            action, _ = choose_actions(masked, temperature, torch.rand(1, generator=self.generator))
-        move = self.encoder.moves_for(action.cpu().numpy())[0]
+            uniforms = torch.rand(1, generator=self.generator)
+            action, _ = choose_actions(masked, temperature, uniforms)
+            move = steer_clear_of_sennichite([self.game], self.encoder, masked, value.float(),
+                                             action, temperature, uniforms)[0]
         score = float(value[0])
         resign = int(self.options["ResignValue"])
         if resign and score < -resign / 100:

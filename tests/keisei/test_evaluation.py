@@ -11,6 +11,7 @@ import torch
 from keisei.checkpoint import CheckpointError, save_checkpoint, save_policy
 from keisei.config import build_config
 from keisei.elo import elo_of_score, fit_ratings
+from keisei.encoding import NUM_ACTIONS, move_to_action
 from keisei.errors import IllegalMoveError
 from keisei.evaluation import (
     GreedyPlayer,
@@ -25,8 +26,8 @@ from keisei.evaluation import (
     play_match,
     tally,
 )
-from keisei.model import PRESETS, build_model
-from keisei.shogi import STARTING_SFEN, Color, Game, Termination
+from keisei.model import PRESETS, PolicyValue, build_model
+from keisei.shogi import STARTING_SFEN, Color, Game, Outcome, Termination
 
 
 def test_score_and_elo_arithmetic() -> None:
@@ -158,6 +159,62 @@ def test_policy_player_and_match_against_random_are_reproducible() -> None:
     first = sampled.choose(games, [random.Random(index) for index in range(3)])
     assert first == sampled.choose(games, [random.Random(index) for index in range(3)])
     assert all(move in game.legal_moves() for move, game in zip(first, games, strict=True))
+
+
+class FixedPolicy(torch.nn.Module):
+    """Logits and a value that do not depend on the position."""
+
+    def __init__(self, logits: torch.Tensor, value: float) -> None:
+        super().__init__()
+        self.logits, self.value = logits, value
+
+    def forward(self, observations: torch.Tensor) -> PolicyValue:
+        count = observations.shape[0]
+        return PolicyValue(self.logits.expand(count, -1).clone(), torch.full((count,), self.value))
+
+
+def test_a_policy_that_is_ahead_does_not_walk_into_a_repetition_draw() -> None:
+    cycle = ["2h3h", "8b7b", "3h2h", "7b8b"]
+    game = Game()
+    for usi in cycle * 2 + cycle[:3]:
+        game.push_usi(usi)
+    assert game.side_to_move == Color.WHITE
+    repeat, other = (game.board.move_from_usi(usi) for usi in ("7b8b", "3c3d"))
+    logits = torch.zeros(NUM_ACTIONS)
+    logits[move_to_action(game.board, repeat)] = 10.0  # the policy's favourite repeats
+    logits[move_to_action(game.board, other)] = 5.0
+    for value, temperature, expected in ((0.4, 0.0, other), (-0.4, 0.0, repeat),
+                                         (0.4, 0.01, other)):
+        player = PolicyPlayer(FixedPolicy(logits, value), "fixed", temperature=temperature)
+        assert player.choose([game], [random.Random(0)]) == [expected], (value, temperature)
+        assert not game.is_over and game.ply == 11  # looking ahead left the game as it was
+    plain = PolicyPlayer(FixedPolicy(logits, 0.4), "plain", avoid_sennichite=False)
+    assert plain.choose([game], [random.Random(0)]) == [repeat]
+    game.push(repeat)
+    assert game.outcome is not None and game.outcome.reason == Termination.REPETITION
+    # Ahead, it does not wait for the fourth time: a first return is already avoided.
+    early = Game()
+    for usi in cycle[:3]:
+        early.push_usi(usi)
+    player = PolicyPlayer(FixedPolicy(logits, 0.4), "fixed")
+    assert player.choose([early], [random.Random(0)]) == [other]
+    assert PolicyPlayer(FixedPolicy(logits, -0.4), "fixed").choose([early], [random.Random(0)]) == [repeat]
+
+
+def test_a_policy_does_not_give_perpetual_check_even_when_behind() -> None:
+    game = Game("4k4/9/R8/9/9/9/9/9/4K4 b - 1")  # the rook checks on ranks a and b
+    for usi in ["9c9a", "5a5b", "9a9b", "5b5a"] + ["9b9a", "5a5b", "9a9b", "5b5a"] * 2:
+        game.push_usi(usi)
+    check, other = (game.board.move_from_usi(usi) for usi in ("9b9a", "9b9c"))
+    logits = torch.zeros(NUM_ACTIONS)
+    logits[move_to_action(game.board, check)] = 10.0
+    logits[move_to_action(game.board, other)] = 5.0
+    player = PolicyPlayer(FixedPolicy(logits, -0.4), "fixed")
+    assert player.choose([game], [random.Random(0)]) == [other]
+    plain = PolicyPlayer(FixedPolicy(logits, -0.4), "plain", avoid_sennichite=False)
+    assert plain.choose([game], [random.Random(0)]) == [check]
+    game.push(check)
+    assert game.outcome == Outcome(Color.WHITE, Termination.PERPETUAL_CHECK)
 
 
 def test_load_policy_reads_checkpoints_and_policy_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
