@@ -87,8 +87,8 @@ class SelfPlayConfig:
     mate_search: int = setting(3, "search-assisted self-play: play a forced mate of at most "
                                "this many plies (1, 3, 5...) whenever cshogi finds one, recorded "
                                "with the network's own log-probability of that move so PPO "
-                               "learns it as if sampled; 0: off. Evaluation and keisei-usi play "
-                               "the network alone", low=0, high=7)
+                               "learns it as if sampled; 0: off. A policy player (keisei-eval, "
+                               "ratings, keisei-usi PolicyOnly) searches mates too, 5 plies", low=0, high=7)
     search_share: float = setting(0.0, "search targets: the share of plies on which self-play "
                                   "also runs a small search (the [search] settings, with "
                                   "exploration noise) and sends its improved policy to the "

@@ -36,7 +36,7 @@ from keisei.encoding import PIECE_VALUES, BatchEncoder
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.model import PolicyValueNet, autocast, build_model, choose_actions, masked_logits
 from keisei.search import Search, network_evaluator
-from keisei.shogi import Color, Game, Termination
+from keisei.shogi import Color, Game, Termination, mating_move
 
 
 class Special(StrEnum):
@@ -120,24 +120,37 @@ def throws_away(game: Game, move: int, value: float) -> bool:
     return value > 0 and repeated
 
 
-def steer_clear_of_sennichite(games: Sequence[Game], encoder: BatchEncoder, masked: torch.Tensor,
-                              values: torch.Tensor, actions: torch.Tensor, temperature: float,
-                              uniforms: torch.Tensor | None) -> list[int]:
-    """The moves for ``actions`` (chosen from ``masked`` by ``choose_actions``), except
-    that a move that ``throws_away`` its game is replaced by the policy's next choice
-    among the moves left (the next most probable, or a sample from the rest at
-    ``temperature`` with the same uniform). If every legal move throws the game away,
-    the first choice stands.
+ROOT_MATE_PLIES = SearchConfig().root_mate_plies
+"""A policy player's mate search, the same as a search's at its root (5 plies)."""
 
-    A raw policy sees how often the current position occurred, not what its move will
-    repeat, so without this a policy that is winning drifts into sennichite: most of a
-    demo policy's draws against ``random`` were repetitions (see
-    ``docs/results/2026-12-05-draw-penalty.md``). A search scores the draw itself.
+
+def policy_moves(games: Sequence[Game], encoder: BatchEncoder, masked: torch.Tensor,
+                 values: torch.Tensor, actions: torch.Tensor, temperature: float,
+                 uniforms: torch.Tensor | None, *, mate_plies: int = ROOT_MATE_PLIES,
+                 avoid_sennichite: bool = True) -> list[int]:
+    """The move each game's policy player makes, from the ``actions`` that
+    ``choose_actions`` chose from ``masked`` (after ``encoder.encode(games)``).
+
+    - A forced mate of at most ``mate_plies`` plies (``keisei.shogi.mating_move``, 1 to
+      5 µs) is played first, as self-play (``train.mate_search``) and the search at its
+      root (``search.root_mate_plies``) do: self-play's mate search plays most of the
+      mates its policy would otherwise have had to find, so the policy alone is slow to
+      finish won games (``docs/results/2026-12-05-policy-player.md``). 0: none.
+    - With ``avoid_sennichite``, a move that ``throws_away`` its game is replaced by
+      the policy's next choice among the moves left (the next most probable, or a sample
+      from the rest at ``temperature`` with the same uniform); if every legal move
+      throws the game away, the first choice stands. A raw policy sees how often the
+      current position occurred, not what its move will repeat, so without this a
+      winning policy drifts into sennichite.
     """
     moves = [int(move) for move in encoder.moves_for(actions.cpu().numpy())]
     for row, game in enumerate(games):
+        mate = mating_move(game, mate_plies)
+        if mate is not None:
+            moves[row] = mate
+            continue
         value = float(values[row])
-        if not throws_away(game, moves[row], value):
+        if not avoid_sennichite or not throws_away(game, moves[row], value):
             continue
         logits = masked[row:row + 1].clone()
         action = int(actions[row])
@@ -155,23 +168,23 @@ def steer_clear_of_sennichite(games: Sequence[Game], encoder: BatchEncoder, mask
 
 
 class PolicyPlayer:
-    """A network's policy: its most probable legal move, or a sample at ``temperature``.
+    """A network's policy: its most probable legal move, or a sample at ``temperature``,
+    with the mate search and the sennichite check of ``policy_moves`` (``mate_plies``
+    0 and ``avoid_sennichite`` False: the network alone).
 
-    All positions of one ``choose`` go through the network in one batch. With
-    ``avoid_sennichite`` (the default) it does not give perpetual check or, when its
-    value head says it is ahead, go back to a position of the game
-    (``steer_clear_of_sennichite``).
+    All positions of one ``choose`` go through the network in one batch.
     """
 
     def __init__(self, model: nn.Module, name: str, *, temperature: float = 0.0,
                  device: str | torch.device = "cpu",
                  autocast_dtype: torch.dtype | None = None,
-                 avoid_sennichite: bool = True) -> None:
+                 mate_plies: int = ROOT_MATE_PLIES, avoid_sennichite: bool = True) -> None:
         self.model = model.eval()
         self.name = name
         self.temperature = temperature
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
+        self.mate_plies = mate_plies
         self.avoid_sennichite = avoid_sennichite
         self.encoder = BatchEncoder(1)
 
@@ -184,11 +197,9 @@ class PolicyPlayer:
             masked = masked_logits(logits.float(), torch.from_numpy(masks).to(self.device))
             uniforms = torch.tensor([rng.random() for rng in rngs]) if self.temperature else None
             actions, _ = choose_actions(masked, self.temperature, uniforms)
-            if self.avoid_sennichite:
-                moves = steer_clear_of_sennichite(games, self.encoder, masked, values.float(),
-                                                  actions, self.temperature, uniforms)
-            else:
-                moves = [int(move) for move in self.encoder.moves_for(actions.cpu().numpy())]
+            moves = policy_moves(games, self.encoder, masked, values.float(), actions,
+                                 self.temperature, uniforms, mate_plies=self.mate_plies,
+                                 avoid_sennichite=self.avoid_sennichite)
         return list(moves)
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ from keisei.cli import add_version
 from keisei.config import ConfigError, load_search_config
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import (
+    ROOT_MATE_PLIES,
     GreedyPlayer,
     MatchResult,
     Pairing,
@@ -78,7 +79,8 @@ class PlayerSpec:
     visits: int | None = None  # a checkpoint that searches: visits per move
     movetime_ms: int | None = None  # ... or milliseconds per move
     search_settings: tuple[str, ...] = ()  # "search.KEY=VALUE" overrides for that search
-    avoid_sennichite: bool = True  # a checkpoint's raw policy: see PolicyPlayer
+    mate_plies: int = ROOT_MATE_PLIES  # a checkpoint's policy player: see PolicyPlayer
+    avoid_sennichite: bool = True  # likewise
 
 
 def parse_spec(spec: str, *, name: str | None = None, options: dict[str, str] | None = None,
@@ -151,7 +153,7 @@ def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
             return SearchPlayer(model, spec.name, visits=spec.visits, movetime=movetime,
                                 config=config, device=device)
         return PolicyPlayer(model, spec.name, temperature=spec.temperature, device=device,
-                            avoid_sennichite=spec.avoid_sennichite)
+                            mate_plies=spec.mate_plies, avoid_sennichite=spec.avoid_sennichite)
     if kind == "gnushogi":
         return GnuShogiPlayer(int(argument), move_timeout=spec.move_timeout, name=spec.name)
     limit = SearchLimit(spec.depth, spec.nodes, spec.byoyomi_ms)
@@ -316,10 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "with --visits or --movetime), e.g. search.c_puct=2")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sample the checkpoint's moves at this temperature (0: best move)")
+    parser.add_argument("--mate-plies", type=int, default=ROOT_MATE_PLIES, metavar="N",
+                        help="without a search, the checkpoint plays a forced mate of at most "
+                             f"N plies when cshogi finds one, as its search does at the root "
+                             f"(default {ROOT_MATE_PLIES}; 0: never)")
     parser.add_argument("--allow-sennichite", action="store_true",
-                        help="the checkpoint's raw policy plays its move even when it gives "
-                             "perpetual check, or repeats a position while its value says it "
-                             "is ahead (by default it takes its next choice instead)")
+                        help="without a search, the checkpoint plays its policy's move even "
+                             "when it gives perpetual check, or repeats a position while its "
+                             "value says it is ahead (by default it takes its next choice)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--openings", metavar="FILE",
                         help="USI move lines from the start position (default: Keisei's set)")
@@ -379,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = check_arguments(args, ("games", "workers", "threads", "max_plies"))
     if args.temperature < 0:
         problems.append("--temperature must be >= 0")
+    if not 0 <= args.mate_plies <= 15:
+        problems.append("--mate-plies must be between 0 and 15")
     for flag in ("visits", "movetime"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             problems.append(f"--{flag} must be at least 1")
@@ -402,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         me = PlayerSpec(f"checkpoint:{args.checkpoint}", name, temperature=args.temperature,
                         visits=args.visits, movetime_ms=args.movetime,
                         search_settings=tuple(args.search_settings),
-                        avoid_sennichite=not args.allow_sennichite)
+                        mate_plies=args.mate_plies, avoid_sennichite=not args.allow_sennichite)
         build_player(me, args.device).close()
         if args.ladder:
             rungs = ladder_specs()

@@ -12,7 +12,8 @@ until ``stop``; the ``Visits`` option caps the visits of every move (0: no cap; 
 time control at all, ``search.visits``). While it searches it reports ``info depth
 seldepth nodes nps score cp|mate pv`` once a second and at the end, with ``MultiPV``
 lines when asked. ``PolicyOnly`` plays the network's most probable legal move (or a
-sample, with ``Temperature``) without search. It answers ``bestmove resign`` when the
+sample, with ``Temperature``) without tree search, as ``keisei.evaluation.policy_moves``
+does (a forced mate first, no sennichite thrown away). It answers ``bestmove resign`` when the
 value is below ``-ResignValue`` / 100 (0 disables resigning) or no legal move exists,
 and ``bestmove win`` when an entering-king declaration would win. Malformed commands
 get an ``info string`` reply and are otherwise ignored.
@@ -37,7 +38,7 @@ from keisei.cli import add_version
 from keisei.config import ConfigError, SearchConfig, load_search_config
 from keisei.encoding import BatchEncoder
 from keisei.errors import KeiseiError
-from keisei.evaluation import load_policy, steer_clear_of_sennichite
+from keisei.evaluation import load_policy, policy_moves
 from keisei.model import PolicyValueNet, choose_actions, masked_logits, to_device
 from keisei.search import UNBOUNDED, Search, SearchResult, network_evaluator
 from keisei.shogi import Color, Game
@@ -256,8 +257,9 @@ class UsiEngine:
             temperature = int(self.options["Temperature"]) / 100
             uniforms = torch.rand(1, generator=self.generator)
             action, _ = choose_actions(masked, temperature, uniforms)
-            move = steer_clear_of_sennichite([self.game], self.encoder, masked, value.float(),
-                                             action, temperature, uniforms)[0]
+            move = policy_moves([self.game], self.encoder, masked, value.float(), action,
+                                temperature, uniforms,
+                                mate_plies=self.search_config.root_mate_plies)[0]
         score = float(value[0])
         resign = int(self.options["ResignValue"])
         if resign and score < -resign / 100:

@@ -217,6 +217,18 @@ def test_a_policy_does_not_give_perpetual_check_even_when_behind() -> None:
     assert game.outcome == Outcome(Color.WHITE, Termination.PERPETUAL_CHECK)
 
 
+def test_a_policy_player_plays_a_forced_mate_unless_told_not_to() -> None:
+    game = Game("4k4/9/4P4/9/9/9/9/9/4K4 b G 1")  # G*5b, guarded by the pawn, mates
+    stroll, mate = (game.board.move_from_usi(usi) for usi in ("5i5h", "G*5b"))
+    logits = torch.zeros(NUM_ACTIONS)
+    logits[move_to_action(game.board, stroll)] = 10.0
+    assert PolicyPlayer(FixedPolicy(logits, 0.0), "mates").choose([game], [random.Random(0)]) == [mate]
+    alone = PolicyPlayer(FixedPolicy(logits, 0.0), "alone", mate_plies=0, avoid_sennichite=False)
+    assert alone.choose([game], [random.Random(0)]) == [stroll]
+    game.push(mate)
+    assert game.outcome == Outcome(Color.BLACK, Termination.CHECKMATE)
+
+
 def test_load_policy_reads_checkpoints_and_policy_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
     config = build_config([{"model": {"blocks": 1, "channels": 16, "value_hidden": 16}}])
     state = {"model": build_model(config.model).state_dict(), "config": config.to_dict(),
