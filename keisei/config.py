@@ -131,6 +131,14 @@ class TrainConfig:
                                       "is (1 - mix) x the return + mix x the search's root "
                                       "value (dlshogi uses 1/3); 0: the return alone",
                                       low=0.0, high=1.0)
+    value_material_mix: float = setting(0.0, "the value target is (1 - mix) x the return + "
+                                        "mix x tanh(the mover's material balance at its next "
+                                        "turn / value_material_scale): a dense target that "
+                                        "teaches material before results can; 0: off",
+                                        low=0.0, high=1.0)
+    value_material_scale: float = setting(10.0, "material balance (pawn 1 ... rook 10) at "
+                                          "which that target is tanh(1) = 0.76", low=0.1,
+                                          high=1000.0)
     clip_coef: float = setting(0.2, "PPO ratio clip", low=0.0, high=10.0)
     dual_clip: float = setting(0.0, "dual-clip PPO: bound a negative advantage's objective "
                                "below at dual_clip x the advantage (Ye et al. 2020 use 3; "

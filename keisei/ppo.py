@@ -97,6 +97,29 @@ def shaping_advantages(players: np.ndarray, potentials: np.ndarray, gamma: float
     return advantages
 
 
+def material_value_targets(players: np.ndarray, potentials: np.ndarray,
+                           scale: float) -> np.ndarray:
+    """Per ply, ``tanh(Phi / scale)`` of the material its mover has at its next turn: after
+    its move and the reply, so a piece left hanging or won counts (``potentials`` as in
+    ``shaping_advantages``; a player's last ply but one sees the reply's position). The
+    game's last ply is NaN: the position after it is not recorded, and its result says more.
+
+    A value target for the first hours, when results alone are too few to teach that
+    material wins games: the learner mixes it into the returns (``train.value_material_mix``).
+    """
+    targets = np.full(len(players), np.nan, dtype=np.float32)
+    for player in (0, 1):
+        plies = np.flatnonzero(players == player)
+        if len(plies) == 0:
+            continue
+        own = potentials[plies].astype(np.float32)
+        following = np.append(own[1:], np.float32(_potential_after(potentials, int(plies[-1]))))
+        targets[plies] = np.tanh(following / np.float32(scale))
+    if len(players):
+        targets[-1] = np.nan
+    return targets
+
+
 def linear_decay(scale: float, anneal_steps: int, step: int) -> float:
     """``scale`` at training ``step``, falling linearly to 0 at ``anneal_steps``
     (``anneal_steps`` 0: constant)."""

@@ -30,7 +30,7 @@ import torch
 
 from keisei.encoding import material_balance
 from keisei.errors import KeiseiError
-from keisei.ppo import game_advantages, shaping_advantages
+from keisei.ppo import game_advantages, material_value_targets, shaping_advantages
 from keisei.records import DRAW, MASK_BYTES, OBSERVATION_BYTES, TARGET_WIDTH, FinishedGame
 
 
@@ -114,7 +114,8 @@ class ExperienceBuffer:
                  max_policy_lag: int, policy_version: Callable[[], int] = lambda: 0,
                  shaping: bool = False, shaping_lambda: float = 0.0,
                  value_lambda: float | None = None, search_value_mix: float = 0.0,
-                 draw_reward: float = 0.0) -> None:
+                 draw_reward: float = 0.0, value_material_mix: float = 0.0,
+                 value_material_scale: float = 10.0) -> None:
         if capacity < steps_per_epoch:
             raise ValueError(f"capacity {capacity} is smaller than steps_per_epoch {steps_per_epoch}")
         self.steps_per_epoch = steps_per_epoch
@@ -123,6 +124,8 @@ class ExperienceBuffer:
         self.gae_lambda = gae_lambda
         self.value_lambda = gae_lambda if value_lambda is None else value_lambda
         self.search_value_mix = search_value_mix
+        self.value_material_mix = value_material_mix
+        self.value_material_scale = value_material_scale
         self.draw_reward = draw_reward
         self.max_policy_lag = max_policy_lag
         self.shaping = shaping
@@ -174,10 +177,15 @@ class ExperienceBuffer:
             plies = game.target_plies
             returns[plies] = ((1 - self.search_value_mix) * returns[plies]
                               + self.search_value_mix * game.target_values)
+        balance = (material_balance(game.observations)
+                   if self.shaping or self.value_material_mix else None)
+        if balance is not None and self.value_material_mix:
+            material = material_value_targets(game.players, balance, self.value_material_scale)
+            mixed = (1 - self.value_material_mix) * returns + self.value_material_mix * material
+            returns = np.where(np.isnan(material), returns, mixed).astype(np.float32)
         shaping = np.zeros(game.length, dtype=np.float32)
-        if self.shaping:
-            shaping = shaping_advantages(game.players, material_balance(game.observations),
-                                         self.gamma, self.shaping_lambda)
+        if balance is not None and self.shaping:
+            shaping = shaping_advantages(game.players, balance, self.gamma, self.shaping_lambda)
         search_actions, search_probs = game.dense_targets()
         forced = game.forced_plies()
         mates = mate_plies(game) & (search_probs.sum(axis=1) == 0)

@@ -131,7 +131,9 @@ class Trainer:
                                        value_lambda=(train.gae_lambda if train.value_lambda < 0
                                                      else train.value_lambda),
                                        search_value_mix=train.search_value_mix,
-                                       draw_reward=-train.draw_penalty)
+                                       draw_reward=-train.draw_penalty,
+                                       value_material_mix=train.value_material_mix,
+                                       value_material_scale=train.value_material_scale)
         # every game reaches the buffer through admission, the in-process collector's too
         self.admission = Admission(self.buffer, lambda: self.policy_version,
                                    max_plies=selfplay.max_plies, entering_king=selfplay.entering_king,

@@ -16,6 +16,7 @@ from keisei.ppo import (
     init_kl_coef_at,
     kl_from_reference,
     learning_rate_at,
+    material_value_targets,
     ppo_losses,
     search_cross_entropy,
     shaping_advantages,
@@ -90,6 +91,17 @@ def test_shaping_credits_each_move_with_the_material_change_over_it_and_the_repl
     assert whole == pytest.approx([2.0, -1.0, 6.0, 0.0, 0.0])
     discounted = shaping_advantages(players, potentials, gamma=0.5, gae_lambda=0.0)
     assert discounted == pytest.approx([-2.0, 0.0, 5.0, 1.0, -1.0])
+
+
+def test_material_value_targets_read_the_movers_material_at_its_next_turn() -> None:
+    players = np.array([0, 1, 0, 1, 0], dtype=np.uint8)
+    potentials = np.array([0.0, -1.0, -4.0, -2.0, 2.0], dtype=np.float32)  # as above
+    targets = material_value_targets(players, potentials, scale=2.0)
+    # Black: ply 0 -> its next turn (ply 2) -4, ply 2 -> ply 4 +2, ply 4 the game's last;
+    # White: ply 1 -> ply 3 -2, ply 3 (its last) -> Black's reply +2, negated: -2
+    assert targets[:4] == pytest.approx(np.tanh(np.array([-4.0, -2.0, 2.0, -2.0]) / 2.0))
+    assert np.isnan(targets[4])
+    assert np.isnan(material_value_targets(players[:1], potentials[:1], scale=2.0)).all()
 
 
 def test_shaping_weight_anneals_linearly_to_zero() -> None:

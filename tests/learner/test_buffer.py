@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -147,6 +149,12 @@ def test_a_known_game_with_and_without_shaping() -> None:
     # (+18); White's recapture is the game's last ply, credited with no change.
     assert shaped.shaping_advantages.tolist() == [0, -18, 18, 0]
     assert shaped.returns.tolist() == plain.returns.tolist()  # the value learns the result
+    # A material mix: each ply's mover's material at its next turn (ply 1, White: -18 after
+    # 8h2b+; ply 2, Black's last: +18 at White's reply), the game's last ply its result alone.
+    mixed = batch_of(value_material_mix=0.5, value_material_scale=9.0)
+    assert mixed.returns == pytest.approx([0.0, 0.5 * math.tanh(-2.0), 0.5 * math.tanh(2.0), 0.0],
+                                          abs=1e-6)
+    assert mixed.advantages.tolist() == plain.advantages.tolist()  # the policy's are untouched
 
 
 def test_a_buffer_saved_before_shaping_existed_still_loads() -> None:
