@@ -132,7 +132,7 @@ def policy_moves(games: Sequence[Game], encoder: BatchEncoder, masked: torch.Ten
     ``choose_actions`` chose from ``masked`` (after ``encoder.encode(games)``).
 
     - A forced mate of at most ``mate_plies`` plies (``keisei.shogi.mating_move``, 1 to
-      5 µs) is played first, as self-play (``train.mate_search``) and the search at its
+      6 µs) is played first, as self-play (``selfplay.mate_search``) and the search at its
       root (``search.root_mate_plies``) do: self-play's mate search plays most of the
       mates its policy would otherwise have had to find, so the policy alone is slow to
       finish won games (``docs/results/2026-12-05-policy-player.md``). 0: none.
