@@ -84,17 +84,30 @@ def shaping_advantages(players: np.ndarray, potentials: np.ndarray, gamma: float
     smaller ``gae_lambda`` (the default 0) the material is credited over a shorter horizon
     than the result. The learner stores this part apart and weighs it when it trains.
     """
+    following = _next_own_potentials(players, potentials)
     advantages = np.zeros(len(players), dtype=np.float32)
     for player in (0, 1):
         plies = np.flatnonzero(players == player)
         if len(plies) == 0:
             continue
-        own = potentials[plies].astype(np.float32)
-        following = np.append(own[1:], np.float32(_potential_after(potentials, int(plies[-1]))))
-        rewards = gamma * following - own
+        rewards = gamma * following[plies] - potentials[plies].astype(np.float32)
         advantages[plies], _ = compute_gae(rewards, np.zeros(len(plies), dtype=np.float32), gamma,
                                            gae_lambda)
     return advantages
+
+
+def _next_own_potentials(players: np.ndarray, potentials: np.ndarray) -> np.ndarray:
+    """Per ply, its mover's potential at the mover's next ply (``_potential_after`` for
+    its last)."""
+    following = np.zeros(len(players), dtype=np.float32)
+    for player in (0, 1):
+        plies = np.flatnonzero(players == player)
+        if len(plies) == 0:
+            continue
+        own = potentials[plies].astype(np.float32)
+        following[plies] = np.append(own[1:], np.float32(_potential_after(potentials,
+                                                                          int(plies[-1]))))
+    return following
 
 
 def material_value_targets(players: np.ndarray, potentials: np.ndarray,
@@ -107,14 +120,7 @@ def material_value_targets(players: np.ndarray, potentials: np.ndarray,
     A value target for the first hours, when results alone are too few to teach that
     material wins games: the learner mixes it into the returns (``train.value_material_mix``).
     """
-    targets = np.full(len(players), np.nan, dtype=np.float32)
-    for player in (0, 1):
-        plies = np.flatnonzero(players == player)
-        if len(plies) == 0:
-            continue
-        own = potentials[plies].astype(np.float32)
-        following = np.append(own[1:], np.float32(_potential_after(potentials, int(plies[-1]))))
-        targets[plies] = np.tanh(following / np.float32(scale))
+    targets = np.tanh(_next_own_potentials(players, potentials) / np.float32(scale))
     if len(players):
         targets[-1] = np.nan
     return targets
