@@ -174,6 +174,7 @@ def test_bad_opponents_are_refused_before_any_game(checkpoints: list[Path], tmp_
              (["--opponent", "chess"], "is not an opponent"),
              (["--opponent", "gnushogi:99"], "depth from 1 to 29"),
              (["--opponent", "random", "--games", "0"], "--games must be at least 1"),
+             (["--opponent", "random", "--mate-plies", "16"], "--mate-plies must be between 0 and 15"),
              (["--opponent", f"checkpoint:{tmp_path / 'missing.pt'}"], "no such checkpoint")]
     if sys.platform.startswith("linux"):
         cases.append(([ "--opponent", f"usi:{sys.executable} -c 'print(\"usiok\")'",
