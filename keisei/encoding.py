@@ -74,7 +74,7 @@ MOVE_PLANE_NAMES = (
 )
 
 
-def _material_weights() -> np.ndarray:
+def material_weights() -> np.ndarray:
     """Per observation bit, what it adds to the mover's material balance (see the plane
     table: one board bit is one piece; a hand plane is all ones once per piece held)."""
     board_kinds = (cshogi.PAWN, cshogi.LANCE, cshogi.KNIGHT, cshogi.SILVER, cshogi.BISHOP,
@@ -132,7 +132,7 @@ def _build_label_table() -> np.ndarray:
 
 
 _LABELS = _build_label_table()
-_MATERIAL_WEIGHTS = _material_weights()
+_MATERIAL_WEIGHTS = material_weights()
 
 
 def move_to_action(board: cshogi.Board, move: int) -> int:
