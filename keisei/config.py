@@ -98,6 +98,13 @@ class SelfPlayConfig:
     search_visits: int = setting(16, "visits of that search; it always uses the Gumbel root "
                                  "(sequential halving), whose completed-Q policy is the target",
                                  low=1, high=100_000)
+    search_plays: bool = setting(False, "on the plies searched for a target, play the search's "
+                                 "move (the halving's winner, its Gumbel noise the sampling) "
+                                 "instead of the network's sample: the games are played by a "
+                                 "stronger player than the network. Those plies then stay out "
+                                 "of the policy-gradient term, as forced plies do (their "
+                                 "behaviour is not the network's), and train the policy "
+                                 "through their search target alone")
 
 
 @dataclass(frozen=True)
@@ -566,6 +573,9 @@ def _cross_checks(config: Config) -> list[str]:
     if train.kl_anchor == "gated" and train.init_kl_coef == 0:
         problems.append("train.kl_anchor = gated moves the anchor of the KL penalty, which is "
                         "off: set train.init_kl_coef above 0")
+    if config.selfplay.search_plays and config.selfplay.search_share == 0:
+        problems.append("selfplay.search_plays = true plays the moves of the target search, "
+                        "which is off: set selfplay.search_share above 0")
     device = config.run.device
     if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         problems.append(f"run.device = {device!r}: expected cpu, cuda or cuda:N")

@@ -44,15 +44,16 @@ from keisei.shogi import Termination
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 """Where the learner's ROUTER listens unless told otherwise (weights one port above)."""
 
-PROTOCOL_VERSION = 5
-"""5: the ``welcome``'s ``model`` names ``norm`` (``model.norm``: a version-4 actor would
+PROTOCOL_VERSION = 6
+"""6: the ``welcome``'s ``selfplay`` names ``search_plays`` (``selfplay.search_plays``: a
+version-5 actor would refuse the key, and would not play the search's moves). 5: the ``welcome``'s ``model`` names ``norm`` (``model.norm``: a version-4 actor would
 refuse the key). 4: the ``pool`` message (the learner's opponent pool, one opponent's
 weights at a time), and each game names its pool opponent and the learner's colour (``""``
 and -1 in self-play). 3: games carry search targets (five more array frames) and ``welcome`` the learner's
 ``search`` settings. 2: ``hello`` no longer carries ``games``, ``heartbeat`` no longer
 ``games_sent`` and ``ack`` no longer ``policy_version`` (nothing read them); actors
 heartbeat at the ``welcome``'s ``heartbeat_interval``."""
-ACCEPTED_VERSIONS = (5,)
+ACCEPTED_VERSIONS = (6,)
 WEIGHTS_TOPIC = b"weights"
 POOL_TOPIC = b"pool"
 MAX_HEADER_BYTES = 1 << 20

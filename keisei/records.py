@@ -191,14 +191,15 @@ def check_targets(record: GameRecord) -> None:
 
 
 def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True,
-                mate_search: int = 0) -> FinishedGame:
+                mate_search: int = 0, search_plays: bool = False) -> FinishedGame:
     """Rebuild a ``FinishedGame`` from its wire form by replaying the moves through ``Game``.
 
     This is the learner's check of what an actor sends: every move must be legal where it
     was played, the game must end exactly at the last move, and with the result claimed.
     The forced plies are found again as the actor found them: the only legal move, or
     the move ``keisei.shogi.mating_move`` gives at ``mate_search`` plies (the actor's
-    setting, which the learner sent it) where that is the move played.
+    setting, which the learner sent it) where that is the move played, and with
+    ``search_plays`` (``selfplay.search_plays``) every ply with a search target.
 
     :raises RecordError: naming the first problem.
     """
@@ -236,7 +237,8 @@ def replay_game(record: GameRecord, max_plies: int, entering_king: bool = True,
         fill_observation(planes, ply, game.board, game.repetitions)
         turns[ply] = game.board.turn
         legal_lists.append(legal)
-        forced[ply] = len(legal) == 1 or (mate_search > 0 and mating_move(game, mate_search) == move)
+        forced[ply] = len(legal) == 1 or (search_plays and target is not None) or (
+            mate_search > 0 and mating_move(game, mate_search) == move)
         game.push(move)
     outcome = game.outcome
     if outcome is None:

@@ -12,7 +12,11 @@ every game is also searched (``keisei.search``, ``selfplay.search_visits`` visit
 those games' trees batched together, the Gumbel root with its noise) and the search's
 completed-Q policy over the position's moves is recorded as that ply's training target (its
 ``TARGET_WIDTH`` likeliest moves, renormalised). The move played is still sampled from
-the network, so the recorded behaviour log-probabilities stay exact for PPO.
+the network, so the recorded behaviour log-probabilities stay exact for PPO. With
+``selfplay.search_plays`` the search's move is played instead (the halving's winner,
+which its Gumbel noise makes a sample): such a ply is marked forced, like a mate the mate
+search played, so it stays out of the policy-gradient term and trains through its target.
+In a pool game the opponent's plies are its own network's, searched or not.
 
 The collector knows nothing of sockets, processes or the protocol: a remote actor passes
 a sink that sends records to the learner, the learner's sequential fallback passes its
@@ -135,6 +139,7 @@ class Collector:
         self._watched_number = 0
         self._search: Search | None = None
         self._searched_version = -1  # the weights the search's cache holds outputs of
+        self._searched_actions: np.ndarray | None = None  # search_plays: this ply's moves
         # per slot, the targets of the game in it: (ply, moves, actions, probs, root value)
         self._targets: list[list[tuple[int, list[int], np.ndarray, np.ndarray, float]]] = \
             [[] for _ in range(slots)]
@@ -215,17 +220,23 @@ class Collector:
         observations, masks = self._encoder.encode(self._games)
         encoded = time.perf_counter()
         forced = self._mating_actions(masks) if self.config.mate_search else None
-        actions, log_probs, values = self._infer(observations, masks, forced)
+        searched = self._searched_actions
+        self._searched_actions = None
+        played = forced  # the moves not sampled: a mate first, else the search's move
+        if searched is not None:
+            played = searched if forced is None else np.where(forced >= 0, forced, searched)
+        actions, log_probs, values = self._infer(observations, masks, played)
         learner = (np.ones(len(self._games), dtype=bool) if self.pool is None else
                    self._opponent_moves(observations, masks, forced, actions, log_probs, values))
         inferred = time.perf_counter()
         moves = self._encoder.moves_for(actions)
         self._record(observations, masks, actions, moves, log_probs, values, policy_version)
         self._trained[self._slots, self._ply - 1] = learner
-        # a forced ply: the mate search played it, or it was the only legal move
+        # a forced ply: the mate search or the target search played it, or it was the only
+        # legal move (as keisei.records.replay_game finds them again)
         only_move = masks.sum(axis=1) == 1
-        self._forced[self._slots, self._ply - 1] = only_move if forced is None \
-            else only_move | (forced >= 0)
+        self._forced[self._slots, self._ply - 1] = only_move if played is None \
+            else only_move | (played >= 0)
         finished = 0
         for slot, (game, move) in enumerate(zip(self._games, moves.tolist(), strict=True)):
             game.push(move)
@@ -267,6 +278,10 @@ class Collector:
         results = self._search.search(self._games, visits=self.config.search_visits)
         for slot, (game, result) in enumerate(zip(self._games, results, strict=True)):
             self._targets[slot].append((int(self._ply[slot]), *_target(game, result)))
+        if self.config.search_plays:  # the next ply plays the search's moves
+            self._searched_actions = np.array(
+                [move_to_action(game.board, result.move) for game, result
+                 in zip(self._games, results, strict=True)], dtype=np.int64)
         self.stats.searches += len(self._games)
         self.stats.search_seconds += time.perf_counter() - started
 

@@ -57,16 +57,19 @@ class Admission:
     ``policy_version`` reads the current version from its owner (the trainer); a peer's
     game that claims a newer one is invalid. ``max_plies`` and ``entering_king`` are the
     rules its games are replayed under, ``mate_search`` the mate search its players used
-    (``selfplay.mate_search``: the replay finds their forced plies again).
+    (``selfplay.mate_search``: the replay finds their forced plies again), and
+    ``search_plays`` whether they played the target search's moves (``selfplay.search_plays``).
     """
 
     def __init__(self, buffer: ExperienceBuffer, policy_version: Callable[[], int], *,
-                 max_plies: int, entering_king: bool, mate_search: int = 0) -> None:
+                 max_plies: int, entering_king: bool, mate_search: int = 0,
+                 search_plays: bool = False) -> None:
         self.buffer = buffer
         self.policy_version = policy_version
         self.max_plies = max_plies
         self.entering_king = entering_king
         self.mate_search = mate_search
+        self.search_plays = search_plays
         self._pending: deque[tuple[FinishedGame, str]] = deque()  # (game, source)
         self._pending_steps = 0
         self._games_received = 0
@@ -95,7 +98,8 @@ class Admission:
                       if record.length and record.policy_versions.max() > current]
             if future:
                 raise ValueError(f"policy version {max(future)} is newer than the learner's {current}")
-            games = [replay_game(record, self.max_plies, self.entering_king, self.mate_search)
+            games = [replay_game(record, self.max_plies, self.entering_king, self.mate_search,
+                                 self.search_plays)
                      for record in records]
         except (KeiseiError, ValueError) as exc:
             with self._lock:

@@ -137,7 +137,8 @@ class Trainer:
         # every game reaches the buffer through admission, the in-process collector's too
         self.admission = Admission(self.buffer, lambda: self.policy_version,
                                    max_plies=selfplay.max_plies, entering_king=selfplay.entering_king,
-                                   mate_search=selfplay.mate_search)
+                                   mate_search=selfplay.mate_search,
+                                   search_plays=selfplay.search_plays)
         # every rank plays its own games: the same seed would play the same ones
         self.collector = Collector(model, selfplay, self.admission, device=device,
                                    seed=config.run.seed + 1_000_003 * world.rank,

@@ -279,14 +279,32 @@ def test_floods_hijacks_oversized_and_future_messages_are_refused(tmp_path: Path
         assert run.learner.ledger().balanced
 
 
-def test_an_actor_sends_search_targets_that_the_learner_trains_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("plays", [False, True])
+def test_an_actor_sends_search_targets_that_the_learner_trains_on(tmp_path: Path,
+                                                                  plays: bool) -> None:
+    """With ``selfplay.search_plays`` (sent in the ``welcome``) the actor plays the
+    search's moves, and the learner's replay marks those plies forced."""
     with learner(tmp_path, "selfplay.search_share=0.25", "selfplay.search_visits=4",
-                 "search.gumbel_actions=4") as run:
+                 "search.gumbel_actions=4", f"selfplay.search_plays={str(plays).lower()}") as run:
+        admitted: list = []
+        receive = run.trainer.admission.receive
+
+        def keep(records, source):  # type: ignore[no-untyped-def]
+            games = receive(records, source)
+            admitted.extend(games)
+            return games
+
+        run.trainer.admission.receive = keep  # type: ignore[method-assign]
         reports: list = []
         with LocalActors(1, run.bind, tmp_path / "logs"):
             run.train_epochs(2, callbacks=(reports.append,))
         assert run.actor("local-0").games_received > 0
         assert run.server.counters["games_invalid"] == 0
+        searched_forced = [game.forced_plies()[game.target_plies] for game in admitted]
+        marked = np.concatenate(searched_forced)
+        assert len(marked) > 0
+        # without it, only a single legal move or a mate marks a searched ply
+        assert marked.all() if plays else marked.mean() < 0.5
         from_actor = [report for report in reports if report.collect.collected_steps == 0]
         assert from_actor, "no epoch came from the actor alone"
         targets = sum(report.update.search_targets for report in from_actor)

@@ -47,6 +47,10 @@ def test_cross_field_checks() -> None:
         load_config(None, ["run.device=tpu"])
     with pytest.raises(ConfigError, match="kl_anchor = gated .* set train.init_kl_coef"):
         load_config(None, ["train.kl_anchor=gated"])
+    with pytest.raises(ConfigError, match="search_plays = true .* set selfplay.search_share"):
+        load_config(None, ["selfplay.search_plays=true"])
+    assert load_config(None, ["selfplay.search_plays=true",
+                              "selfplay.search_share=0.25"]).selfplay.search_plays
 
 
 def test_bad_override_syntax_and_bad_files(tmp_path: Path) -> None:

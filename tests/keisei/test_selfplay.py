@@ -185,3 +185,62 @@ def test_forced_plies_are_marked_and_found_again_when_replayed() -> None:
         assert np.array_equal(replayed.forced_plies(), forced)
         marked += int(forced.sum())
     assert marked > 0
+
+
+def test_search_plays_plays_the_searchs_moves_and_marks_them_forced(monkeypatch) -> None:
+    """With ``search_plays`` every searched ply plays the search's move (its winner), is
+    marked forced (out of the policy-gradient term), and the replay marks it again; the
+    unsearched plies stay the network's samples."""
+    from keisei.search import Search
+
+    chosen: list[int] = []
+    search = Search.search
+
+    def spy(self, games, *args, **kwargs):  # type: ignore[no-untyped-def]
+        results = search(self, games, *args, **kwargs)
+        chosen.append(results[0].move)
+        return results
+
+    monkeypatch.setattr(Search, "search", spy)
+    torch.manual_seed(0)
+    sink = ListSink()
+    config = SelfPlayConfig(games=1, max_plies=30, mate_search=0, search_share=1.0,
+                            search_visits=4, search_plays=True)
+    collector = Collector(build_model(PRESETS["tiny"]), config, sink, seed=5)
+    while not sink.games:
+        collector.step(0)
+    game = sink.games[0]
+    assert game.moves.tolist() == chosen[:game.length]
+    assert game.forced_plies().all()
+    assert np.array_equal(replay_game(game, 30, search_plays=True).forced_plies(),
+                          game.forced_plies())
+    # the network's log-probability of the search's move is what is recorded
+    assert np.all(game.log_probs <= 0) and np.all(np.isfinite(game.log_probs))
+
+    chosen.clear()
+    sink = ListSink()
+    half = Collector(build_model(PRESETS["tiny"]),
+                     SelfPlayConfig(games=1, max_plies=30, mate_search=0, search_share=0.5,
+                                    search_visits=4, search_plays=True), sink, seed=5)
+    while not sink.games:
+        half.step(0)
+    game = sink.games[0]
+    searched = np.zeros(game.length, dtype=bool)
+    searched[game.target_plies] = True
+    only_move = np.array([len(item) == 1 for item in _legal_lists(game)])
+    assert 0 < searched.sum() < game.length
+    assert np.array_equal(game.forced_plies(), searched | only_move)
+    assert game.moves[searched].tolist() == chosen[:int(searched.sum())]
+    assert np.array_equal(replay_game(game, 30, search_plays=True).forced_plies(),
+                          game.forced_plies())
+    # replayed without the setting, the searched plies would count as the network's
+    assert not replay_game(game, 30).forced_plies()[searched & ~only_move].any()
+
+
+def _legal_lists(finished: FinishedGame) -> list[list[int]]:
+    game = Game(max_plies=finished.length)
+    lists = []
+    for move in finished.moves.tolist():
+        lists.append(game.legal_moves())
+        game.push(move)
+    return lists

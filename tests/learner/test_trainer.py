@@ -167,6 +167,21 @@ def test_an_epoch_that_goes_non_finite_is_dropped_counted_and_training_goes_on(
     assert trainer.step == 256 and [report.epoch for report in reports] == [1, 2]
 
 
+def test_searched_plays_reach_the_buffer_as_forced_plies_with_targets() -> None:
+    """In-process, selfplay.search_plays marks every searched ply forced (out of the
+    policy-gradient term), and each keeps its search target to learn from."""
+    config = tiny_config("selfplay.search_share=0.5", "selfplay.search_visits=4",
+                         "selfplay.search_plays=true", "selfplay.mate_search=0")
+    trainer = Trainer.build(config, threading.Event())
+    trainer.collect()
+    batch = trainer.buffer.take_epoch()
+    has_target = batch.search_probs.sum(axis=1) > 0
+    assert 0.3 < has_target.mean() < 0.7
+    assert batch.forced[has_target].all()
+    single = unpack_masks(batch.legal_masks).sum(axis=1) == 1
+    assert np.array_equal(batch.forced, has_target | single)
+
+
 def _trained_toward_sure_targets(search_coef: float, world: World) -> tuple[float, float, int, float]:
     """Collect an epoch with search targets on about half the plies, make each target sure
     of one legal move (a random network's search barely differs from its policy, so
