@@ -98,7 +98,8 @@ MAX_SOURCES = 4096
 
 def mate_plies(game: FinishedGame) -> np.ndarray:
     """``(T,)`` bool: the forced plies that had a choice, i.e. the mates the self-play mate
-    search played (the other forced plies had a single legal move)."""
+    search played, and with ``selfplay.search_plays`` the target search's moves (those carry
+    a target of their own); the other forced plies had a single legal move."""
     forced = game.forced_plies()
     mates = forced.copy()
     if forced.any():
