@@ -16,7 +16,10 @@ of random weights, as ``keisei-learner --init-from`` does: the curve's first poi
 network, and the final network also plays it directly (colour-swapped pairs), which says
 whether PPO kept, lost or added to what pre-training taught. It then also applies the
 settings kept for self-play on a start (``INIT_SETTINGS``: search targets as the signal,
-small PPO steps, the KL penalty toward the start); ``--set`` overrides them.
+small PPO steps, the KL penalty toward the start) and, where the checkpoint is one of
+``keisei-pretrain``'s with its data folder beside, ``keisei-pipeline``'s: those engine games
+trained beside self-play in place of the value anchor
+(``learner.pipeline.engine_games_beside``); ``--set`` overrides them.
 
 Each epoch's line carries the update's health (sampled and exact KL, clip fraction,
 explained variance, passes), and a summary follows training: the median clip fraction,
@@ -54,7 +57,7 @@ from keisei.evaluation import (
     tally,
 )
 from learner.app import Learner, LearnerOptions
-from learner.pipeline import ON_START
+from learner.pipeline import ON_START, engine_games_beside
 from learner.reports import EpochReport
 from learner.trainer import Trainer
 from workers import evaluate
@@ -119,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     with tempfile.TemporaryDirectory() as run_dir:
-        config = load_config(None, [*SETTINGS, *(INIT_SETTINGS if args.init_from else []),
+        start = [*INIT_SETTINGS, *engine_games_beside(args.init_from)] if args.init_from else []
+        config = load_config(None, [*SETTINGS, *start,
                                     f"run.dir={run_dir}", f"run.seed={args.seed}", *args.overrides])
         with Learner(config, LearnerOptions(init_from=args.init_from)) as learner:
             trainer = learner.trainer

@@ -15,7 +15,7 @@ import pytest
 
 from keisei.config import load_config
 from keisei.rundir import RunDir
-from learner.pipeline import ON_START, build_parser, main, make_plan
+from learner.pipeline import ON_START, build_parser, engine_games_beside, main, make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "display.mode=plain",
@@ -74,6 +74,21 @@ def test_the_on_start_config_file_holds_the_pipelines_settings() -> None:
     for config in (from_file, from_pipeline):
         config["train"].pop("total_steps")  # the file's own budget; the pipeline's is minutes
     assert from_file == from_pipeline
+
+
+def test_a_pretrained_starts_engine_games_are_trained_beside_self_play(tmp_path: Path) -> None:
+    run = tmp_path / "pretrain"
+    (run / "checkpoints").mkdir(parents=True)
+    checkpoint = run / "checkpoints" / "checkpoint-000000001024.pt"
+    assert engine_games_beside(run) == [] and engine_games_beside(checkpoint) == []
+    (run / "data").mkdir()
+    (run / "data" / "dataset.json").write_text("{}")
+    for start in (run, checkpoint):
+        settings = engine_games_beside(start)
+        assert settings[0] == f"train.supervised_data={run / 'data'}"
+        config = load_config(None, [*ON_START, *settings])
+        assert config.train.supervised_data == str(run / "data")
+        assert config.train.value_anchor_coef == 0
 
 
 def _pipeline(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
