@@ -46,8 +46,9 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 PROTOCOL_VERSION = 6
 """6: the ``welcome``'s ``selfplay`` names ``search_plays`` (``selfplay.search_plays``: a
-version-5 actor would refuse the key, and would not play the search's moves). 5: the ``welcome``'s ``model`` names ``norm`` (``model.norm``: a version-4 actor would
-refuse the key). 4: the ``pool`` message (the learner's opponent pool, one opponent's
+version-5 actor would refuse the key, and would not play the search's moves). 5: the
+``welcome``'s ``model`` names ``norm`` (``model.norm``: a version-4 actor would refuse the
+key). 4: the ``pool`` message (the learner's opponent pool, one opponent's
 weights at a time), and each game names its pool opponent and the learner's colour (``""``
 and -1 in self-play). 3: games carry search targets (five more array frames) and ``welcome`` the learner's
 ``search`` settings. 2: ``hello`` no longer carries ``games``, ``heartbeat`` no longer

@@ -81,7 +81,7 @@ BESIDE = ("train.value_anchor_coef=0",)
 def engine_games_beside(start: str | Path) -> list[str]:
     """The settings that train a pre-trained start's own engine games beside self-play
     (``BESIDE`` and ``train.supervised_data``): ``start`` is a ``keisei-pretrain`` run
-    folder or one of its checkpoints. None where it has no data folder (a network from
+    folder or one of its checkpoints. Nothing where it has no data folder (a network from
     elsewhere keeps ``ON_START``'s value anchor)."""
     path = Path(start)
     run = path if path.is_dir() else path.parent.parent
