@@ -11,9 +11,10 @@ output is already there (so a measurement can be resumed or its evaluation repea
    ladder rungs named by ``--rungs`` (``--games`` each, colour-swapped pairs), playing
    its policy or, with ``--visits N`` / ``--movetime MS``, searching (results in
    ``WORK/eval`` or ``WORK/eval-<budget>``, so budgets can be compared on one network).
+   ``--games 0`` skips it: a start for ``bench.learning --init-from`` and no more.
 
 Prints the generation summary, the held-out move accuracy and losses before and after,
-and the score table with Elo intervals. Then, for the PPO phase::
+the network's path and the score table with Elo intervals. Then, for the PPO phase::
 
     python -m bench.learning --init-from WORK/pretrain/checkpoints/<newest>.pt \
         [--set train.init_kl_coef=0.2 --set train.init_kl_steps=250000]
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrain-minutes", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--engine-depth", type=int, default=4)
-    parser.add_argument("--games", type=int, default=100, help="evaluation games per opponent")
+    parser.add_argument("--games", type=int, default=100,
+                        help="evaluation games per opponent (0: no evaluation)")
     parser.add_argument("--rungs", default="fsf-skill-20-d1,fsf-d1,gnushogi-d1",
                         help="ladder rungs to play (names as keisei-eval --ladder prints them)")
     parser.add_argument("--visits", type=int, help="the network searches N visits a move")
@@ -60,7 +62,15 @@ def run(command: list[str]) -> None:
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.games < 0:
+        parser.error(f"--games must be 0 (no evaluation) or more, not {args.games}")
+    rungs = {spec.name: spec for spec in LADDER}
+    wanted = [name for name in args.rungs.split(",") if name]
+    unknown = [name for name in wanted if name not in rungs]
+    if unknown:  # before the minutes of generation and pre-training, not after
+        parser.error(f"unknown rungs {unknown}; the ladder has {sorted(rungs)}")
     work = Path(args.work)
     budget = (["--visits", str(args.visits)] if args.visits else []) + (
         ["--movetime", str(args.movetime)] if args.movetime else [])
@@ -82,12 +92,7 @@ def main() -> None:
         (pretrain / "done").write_text("")
     checkpoint = RunDir(pretrain).newest_checkpoint()
     assert checkpoint is not None
-    rungs = {spec.name: spec for spec in LADDER}
-    wanted = [name for name in args.rungs.split(",") if name]
-    unknown = [name for name in wanted if name not in rungs]
-    if unknown:
-        raise SystemExit(f"unknown rungs {unknown}; the ladder has {sorted(rungs)}")
-    if not (evaluation / "results.json").is_file():
+    if args.games and not (evaluation / "results.json").is_file():
         opponents = ["--opponent", "random", "--opponent", "greedy"]
         run([str(bin_dir / "keisei-eval"), "--checkpoint", str(checkpoint), "--name", "pretrained",
              *budget, *opponents, "--games", str(args.games), "--workers", str(args.workers),
@@ -114,6 +119,7 @@ def main() -> None:
           f"{last['val_accuracy']:.3f}, policy loss {first['val_policy_loss']:.3f} -> "
           f"{last['val_policy_loss']:.3f}, value loss {first['val_value_loss']:.3f} -> "
           f"{last['val_value_loss']:.3f} on {last['val_positions']} positions")
+    print(f"network: {checkpoint}")
     for results in sorted(evaluation.glob("*/results.json")):
         data = json.loads(results.read_text())
         for pairing in data["pairings"]:
