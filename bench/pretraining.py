@@ -16,8 +16,10 @@ output is already there (so a measurement can be resumed or its evaluation repea
 Prints the generation summary, the held-out move accuracy and losses before and after,
 the network's path and the score table with Elo intervals. Then, for the PPO phase::
 
-    python -m bench.learning --init-from WORK/pretrain/checkpoints/<newest>.pt \
-        [--set train.init_kl_coef=0.2 --set train.init_kl_steps=250000]
+    python -m bench.learning --init-from WORK/pretrain/checkpoints/<newest>.pt
+
+(the path printed after ``network:``), which applies the settings kept for self-play on a
+start and trains these engine games beside it.
 
 Usage: python -m bench.pretraining [--work DIR] [--generate-minutes 10]
 [--pretrain-minutes 10] [--workers 2] [--engine-depth 4] [--games 100]
