@@ -5,7 +5,9 @@ For every position of the records (e.g. Fairy-Stockfish games from ``keisei-gene
 that no network trained on), it prints, per checkpoint: policy top-1 and top-3 agreement
 with the move played, the probability the policy gave that move, and the value's sign
 agreement with the game's result (from the mover's view; drawn and unfinished games
-left out) with the value's mean squared error against the result. Search multiplies what
+left out) with the value's mean squared error against the result, and the policy's mean
+entropy over the legal moves (in nats): a policy sharpened by training leaves a search
+fewer moves to look at. Search multiplies what
 the priors know: a policy far from strong play sends the search to the wrong moves.
 
 Usage: python -m bench.diagnose RECORDS [RECORDS ...] --checkpoint A.pt [--checkpoint B.pt]
@@ -68,12 +70,13 @@ class Figures:
     value_sign: float
     value_mse: float
     decided: int
+    entropy: float  # mean over the positions, nats
 
 
 def measure(model: PolicyValueNet, items: list[Position], batch: int = 256) -> Figures:
     encoder = BatchEncoder(batch)
     top1 = top3 = 0
-    probability = 0.0
+    probability = entropy = 0.0
     values, results = [], []
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
@@ -87,6 +90,8 @@ def measure(model: PolicyValueNet, items: list[Position], batch: int = 256) -> F
             top1 += int(ranking[0] == action)
             top3 += int(action in ranking[:3])
             probability += float(policy[row, action])
+            row_policy = policy[row][policy[row] > 0]
+            entropy -= float((row_policy * np.log(row_policy)).sum())
             if not math.isnan(item.result) and item.result != 0.0:
                 values.append(float(value[row]))
                 results.append(item.result)
@@ -96,7 +101,7 @@ def measure(model: PolicyValueNet, items: list[Position], batch: int = 256) -> F
     return Figures(count, top1 / count, top3 / count, probability / count,
                    float((np.sign(value_array) == result_array).mean()) if decided else math.nan,
                    float(((value_array - result_array) ** 2).mean()) if decided else math.nan,
-                   decided)
+                   decided, entropy / count)
 
 
 def main() -> None:
@@ -114,13 +119,13 @@ def main() -> None:
     sides = sum(item.game.side_to_move is Color.BLACK for item in items)
     print(f"{len(items)} positions ({sides} with black to move) from {', '.join(args.records)}")
     print(f"{'checkpoint':<40} {'top-1':>6} {'top-3':>6} {'p(played)':>9} "
-          f"{'value sign':>10} {'value mse':>9} (decided positions)")
+          f"{'value sign':>10} {'value mse':>9} {'entropy':>7} (decided positions)")
     for path in args.checkpoint:
         model, _ = load_policy(path)
         figures = measure(model, items)
         print(f"{path[-40:]:<40} {figures.top1:6.3f} {figures.top3:6.3f} "
               f"{figures.played_probability:9.3f} {figures.value_sign:10.3f} "
-              f"{figures.value_mse:9.3f} ({figures.decided})")
+              f"{figures.value_mse:9.3f} {figures.entropy:7.3f} ({figures.decided})")
 
 
 if __name__ == "__main__":

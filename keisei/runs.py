@@ -18,7 +18,8 @@ from keisei.config import Config, ConfigError, saved_model_settings
 from keisei.model import resolve_precision
 from keisei.rundir import RunDir
 
-__all__ = ["CheckpointWriter", "RunDir", "check_run_directory", "load_newest", "resolve_device"]
+__all__ = ["CheckpointWriter", "RunDir", "check_run_directory", "load_newest", "load_start",
+           "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,30 @@ def load_newest(checkpoints: Sequence[Path], config: Config,
         raise ConfigError([f"[model] {model} differs from {checkpoint}'s {saved_model}; a "
                            "resumed run keeps its network"])
     return checkpoint, state
+
+
+def load_start(path: Path | str, config: Config, option: str = "--init-from",
+               map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """The state of the checkpoint (or a run folder's newest) that a new run starts its
+    network from (``keisei-learner --init-from``, ``keisei-pretrain --init-from``).
+
+    :raises CheckpointError: if the file is not a usable checkpoint.
+    :raises ConfigError: if its network is not the one ``config.model`` describes, naming
+        each setting that differs.
+    """
+    state = load_checkpoint(path, map_location=map_location)
+    try:
+        saved_model = saved_model_settings(state["config"]["model"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: holds no network configuration ({exc})") from exc
+    model = config.to_dict()["model"]
+    if saved_model != model:
+        differences = ", ".join(f"model.{key} = {model.get(key)} here but {saved_model.get(key)}"
+                                for key in sorted(set(model) | set(saved_model))
+                                if model.get(key) != saved_model.get(key))
+        raise ConfigError([f"{option} {path}: its network differs from [model] "
+                           f"({differences}); set [model] to the checkpoint's"])
+    return state
 
 
 def resolve_device(config: Config) -> tuple[torch.device, torch.dtype | None]:

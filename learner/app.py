@@ -29,14 +29,14 @@ from typing import IO, Any
 
 import torch
 
-from keisei.checkpoint import CheckpointError, load_checkpoint
-from keisei.config import CheckpointConfig, Config, ConfigError, saved_model_settings
+from keisei.checkpoint import CheckpointError
+from keisei.config import CheckpointConfig, Config, ConfigError
 from keisei.files import write_atomically, write_json_atomically, write_text_atomically
 from keisei.kifu import to_csa, to_kif, write_game_files
 from keisei.metrics import MetricsWriter, WandbLogger
 from keisei.model import count_parameters
 from keisei.protocol import DEFAULT_BIND, load_keys
-from keisei.runs import CheckpointWriter, RunDir, check_run_directory, load_newest
+from keisei.runs import CheckpointWriter, RunDir, check_run_directory, load_newest, load_start
 from keisei.selfplay import WatchedGame
 from learner.actors import ActorState, ActorTable
 from learner.dashboard import Dashboard
@@ -406,18 +406,7 @@ class Learner:
         :raises CheckpointError: if the file is not a usable checkpoint.
         :raises ConfigError: if its network is not the one ``[model]`` describes.
         """
-        state = load_checkpoint(path, map_location=self.trainer.device)
-        try:
-            saved_model = saved_model_settings(state["config"]["model"])
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: holds no network configuration ({exc})") from exc
-        model = self.config.to_dict()["model"]
-        if saved_model != model:
-            differences = ", ".join(f"model.{key} = {model.get(key)} here but {saved_model.get(key)}"
-                                    for key in sorted(set(model) | set(saved_model))
-                                    if model.get(key) != saved_model.get(key))
-            raise ConfigError([f"--init-from {path}: its network differs from [model] "
-                               f"({differences}); set [model] to the checkpoint's"])
+        state = load_start(path, self.config, map_location=self.trainer.device)
         try:
             self.trainer.set_reference(state["model"])
         except RuntimeError as exc:

@@ -3,7 +3,7 @@
 Usage::
 
     keisei-pretrain [--config FILE.toml] [--set section.key=value ...] [--data DIR]
-                    [--resume] RECORDS...
+                    [--init-from CHECKPOINT] [--resume] RECORDS...
 
 ``RECORDS`` are CSA, KIF and USI files, folders of them and ``.zip``/``.tar.gz``
 archives (``keisei.kifu``). They are read once into a data set of compact position
@@ -11,7 +11,9 @@ shards (``keisei.dataset``; ``run.dir/data`` unless ``--data DIR`` names another
 which is reused when it already holds one), a share of games held out for
 validation. The network (``[model]``, the same presets as the learner) then learns
 the recorded move (cross-entropy over the legal moves) and the game's result (the
-value, from the mover's view), weighted by ``[pretrain]``.
+value, from the mover's view), weighted by ``[pretrain]``. ``--init-from`` starts that
+network from a checkpoint's weights (e.g. an earlier pre-training's, on new records)
+instead of fresh ones, with a fresh optimizer, schedule and counters.
 
 After each epoch (and every ``pretrain.validate_every`` positions) it scores the
 held-out positions, writes one line to ``run.dir/metrics.jsonl`` (and TensorBoard),
@@ -46,6 +48,7 @@ from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 
+from keisei.checkpoint import CheckpointError
 from keisei.cli import ExitCode, HelpConfig, add_version, setup_logging, stop_on_signals
 from keisei.config import Config, ConfigError, check_sections, load_config, load_saved_config
 from keisei.dataset import (
@@ -67,7 +70,14 @@ from keisei.model import (
     supervised_tensors,
 )
 from keisei.ppo import learning_rate_at
-from keisei.runs import CheckpointWriter, RunDir, check_run_directory, load_newest, resolve_device
+from keisei.runs import (
+    CheckpointWriter,
+    RunDir,
+    check_run_directory,
+    load_newest,
+    load_start,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  keisei-pretrain records/fsf-d4 --set run.dir=runs/pre --set model.blocks=4 \\\n"
                "      --set model.channels=48 --set pretrain.minutes=10 --set pretrain.epochs=100\n"
-               "  keisei-pretrain --resume --set run.dir=runs/pre\n\n"
+               "  keisei-pretrain --resume --set run.dir=runs/pre\n"
+               "  keisei-pretrain records/more --init-from runs/pre --set run.dir=runs/pre2 \\\n"
+               "      --set model.blocks=4 --set model.channels=48\n\n"
                f"settings it reads: [{'], ['.join(SECTIONS)}] (keisei-pretrain --help-config "
                "lists them; every key: docs/configuration.md)")
     parser.add_argument("--help-config", action=HelpConfig, sections=SECTIONS,
@@ -358,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", metavar="DIR",
                         help="the prepared data set (default run.dir/data); made from RECORDS "
                              "when it holds none, reused as it is when it does")
+    parser.add_argument("--init-from", metavar="CHECKPOINT",
+                        help="start the network from this checkpoint's weights (a run folder: "
+                             "its newest), with a fresh optimizer and schedule; [model] must "
+                             "describe its network")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in run.dir from its newest checkpoint")
     return add_version(parser)
@@ -410,6 +426,22 @@ def resume(trainer: Pretrainer, run_dir: Path) -> None:
                 trainer.step, trainer.epoch, trainer.batch_in_epoch)
 
 
+def init_from(trainer: Pretrainer, path: str) -> None:
+    """Load the weights of the network in ``path`` (nothing else of its run).
+
+    :raises CheckpointError: if the file is not a usable checkpoint.
+    :raises ConfigError: if its network is not the one ``[model]`` describes.
+    """
+    state = load_start(path, trainer.config, map_location=trainer.device)
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: its weights do not load: {exc}") from exc
+    counters = state.get("counters", {})
+    logger.info("starting from the network in %s (trained %s positions or steps)", path,
+                counters.get("step", "?"))
+
+
 def run(trainer: Pretrainer, metrics: MetricsWriter, dashboard: PretrainDashboard,
         save: Any) -> None:
     """Epochs until done; validate, write metrics and a checkpoint at each point."""
@@ -460,7 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer = Pretrainer(config, train_set, val_set, stop)
         if args.resume:
             resume(trainer, run_dir)
-    except (ConfigError, DatasetError, FileNotFoundError, OSError) as exc:
+            if args.init_from:
+                logger.info("--init-from %s: not used, the resumed run continues from its own "
+                            "checkpoint", args.init_from)
+        elif args.init_from:
+            init_from(trainer, args.init_from)
+    except (CheckpointError, ConfigError, DatasetError, FileNotFoundError, OSError) as exc:
         print(f"keisei-pretrain: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except KeyboardInterrupt:

@@ -137,6 +137,31 @@ def test_learner_starts_from_a_pretrained_checkpoint(tmp_path: Path) -> None:
     assert "reference_model" in start
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    greedy_games(tmp_path / "first", 20)
+    greedy_games(tmp_path / "more", 20, seed=7)
+    assert main([str(tmp_path / "first"), *overrides(tmp_path / "pre", "pretrain.epochs=1")]) == 0
+    earlier = load_checkpoint(latest_checkpoint(tmp_path / "pre" / "checkpoints") or "")
+    run_dir = tmp_path / "pre2"
+    assert main([str(tmp_path / "more"), "--init-from", str(tmp_path / "pre"),
+                 *overrides(run_dir, "pretrain.epochs=1")]) == 0
+    lines = metrics_lines(run_dir)
+    assert [line["epoch"] for line in lines] == [0.0, 1.0]  # fresh counters and schedule
+    start = load_checkpoint(sorted((run_dir / "checkpoints").glob("*.pt"))[0])
+    assert start["counters"]["step"] == 0
+    assert all(np.array_equal(start["model"][key].numpy(), value.numpy())
+               for key, value in earlier["model"].items())
+    assert "starting from the network in" in capsys.readouterr().err
+    # another network shape, or no checkpoint there: refused before any work
+    assert main([str(tmp_path / "more"), "--init-from", str(tmp_path / "pre"),
+                 *overrides(tmp_path / "wrong", "model.channels=32")]) == 2
+    assert "model.channels = 32 here but 16" in capsys.readouterr().err
+    assert main([str(tmp_path / "more"), "--init-from", str(tmp_path / "none.pt"),
+                 *overrides(tmp_path / "wrong2")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
 def test_sigterm_stops_with_a_checkpoint_and_resume_goes_on(tmp_path: Path) -> None:
     greedy_games(tmp_path / "records", 30)
     run_dir = tmp_path / "run"
