@@ -68,7 +68,7 @@ def load_newest(checkpoints: Sequence[Path], config: Config,
     return checkpoint, state
 
 
-def load_start(path: Path | str, config: Config, option: str = "--init-from",
+def load_start(path: Path | str, config: Config,
                map_location: torch.device | str = "cpu") -> dict[str, Any]:
     """The state of the checkpoint (or a run folder's newest) that a new run starts its
     network from (``keisei-learner --init-from``, ``keisei-pretrain --init-from``).
@@ -87,7 +87,7 @@ def load_start(path: Path | str, config: Config, option: str = "--init-from",
         differences = ", ".join(f"model.{key} = {model.get(key)} here but {saved_model.get(key)}"
                                 for key in sorted(set(model) | set(saved_model))
                                 if model.get(key) != saved_model.get(key))
-        raise ConfigError([f"{option} {path}: its network differs from [model] "
+        raise ConfigError([f"--init-from {path}: its network differs from [model] "
                            f"({differences}); set [model] to the checkpoint's"])
     return state
 

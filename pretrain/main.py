@@ -426,20 +426,17 @@ def resume(trainer: Pretrainer, run_dir: Path) -> None:
                 trainer.step, trainer.epoch, trainer.batch_in_epoch)
 
 
-def init_from(trainer: Pretrainer, path: str) -> None:
-    """Load the weights of the network in ``path`` (nothing else of its run).
+def init_from(trainer: Pretrainer, path: str, state: dict[str, Any]) -> None:
+    """Load the weights of the network in ``state`` (``load_start``'s, from ``path``).
 
-    :raises CheckpointError: if the file is not a usable checkpoint.
-    :raises ConfigError: if its network is not the one ``[model]`` describes.
+    :raises CheckpointError: if they do not load into the network.
     """
-    state = load_start(path, trainer.config, map_location=trainer.device)
     try:
         trainer.model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: its weights do not load: {exc}") from exc
-    counters = state.get("counters", {})
     logger.info("starting from the network in %s (trained %s positions or steps)", path,
-                counters.get("step", "?"))
+                state.get("counters", {}).get("step", "?"))
 
 
 def run(trainer: Pretrainer, metrics: MetricsWriter, dashboard: PretrainDashboard,
@@ -488,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(config.run.threads or os.cpu_count() or 1)
     stop = threading.Event()
     try:
+        # the start network is checked before the records are read
+        start = load_start(args.init_from, config) if args.init_from and not args.resume else None
         train_set, val_set = open_data(config, data, args.records)
         trainer = Pretrainer(config, train_set, val_set, stop)
         if args.resume:
@@ -495,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.init_from:
                 logger.info("--init-from %s: not used, the resumed run continues from its own "
                             "checkpoint", args.init_from)
-        elif args.init_from:
-            init_from(trainer, args.init_from)
+        elif start is not None:
+            init_from(trainer, args.init_from, start)
     except (CheckpointError, ConfigError, DatasetError, FileNotFoundError, OSError) as exc:
         print(f"keisei-pretrain: {exc}", file=sys.stderr)
         return ExitCode.USAGE

@@ -157,6 +157,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(
     assert main([str(tmp_path / "more"), "--init-from", str(tmp_path / "pre"),
                  *overrides(tmp_path / "wrong", "model.channels=32")]) == 2
     assert "model.channels = 32 here but 16" in capsys.readouterr().err
+    assert not (tmp_path / "wrong" / "data").exists()  # the records were not read
     assert main([str(tmp_path / "more"), "--init-from", str(tmp_path / "none.pt"),
                  *overrides(tmp_path / "wrong2")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
