@@ -161,6 +161,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(
     assert main([str(tmp_path / "more"), "--init-from", str(tmp_path / "none.pt"),
                  *overrides(tmp_path / "wrong2")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "wrong2" / "data").exists()
 
 
 def test_sigterm_stops_with_a_checkpoint_and_resume_goes_on(tmp_path: Path) -> None:
