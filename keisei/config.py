@@ -74,6 +74,14 @@ class ModelConfig:
                         "none (biases, and each residual branch scaled by a learnt gate that "
                         "starts at 0: the policy trained is the policy that acts)",
                         choices=("batch", "none"))
+    prior_head: bool = setting(False, "a second policy head, the search's prior, trained only "
+                               "on engine moves (keisei-pretrain's records, and the "
+                               "engine games trained beside self-play): every search (self-play's "
+                               "targets, keisei-eval --visits, keisei-usi, the web view) takes its "
+                               "priors from it and its value from the shared value head, while "
+                               "the policy head plays raw and learns from self-play (the AlphaGo "
+                               "split: the supervised policy was the better prior). A network "
+                               "saved without one gets it as a copy of its policy head")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ fast tests and benchmarks), ``small`` 6×64 (0.52 M, the default), ``medium`` 10
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +34,14 @@ PRESETS: dict[str, ModelConfig] = {
 class PolicyValue(NamedTuple):
     logits: torch.Tensor  # (N, NUM_ACTIONS), unmasked
     value: torch.Tensor  # (N,), tanh, side to move's view
+
+
+class Heads(NamedTuple):
+    """Every head's output from one pass through the tower (``PolicyValueNet.heads``)."""
+
+    logits: torch.Tensor  # the policy head's, (N, NUM_ACTIONS), unmasked
+    prior: torch.Tensor | None  # the prior head's (model.prior_head), else None
+    value: torch.Tensor  # (N,)
 
 
 def _normalisation(channels: int, norm: str) -> nn.Module:
@@ -92,13 +100,54 @@ class PolicyValueNet(nn.Module):
             nn.Conv2d(channels, 2, 1, bias=plain), _normalisation(2, norm), nn.ReLU(inplace=True),
             nn.Flatten(), nn.Linear(2 * 81, config.value_hidden), nn.ReLU(inplace=True),
             nn.Linear(config.value_hidden, 1), nn.Tanh())
+        # model.prior_head: the search's prior, the same shape as the policy head, trained
+        # on engine moves only (the policy head learns self-play's signal)
+        self.prior_head: nn.Conv2d | None = None
+        self.prior_bias: nn.Parameter | None = None
+        if config.prior_head:
+            self.prior_head = nn.Conv2d(channels, NUM_MOVE_PLANES, 1, bias=False)
+            self.prior_bias = nn.Parameter(torch.zeros(NUM_ACTIONS))
+            self.register_load_state_dict_pre_hook(_prior_from_policy)  # type: ignore[no-untyped-call]
 
-    def forward(self, observations: torch.Tensor) -> PolicyValue:
+    def _features(self, observations: torch.Tensor) -> torch.Tensor:
         # channels-last convolutions are about 25% faster on CPU (measured) and suit
         # tensor cores; build_model puts the weights in that layout too.
-        features = self.tower(self.stem(observations.contiguous(memory_format=torch.channels_last)))
+        features: torch.Tensor = self.tower(
+            self.stem(observations.contiguous(memory_format=torch.channels_last)))
+        return features
+
+    def forward(self, observations: torch.Tensor) -> PolicyValue:
+        """The policy head's logits and the value: how the network plays raw and learns."""
+        features = self._features(observations)
         logits = self.policy_head(features).flatten(1) + self.policy_bias
         return PolicyValue(logits, self.value_head(features).squeeze(1))
+
+    def heads(self, observations: torch.Tensor) -> Heads:
+        """Every head's output from one pass (the prior ``None`` without a prior head)."""
+        features = self._features(observations)
+        logits = self.policy_head(features).flatten(1) + self.policy_bias
+        prior = None
+        if self.prior_head is not None and self.prior_bias is not None:
+            prior = self.prior_head(features).flatten(1) + self.prior_bias
+        return Heads(logits, prior, self.value_head(features).squeeze(1))
+
+    def search_outputs(self, observations: torch.Tensor) -> PolicyValue:
+        """What a search evaluates a position by: the prior head's logits where the network
+        has one (the policy head's otherwise) and the value."""
+        if self.prior_head is None:
+            return self.forward(observations)
+        outputs = self.heads(observations)
+        assert outputs.prior is not None
+        return PolicyValue(outputs.prior, outputs.value)
+
+
+def _prior_from_policy(module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                       *_: Any) -> None:
+    """Load a network saved without a prior head into one with it: the prior head starts
+    as a copy of the saved policy head (``state_dict`` is load_state_dict's own copy)."""
+    for head, source in (("prior_head.weight", "policy_head.weight"), ("prior_bias", "policy_bias")):
+        if prefix + head not in state_dict and prefix + source in state_dict:
+            state_dict[prefix + head] = state_dict[prefix + source].clone()
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

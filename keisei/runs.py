@@ -83,6 +83,8 @@ def load_start(path: Path | str, config: Config,
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: holds no network configuration ({exc})") from exc
     model = config.to_dict()["model"]
+    if model["prior_head"] and not saved_model["prior_head"]:
+        saved_model["prior_head"] = True  # the prior head starts as a copy of the policy head
     if saved_model != model:
         differences = ", ".join(f"model.{key} = {model.get(key)} here but {saved_model.get(key)}"
                                 for key in sorted(set(model) | set(saved_model))

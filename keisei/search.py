@@ -43,7 +43,7 @@ from torch import nn
 
 from keisei.config import SearchConfig
 from keisei.encoding import OBSERVATION_SHAPE, fill_observation, legal_actions
-from keisei.model import autocast
+from keisei.model import PolicyValueNet, autocast
 from keisei.shogi import Game, mating_move
 
 UNBOUNDED = 2**62
@@ -56,13 +56,15 @@ values ``(N,)`` in [-1, 1], the side to move's)."""
 
 def network_evaluator(model: nn.Module, device: str | torch.device = "cpu",
                       autocast_dtype: torch.dtype | None = None) -> Evaluate:
-    """``evaluate`` for ``model`` (put in eval mode): one forward pass per call."""
+    """``evaluate`` for ``model`` (put in eval mode): one forward pass per call. A network
+    with a prior head (``model.prior_head``) gives the search that head's logits."""
     model.eval()
     target = torch.device(device)
+    outputs = model.search_outputs if isinstance(model, PolicyValueNet) else model
 
     def evaluate(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode(), autocast(target, autocast_dtype):
-            logits, values = model(torch.from_numpy(observations).to(target))
+            logits, values = outputs(torch.from_numpy(observations).to(target))
         return logits.float().cpu().numpy(), values.float().cpu().numpy()
 
     return evaluate

@@ -41,6 +41,8 @@ FIELDS = (
     Field("supervised_value_loss", "engine results", "", nonnegative=True),
     Field("supervised_loss", "engine moves' cross-entropy", "nats", nonnegative=True),
     Field("supervised_accuracy", "engine moves' top-1", "fraction", nonnegative=True),
+    Field("prior_loss", "prior head's cross-entropy", "nats", nonnegative=True),
+    Field("prior_accuracy", "prior head's top-1", "fraction", nonnegative=True),
     # The PPO update's health: an approximate KL well above 0.05 or a clip fraction above
     # about 0.3 says the steps are too large; an explained variance below 0 says the value
     # head predicts the returns worse than their mean does.
@@ -70,8 +72,8 @@ CHARTS = (
     Chart("KL from the start", "anchors", ("init_kl",)),
     Chart("value: squared distance from the anchor, loss on engine results", "anchors",
           ("value_anchor", "supervised_value_loss")),
-    Chart("engine moves' cross-entropy", "anchors", ("supervised_loss",)),
-    Chart("engine moves' top-1", "anchors", ("supervised_accuracy",)),
+    Chart("engine moves' cross-entropy", "anchors", ("supervised_loss", "prior_loss")),
+    Chart("engine moves' top-1", "anchors", ("supervised_accuracy", "prior_accuracy")),
     Chart("KL from the pre-update policy", "update", ("exact_kl", "approx_kl"), log=True),
     Chart("clip fraction", "update", ("clipfrac",)),
     Chart("explained variance", "update", ("explained_variance",)),

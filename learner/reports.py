@@ -74,6 +74,12 @@ class UpdateReport:
     supervised_accuracy: float = math.nan
     """Share of those positions whose most probable move is the recorded one (null while
     it is off)."""
+    prior_loss: float = math.nan
+    """Mean cross-entropy of the prior head (``model.prior_head``) on those positions'
+    recorded moves (null without a prior head or engine games beside)."""
+    prior_accuracy: float = math.nan
+    """Share of those positions whose most probable move under the prior head is the
+    recorded one (null likewise)."""
 
     def extra_terms(self) -> list[str]:
         """The loss terms beyond PPO's that are on this update, in words (``search 2.088 on
@@ -89,6 +95,8 @@ class UpdateReport:
         if math.isfinite(self.supervised_loss):
             terms.append(f"engine moves {self.supervised_loss:.3f} top-1 "
                          f"{self.supervised_accuracy:.2f} value {self.supervised_value_loss:.3f}")
+        if math.isfinite(self.prior_loss):
+            terms.append(f"prior {self.prior_loss:.3f} top-1 {self.prior_accuracy:.2f}")
         return terms
 
 

@@ -528,7 +528,7 @@ class Trainer:
             supervised = supervised_tensors(decode_samples(next(self.supervised)), device)
             inputs = torch.cat([inputs, supervised["observations"]])
         with autocast(device, self.autocast_dtype):
-            logits, new_values = self.model(inputs)
+            logits, prior_logits, new_values = self.model.heads(inputs)
         if not train_value:
             new_values = new_values.detach()
         if supervised is not None:
@@ -580,6 +580,12 @@ class Trainer:
             figures["supervised_accuracy"] = hits.mean()
             loss = loss + train.supervised_coef * (
                 figures["supervised_loss"] + train.vf_coef * figures["supervised_value_loss"])
+            if prior_logits is not None:  # the search's prior learns the engine's moves only
+                prior_part, _, prior_hits, _ = supervised_losses(
+                    prior_logits[len(rows):], supervised_values, supervised)
+                figures["prior_loss"] = prior_part.mean()
+                figures["prior_accuracy"] = prior_hits.mean()
+                loss = loss + train.supervised_coef * figures["prior_loss"]
         # backward always (the synchronised batch norm meets the other members there),
         # then the gradients averaged over the members with the agreed verdicts on
         # finiteness and on stopping, then the same clipped step on every member

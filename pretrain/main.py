@@ -203,11 +203,13 @@ class Pretrainer:
         batch = supervised_tensors(decode_samples(samples), self.device)
         self.model.train()
         with autocast(self.device, self.autocast_dtype):
-            logits, values = self.model(batch["observations"])
+            logits, prior, values = self.model.heads(batch["observations"])
         policy, value, hits, known = supervised_losses(logits, values, batch)
         valued = float(known.sum())
         loss = (settings.policy_weight * policy.mean()
                 + settings.value_weight * value.sum() / max(valued, 1.0))
+        if prior is not None:  # model.prior_head: the search's prior learns the same moves
+            loss = loss + settings.policy_weight * supervised_losses(prior, values, batch)[0].mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {float(loss)} at position {self.step}")
         self.optimizer.zero_grad(set_to_none=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from keisei.model import (
     log_probs_and_entropy,
     masked_logits,
 )
+from keisei.search import network_evaluator
 from keisei.shogi import Game
 
 
@@ -49,8 +51,31 @@ def test_a_network_without_batch_norm_acts_as_it_trains_and_starts_as_the_identi
 
 def test_saved_model_settings_fill_in_keys_a_checkpoint_predates() -> None:
     saved = {"blocks": 2, "channels": 16, "se_ratio": 0, "value_hidden": 8}  # before model.norm
-    assert saved_model_settings(saved) == {**saved, "norm": "batch"}
+    assert saved_model_settings(saved) == {**saved, "norm": "batch", "prior_head": False}
     assert saved_model_settings({**saved, "norm": "none"})["norm"] == "none"
+
+
+def test_a_prior_head_is_what_a_search_sees_and_starts_as_a_saved_policy_head() -> None:
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(blocks=1, channels=16, value_hidden=8)).eval()
+    split = build_model(ModelConfig(blocks=1, channels=16, value_hidden=8, prior_head=True)).eval()
+    split.load_state_dict(plain.state_dict())  # saved without a prior head: a copy of the policy's
+    observations = torch.randn(4, NUM_PLANES, 9, 9)
+    with torch.no_grad():
+        expected = plain(observations)
+        assert split.prior_bias is not None
+        split.prior_bias.add_(torch.arange(NUM_ACTIONS, dtype=torch.float32) / NUM_ACTIONS)
+        heads = split.heads(observations)
+        played = split(observations)
+    assert torch.allclose(heads.logits, expected.logits) and torch.allclose(played.logits, expected.logits)
+    assert heads.prior is not None
+    assert torch.allclose(heads.prior, expected.logits + torch.arange(NUM_ACTIONS) / NUM_ACTIONS)
+    logits, values = network_evaluator(split)(observations.numpy())
+    assert np.allclose(logits, heads.prior.numpy(), atol=1e-6)
+    assert np.allclose(values, expected.value.numpy(), atol=1e-6)
+    assert plain.heads(observations).prior is None
+    with pytest.raises(RuntimeError, match="prior_head.weight"):
+        plain.load_state_dict(split.state_dict())  # a prior head has nowhere to go
 
 
 def test_presets_grow_in_size() -> None:

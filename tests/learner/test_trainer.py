@@ -602,6 +602,53 @@ def test_the_supervised_loss_teaches_the_recorded_moves_and_is_null_when_off(
     assert math.isnan(report.supervised_loss) and math.isnan(report.supervised_accuracy)
 
 
+def test_the_prior_head_learns_the_engine_moves_alone(world: World, engine_data: Path) -> None:
+    """model.prior_head: its reported cross-entropy is, by hand, the prior head's on the
+    engine positions in the training forward; without engine games it gets no gradient and
+    stays as it started while the policy head learns self-play."""
+    trainer = Trainer.build(tiny_config("model.prior_head=true", f"train.supervised_data={engine_data}",
+                                        "train.supervised_batch=24", "train.ppo_passes=1",
+                                        "train.minibatch_size=128", "run.precision=float32"),
+                            threading.Event(), world=world)
+    samples = next(ShardSet(engine_data, "train").batches(24, None))
+    decoded = decode_samples(samples)
+    trainer.supervised = itertools.repeat(samples)
+    trainer.collect()
+    batch = trainer.buffer.take_epoch()
+    model = copy.deepcopy(trainer.model)
+    inputs = torch.cat([torch.from_numpy(unpack_observations(batch.observations)).float(),
+                        torch.from_numpy(decoded.observations)])
+    with torch.no_grad():
+        model.train()
+        prior = model.heads(inputs).prior
+    assert prior is not None
+    logits = prior[batch.size:].double().numpy()
+    logits[~decoded.legal_masks] = -np.inf
+    log_probs = logits - logits.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+    cross_entropy = float(-log_probs[np.arange(len(samples)), decoded.actions].mean())
+    accuracy = float(np.mean(logits.argmax(axis=1) == decoded.actions))
+    trainer.buffer.restore_epoch(batch)
+    report = trainer.update()
+    expected = world.mean([cross_entropy, accuracy])
+    assert report.prior_loss == pytest.approx(expected[0], rel=1e-3)
+    assert report.prior_accuracy == pytest.approx(expected[1])
+    assert "prior " in " ".join(report.extra_terms())
+    assert trainer.model.prior_head is not None
+    assert not torch.equal(trainer.model.prior_head.weight, model.prior_head.weight)
+
+    alone = Trainer.build(tiny_config("model.prior_head=true", "train.ppo_passes=2"),
+                          threading.Event(), world=world)
+    start = copy.deepcopy(alone.model.state_dict())
+    alone.collect()
+    report = alone.update()
+    assert math.isnan(report.prior_loss) and math.isnan(report.prior_accuracy)
+    after = alone.model.state_dict()
+    assert torch.equal(after["prior_head.weight"], start["prior_head.weight"])
+    assert torch.equal(after["prior_bias"], start["prior_bias"])
+    assert not torch.equal(after["policy_head.weight"], start["policy_head.weight"])
+
+
 def test_a_supervised_data_folder_that_is_no_data_set_is_refused_by_name(tmp_path: Path,
                                                                          engine_data: Path) -> None:
     with pytest.raises(ConfigError, match=r"train.supervised_data = .*not a prepared data set"):

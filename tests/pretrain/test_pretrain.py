@@ -153,6 +153,19 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(
     assert all(np.array_equal(start["model"][key].numpy(), value.numpy())
                for key, value in earlier["model"].items())
     assert "starting from the network in" in capsys.readouterr().err
+    # a start without a prior head gives one (model.prior_head) its policy head, which
+    # the engine moves then train; the other way round is another network, refused
+    split = tmp_path / "split"
+    assert main([str(tmp_path / "more"), "--init-from", str(tmp_path / "pre"),
+                 *overrides(split, "pretrain.epochs=1", "model.prior_head=true")]) == 0
+    checkpoints = sorted((split / "checkpoints").glob("*.pt"))
+    first, last = load_checkpoint(checkpoints[0])["model"], load_checkpoint(checkpoints[-1])["model"]
+    assert np.array_equal(first["prior_head.weight"].numpy(), earlier["model"]["policy_head.weight"].numpy())
+    assert np.array_equal(first["prior_bias"].numpy(), earlier["model"]["policy_bias"].numpy())
+    assert not np.array_equal(last["prior_head.weight"].numpy(), first["prior_head.weight"].numpy())
+    assert main([str(tmp_path / "more"), "--init-from", str(split),
+                 *overrides(tmp_path / "unsplit", "pretrain.epochs=1")]) == 2
+    assert "model.prior_head = False here but True" in capsys.readouterr().err
     # another network shape, or no checkpoint there: refused before any work
     assert main([str(tmp_path / "more"), "--init-from", str(tmp_path / "pre"),
                  *overrides(tmp_path / "wrong", "model.channels=32")]) == 2
