@@ -5,7 +5,8 @@ A search leans on two things, the policy's priors (where its visits go) and the 
 places and plays each against one opponent (Fairy-Stockfish depth 1 by default), so a
 weak player's fault can be put on the right half:
 
-- ``--prior``: ``uniform`` (every legal move alike) or a checkpoint's policy;
+- ``--prior``: ``uniform`` (every legal move alike) or the prior a checkpoint's own search
+  uses (its policy, or its prior head with ``model.prior_head``);
 - ``--value``: ``material`` (``tanh(balance / --scale)`` from the mover's view, exact:
   pawn 1 … rook 10, on the board and in hand, as ``keisei.encoding.PIECE_VALUES``) or a
   checkpoint's value head.
@@ -32,6 +33,7 @@ from torch import nn
 
 from keisei.encoding import NUM_ACTIONS, material_weights
 from keisei.evaluation import MatchResult, SearchPlayer, load_openings, load_policy, play_match
+from keisei.model import PolicyValueNet
 from keisei.processes import die_with_parent
 from workers.evaluate import PlayerSpec, build_player, parse_spec
 
@@ -51,7 +53,8 @@ class PartsNet(nn.Module):
         if self.prior is None:
             logits = observations.new_zeros((observations.shape[0], NUM_ACTIONS))
         else:
-            logits = self.prior(observations)[0]
+            prior = self.prior  # its search's prior: the prior head where it has one
+            logits = (prior.search_outputs if isinstance(prior, PolicyValueNet) else prior)(observations)[0]
         if self.value is None:
             values = torch.tanh(observations.flatten(1) @ self.weights / self.scale)
         else:
