@@ -44,8 +44,9 @@ from keisei.shogi import Termination
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 """Where the learner's ROUTER listens unless told otherwise (weights one port above)."""
 
-PROTOCOL_VERSION = 6
-"""6: the ``welcome``'s ``selfplay`` names ``search_plays`` (``selfplay.search_plays``: a
+PROTOCOL_VERSION = 7
+"""7: the ``welcome``'s ``model`` names ``prior_head`` (``model.prior_head``: a version-6
+actor would refuse the key, and its searches would not take the prior head's priors). 6: the ``welcome``'s ``selfplay`` names ``search_plays`` (``selfplay.search_plays``: a
 version-5 actor would refuse the key, and would not play the search's moves). 5: the
 ``welcome``'s ``model`` names ``norm`` (``model.norm``: a version-4 actor would refuse the
 key). 4: the ``pool`` message (the learner's opponent pool, one opponent's
@@ -54,7 +55,7 @@ and -1 in self-play). 3: games carry search targets (five more array frames) and
 ``search`` settings. 2: ``hello`` no longer carries ``games``, ``heartbeat`` no longer
 ``games_sent`` and ``ack`` no longer ``policy_version`` (nothing read them); actors
 heartbeat at the ``welcome``'s ``heartbeat_interval``."""
-ACCEPTED_VERSIONS = (6,)
+ACCEPTED_VERSIONS = (7,)
 WEIGHTS_TOPIC = b"weights"
 POOL_TOPIC = b"pool"
 MAX_HEADER_BYTES = 1 << 20
