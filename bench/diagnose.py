@@ -7,7 +7,8 @@ with the move played, the probability the policy gave that move, and the value's
 agreement with the game's result (from the mover's view; drawn and unfinished games
 left out) with the value's mean squared error against the result, and the policy's mean
 entropy over the legal moves (in nats): a policy sharpened by training leaves a search
-fewer moves to look at. Search multiplies what
+fewer moves to look at. A network with a prior head (``model.prior_head``) gets a second
+row, ``(prior head)``: the priors its search takes. Search multiplies what
 the priors know: a policy far from strong play sends the search to the wrong moves.
 
 Usage: python -m bench.diagnose RECORDS [RECORDS ...] --checkpoint A.pt [--checkpoint B.pt]
@@ -73,8 +74,12 @@ class Figures:
     entropy: float  # mean over the positions, nats
 
 
-def measure(model: PolicyValueNet, items: list[Position], batch: int = 256) -> Figures:
+def measure(model: PolicyValueNet, items: list[Position], batch: int = 256,
+            prior: bool = False) -> Figures:
+    """The figures of ``model``'s policy head, or with ``prior`` of the priors its search
+    takes (its prior head, ``model.prior_head``)."""
     encoder = BatchEncoder(batch)
+    outputs = model.search_outputs if prior else model
     top1 = top3 = 0
     probability = entropy = 0.0
     values, results = [], []
@@ -82,7 +87,7 @@ def measure(model: PolicyValueNet, items: list[Position], batch: int = 256) -> F
         chunk = items[start:start + batch]
         observations, masks = encoder.encode([item.game for item in chunk])
         with torch.inference_mode():
-            logits, value = model(torch.from_numpy(observations))
+            logits, value = outputs(torch.from_numpy(observations))
             policy = torch.softmax(masked_logits(logits.float(), torch.from_numpy(masks)), dim=-1).numpy()
         for row, item in enumerate(chunk):
             action = int(legal_actions(item.game.board, [item.played])[0])
@@ -122,10 +127,14 @@ def main() -> None:
           f"{'value sign':>10} {'value mse':>9} {'entropy':>7} (decided positions)")
     for path in args.checkpoint:
         model, _ = load_policy(path)
-        figures = measure(model, items)
-        print(f"{path[-40:]:<40} {figures.top1:6.3f} {figures.top3:6.3f} "
-              f"{figures.played_probability:9.3f} {figures.value_sign:10.3f} "
-              f"{figures.value_mse:9.3f} {figures.entropy:7.3f} ({figures.decided})")
+        rows = [(path[-40:], False)]
+        if model.prior_head is not None:  # and the prior its search takes
+            rows.append(((path[-27:] + " (prior head)"), True))
+        for name, prior in rows:
+            figures = measure(model, items, prior=prior)
+            print(f"{name:<40} {figures.top1:6.3f} {figures.top3:6.3f} "
+                  f"{figures.played_probability:9.3f} {figures.value_sign:10.3f} "
+                  f"{figures.value_mse:9.3f} {figures.entropy:7.3f} ({figures.decided})")
 
 
 if __name__ == "__main__":
