@@ -46,7 +46,8 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 PROTOCOL_VERSION = 7
 """7: the ``welcome``'s ``model`` names ``prior_head`` (``model.prior_head``: a version-6
-actor would refuse the key, and its searches would not take the prior head's priors). 6: the ``welcome``'s ``selfplay`` names ``search_plays`` (``selfplay.search_plays``: a
+actor would refuse the key, and its searches would not take the prior head's priors).
+6: the ``welcome``'s ``selfplay`` names ``search_plays`` (``selfplay.search_plays``: a
 version-5 actor would refuse the key, and would not play the search's moves). 5: the
 ``welcome``'s ``model`` names ``norm`` (``model.norm``: a version-4 actor would refuse the
 key). 4: the ``pool`` message (the learner's opponent pool, one opponent's
