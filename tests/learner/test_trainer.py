@@ -19,6 +19,7 @@ from helpers import EPOCH_FIELDS, greedy_games
 
 from keisei.config import Config, ConfigError, load_config
 from keisei.dataset import (
+    DecodedBatch,
     EndlessBatches,
     ShardSet,
     decode_samples,
@@ -26,10 +27,11 @@ from keisei.dataset import (
     prepare_dataset,
 )
 from keisei.evaluation import MatchResult
-from keisei.model import masked_logits
+from keisei.model import Heads, masked_logits
 from keisei.ppo import search_cross_entropy
 from keisei.records import unpack_masks, unpack_observations
 from learner.app import follow_actors
+from learner.buffer import EpochBatch
 from learner.ranks import World
 from learner.reports import EpochReport, Mode
 from learner.trainer import EpochDropped, Trainer, TrainingInterrupted, train
@@ -534,19 +536,18 @@ def engine_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "data"
 
 
-def test_the_supervised_figures_are_the_recorded_moves_and_results_losses(
-        world: World, engine_data: Path) -> None:
-    """One pass of one minibatch: the reported cross-entropy on the recorded moves, value
-    loss 0.5 (value - result)² and top-1 accuracy are, by hand, those of the supervised
-    positions in the training forward before the step (batch norm over both kinds of
-    position together)."""
-    trainer = Trainer.build(tiny_config(f"train.supervised_data={engine_data}",
+def _engine_minibatch(world: World, engine_data: Path, *settings: str
+                      ) -> tuple[Trainer, DecodedBatch, EpochBatch, Heads]:
+    """A trainer whose one minibatch takes 24 engine positions beside an epoch of
+    self-play, that epoch (taken; give it back with ``restore_epoch``), the positions, and
+    every head's output on the engine positions in the training forward before the step
+    (batch norm over both kinds of position together)."""
+    trainer = Trainer.build(tiny_config(*settings, f"train.supervised_data={engine_data}",
                                         "train.supervised_batch=24", "train.ppo_passes=1",
                                         "train.minibatch_size=128", "run.precision=float32"),
                             threading.Event(), world=world)
     samples = next(ShardSet(engine_data, "train").batches(24, None))
     decoded = decode_samples(samples)
-    assert 0 < decoded.result_known.sum()
     trainer.supervised = itertools.repeat(samples)
     trainer.collect()
     batch = trainer.buffer.take_epoch()
@@ -555,17 +556,32 @@ def test_the_supervised_figures_are_the_recorded_moves_and_results_losses(
                         torch.from_numpy(decoded.observations)])
     with torch.no_grad():
         model.train()
-        logits, values = model(inputs)
-    logits = logits[batch.size:].double().numpy()
-    values = values[batch.size:].double().numpy()
-    logits[~decoded.legal_masks] = -np.inf
-    log_probs = logits - logits.max(axis=1, keepdims=True)
-    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
-    rows = np.arange(len(samples))
-    cross_entropy = float(-log_probs[rows, decoded.actions].mean())
+        logits, prior, values = model.heads(inputs)
+    return trainer, decoded, batch, Heads(logits[batch.size:], None if prior is None
+                                          else prior[batch.size:], values[batch.size:])
+
+
+def _legal_log_probs(logits: torch.Tensor, decoded: DecodedBatch) -> np.ndarray:
+    """Log-softmax over each position's legal moves, by hand in float64 (illegal: -inf)."""
+    masked = logits.double().numpy()
+    masked[~decoded.legal_masks] = -np.inf
+    masked = masked - masked.max(axis=1, keepdims=True)
+    return np.asarray(masked - np.log(np.exp(masked).sum(axis=1, keepdims=True)))
+
+
+def test_the_supervised_figures_are_the_recorded_moves_and_results_losses(
+        world: World, engine_data: Path) -> None:
+    """One pass of one minibatch: the reported cross-entropy on the recorded moves, value
+    loss 0.5 (value - result)² and top-1 accuracy are, by hand, those of the supervised
+    positions in the training forward before the step."""
+    trainer, decoded, batch, heads = _engine_minibatch(world, engine_data)
+    assert 0 < decoded.result_known.sum()
+    log_probs = _legal_log_probs(heads.logits, decoded)
+    values = heads.value.double().numpy()
+    cross_entropy = float(-log_probs[np.arange(len(decoded.actions)), decoded.actions].mean())
     known = decoded.result_known
     value_loss = float(np.mean(0.5 * (values[known] - decoded.results[known]) ** 2))
-    accuracy = float(np.mean(logits.argmax(axis=1) == decoded.actions))
+    accuracy = float(np.mean(log_probs.argmax(axis=1) == decoded.actions))
     trainer.buffer.restore_epoch(batch)
     report = trainer.update()
     expected = world.mean([cross_entropy, value_loss, accuracy])
@@ -606,36 +622,19 @@ def test_the_prior_head_learns_the_engine_moves_alone(world: World, engine_data:
     """model.prior_head: its reported cross-entropy is, by hand, the prior head's on the
     engine positions in the training forward; without engine games it gets no gradient and
     stays as it started while the policy head learns self-play."""
-    trainer = Trainer.build(tiny_config("model.prior_head=true", f"train.supervised_data={engine_data}",
-                                        "train.supervised_batch=24", "train.ppo_passes=1",
-                                        "train.minibatch_size=128", "run.precision=float32"),
-                            threading.Event(), world=world)
-    samples = next(ShardSet(engine_data, "train").batches(24, None))
-    decoded = decode_samples(samples)
-    trainer.supervised = itertools.repeat(samples)
-    trainer.collect()
-    batch = trainer.buffer.take_epoch()
-    model = copy.deepcopy(trainer.model)
-    inputs = torch.cat([torch.from_numpy(unpack_observations(batch.observations)).float(),
-                        torch.from_numpy(decoded.observations)])
-    with torch.no_grad():
-        model.train()
-        prior = model.heads(inputs).prior
-    assert prior is not None
-    logits = prior[batch.size:].double().numpy()
-    logits[~decoded.legal_masks] = -np.inf
-    log_probs = logits - logits.max(axis=1, keepdims=True)
-    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
-    cross_entropy = float(-log_probs[np.arange(len(samples)), decoded.actions].mean())
-    accuracy = float(np.mean(logits.argmax(axis=1) == decoded.actions))
+    trainer, decoded, batch, heads = _engine_minibatch(world, engine_data, "model.prior_head=true")
+    assert heads.prior is not None and trainer.model.prior_head is not None
+    started = trainer.model.prior_head.weight.detach().clone()
+    log_probs = _legal_log_probs(heads.prior, decoded)
+    cross_entropy = float(-log_probs[np.arange(len(decoded.actions)), decoded.actions].mean())
+    accuracy = float(np.mean(log_probs.argmax(axis=1) == decoded.actions))
     trainer.buffer.restore_epoch(batch)
     report = trainer.update()
     expected = world.mean([cross_entropy, accuracy])
     assert report.prior_loss == pytest.approx(expected[0], rel=1e-3)
     assert report.prior_accuracy == pytest.approx(expected[1])
     assert "prior " in " ".join(report.extra_terms())
-    assert trainer.model.prior_head is not None
-    assert not torch.equal(trainer.model.prior_head.weight, model.prior_head.weight)
+    assert not torch.equal(trainer.model.prior_head.weight, started)
 
     alone = Trainer.build(tiny_config("model.prior_head=true", "train.ppo_passes=2"),
                           threading.Event(), world=world)
