@@ -42,7 +42,7 @@ class PartsNet(nn.Module):
     """Logits from ``prior`` (``None``: all zero, a uniform prior); the value from ``value``
     (``None``: ``tanh(material balance / scale)``)."""
 
-    def __init__(self, prior: nn.Module | None, value: nn.Module | None, scale: float) -> None:
+    def __init__(self, prior: PolicyValueNet | None, value: nn.Module | None, scale: float) -> None:
         super().__init__()
         self.prior = prior
         self.value = value
@@ -53,8 +53,7 @@ class PartsNet(nn.Module):
         if self.prior is None:
             logits = observations.new_zeros((observations.shape[0], NUM_ACTIONS))
         else:
-            prior = self.prior  # its search's prior: the prior head where it has one
-            logits = (prior.search_outputs if isinstance(prior, PolicyValueNet) else prior)(observations)[0]
+            logits = self.prior.search_outputs(observations)[0]  # the prior head where it has one
         if self.value is None:
             values = torch.tanh(observations.flatten(1) @ self.weights / self.scale)
         else:
@@ -62,7 +61,7 @@ class PartsNet(nn.Module):
         return logits, values
 
 
-def part(source: str) -> nn.Module | None:
+def part(source: str) -> PolicyValueNet | None:
     """``uniform``/``material`` → None; a checkpoint → its network."""
     return None if source in ("uniform", "material") else load_policy(source)[0]
 

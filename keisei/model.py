@@ -119,26 +119,34 @@ class PolicyValueNet(nn.Module):
     def forward(self, observations: torch.Tensor) -> PolicyValue:
         """The policy head's logits and the value: how the network plays raw and learns."""
         features = self._features(observations)
-        logits = self.policy_head(features).flatten(1) + self.policy_bias
-        return PolicyValue(logits, self.value_head(features).squeeze(1))
+        return PolicyValue(self._policy(features), self._value(features))
 
     def heads(self, observations: torch.Tensor) -> Heads:
         """Every head's output from one pass (the prior ``None`` without a prior head)."""
         features = self._features(observations)
-        logits = self.policy_head(features).flatten(1) + self.policy_bias
-        prior = None
-        if self.prior_head is not None and self.prior_bias is not None:
-            prior = self.prior_head(features).flatten(1) + self.prior_bias
-        return Heads(logits, prior, self.value_head(features).squeeze(1))
+        prior = self._prior(features) if self.prior_head is not None else None
+        return Heads(self._policy(features), prior, self._value(features))
 
     def search_outputs(self, observations: torch.Tensor) -> PolicyValue:
         """What a search evaluates a position by: the prior head's logits where the network
         has one (the policy head's otherwise) and the value."""
         if self.prior_head is None:
             return self.forward(observations)
-        outputs = self.heads(observations)
-        assert outputs.prior is not None
-        return PolicyValue(outputs.prior, outputs.value)
+        features = self._features(observations)
+        return PolicyValue(self._prior(features), self._value(features))
+
+    def _policy(self, features: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.policy_head(features).flatten(1) + self.policy_bias
+        return logits
+
+    def _prior(self, features: torch.Tensor) -> torch.Tensor:
+        assert self.prior_head is not None and self.prior_bias is not None
+        logits: torch.Tensor = self.prior_head(features).flatten(1) + self.prior_bias
+        return logits
+
+    def _value(self, features: torch.Tensor) -> torch.Tensor:
+        value: torch.Tensor = self.value_head(features).squeeze(1)
+        return value
 
 
 def _prior_from_policy(module: nn.Module, state_dict: dict[str, Any], prefix: str,
