@@ -452,6 +452,7 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
                            max_plies=args.max_plies, openings=openings, device=args.device, pool=pool)
             write_games(output / _slug(spec.name), records)
             games += [{"opponent": spec.name, "index": record.index, "opening": record.opening,
+                       "opening_moves": " ".join(openings[record.opening]),
                        "black": record.names[0], "white": record.names[1],
                        "points": record.first_points, "plies": record.plies, "reason": record.reason}
                       for record in records]

@@ -72,6 +72,13 @@ def test_match_against_fairy_stockfish_writes_records_that_parse(checkpoints: li
     [pairing] = results["pairings"]
     assert pairing["wins"] + pairing["draws"] + pairing["losses"] == 4
     assert [game["index"] for game in results["games"]] == [0, 1, 2, 3]
+    # each game names its opening by its moves (an index only orders this match's openings)
+    shipped = {" ".join(moves) for moves in load_openings()}
+    for game in results["games"]:
+        assert game["opening_moves"] in shipped
+        [csa] = tmp_path.rglob(f"{game['index']:04d}-*.csa")
+        played = read_csa(csa.read_text(encoding="utf-8")).to_position()
+        assert played.startswith("startpos moves " + game["opening_moves"] + " ")
     assert sum(game["points"] for game in results["games"]) == pairing["wins"] + 0.5 * pairing["draws"]
     kifs = sorted(tmp_path.rglob("*.kif"))
     assert len(kifs) == 4
