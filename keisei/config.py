@@ -221,11 +221,21 @@ class TrainConfig:
                                    "train.supervised_batch of its training positions, so the "
                                    "network keeps learning from those games while self-play "
                                    "steers it; empty: off")
-    supervised_coef: float = setting(1.0, "with train.supervised_data: weight of its loss, the "
+    supervised_records: str = setting("", "a folder that keisei-generate writes engine games "
+                                      "into while this run trains (keisei-generate --output "
+                                      "DIR, started beside the learner): before every update "
+                                      "the games finished since are read, and their training "
+                                      "positions join those trained beside self-play, with "
+                                      "train.supervised_data's if set (each minibatch's "
+                                      "train.supervised_batch drawn from both in proportion "
+                                      "to their sizes); split and capped as keisei-pretrain "
+                                      "would (pretrain.val_fraction, pretrain.max_duplicates); "
+                                      "empty: off")
+    supervised_coef: float = setting(1.0, "with train.supervised_data or _records: weight of its loss, the "
                                      "cross-entropy on the recorded move plus vf_coef x 0.5 "
                                      "(value - result)^2, each a mean over the minibatch's "
                                      "supervised positions", low=0.0, high=100.0)
-    supervised_batch: int = setting(64, "with train.supervised_data: its positions per PPO "
+    supervised_batch: int = setting(64, "with train.supervised_data or _records: its positions per PPO "
                                     "minibatch", low=1, high=65_536)
     kl_anchor: str = setting("initial", "the policy the init_kl_coef penalty holds PPO near: "
                              "initial (the network training started from, for the whole "

@@ -50,7 +50,7 @@ from keisei.encoding import (
 )
 from keisei.errors import KeiseiError
 from keisei.files import write_atomically, write_json_atomically
-from keisei.kifu import KifuGame, ReadStats, read_games
+from keisei.kifu import KifuGame, ReadStats, parse_records, read_games
 from keisei.shogi import Game
 
 logger = logging.getLogger(__name__)
@@ -358,6 +358,94 @@ def endless_batches(directory: str | Path, batch_size: int,
         raise DatasetError(f"{directory}: {len(shards)} training positions, fewer than a batch "
                            f"of {batch_size}")
     return EndlessBatches(shards, batch_size, rng)
+
+
+class RecordFolder:
+    """The engine games a record folder gains while a run trains (``keisei-generate
+    --output DIR`` writing into it beside the learner), as position samples in memory.
+
+    ``poll`` reads each ``*.csa`` file from where the last poll stopped and takes the
+    games finished since: a game is finished once the ``/`` line of the next one follows
+    it, or once its last line is a CSA ending (``%TORYO`` ...), which ``keisei-generate``
+    writes with each game. A game half written stays for the next poll. Games are split
+    between training and held out exactly as ``keisei-pretrain`` splits the same folder
+    (``split_of``), so a held-out game stays held out, and only the training ones are
+    kept, with the same duplicate cap. 36 bytes a position: an hour of one engine worker
+    is about 15 MB.
+    """
+
+    def __init__(self, directory: str | Path, *, val_fraction: float, max_duplicates: int) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise DatasetError(f"{directory}: no such folder (keisei-generate --output makes it; "
+                               "mkdir it to start the learner first)")
+        self.val_fraction = val_fraction
+        self.duplicates = DuplicateFilter(max_duplicates)
+        self.stats = ReadStats()
+        self.consumed: dict[str, tuple[int, int]] = {}  # file name: bytes read, games in them
+        self.samples = np.zeros(0, dtype=POSITION_DTYPE)
+        self.games = 0  # training games taken
+        self.held_out = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def poll(self) -> int:
+        """Read the games finished since the last poll; returns the training positions
+        they added."""
+        parts = []
+        for path in sorted(self.directory.glob("*.csa")):
+            offset, number = self.consumed.get(path.name, (0, 0))
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read()
+            except OSError as exc:  # removed or unreadable meanwhile: the next poll retries
+                logger.warning("%s: %s", path, exc)
+                continue
+            chunks, used = finished_games(data)
+            for chunk in chunks:
+                number += 1
+                origin = f"{self.directory.name}/{path.name}#{number}"
+                for recorded in parse_records(path.name, chunk, self.stats):
+                    if split_of(origin, self.val_fraction) == "val":
+                        self.held_out += 1
+                        continue
+                    self.games += 1
+                    parts.append(self.duplicates.keep(*game_positions(recorded)))
+            self.consumed[path.name] = (offset + used, number)
+        added = sum(len(part) for part in parts)
+        if added:
+            self.samples = np.concatenate([self.samples, *parts])
+        return added
+
+    def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` of the positions read so far, drawn uniformly with replacement."""
+        picked: np.ndarray = self.samples[rng.integers(0, len(self.samples), count)]
+        return picked
+
+
+def finished_games(data: bytes) -> tuple[list[bytes], int]:
+    """The whole games at the start of a CSA file's unread bytes ``data`` (the ``/``
+    separator lines left out), and how many bytes they take, separators included."""
+    games = []
+    position = 0
+    while position < len(data):
+        if data.startswith(b"/\n", position):  # the separator before a game
+            position += 2
+            continue
+        end = data.find(b"\n/\n", position)
+        if end >= 0:
+            games.append(data[position:end + 1])
+            position = end + 1
+            continue
+        rest = data[position:]
+        last_line = rest.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
+        if rest.endswith(b"\n") and last_line.startswith(b"%"):
+            games.append(rest)
+            position = len(data)
+        break
+    return games, position
 
 
 @dataclass

@@ -74,6 +74,9 @@ class UpdateReport:
     supervised_accuracy: float = math.nan
     """Share of those positions whose most probable move is the recorded one (null while
     it is off)."""
+    supervised_positions: int = 0
+    """Engine positions trained beside self-play: ``train.supervised_data``'s and those
+    read so far from ``train.supervised_records`` (0 while both are off)."""
     prior_loss: float = math.nan
     """Mean cross-entropy of the prior head (``model.prior_head``) on those positions'
     recorded moves (null without a prior head or engine games beside)."""
@@ -94,7 +97,8 @@ class UpdateReport:
             terms.append(f"search {self.search_loss:.3f} on {self.search_targets}")
         if math.isfinite(self.supervised_loss):
             terms.append(f"engine moves {self.supervised_loss:.3f} top-1 "
-                         f"{self.supervised_accuracy:.2f} value {self.supervised_value_loss:.3f}")
+                         f"{self.supervised_accuracy:.2f} value {self.supervised_value_loss:.3f} "
+                         f"of {self.supervised_positions}")
         if math.isfinite(self.prior_loss):
             terms.append(f"prior {self.prior_loss:.3f} top-1 {self.prior_accuracy:.2f}")
         return terms

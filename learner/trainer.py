@@ -31,7 +31,13 @@ import numpy as np
 import torch
 
 from keisei.config import Config, ConfigError
-from keisei.dataset import DatasetError, EndlessBatches, decode_samples, endless_batches
+from keisei.dataset import (
+    DatasetError,
+    EndlessBatches,
+    RecordFolder,
+    decode_samples,
+    endless_batches,
+)
 from keisei.errors import KeiseiError
 from keisei.evaluation import PolicyPlayer, load_openings, play_match
 from keisei.evaluation import tally as match_tally
@@ -163,6 +169,18 @@ class Trainer:
                     np.random.default_rng(config.run.seed + 2 + 1_000_003 * world.rank))
             except DatasetError as exc:
                 raise ConfigError([f"train.supervised_data = {train.supervised_data!r}: {exc}"]) from exc
+        # engine games a keisei-generate beside the learner keeps adding (train.supervised_records)
+        self.supervised_records: RecordFolder | None = None
+        self.records_rng = np.random.default_rng(config.run.seed + 3 + 1_000_003 * world.rank)
+        self.records_ready = False  # every member has read some: minibatches draw from them
+        if train.supervised_records:
+            try:
+                self.supervised_records = RecordFolder(
+                    train.supervised_records, val_fraction=config.pretrain.val_fraction,
+                    max_duplicates=config.pretrain.max_duplicates)
+            except DatasetError as exc:
+                raise ConfigError([f"train.supervised_records = {train.supervised_records!r}: "
+                                   f"{exc}"]) from exc
         self.step = 0
         self.steps_trained_here = 0
         self.epoch = 0
@@ -395,8 +413,47 @@ class Trainer:
         self.shuffle_rng = np.random.default_rng(seed + 1)
         if isinstance(self.supervised, EndlessBatches):  # a pass of this rank's own order
             self.supervised.reseed(np.random.default_rng(seed + 2))
+        self.records_rng = np.random.default_rng(seed + 3)
 
     # --- PPO ----------------------------------------------------------------------------
+    def _read_records(self) -> None:
+        """Before an update: the games ``train.supervised_records`` gained since the last
+        one. Its positions are drawn from only once every member has some, so that all
+        members' minibatches carry the same terms."""
+        records = self.supervised_records
+        if records is None:
+            return
+        added = records.poll()
+        if added:
+            logger.info("engine games beside: %d more positions (%d games; %d in all)",
+                        added, records.games, len(records))
+        if not self.records_ready:
+            self.records_ready = self.world.mean([float(len(records) > 0)])[0] == 1.0
+
+    def _supervised_samples(self) -> np.ndarray | None:
+        """One minibatch's engine positions trained beside self-play: from
+        ``train.supervised_data``'s stream and the positions read from
+        ``train.supervised_records``, in proportion to their sizes; None when neither has
+        any."""
+        size = self.config.train.supervised_batch
+        records = self.supervised_records if self.records_ready else None
+        if records is None:
+            return next(self.supervised) if self.supervised is not None else None
+        if self.supervised is None:
+            return records.sample(size, self.records_rng)
+        prepared = len(self.supervised.shards) if isinstance(self.supervised, EndlessBatches) else 0
+        grown = int(self.records_rng.binomial(size, len(records) / (prepared + len(records))))
+        parts = [next(self.supervised)[:size - grown]] if grown < size else []
+        if grown:
+            parts.append(records.sample(grown, self.records_rng))
+        return np.concatenate(parts)
+
+    def supervised_positions(self) -> int:
+        """The engine positions trained beside self-play: the prepared data set's and those
+        read from the record folder so far."""
+        prepared = len(self.supervised.shards) if isinstance(self.supervised, EndlessBatches) else 0
+        return prepared + (len(self.supervised_records) if self.supervised_records else 0)
+
     def _ppo(self, batch: EpochBatch) -> dict[str, Any]:
         train = self.config.train
         minibatch = self.minibatch_size
@@ -411,6 +468,7 @@ class Trainer:
         epoch_statistics = train.norm_statistics == "epoch"
         if train.norm_statistics != "minibatch":
             self._set_norm_statistics(batch)
+        self._read_records()
         pre_update = self._policy_log_probs(batch)  # once per epoch: the exact KL's reference
         self.model.train(not epoch_statistics)  # epoch statistics: train the acting policy
         while passes < train.ppo_passes:
@@ -451,7 +509,7 @@ class Trainer:
         figures.update(ppo_passes=passes, learning_rate=self.optimizer.param_groups[0]["lr"],
                        shaping_weight=weight, init_kl_coef=kl_coef, explained_variance=variance,
                        search_loss=search_sum / search_count if search_count else math.nan,
-                       search_targets=targets)
+                       search_targets=targets, supervised_positions=self.supervised_positions())
         return figures
 
     @torch.no_grad()
@@ -524,8 +582,9 @@ class Trainer:
         legal = to_device(unpack_masks(batch.legal_masks[rows]), device)
         inputs = observations.float()
         supervised = None
-        if self.supervised is not None:  # one forward pass for both kinds of position
-            supervised = supervised_tensors(decode_samples(next(self.supervised)), device)
+        samples = self._supervised_samples()
+        if samples is not None:  # one forward pass for both kinds of position
+            supervised = supervised_tensors(decode_samples(samples), device)
             inputs = torch.cat([inputs, supervised["observations"]])
         with autocast(device, self.autocast_dtype):
             logits, prior_logits, new_values = self.model.heads(inputs)
@@ -663,7 +722,8 @@ class Trainer:
                          **self.buffer.counters()},
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                     "collector": self.collector.generator.get_state(),
-                    "shuffle": self.shuffle_rng.bit_generator.state},
+                    "shuffle": self.shuffle_rng.bit_generator.state,
+                    "records": self.records_rng.bit_generator.state},
             "buffer": self.buffer.state_dict(),
             "config": self.config.to_dict(),
             **({"reference_model": self.reference.state_dict(),
@@ -697,6 +757,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         self.collector.generator.set_state(rng["collector"])
         self.shuffle_rng.bit_generator.state = rng["shuffle"]
+        if "records" in rng:  # train.supervised_records' draws (its folder is read anew)
+            self.records_rng.bit_generator.state = rng["records"]
         if isinstance(self.supervised, EndlessBatches) and "supervised" in state:
             self.supervised.load_state_dict(state["supervised"])
 

@@ -21,7 +21,7 @@ EPOCH_FIELDS = {
     "inference_seconds", "init_kl", "init_kl_coef", "learning_rate", "loss", "mean_game_length", "mode", "policy_lag_max",
     "policy_lag_mean", "policy_loss", "policy_version", "ppo_passes", "rules_seconds", "search_loss",
     "search_targets", "value_anchor", "supervised_loss", "supervised_value_loss",
-    "supervised_accuracy", "prior_loss", "prior_accuracy",
+    "supervised_accuracy", "supervised_positions", "prior_loss", "prior_accuracy",
     "shaping_weight", "step", "steps_dropped_stale", "steps_per_second", "terminations", "time",
     "train_seconds", "update_seconds", "value_loss", "white_win_rate"}
 """metrics.jsonl's fields from the training loop itself (users' scripts read these names)."""

@@ -12,8 +12,10 @@ from keisei.dataset import (
     RESULT_UNKNOWN,
     DatasetError,
     DuplicateFilter,
+    RecordFolder,
     ShardSet,
     decode_samples,
+    finished_games,
     game_positions,
     prepare_dataset,
     read_summary,
@@ -168,3 +170,47 @@ def test_an_unfinished_preparation_is_replaced(tmp_path: Path) -> None:
     prepare_dataset([tmp_path / "records"], data, val_fraction=0.0, max_duplicates=0)
     assert sorted(path.name for path in data.glob("*.npy")) == ["train-00000.npy"]
     assert len(ShardSet(data, "train")) == 4 * 80
+
+
+def test_only_finished_games_are_taken_from_a_file_being_written() -> None:
+    first, second = (to_csa(play_random_game(seed=seed, max_plies=30)).encode() for seed in (1, 2))
+    assert second.rstrip().rsplit(b"\n", 1)[-1].startswith(b"%")  # keisei's CSA ends each game
+    assert finished_games(first) == ([first], len(first))
+    written = first + b"/\n" + second
+    assert finished_games(written) == ([first, second], len(written))
+    # the next game half written: the first is whole (a separator follows it), the rest waits
+    half = first + b"/\n" + second[:len(second) // 2]
+    assert finished_games(half) == ([first], len(first) + 2)
+    # where the last poll stopped, the separator comes first
+    assert finished_games(b"/\n" + second) == ([second], len(second) + 2)
+    assert finished_games(b"/") == ([], 0)
+    assert finished_games(second[:-1]) == ([], 0)  # its ending line not yet whole
+
+
+def test_a_growing_record_folder_is_read_as_keisei_pretrain_would_split_it(tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    games = [to_csa(play_random_game(seed=seed, max_plies=60)) for seed in range(30)]
+    folder = RecordFolder(records, val_fraction=0.3, max_duplicates=0)
+    assert folder.poll() == 0 and len(folder) == 0
+    path = records / "games-00.csa"
+    path.write_text("/\n".join(games[:10]))
+    added = folder.poll()
+    assert added == len(folder) > 0 and folder.poll() == 0  # nothing read twice
+    with open(path, "a", encoding="utf-8") as handle:  # one game and a half more
+        handle.write("/\n" + games[10] + "/\n" + games[11][:200])
+    folder.poll()
+    assert folder.games + folder.held_out == 11
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(games[11][200:] + "/\n" + "/\n".join(games[12:]))
+    (records / "games-01.csa").write_text(games[0])  # another worker's file
+    folder.poll()
+    assert folder.games + folder.held_out == 31 and 0 < folder.held_out < 31
+    # the same training positions keisei-pretrain takes from the finished folder
+    prepare_dataset([records], tmp_path / "data", val_fraction=0.3, max_duplicates=0)
+    prepared = np.concatenate(list(ShardSet(tmp_path / "data", "train").batches(64, None)))
+    assert sorted(map(bytes, folder.samples)) == sorted(map(bytes, prepared))
+    drawn = folder.sample(500, np.random.default_rng(0))
+    assert len(drawn) == 500 and set(map(bytes, drawn)) <= set(map(bytes, folder.samples))
+    with pytest.raises(DatasetError, match="no such folder"):
+        RecordFolder(tmp_path / "missing", val_fraction=0.05, max_duplicates=4)

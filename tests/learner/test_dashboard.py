@@ -76,9 +76,9 @@ def test_the_loss_terms_beyond_ppo_are_shown_while_they_are_on() -> None:
     update = dataclasses.replace(report.update, init_kl=0.0151, init_kl_coef=0.5,
                                  value_anchor=0.0123, search_loss=2.0884, search_targets=514,
                                  supervised_loss=2.2291, supervised_accuracy=0.3712,
-                                 supervised_value_loss=0.2468)
+                                 supervised_value_loss=0.2468, supervised_positions=362_004)
     terms = ("init_kl 0.015 x 0.50, value anchor 0.012, search 2.088 on 514, "
-             "engine moves 2.229 top-1 0.37 value 0.247")
+             "engine moves 2.229 top-1 0.37 value 0.247 of 362004")
     line = Dashboard.summary_line(dataclasses.replace(report, update=update))
     assert line.endswith(f"update 1.0s | {terms}"), line
     # a search epoch without targets, and engine games off: neither is named

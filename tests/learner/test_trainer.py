@@ -657,6 +657,63 @@ def test_a_supervised_data_folder_that_is_no_data_set_is_refused_by_name(tmp_pat
                                   "train.supervised_batch=65536"), threading.Event())
 
 
+def test_engine_games_written_beside_the_learner_are_trained_once_every_member_has_some(
+        world: World, tmp_path: Path) -> None:
+    """train.supervised_records: the games a keisei-generate appends while the run trains
+    join the engine positions before the next update, on every member together."""
+    records = tmp_path / "records"
+    records.mkdir()
+    trainer = Trainer.build(tiny_config(f"train.supervised_records={records}",
+                                        "train.supervised_batch=16", "train.ppo_passes=1",
+                                        "pretrain.val_fraction=0"), threading.Event(), world=world)
+    trainer.collect()
+    report = trainer.update()
+    assert math.isnan(report.supervised_loss) and report.supervised_positions == 0
+    if world.is_main:  # with two members, the other has none yet: neither trains on them
+        greedy_games(tmp_path / "first", 3).rename(records / "games-00.csa")
+    trainer.collect()
+    report = trainer.update()
+    assert math.isnan(report.supervised_loss) == (world.size > 1)
+    more = greedy_games(tmp_path / "second", 3, seed=1).read_text()
+    with open(records / "games-00.csa", "a", encoding="utf-8") as handle:
+        handle.write(("/\n" if world.is_main else "") + more)
+    trainer.collect()
+    report = trainer.update()
+    assert trainer.supervised_records is not None
+    assert trainer.supervised_records.games == (6 if world.is_main else 3)
+    assert math.isfinite(report.supervised_loss) and math.isfinite(report.supervised_accuracy)
+    assert report.supervised_positions == len(trainer.supervised_records) > 0
+    assert f"of {report.supervised_positions}" in " ".join(report.extra_terms())
+
+
+def test_engine_positions_are_drawn_from_the_data_set_and_the_records_by_size(
+        engine_data: Path, tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    greedy_games(tmp_path / "made", 12, seed=3).rename(records / "games-00.csa")
+    trainer = Trainer.build(tiny_config(f"train.supervised_data={engine_data}",
+                                        f"train.supervised_records={records}",
+                                        "train.supervised_batch=32", "pretrain.val_fraction=0"),
+                            threading.Event())
+    trainer._read_records()
+    assert trainer.supervised_records is not None
+    grown = set(map(bytes, trainer.supervised_records.samples))
+    prepared = list(map(bytes, np.concatenate(list(ShardSet(engine_data, "train").batches(64, None)))))
+    assert trainer.supervised_positions() == len(trainer.supervised_records) + len(prepared)
+    share = len(trainer.supervised_records) / trainer.supervised_positions()
+    also_grown = sum(row in grown for row in prepared) / len(prepared)  # shared openings
+    drawn = [trainer._supervised_samples() for _ in range(300)]
+    assert all(batch is not None and len(batch) == 32 for batch in drawn)
+    seen = sum(bytes(row) in grown for batch in drawn if batch is not None for row in batch)
+    assert seen / (300 * 32) == pytest.approx(share + (1 - share) * also_grown, abs=0.03)
+
+
+def test_a_supervised_records_folder_that_does_not_exist_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train.supervised_records = .*missing.*no such folder"):
+        Trainer.build(tiny_config(f"train.supervised_records={tmp_path / 'missing'}"),
+                      threading.Event())
+
+
 def test_the_supervised_batches_go_on_past_the_end_of_the_data(engine_data: Path) -> None:
     size = len(ShardSet(engine_data, "train"))
     stream = endless_batches(engine_data, 50, np.random.default_rng(0))
