@@ -105,6 +105,11 @@ class PretrainReport:
     positions_per_second: float
     seconds: float
     time: float
+    val_prior_loss: float = math.nan
+    """The prior head's cross-entropy on the held-out moves (``model.prior_head``; null
+    without one)."""
+    val_prior_accuracy: float = math.nan
+    """Its top-1 on them (null likewise)."""
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.jsonl`` record (NaN, e.g. with no held-out games, as null)."""
@@ -121,6 +126,8 @@ class Figures:
     policy: float = 0.0
     value: float = 0.0
     hits: int = 0
+    prior: float = 0.0  # the prior head's (model.prior_head), validation only
+    prior_hits: int = 0
 
     def add(self, count: int, valued: int, policy_sum: float, value_sum: float, hits: int) -> None:
         self.positions += count
@@ -128,6 +135,11 @@ class Figures:
         self.policy += policy_sum
         self.value += value_sum
         self.hits += hits
+
+    def prior_means(self) -> tuple[float, float]:
+        """The prior head's (loss, top-1); NaN where nothing was counted."""
+        positions = self.positions or math.nan
+        return self.prior / positions, self.prior_hits / positions
 
     def means(self) -> tuple[float, float, float]:
         """(policy loss, value loss, top-1 accuracy); NaN where nothing was counted."""
@@ -237,10 +249,14 @@ class Pretrainer:
             samples = samples[:limit - figures.positions]
             batch = supervised_tensors(decode_samples(samples), self.device)
             with autocast(self.device, self.autocast_dtype):
-                logits, values = self.model(batch["observations"])
+                logits, prior, values = self.model.heads(batch["observations"])
             policy, value, hits, known = supervised_losses(logits, values, batch)
             figures.add(len(samples), int(known.sum()), float(policy.sum()), float(value.sum()),
                         int(hits.sum()))
+            if prior is not None:
+                prior_loss, _, prior_hits, _ = supervised_losses(prior, values, batch)
+                figures.prior += float(prior_loss.sum())
+                figures.prior_hits += int(prior_hits.sum())
             if figures.positions >= limit:
                 break
         return figures
@@ -248,6 +264,8 @@ class Pretrainer:
     def report(self, val: Figures, rate: float) -> PretrainReport:
         train_policy, train_value, train_accuracy = self.running.means()
         val_policy, val_value, val_accuracy = val.means()
+        val_prior, val_prior_accuracy = (val.prior_means() if self.model.prior_head is not None
+                                         else (math.nan, math.nan))
         self.running = Figures()
         return PretrainReport(
             step=self.step, epoch=self.batches / self.batches_per_epoch, batches=self.batches,
@@ -255,7 +273,7 @@ class Pretrainer:
             train_value_loss=train_value, train_accuracy=train_accuracy,
             val_policy_loss=val_policy, val_value_loss=val_value, val_accuracy=val_accuracy,
             val_positions=val.positions, positions_per_second=rate, seconds=self.seconds,
-            time=time.time())
+            time=time.time(), val_prior_loss=val_prior, val_prior_accuracy=val_prior_accuracy)
 
     # --- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -326,6 +344,9 @@ class PretrainDashboard:
                     report.step, report.epoch, report.val_policy_loss, report.val_value_loss,
                     report.val_accuracy, report.val_positions, report.train_accuracy,
                     report.positions_per_second)
+        if math.isfinite(report.val_prior_loss):
+            logger.info("prior head on the held-out positions: loss %.3f, top-1 %.3f",
+                        report.val_prior_loss, report.val_prior_accuracy)
 
     def render(self, rate: float = math.nan) -> Table:
         table = Table(title="keisei-pretrain", show_header=True)
@@ -341,6 +362,9 @@ class PretrainDashboard:
             last = self.last
             table.add_row(f"held out (epoch {last.epoch:.2f})", f"{last.val_policy_loss:.3f}",
                           f"{last.val_value_loss:.3f}", f"{last.val_accuracy:.3f}")
+            if math.isfinite(last.val_prior_loss):
+                table.add_row("  prior head, held out", f"{last.val_prior_loss:.3f}", "",
+                              f"{last.val_prior_accuracy:.3f}")
         return table
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import greedy_games, learner_command, metrics_lines
 
 from keisei.checkpoint import latest_checkpoint, load_checkpoint
 from keisei.config import load_config
-from keisei.dataset import ShardSet, prepare_dataset
+from keisei.dataset import ShardSet, decode_samples, prepare_dataset
 from keisei.evaluation import load_policy
 from pretrain.main import Pretrainer, main
 
@@ -73,6 +74,31 @@ def test_the_command_writes_metrics_and_checkpoints_and_resumes_exactly(tmp_path
     lines = metrics_lines(run_dir)
     assert [line["epoch"] for line in lines] == [0.0, 1.0, 2.0, 3.0]
     assert lines[3]["step"] == lines[2]["step"] + (lines[2]["step"] - lines[1]["step"])
+
+
+def test_the_prior_heads_held_out_loss_is_its_own(tmp_path: Path) -> None:
+    """model.prior_head: validation reports the prior head's cross-entropy. With its
+    weights zeroed it gives every legal move the same probability, so its loss is, by hand,
+    the mean log of the number of legal moves, whatever the policy head says."""
+    greedy_games(tmp_path / "records", 20)
+    prepare_dataset([tmp_path / "records"], tmp_path / "data", val_fraction=0.3, max_duplicates=0,
+                    shard_size=512)
+    config = load_config(overrides=[*TINY, "model.prior_head=true", "run.precision=float32"])
+    val = ShardSet(tmp_path / "data", "val")
+    trainer = Pretrainer(config, ShardSet(tmp_path / "data", "train"), val, threading.Event())
+    assert trainer.model.prior_head is not None and trainer.model.prior_bias is not None
+    with torch.no_grad():
+        trainer.model.prior_head.weight.zero_()
+        trainer.model.prior_bias.zero_()
+        trainer.model.policy_bias.normal_(0.0, 3.0)  # a policy head far from uniform
+    figures = trainer.validate()
+    masks = decode_samples(np.concatenate(list(val.batches(512, None)))).legal_masks
+    assert figures.positions == len(masks) > 50
+    loss, _ = figures.prior_means()
+    assert loss == pytest.approx(float(np.log(masks.sum(axis=1)).mean()), rel=1e-5)
+    assert figures.means()[0] > loss + 1.0  # not the policy head's
+    report = trainer.report(figures, 0.0)
+    assert (report.val_prior_loss, report.val_prior_accuracy) == figures.prior_means()
 
 
 def test_resume_mid_epoch_trains_the_same_batches(tmp_path: Path) -> None:
@@ -163,6 +189,11 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(
     assert np.array_equal(first["prior_head.weight"].numpy(), earlier["model"]["policy_head.weight"].numpy())
     assert np.array_equal(first["prior_bias"].numpy(), earlier["model"]["policy_bias"].numpy())
     assert not np.array_equal(last["prior_head.weight"].numpy(), first["prior_head.weight"].numpy())
+    # the prior head's held-out figures: before training, a copy of the policy head's
+    start_line = metrics_lines(split)[0]
+    assert start_line["val_prior_loss"] == pytest.approx(start_line["val_policy_loss"], rel=1e-5)
+    assert start_line["val_prior_accuracy"] == start_line["val_accuracy"]
+    assert lines[0]["val_prior_loss"] is None and lines[0]["val_prior_accuracy"] is None
     assert main([str(tmp_path / "more"), "--init-from", str(split),
                  *overrides(tmp_path / "unsplit", "pretrain.epochs=1")]) == 2
     assert "model.prior_head = False here but True" in capsys.readouterr().err
