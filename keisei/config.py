@@ -229,8 +229,7 @@ class TrainConfig:
                                       "train.supervised_data's if set (each minibatch's "
                                       "train.supervised_batch drawn from both in proportion "
                                       "to their sizes); split and capped as keisei-pretrain "
-                                      "would (pretrain.val_fraction, pretrain.max_duplicates); "
-                                      "empty: off")
+                                      "would split and cap that folder; empty: off")
     supervised_coef: float = setting(1.0, "with train.supervised_data or _records: weight of its loss, the "
                                      "cross-entropy on the recorded move plus vf_coef x 0.5 "
                                      "(value - result)^2, each a mean over the minibatch's "
