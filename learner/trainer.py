@@ -441,8 +441,7 @@ class Trainer:
             return next(self.supervised) if self.supervised is not None else None
         if self.supervised is None:
             return records.sample(size, self.records_rng)
-        prepared = len(self.supervised.shards) if isinstance(self.supervised, EndlessBatches) else 0
-        grown = int(self.records_rng.binomial(size, len(records) / (prepared + len(records))))
+        grown = int(self.records_rng.binomial(size, len(records) / self.supervised_positions()))
         parts = [next(self.supervised)[:size - grown]] if grown < size else []
         if grown:
             parts.append(records.sample(grown, self.records_rng))
