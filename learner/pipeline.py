@@ -5,6 +5,7 @@ Usage::
     keisei-pipeline RUN_DIR [--generate-minutes 20] [--pretrain-minutes 20]
                     [--selfplay-minutes 20] [--phases generate,pretrain,selfplay,evaluate]
                     [--engine usi:fairy-stockfish] [--engine-depth 4] [--workers N]
+                    [--beside-workers N]
                     [--opponent SPEC ...] [--games 20] [--visits 256] [--web HOST:PORT]
                     [--set SECTION.KEY=VALUE ...]
 
@@ -17,7 +18,11 @@ Four named phases, in order, each in a folder of ``RUN_DIR``:
 3. ``selfplay`` (``RUN_DIR/selfplay``): ``keisei-learner --init-from RUN_DIR/pretrain``
    with the settings for self-play on a pre-trained start (``ON_START``, also
    ``configs/on-start.toml``) for ``--selfplay-minutes`` (``train.minutes``), and the
-   engine games of phase 1 trained beside its own (``engine_games_beside``);
+   engine games of phase 1 trained beside its own (``engine_games_beside``). Meanwhile
+   ``--beside-workers`` more ``keisei-generate`` processes (default 1 on a machine of two
+   or more cores) make new engine games into ``RUN_DIR/records-beside``, which self-play
+   reads before every update and trains beside its own as they come
+   (``train.supervised_records``); the learner gets the other cores (``run.threads``);
 4. ``evaluate`` (``RUN_DIR/eval/NAME``): ``keisei-eval``, the final network searching
    ``--visits`` a move against each ``--opponent`` (default GNU Shogi depth 3).
 
@@ -76,6 +81,12 @@ ON_START = ("model.blocks=4", "model.channels=48", "selfplay.games=64", "selfpla
 # against the start under search on the slower machines, 0.644 over 400 on a faster one
 # (docs/results/2026-12-06-engine-games-by-default.md).
 BESIDE = ("train.value_anchor_coef=0",)
+# Engine games made during self-play, on a core of their own, trained as they come: at
+# equal wall-clock (50 minutes) this scored 0.545 over 400 games under search against the
+# same games pre-trained, and 0.850 against its start
+# (docs/results/2026-12-07-engine-games-made-beside-self-play.md).
+RECORDS_BESIDE = "records-beside"
+BESIDE_SEED = 1000  # the beside games' seeds, apart from the generate phase's 0, 1, 2, ...
 
 
 def engine_games_beside(start: str | Path) -> list[str]:
@@ -123,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="its search depth for usi: engines (default 4)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="processes for engine games and evaluation (default: the cores)")
+    parser.add_argument("--beside-workers", type=int, metavar="N",
+                        default=1 if (os.cpu_count() or 1) >= 2 else 0,
+                        help="engine-game processes beside self-play, whose games it trains as "
+                             f"they come (RUN_DIR/{RECORDS_BESIDE}); the learner gets the other "
+                             "cores (default 1 on two or more cores; 0: none)")
     parser.add_argument("--opponent", action="append", metavar="SPEC",
                         help="an evaluation opponent, repeatable (keisei-eval --opponent; "
                              "default gnushogi:3)")
@@ -152,6 +168,7 @@ class Plan:
     games: int
     visits: int
     web: str | None
+    beside_workers: int = 0
     pretrain_sets: list[str] = field(default_factory=list)
     selfplay_sets: list[str] = field(default_factory=list)
 
@@ -168,7 +185,8 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
     for flag in ("generate_minutes", "pretrain_minutes", "selfplay_minutes"):
         if not getattr(args, flag) > 0:
             problems.append(f"--{flag.replace('_', '-')} must be more than 0")
-    for flag, low in (("engine_depth", 1), ("workers", 1), ("games", 1), ("visits", 0)):
+    for flag, low in (("engine_depth", 1), ("workers", 1), ("games", 1), ("visits", 0),
+                      ("beside_workers", 0)):
         if getattr(args, flag) < low:
             problems.append(f"--{flag.replace('_', '-')} must be at least {low}")
     pretrain_sets, selfplay_sets = [], []
@@ -199,7 +217,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan | None, list[str]]:
                 {"generate": args.generate_minutes, "pretrain": args.pretrain_minutes,
                  "selfplay": args.selfplay_minutes}, args.engine, args.engine_depth,
                 args.workers, args.opponent or ["gnushogi:3"], args.games, args.visits, args.web,
-                pretrain_sets, selfplay_sets), []
+                args.beside_workers, pretrain_sets, selfplay_sets), []
 
 
 def has_output(plan: Plan, name: str) -> bool:
@@ -224,7 +242,8 @@ def forget_deleted(plan: Plan, state: State) -> None:
 def missing_programs(plan: Plan, state: State) -> list[str]:
     """The engines the phases still to run need but this machine lacks."""
     specs = []
-    if "generate" in plan.phases and not state.done("generate"):
+    if ("generate" in plan.phases and not state.done("generate")) or (
+            "selfplay" in plan.phases and not state.done("selfplay") and plan.beside_workers):
         specs.append(plan.engine)
     if "evaluate" in plan.phases:
         specs += plan.opponents
@@ -268,6 +287,26 @@ class Interrupted(Exception):
     """A stop was asked for while a phase ran."""
 
 
+@dataclass
+class Companion:
+    """A command that runs beside a phase's command for as long as it does, its output
+    going to ``log`` (the phase's own output keeps the terminal)."""
+
+    command: list[str]
+    log: Path
+
+
+def stop(process: subprocess.Popen[bytes], patience: float = 120.0) -> None:
+    """Ask a child to stop as Ctrl-C would, and kill it if it has not after ``patience``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=patience)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Runner:
     """Runs one phase's commands as children in a session of their own, so that a signal
     to the pipeline reaches each child exactly once: Ctrl-C or SIGTERM is passed on as
@@ -276,23 +315,32 @@ class Runner:
     def __init__(self, state: State) -> None:
         self.state = state
         self.child: subprocess.Popen[bytes] | None = None
+        self.companion: subprocess.Popen[bytes] | None = None
         self.stops = 0
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stops += 1
         print(f"keisei-pipeline: {signal.Signals(signum).name}: stopping the phase; run the "
               "same command again to continue", file=sys.stderr, flush=True)
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signal.SIGINT)
+        for child in (self.child, self.companion):
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGINT)
 
-    def run(self, name: str, command: list[str]) -> int:
+    def run(self, name: str, command: list[str], companion: Companion | None = None) -> int:
         """Run ``command`` as part of phase ``name``, adding its wall-clock to the phase's
-        seconds as it goes; its exit code."""
+        seconds as it goes; its exit code. A ``companion`` starts with it and is stopped
+        when it ends (its own exit code only reported)."""
         if self.stops:
             raise Interrupted
         record = self.state.phase(name)
         print("$ " + " ".join(command), flush=True)
         started = last = time.monotonic()
+        if companion is not None:
+            print(f"$ {' '.join(companion.command)} > {companion.log} (beside it)", flush=True)
+            with open(companion.log, "ab") as log:
+                self.companion = subprocess.Popen(companion.command, stdout=log,
+                                                  stderr=subprocess.STDOUT,
+                                                  start_new_session=True)
         self.child = subprocess.Popen(command, start_new_session=True)
         try:
             while True:
@@ -307,16 +355,14 @@ class Runner:
                     last = now
                     self.state.save()
         finally:
-            if self.child.poll() is None:  # the pipeline itself failed: do not leave it behind
-                self.child.send_signal(signal.SIGINT)
-                try:
-                    self.child.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    self.child.kill()
-                    self.child.wait()
+            stop(self.child)  # the pipeline itself failed: do not leave it behind
+            if self.companion is not None:
+                stop(self.companion, patience=30.0)
+                print(f"keisei-pipeline: {name}: {companion.command[2] if companion else ''} "
+                      f"beside it exited {self.companion.returncode}", flush=True)
             record["seconds"] += time.monotonic() - last
             self.state.save()
-            self.child = None
+            self.child = self.companion = None
         print(f"keisei-pipeline: {name}: {command[2] if command[1:2] == ['-m'] else command[0]} "
               f"exited {code} after {time.monotonic() - started:.0f} s", flush=True)
         if self.stops:
@@ -363,11 +409,28 @@ def selfplay(plan: Plan, runner: Runner) -> int:
     folder = plan.run_dir / "selfplay"
     settings = [*ON_START, *engine_games_beside(plan.run_dir / "pretrain"),
                 "train.total_steps=1000000000", f"run.dir={folder}",
-                f"train.minutes={plan.minutes['selfplay']}", *plan.selfplay_sets]
+                f"train.minutes={plan.minutes['selfplay']}"]
+    companion = None
+    if plan.beside_workers:
+        records = plan.run_dir / RECORDS_BESIDE
+        records.mkdir(parents=True, exist_ok=True)
+        # another seed each time (kept apart from a deleted phase's): appended games are new
+        attempt = runner.state.data.get("beside_attempts", 0) + 1
+        runner.state.data["beside_attempts"] = attempt
+        left = plan.minutes["selfplay"] - runner.state.phase("selfplay")["seconds"] / 60
+        engine = ["--engine", plan.engine] + (["--depth", str(plan.engine_depth)]
+                                              if plan.engine.startswith("usi:") else [])
+        companion = Companion([*command("generate"), *engine, "--minutes", f"{max(left, 0.1):.3f}",
+                               "--workers", str(plan.beside_workers), "--seed",
+                               str(BESIDE_SEED + attempt), "--output", str(records),
+                               "--progress", "60"], records / "generate.log")
+        threads = max(1, (os.cpu_count() or 1) - plan.beside_workers)
+        settings += [f"train.supervised_records={records}", f"run.threads={threads}"]
     start = (["--resume"] if RunDir(folder).newest_checkpoint() is not None else
              ["--init-from", str(plan.run_dir / "pretrain")])
     web = ["--web", plan.web] if plan.web else []
-    return runner.run("selfplay", [*command("learner"), *start, *web, *sets(settings)])
+    return runner.run("selfplay", [*command("learner"), *start, *web,
+                                   *sets([*settings, *plan.selfplay_sets])], companion)
 
 
 def evaluate(plan: Plan, runner: Runner) -> int:

@@ -11,11 +11,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from keisei.config import load_config
 from keisei.rundir import RunDir
-from learner.pipeline import ON_START, build_parser, engine_games_beside, main, make_plan
+from learner.pipeline import (
+    BESIDE_SEED,
+    ON_START,
+    RECORDS_BESIDE,
+    Companion,
+    Runner,
+    State,
+    build_parser,
+    engine_games_beside,
+    main,
+    make_plan,
+    selfplay,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.blocks=1", "model.channels=16", "model.value_hidden=16", "display.mode=plain",
@@ -91,6 +104,90 @@ def test_a_pretrained_starts_engine_games_are_trained_beside_self_play(tmp_path:
         assert config.train.value_anchor_coef == 0
 
 
+class _Recorder(Runner):
+    """Records what a phase would run instead of running it."""
+
+    def __init__(self, state: State) -> None:
+        super().__init__(state)
+        self.calls: list[tuple[list[str], Companion | None]] = []
+
+    def run(self, name: str, command: list[str], companion: Companion | None = None) -> int:
+        self.calls.append((command, companion))
+        return 0
+
+
+def _setting(command: list[str], key: str) -> list[str]:
+    """The values ``command`` passes for ``key`` with --set, in order."""
+    return [word.split("=", 1)[1] for word in command if word.startswith(key + "=")]
+
+
+def test_self_play_makes_engine_games_beside_it_on_a_core_of_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    args = build_parser().parse_args([str(tmp_path / "p"), "--engine", "usi:engine -x",
+                                      "--engine-depth", "3", "--beside-workers", "1"])
+    plan, problems = make_plan(args)
+    assert plan is not None and problems == []
+    runner = _Recorder(State(tmp_path / "state.json"))
+    assert selfplay(plan, runner) == 0 and selfplay(plan, runner) == 0
+    records = tmp_path / "p" / RECORDS_BESIDE
+    assert records.is_dir()  # the learner refuses a folder that is not there
+    seeds = []
+    for learner, companion in runner.calls:
+        assert _setting(learner, "train.supervised_records") == [str(records)]
+        assert _setting(learner, "run.threads") == ["3"]  # the cores the generator leaves
+        assert companion is not None and companion.log == records / "generate.log"
+        generate = companion.command
+        assert generate[1:3] == ["-m", "workers.generate"]
+        assert generate[generate.index("--output") + 1] == str(records)
+        assert generate[generate.index("--engine") + 1] == "usi:engine -x"
+        assert generate[generate.index("--depth") + 1] == "3"
+        assert generate[generate.index("--workers") + 1] == "1"
+        assert float(generate[generate.index("--minutes") + 1]) == pytest.approx(20.0)
+        seeds.append(int(generate[generate.index("--seed") + 1]))
+    # every start makes new games, none of them the generate phase's (seeds 0, 1, 2, ...)
+    assert seeds == [BESIDE_SEED + 1, BESIDE_SEED + 2]
+
+
+def test_a_users_threads_and_no_beside_workers_are_respected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert build_parser().parse_args(["p"]).beside_workers == 1  # the default on two cores
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert build_parser().parse_args(["p"]).beside_workers == 0  # none on one
+    for argv, threads, companion in ((["--set", "run.threads=2"], ["1", "2"], True),
+                                     (["--beside-workers", "0"], [], False)):
+        plan, _ = make_plan(build_parser().parse_args(
+            [str(tmp_path / "p"), "--beside-workers", "1", *argv]))
+        assert plan is not None
+        runner = _Recorder(State(tmp_path / "state.json"))
+        selfplay(plan, runner)
+        learner, beside = runner.calls[0]
+        assert _setting(learner, "run.threads") == threads  # the last one given wins
+        assert (beside is not None) == companion
+        assert bool(_setting(learner, "train.supervised_records")) == companion
+    assert main([str(tmp_path / "q"), "--beside-workers", "-1"]) == 2
+
+
+def test_a_missing_beside_engine_is_named_before_self_play_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "p"), "--phases", "selfplay", "--engine", "usi:no-such-engine",
+                 "--beside-workers", "1"]) == 2
+    assert "no-such-engine is not installed" in capsys.readouterr().err
+
+
+def test_the_companion_is_stopped_when_the_phase_command_ends(tmp_path: Path) -> None:
+    runner = Runner(State(tmp_path / "pipeline.json"))
+    sleeper = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); "
+               "time.sleep(60)"]
+    code = runner.run("selfplay", [sys.executable, "-c", "import time; time.sleep(1.5)"],
+                      Companion(sleeper, tmp_path / "beside.log"))
+    assert code == 0 and runner.companion is None and runner.child is None
+    pid = int((tmp_path / "beside.log").read_text().split()[0])  # its output went to its log
+    assert not psutil.pid_exists(pid)
+    assert _phase(tmp_path, "selfplay")["seconds"] >= 1.5  # type: ignore[operator]
+
+
 def _pipeline(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "learner.pipeline", str(run_dir), "--engine", "greedy",
             "--generate-minutes", "0.2", "--pretrain-minutes", "0.3", "--selfplay-minutes",
@@ -117,6 +214,15 @@ def _interrupt_when(process: subprocess.Popen[str], ready: Callable[[], bool]) -
 def _phase(run_dir: Path, name: str) -> dict[str, object]:
     state = json.loads((run_dir / "pipeline.json").read_text())
     return dict(state["phases"].get(name, {}))
+
+
+def _running(text: str) -> list[int]:
+    """The processes whose command line mentions ``text``."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(text in word for word in process.info["cmdline"] or []):
+            found.append(process.pid)
+    return found
 
 
 def _games(run_dir: Path) -> int:
@@ -149,12 +255,21 @@ def test_each_phase_continues_after_an_interrupt(tmp_path: Path) -> None:
         assert "-m pretrain.main --resume" in output
         assert _phase(run_dir, "pretrain")["done"] is True
         assert "--init-from" in output
+        # engine games made beside self-play, into their own folder, read as they come
+        beside = str(run_dir / RECORDS_BESIDE)
+        assert f"--seed {BESIDE_SEED + 1} --output {beside}" in output
+        assert f"train.supervised_records={beside}" in output
+        assert "workers.generate beside it exited" in output
+        assert not _running(beside)  # reaped with the phase
         interrupted_at = json.loads(selfplay.status.read_text())["step"]
         # evaluate: interrupted once the first opponent has its result
         process = _pipeline(run_dir)
         output = _interrupt_when(
             process, lambda: (run_dir / "eval" / "random" / "results.json").is_file())
         assert "-m learner.main --resume" in output
+        assert f"--seed {BESIDE_SEED + 2} --output {beside}" in output  # new games on resume
+        assert "engine games beside:" in output
+        assert not _running(beside)
         status = json.loads(selfplay.status.read_text())
         assert status["state"] == "finished" and status["step"] > interrupted_at
         assert status["train_seconds"] >= 0.3 * 60
