@@ -19,7 +19,11 @@ settings kept for self-play on a start (``INIT_SETTINGS``: search targets as the
 small PPO steps, the KL penalty toward the start) and, where the checkpoint is one of
 ``keisei-pretrain``'s with its data folder beside, ``keisei-pipeline``'s: those engine games
 trained beside self-play in place of the value anchor
-(``learner.pipeline.engine_games_beside``); ``--set`` overrides them.
+(``learner.pipeline.engine_games_beside``); ``--set`` overrides them. As that pipeline's
+self-play phase does, it then also makes new engine games beside self-play on
+``--beside-workers`` processes (default 1 on two or more cores; Fairy-Stockfish depth 4,
+``--beside-engine``) and trains them as they come, the learner taking the other cores;
+``--records-beside DIR`` keeps those games (for a pre-training run on the same games).
 
 Each epoch's line carries the update's health (sampled and exact KL, clip fraction,
 explained variance, passes), and a summary follows training: the median clip fraction,
@@ -27,7 +31,8 @@ the largest KL, the explained variance over the second half. ``--no-eval`` stops
 
 Usage: python -m bench.learning [--minutes 10] [--eval-games 200] [--curve 5]
 [--curve-games 100] [--ladder] [--ladder-games 100] [--save PATH.pt] [--save-curve DIR]
-[--init-from CHECKPOINT] [--no-eval] [--set section.key=value ...]
+[--init-from CHECKPOINT] [--beside-workers N] [--beside-engine SPEC] [--records-beside DIR]
+[--no-eval] [--set section.key=value ...]
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -57,7 +64,14 @@ from keisei.evaluation import (
     tally,
 )
 from learner.app import Learner, LearnerOptions
-from learner.pipeline import ON_START, engine_games_beside
+from learner.pipeline import (
+    BESIDE_SEED,
+    ON_START,
+    beside_command,
+    engine_games_beside,
+    records_beside,
+    stop,
+)
 from learner.reports import EpochReport
 from learner.trainer import Trainer
 from workers import evaluate
@@ -108,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--init-from", metavar="CHECKPOINT",
                         help="start from this pre-trained network instead of random weights")
+    parser.add_argument("--beside-workers", type=int, metavar="N",
+                        default=1 if (os.cpu_count() or 1) >= 2 else 0,
+                        help="with --init-from: engine-game processes beside self-play, their "
+                             "games trained as they come (default 1 on two or more cores; 0: none)")
+    parser.add_argument("--beside-engine", default="usi:fairy-stockfish", metavar="SPEC",
+                        help="their engine (keisei-generate --engine; usi: ones at depth 4)")
+    parser.add_argument("--records-beside", metavar="DIR",
+                        help="keep the games made beside self-play in DIR (default: a "
+                             "temporary folder)")
     parser.add_argument("--save", metavar="PATH.pt",
                         help="also save the trained network (for keisei-eval or keisei-usi)")
     parser.add_argument("--no-eval", action="store_true",
@@ -121,15 +144,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    if args.beside_workers < 0:
+        raise SystemExit("bench.learning: --beside-workers must be at least 0")
     with tempfile.TemporaryDirectory() as run_dir:
         start = [*INIT_SETTINGS, *engine_games_beside(args.init_from)] if args.init_from else []
+        generator = None
+        if args.init_from and args.beside_workers:
+            records = Path(args.records_beside or Path(run_dir) / "records-beside")
+            records.mkdir(parents=True, exist_ok=True)
+            start += records_beside(records, args.beside_workers)
+            generate = beside_command(args.beside_engine, 4, args.beside_workers,
+                                      args.minutes + 1, BESIDE_SEED + args.seed, records)
+            print("beside self-play: " + " ".join(generate), flush=True)
         config = load_config(None, [*SETTINGS, *start,
                                     f"run.dir={run_dir}", f"run.seed={args.seed}", *args.overrides])
-        with Learner(config, LearnerOptions(init_from=args.init_from)) as learner:
-            trainer = learner.trainer
-            untrained = copy.deepcopy(trainer.model)
-            updates: list[EpochReport] = []
-            curve = _train_with_curve(learner, 60 * args.minutes, max(args.curve, 1), updates)
+        try:
+            if args.init_from and args.beside_workers:
+                with open(records / "generate.log", "ab") as log:
+                    generator = subprocess.Popen(generate, stdout=log, stderr=subprocess.STDOUT,
+                                                 start_new_session=True)
+            with Learner(config, LearnerOptions(init_from=args.init_from)) as learner:
+                trainer = learner.trainer
+                untrained = copy.deepcopy(trainer.model)
+                updates: list[EpochReport] = []
+                curve = _train_with_curve(learner, 60 * args.minutes, max(args.curve, 1), updates)
+        finally:
+            if generator is not None:
+                stop(generator, patience=30.0)
+    if trainer.supervised_records is not None:
+        print(f"engine games made beside self-play: {trainer.supervised_records.games:,} read, "
+              f"{len(trainer.supervised_records):,} training positions", flush=True)
     print(f"network {config.model.blocks}x{config.model.channels}, {args.minutes:g} min, "
           f"{trainer.step:,} steps, {trainer.epoch} epochs, "
           f"precision {trainer.autocast_dtype or 'float32'}", flush=True)

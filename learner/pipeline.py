@@ -102,6 +102,22 @@ def engine_games_beside(start: str | Path) -> list[str]:
     return [f"train.supervised_data={data}", *BESIDE]
 
 
+def beside_command(engine: str, depth: int, workers: int, minutes: float, seed: int,
+                   output: Path) -> list[str]:
+    """``keisei-generate`` making engine games into ``output`` beside self-play."""
+    limit = ["--depth", str(depth)] if engine.startswith("usi:") else []
+    return [*command("generate"), "--engine", engine, *limit, "--minutes",
+            f"{max(minutes, 0.1):.3f}", "--workers", str(workers), "--seed", str(seed),
+            "--output", str(output), "--progress", "60"]
+
+
+def records_beside(output: Path, workers: int) -> list[str]:
+    """The learner's settings for games made into ``output`` by ``workers`` processes
+    beside it: read as they come, on the cores they leave."""
+    threads = max(1, (os.cpu_count() or 1) - workers)
+    return [f"train.supervised_records={output}", f"run.threads={threads}"]
+
+
 # the sections keisei-pretrain reads; model, run, checkpoint and display go to both trainers
 PRETRAIN_SECTIONS = {"run", "model", "pretrain", "checkpoint", "display"}
 SHARED_SECTIONS = {"run", "model", "checkpoint", "display"}
@@ -418,14 +434,11 @@ def selfplay(plan: Plan, runner: Runner) -> int:
         attempt = runner.state.data.get("beside_attempts", 0) + 1
         runner.state.data["beside_attempts"] = attempt
         left = plan.minutes["selfplay"] - runner.state.phase("selfplay")["seconds"] / 60
-        engine = ["--engine", plan.engine] + (["--depth", str(plan.engine_depth)]
-                                              if plan.engine.startswith("usi:") else [])
-        companion = Companion([*command("generate"), *engine, "--minutes", f"{max(left, 0.1):.3f}",
-                               "--workers", str(plan.beside_workers), "--seed",
-                               str(BESIDE_SEED + attempt), "--output", str(records),
-                               "--progress", "60"], records / "generate.log")
-        threads = max(1, (os.cpu_count() or 1) - plan.beside_workers)
-        settings += [f"train.supervised_records={records}", f"run.threads={threads}"]
+        companion = Companion(beside_command(plan.engine, plan.engine_depth,
+                                             plan.beside_workers, left,
+                                             BESIDE_SEED + attempt, records),
+                              records / "generate.log")
+        settings += records_beside(records, plan.beside_workers)
     start = (["--resume"] if RunDir(folder).newest_checkpoint() is not None else
              ["--init-from", str(plan.run_dir / "pretrain")])
     web = ["--web", plan.web] if plan.web else []
