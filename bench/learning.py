@@ -172,7 +172,8 @@ def main() -> None:
             if generator is not None:
                 stop(generator, patience=30.0)
     if trainer.supervised_records is not None:
-        print(f"engine games made beside self-play: {trainer.supervised_records.games:,} read, "
+        print(f"engine games made beside self-play: {trainer.supervised_records.games:,} training "
+              f"games read ({trainer.supervised_records.held_out:,} held out), "
               f"{len(trainer.supervised_records):,} training positions", flush=True)
     print(f"network {config.model.blocks}x{config.model.channels}, {args.minutes:g} min, "
           f"{trainer.step:,} steps, {trainer.epoch} epochs, "

@@ -32,6 +32,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -425,19 +426,25 @@ class RecordFolder:
         return picked
 
 
+SEPARATOR = re.compile(rb"/\r?\n")  # CSA's line between games, LF or CRLF
+NEXT_GAME = re.compile(rb"\n/\r?\n")  # a line end, then that line
+
+
 def finished_games(data: bytes) -> tuple[list[bytes], int]:
     """The whole games at the start of a CSA file's unread bytes ``data`` (the ``/``
-    separator lines left out), and how many bytes they take, separators included."""
+    separator lines left out), and how many bytes they take, separators included. Lines
+    may end in LF or CRLF."""
     games = []
     position = 0
     while position < len(data):
-        if data.startswith(b"/\n", position):  # the separator before a game
-            position += 2
+        separator = SEPARATOR.match(data, position)  # the "/" line before a game
+        if separator is not None:
+            position = separator.end()
             continue
-        end = data.find(b"\n/\n", position)
-        if end >= 0:
-            games.append(data[position:end + 1])
-            position = end + 1
+        found = NEXT_GAME.search(data, position)
+        if found is not None:
+            games.append(data[position:found.start() + 1])  # up to its line end
+            position = found.start() + 1
             continue
         rest = data[position:]
         last_line = rest.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]

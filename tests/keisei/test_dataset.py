@@ -185,6 +185,12 @@ def test_only_finished_games_are_taken_from_a_file_being_written() -> None:
     assert finished_games(b"/\n" + second) == ([second], len(second) + 2)
     assert finished_games(b"/") == ([], 0)
     assert finished_games(second[:-1]) == ([], 0)  # its ending line not yet whole
+    # a file written with CRLF line ends splits the same way
+    first, second = (game.replace(b"\n", b"\r\n") for game in (first, second))
+    written = first + b"/\r\n" + second
+    assert finished_games(written) == ([first, second], len(written))
+    assert finished_games(first + b"/\r\n" + second[:20]) == ([first], len(first) + 3)
+    assert finished_games(b"/\r\n" + second) == ([second], len(second) + 3)
 
 
 def test_a_growing_record_folder_is_read_as_keisei_pretrain_would_split_it(tmp_path: Path) -> None:
