@@ -60,6 +60,7 @@ from typing import Any
 from keisei.cli import ExitCode, HelpConfig, add_version
 from keisei.config import Config, ConfigError, load_config
 from keisei.files import write_json_atomically
+from keisei.processes import stop_process_tree
 from keisei.rundir import RunDir
 
 PHASES = ("generate", "pretrain", "selfplay", "evaluate")
@@ -313,14 +314,14 @@ class Companion:
 
 
 def stop(process: subprocess.Popen[bytes], patience: float = 120.0) -> None:
-    """Ask a child to stop as Ctrl-C would, and kill it if it has not after ``patience``."""
+    """Ask a child to stop as Ctrl-C would; if it has not after ``patience``, stop it and
+    everything it started (``keisei.processes.stop_process_tree``)."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=patience)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            stop_process_tree(process)
 
 
 class Runner:

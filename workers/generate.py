@@ -42,6 +42,7 @@ from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import apply_decision, load_openings
 from keisei.files import write_json_atomically
 from keisei.kifu import to_csa
+from keisei.processes import die_with_parent
 from keisei.shogi import Color, Game
 from workers import evaluate
 from workers.engines import EngineError
@@ -110,6 +111,8 @@ def start_game(opening: Sequence[str], random_plies: int, random_share: float,
 def play_games(task: GenerateTask, progress: Any) -> None:
     """A worker: play games until the count or the deadline, append each as CSA."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # its terminate() ends a worker at once
+    die_with_parent()  # and a parent killed outright takes its workers with it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s "
                         "%(levelname)s %(message)s", force=True)
     player = build_player(task.spec)
@@ -298,11 +301,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                           str(output)) for worker in range(args.workers)]
     print(f"generating with {spec.name} on {args.workers} process(es) into {output}", flush=True)
     started = time.monotonic()
+    # Ctrl-C, or SIGINT or SIGTERM from a parent such as keisei-pipeline, stops it cleanly,
+    # even where it was started with SIGINT ignored (a shell's background job)
+    previous = {signum: signal.signal(signum, signal.default_int_handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         totals = generate(tasks, args.progress)
     except KeiseiError as exc:
         logger.error("%s", exc)
         return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     seconds = time.monotonic() - started
     print(f"done: {totals.line(seconds)} in {seconds:.0f} s; reasons: "
           + ", ".join(f"{key} {value}" for key, value in sorted((totals.reasons or {}).items())))

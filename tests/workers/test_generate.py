@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from keisei.evaluation import GreedyPlayer, load_openings
@@ -14,6 +19,8 @@ from keisei.kifu import ReadStats, read_games
 from keisei.shogi import Game
 from workers.engines import resolve_command
 from workers.generate import main, start_game
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_record_starts_after_the_random_prefix() -> None:
@@ -64,3 +71,35 @@ def test_fairy_stockfish_games(tmp_path: Path) -> None:
     games = list(read_games([output]))
     assert len(games) == 2 and all(item.game.outcome is not None for item in games)
     assert "fairy-stockfish (depth 1)" in (output / "games-00.csa").read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_it_cleanly_even_started_with_sigint_ignored(
+        tmp_path: Path, signum: int) -> None:
+    """As a shell's background job starts it (SIGINT ignored), and as keisei-pipeline
+    stops its companion: the games kept, the summary written, no worker left behind."""
+    output = tmp_path / "games"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workers.generate", "--engine", "greedy", "--minutes", "2",
+         "--workers", "2", "--max-plies", "80", "--output", str(output), "--progress", "60"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while not any(path.stat().st_size for path in output.glob("games-*.csa")):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        workers = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signum)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, out
+    assert "interrupted: stopping the workers" in out and "done:" in out
+    summary = json.loads((output / "summary.json").read_text())
+    # a game written as the workers were stopped may be on file but not yet counted
+    assert 0 < summary["games"] <= len(list(read_games([output])))
+    assert not [worker for worker in workers if worker.is_running()
+                and worker.status() != psutil.STATUS_ZOMBIE]
