@@ -68,6 +68,7 @@ from learner.pipeline import (
     BESIDE_SEED,
     ON_START,
     beside_command,
+    default_sigint,
     engine_games_beside,
     records_beside,
     stop,
@@ -162,7 +163,7 @@ def main() -> None:
             if args.init_from and args.beside_workers:
                 with open(records / "generate.log", "ab") as log:
                     generator = subprocess.Popen(generate, stdout=log, stderr=subprocess.STDOUT,
-                                                 start_new_session=True)
+                                                 start_new_session=True, preexec_fn=default_sigint)
             with Learner(config, LearnerOptions(init_from=args.init_from)) as learner:
                 trainer = learner.trainer
                 untrained = copy.deepcopy(trainer.model)

@@ -324,6 +324,13 @@ def stop(process: subprocess.Popen[bytes], patience: float = 120.0) -> None:
             stop_process_tree(process)
 
 
+def default_sigint() -> None:
+    """In a child before it runs: SIGINT as a Python program expects it, even where the
+    pipeline was started with it ignored (a shell's background job, ``nohup``), so that
+    the SIGINT the pipeline passes on stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Runner:
     """Runs one phase's commands as children in a session of their own, so that a signal
     to the pipeline reaches each child exactly once: Ctrl-C or SIGTERM is passed on as
@@ -357,8 +364,9 @@ class Runner:
             with open(companion.log, "ab") as log:
                 self.companion = subprocess.Popen(companion.command, stdout=log,
                                                   stderr=subprocess.STDOUT,
-                                                  start_new_session=True)
-        self.child = subprocess.Popen(command, start_new_session=True)
+                                                  start_new_session=True,
+                                                  preexec_fn=default_sigint)
+        self.child = subprocess.Popen(command, start_new_session=True, preexec_fn=default_sigint)
         try:
             while True:
                 try:

@@ -216,6 +216,20 @@ def _phase(run_dir: Path, name: str) -> dict[str, object]:
     return dict(state["phases"].get(name, {}))
 
 
+def test_children_take_sigint_even_where_the_pipeline_ignores_it(tmp_path: Path,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """Started as a background job (SIGINT ignored), the pipeline still stops its phases
+    with the SIGINT it passes on."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        runner = Runner(State(tmp_path / "pipeline.json"))
+        show = "import signal; print('child', signal.getsignal(signal.SIGINT).__name__)"
+        assert runner.run("selfplay", [sys.executable, "-c", show]) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "child default_int_handler" in capfd.readouterr().out
+
+
 def _running(text: str) -> list[int]:
     """The processes whose command line mentions ``text``."""
     found = []
