@@ -82,10 +82,11 @@ ON_START = ("model.blocks=4", "model.channels=48", "selfplay.games=64", "selfpla
 # against the start under search on the slower machines, 0.644 over 400 on a faster one
 # (docs/results/2026-12-06-engine-games-by-default.md).
 BESIDE = ("train.value_anchor_coef=0",)
-# Engine games made during self-play, on a core of their own, trained as they come: at
-# equal wall-clock (50 minutes) this scored 0.545 over 400 games under search against the
-# same games pre-trained, and 0.850 against its start
-# (docs/results/2026-12-07-engine-games-made-beside-self-play.md).
+# Engine games made during self-play, on a core of their own, trained as they come: from
+# the same start and seed, 0.630 under search (100 games) against self-play on both cores
+# without them; at equal wall-clock against the same games pre-trained, 0.506 over two
+# runs (600 games) (docs/results/2026-12-07-engine-games-made-beside-self-play.md,
+# docs/results/2026-12-07-engine-games-beside-self-play-a-second-run.md).
 RECORDS_BESIDE = "records-beside"
 BESIDE_SEED = 1000  # the beside games' seeds, apart from the generate phase's 0, 1, 2, ...
 
