@@ -367,8 +367,9 @@ class Runner:
                                                   stderr=subprocess.STDOUT,
                                                   start_new_session=True,
                                                   preexec_fn=default_sigint)
-        self.child = subprocess.Popen(command, start_new_session=True, preexec_fn=default_sigint)
         try:
+            self.child = subprocess.Popen(command, start_new_session=True,
+                                          preexec_fn=default_sigint)
             while True:
                 try:
                     code = self.child.wait(timeout=1.0)
@@ -381,7 +382,8 @@ class Runner:
                     last = now
                     self.state.save()
         finally:
-            stop(self.child)  # the pipeline itself failed: do not leave it behind
+            if self.child is not None:  # the pipeline itself failed: do not leave it behind
+                stop(self.child)
             if self.companion is not None:
                 stop(self.companion, patience=30.0)
                 print(f"keisei-pipeline: {name}: {companion.command[2] if companion else ''} "
