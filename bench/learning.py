@@ -67,6 +67,7 @@ from learner.app import Learner, LearnerOptions
 from learner.pipeline import (
     BESIDE_SEED,
     ON_START,
+    RECORDS_BESIDE,
     beside_command,
     default_sigint,
     engine_games_beside,
@@ -151,7 +152,7 @@ def main() -> None:
         start = [*INIT_SETTINGS, *engine_games_beside(args.init_from)] if args.init_from else []
         generator = None
         if args.init_from and args.beside_workers:
-            records = Path(args.records_beside or Path(run_dir) / "records-beside")
+            records = Path(args.records_beside or Path(run_dir) / RECORDS_BESIDE)
             records.mkdir(parents=True, exist_ok=True)
             start += records_beside(records, args.beside_workers)
             generate = beside_command(args.beside_engine, 4, args.beside_workers,
