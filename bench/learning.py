@@ -77,6 +77,7 @@ from learner.pipeline import (
 from learner.reports import EpochReport
 from learner.trainer import Trainer
 from workers import evaluate
+from workers.engines import EngineError, resolve_command
 
 # Chosen for learning speed on 2 CPU cores: a small net sees many games in the budget.
 # Without batch norm and clipped to the policy before each update, 8 minutes scored 0.870
@@ -125,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init-from", metavar="CHECKPOINT",
                         help="start from this pre-trained network instead of random weights")
     parser.add_argument("--beside-workers", type=int, metavar="N",
-                        default=1 if (os.cpu_count() or 1) >= 2 else 0,
-                        help="with --init-from: engine-game processes beside self-play, their "
-                             "games trained as they come (default 1 on two or more cores; 0: none)")
+                        help="engine-game processes beside self-play, their games trained as "
+                             "they come (default with --init-from: 1 on two or more cores; "
+                             "from random weights: 0; 0: none)")
     parser.add_argument("--beside-engine", default="usi:fairy-stockfish", metavar="SPEC",
                         help="their engine (keisei-generate --engine; usi: ones at depth 4)")
     parser.add_argument("--records-beside", metavar="DIR",
@@ -146,12 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    if args.beside_workers < 0:
-        raise SystemExit("bench.learning: --beside-workers must be at least 0")
+    args.beside_workers = beside_workers(args)
     with tempfile.TemporaryDirectory() as run_dir:
         start = [*INIT_SETTINGS, *engine_games_beside(args.init_from)] if args.init_from else []
         generator = None
-        if args.init_from and args.beside_workers:
+        if args.beside_workers:
             records = Path(args.records_beside or Path(run_dir) / RECORDS_BESIDE)
             records.mkdir(parents=True, exist_ok=True)
             start += records_beside(records, args.beside_workers)
@@ -161,7 +161,7 @@ def main() -> None:
         config = load_config(None, [*SETTINGS, *start,
                                     f"run.dir={run_dir}", f"run.seed={args.seed}", *args.overrides])
         try:
-            if args.init_from and args.beside_workers:
+            if args.beside_workers:
                 with open(records / "generate.log", "ab") as log:
                     generator = subprocess.Popen(generate, stdout=log, stderr=subprocess.STDOUT,
                                                  start_new_session=True, preexec_fn=default_sigint)
@@ -202,6 +202,24 @@ def main() -> None:
         evaluate.main(["--checkpoint", str(path), "--name", "trained", "--ladder",
                        "--games", str(args.ladder_games), "--seed", str(args.seed + 100),
                        "--output", str(Path(folder) / "ladder")])
+
+
+def beside_workers(args: argparse.Namespace) -> int:
+    """The engine-game processes to run beside self-play: ``--beside-workers``, else the
+    default (with ``--init-from``: 1 on two or more cores; from random weights: 0). Exits
+    naming the problem where the count is negative or the engine is not installed."""
+    workers: int = args.beside_workers
+    if workers is None:
+        workers = 1 if args.init_from and (os.cpu_count() or 1) >= 2 else 0
+    if workers < 0:
+        raise SystemExit("bench.learning: --beside-workers must be at least 0")
+    if workers and args.beside_engine.startswith("usi:"):
+        try:
+            resolve_command(args.beside_engine[4:])
+        except EngineError as exc:
+            raise SystemExit(f"bench.learning: --beside-engine {args.beside_engine}: {exc} "
+                             "(or --beside-workers 0)") from exc
+    return workers
 
 
 def _save_curve(folder: Path, curve: list[tuple[float, int, nn.Module]],
