@@ -14,7 +14,11 @@ search budget may follow: ``checkpoint:PATH@256`` visits, ``checkpoint:PATH@500m
 ``usi:COMMAND`` (with ``--depth``/``--nodes``/``--byoyomi`` and ``--usi-option
 NAME=VALUE``) or ``gnushogi:DEPTH``. Every match is colour-swapped pairs from the shipped openings.
 Games are written as KIF and CSA under ``--output``, with ``results.json``.
-Exit codes: 0 done, 1 failed, 2 bad arguments, checkpoint or engine.
+Ctrl-C, SIGINT or SIGTERM (even where it was started with SIGINT ignored, as a shell's
+background job is) stops it: the opponents played to the end keep their games and, where
+there is one, ``results.json`` (marked ``"interrupted"``, with the opponents not played);
+the match in progress is dropped.
+Exit codes: 0 done, 1 failed, 2 bad arguments, checkpoint or engine, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import multiprocessing.pool
 import os
 import random
 import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +41,7 @@ import torch
 
 from keisei import elo
 from keisei.checkpoint import CheckpointError
-from keisei.cli import add_version
+from keisei.cli import ExitCode, add_version
 from keisei.config import ConfigError, load_search_config
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import (
@@ -428,11 +433,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     random.Random(args.seed).shuffle(openings)
     output = Path(args.output or f"eval/{_slug(name)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    previous = {signum: signal.signal(signum, signal.default_int_handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return evaluate(args, me, rungs, openings, output)
     except KeiseiError as exc:
         logger.error("%s", exc)
-        return 1
+        return ExitCode.FAILURE
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerSpec, str | None]],
@@ -442,6 +452,8 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
     games: list[dict[str, object]] = []
     context = multiprocessing.get_context("spawn")
     pool = (context.Pool(args.workers, _init_worker, (args.threads, os.getpid())) if args.workers > 1 else None)
+    unplayed = [spec.name for spec, skipped in rungs if skipped is None]
+    interrupted = False
     try:
         for spec, skipped in rungs:
             if skipped is not None:
@@ -462,23 +474,35 @@ def evaluate(args: argparse.Namespace, me: PlayerSpec, rungs: list[tuple[PlayerS
             note = f"({spec.name} forfeited {forfeits}: see the log)" if forfeits else ""
             rows.append((spec.name, result, note))
             pairings.append(Pairing(me.name, spec.name, result))
+            unplayed.remove(spec.name)
             logger.info("%s vs %s: %s in %.0f s", me.name, spec.name, result,
                         time.monotonic() - started)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
     print_table(me.name, rows)
-    summary = {"player": me.name, "checkpoint": args.checkpoint, "seed": args.seed,
-               "search": {"visits": me.visits, "movetime_ms": me.movetime_ms,
-                          "settings": list(me.search_settings)},
-               "games_per_opponent": 2 * ((args.games + 1) // 2),
-               "pairings": [pairing.to_dict() for pairing in pairings],
-               "opponents": [asdict(spec) for spec, skipped in rungs if skipped is None],
-               "games": games}
+    if interrupted:
+        print(f"keisei-eval: interrupted; not played to the end: {', '.join(unplayed)}",
+              file=sys.stderr, flush=True)
+        if not pairings:
+            return ExitCode.INTERRUPTED
+    summary: dict[str, object] = {
+        "player": me.name, "checkpoint": args.checkpoint, "seed": args.seed,
+        "search": {"visits": me.visits, "movetime_ms": me.movetime_ms,
+                   "settings": list(me.search_settings)},
+        "games_per_opponent": 2 * ((args.games + 1) // 2),
+        "pairings": [pairing.to_dict() for pairing in pairings],
+        "opponents": [asdict(spec) for spec, skipped in rungs
+                      if skipped is None and spec.name not in unplayed],
+        "games": games}
+    if interrupted:
+        summary |= {"interrupted": True, "unplayed": unplayed}
     write_json_atomically(output / "results.json", summary)
     print(f"games and results.json in {output}")
-    return 0
+    return ExitCode.INTERRUPTED if interrupted else ExitCode.SUCCESS
 
 
 if __name__ == "__main__":

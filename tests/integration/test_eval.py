@@ -5,6 +5,7 @@ checkpoint against checkpoint with a seed, and the records written."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -285,3 +286,37 @@ def test_a_bad_search_budget_is_one_clear_line(checkpoints: list[Path], tmp_path
         done = keisei_eval("--checkpoint", str(checkpoints[0]), *args, *extra, "--output",
                            str(tmp_path))
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_keeps_the_finished_opponents_even_started_with_sigint_ignored(
+        checkpoints: list[Path], tmp_path: Path, signum: int) -> None:
+    """As a shell's background job starts it (SIGINT ignored): the opponent played to the
+    end keeps its games and results, the one in progress is named as not played, exit 130."""
+    output = tmp_path / "out"
+    evaluation = subprocess.Popen(
+        [str(BIN / "keisei-eval"), "--checkpoint", str(checkpoints[0]), "--opponent", "random",
+         "--opponent", f"checkpoint:{checkpoints[1]}@5000", "--games", "2", "--max-plies", "60",
+         "--output", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / "random").is_dir():
+            assert evaluation.poll() is None and time.monotonic() < deadline, \
+                evaluation.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)  # into the second match, 5 000 visits a move: long enough
+        evaluation.send_signal(signum)
+        out, err = evaluation.communicate(timeout=30)
+    finally:
+        if evaluation.poll() is None:
+            evaluation.kill()
+            evaluation.communicate()
+    assert evaluation.returncode == 130, err
+    assert "interrupted; not played to the end: " in err and "(5000 visits)" in err.splitlines()[-1]
+    results = json.loads((output / "results.json").read_text())
+    assert results["interrupted"] is True and len(results["unplayed"]) == 1
+    assert [opponent["name"] for opponent in results["opponents"]] == ["random"]
+    assert [pairing["second"] for pairing in results["pairings"]] == ["random"]
+    assert {game["opponent"] for game in results["games"]} == {"random"}
+    assert "random" in out
