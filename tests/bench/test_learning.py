@@ -19,12 +19,13 @@ def test_beside_workers_default_follows_the_start_and_the_cores(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(learning, "resolve_command", lambda command: [command])
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert learning.beside_workers(_args()) == 0  # from random weights: self-play alone
+    assert learning.beside_workers(_args()) == 1  # from random weights too
     assert learning.beside_workers(_args("--init-from", "start.pt")) == 1
     assert learning.beside_workers(_args("--beside-workers", "1")) == 1
     assert learning.beside_workers(_args("--init-from", "start.pt", "--beside-workers", "0")) == 0
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert learning.beside_workers(_args("--init-from", "start.pt")) == 0
+    assert learning.beside_workers(_args()) == 0
 
 
 def test_a_negative_count_is_refused() -> None:
