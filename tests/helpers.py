@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -60,6 +62,29 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str,
             detail = f"\n{context()}" if context is not None else ""
             raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
         time.sleep(0.05)
+
+
+def start_with_sigint_ignored(command: list[str], **options: Any) -> subprocess.Popen[str]:
+    """``command`` started as a shell's background job starts it: SIGINT ignored, so that
+    only a handler the program installs itself can take it."""
+    return subprocess.Popen(command, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                            **options)
+
+
+def signal_when(process: subprocess.Popen[str], ready: Callable[[], bool], signum: int,
+                timeout: float) -> tuple[str, str]:
+    """Once ``ready()`` holds (the process still running), send it ``signum`` and return
+    its output (stdout, stderr); it is killed if it outlives any of that."""
+    try:
+        wait_for(lambda: ready() or process.poll() is not None, timeout, "the process to be ready")
+        assert process.poll() is None, f"it ended first (exit {process.returncode}): {process.communicate()}"
+        process.send_signal(signum)
+        return process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 class LogTail(logging.Handler):

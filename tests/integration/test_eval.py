@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from helpers import signal_when, start_with_sigint_ignored
 
 from keisei.checkpoint import save_checkpoint
 from keisei.config import build_config
@@ -294,24 +295,18 @@ def test_a_signal_keeps_the_finished_opponents_even_started_with_sigint_ignored(
     """As a shell's background job starts it (SIGINT ignored): the opponent played to the
     end keeps its games and results, the one in progress is named as not played, exit 130."""
     output = tmp_path / "out"
-    evaluation = subprocess.Popen(
+    evaluation = start_with_sigint_ignored(
         [str(BIN / "keisei-eval"), "--checkpoint", str(checkpoints[0]), "--opponent", "random",
          "--opponent", f"checkpoint:{checkpoints[1]}@5000", "--games", "2", "--max-plies", "60",
-         "--output", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    try:
-        deadline = time.monotonic() + 120
-        while not (output / "random").is_dir():
-            assert evaluation.poll() is None and time.monotonic() < deadline, \
-                evaluation.communicate()
-            time.sleep(0.1)
-        time.sleep(0.5)  # into the second match, 5 000 visits a move: long enough
-        evaluation.send_signal(signum)
-        out, err = evaluation.communicate(timeout=30)
-    finally:
-        if evaluation.poll() is None:
-            evaluation.kill()
-            evaluation.communicate()
+         "--output", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def in_the_second_match() -> bool:
+        if not (output / "random").is_dir():
+            return False
+        time.sleep(0.5)  # into the second match, 5 000 visits a move: it lasts long enough
+        return True
+
+    out, err = signal_when(evaluation, in_the_second_match, signum, timeout=120)
     assert evaluation.returncode == 130, err
     assert "interrupted; not played to the end: " in err and "(5000 visits)" in err.splitlines()[-1]
     results = json.loads((output / "results.json").read_text())

@@ -8,11 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import signal_when, start_with_sigint_ignored
 
 from keisei.evaluation import GreedyPlayer, load_openings
 from keisei.kifu import ReadStats, read_games
@@ -79,23 +79,19 @@ def test_a_signal_stops_it_cleanly_even_started_with_sigint_ignored(
     """As a shell's background job starts it (SIGINT ignored), and as keisei-pipeline
     stops its companion: the games kept, the summary written, no worker left behind."""
     output = tmp_path / "games"
-    process = subprocess.Popen(
+    process = start_with_sigint_ignored(
         [sys.executable, "-m", "workers.generate", "--engine", "greedy", "--minutes", "2",
          "--workers", "2", "--max-plies", "80", "--output", str(output), "--progress", "60"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    try:
-        deadline = time.monotonic() + 60
-        while not any(path.stat().st_size for path in output.glob("games-*.csa")):
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-        workers = psutil.Process(process.pid).children(recursive=True)
-        process.send_signal(signum)
-        out, _ = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    workers: list[psutil.Process] = []
+
+    def a_game_written() -> bool:
+        if not any(path.stat().st_size for path in output.glob("games-*.csa")):
+            return False
+        workers.extend(psutil.Process(process.pid).children(recursive=True))
+        return True
+
+    out, _ = signal_when(process, a_game_written, signum, timeout=60)
     assert process.returncode == 0, out
     assert "interrupted: stopping the workers" in out and "done:" in out
     summary = json.loads((output / "summary.json").read_text())
