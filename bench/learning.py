@@ -47,9 +47,9 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import tempfile
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +75,14 @@ from learner.pipeline import (
     ON_START,
     RECORDS_BESIDE,
     beside_command,
-    default_sigint,
     engine_games_beside,
+    generator_beside,
+    missing_program,
     records_beside,
-    stop,
 )
 from learner.reports import EpochReport
 from learner.trainer import Trainer
 from workers import evaluate
-from workers.engines import EngineError, resolve_command
 
 # Chosen for learning speed on 2 CPU cores: a small net sees many games in the budget.
 # Without batch norm and clipped to the policy before each update, 8 minutes scored 0.870
@@ -155,7 +154,7 @@ def main() -> None:
     args.beside_workers = beside_workers(args)
     with tempfile.TemporaryDirectory() as run_dir:
         start = [*INIT_SETTINGS, *engine_games_beside(args.init_from)] if args.init_from else []
-        generator = None
+        beside: AbstractContextManager[object] = nullcontext()
         if args.beside_workers:
             records = Path(args.records_beside or Path(run_dir) / RECORDS_BESIDE)
             records.mkdir(parents=True, exist_ok=True)
@@ -163,21 +162,14 @@ def main() -> None:
             generate = beside_command(args.beside_engine, 4, args.beside_workers,
                                       args.minutes + 1, BESIDE_SEED + args.seed, records)
             print("beside self-play: " + " ".join(generate), flush=True)
+            beside = generator_beside(generate, records)
         config = load_config(None, [*SETTINGS, *start,
                                     f"run.dir={run_dir}", f"run.seed={args.seed}", *args.overrides])
-        try:
-            if args.beside_workers:
-                with open(records / "generate.log", "ab") as log:
-                    generator = subprocess.Popen(generate, stdout=log, stderr=subprocess.STDOUT,
-                                                 start_new_session=True, preexec_fn=default_sigint)
-            with Learner(config, LearnerOptions(init_from=args.init_from)) as learner:
-                trainer = learner.trainer
-                untrained = copy.deepcopy(trainer.model)
-                updates: list[EpochReport] = []
-                curve = _train_with_curve(learner, 60 * args.minutes, max(args.curve, 1), updates)
-        finally:
-            if generator is not None:
-                stop(generator, patience=30.0)
+        with beside, Learner(config, LearnerOptions(init_from=args.init_from)) as learner:
+            trainer = learner.trainer
+            untrained = copy.deepcopy(trainer.model)
+            updates: list[EpochReport] = []
+            curve = _train_with_curve(learner, 60 * args.minutes, max(args.curve, 1), updates)
     if trainer.supervised_records is not None:
         print(f"engine games made beside self-play: {trainer.supervised_records.games:,} training "
               f"games read ({trainer.supervised_records.held_out:,} held out), "
@@ -218,12 +210,10 @@ def beside_workers(args: argparse.Namespace) -> int:
         workers = 1 if (os.cpu_count() or 1) >= 2 else 0
     if workers < 0:
         raise SystemExit("bench.learning: --beside-workers must be at least 0")
-    if workers and args.beside_engine.startswith("usi:"):
-        try:
-            resolve_command(args.beside_engine[4:])
-        except EngineError as exc:
-            raise SystemExit(f"bench.learning: --beside-engine {args.beside_engine}: {exc} "
-                             "(or --beside-workers 0)") from exc
+    program = missing_program(args.beside_engine) if workers else None
+    if program is not None:
+        raise SystemExit(f"bench.learning: --beside-engine {args.beside_engine}: engine program "
+                         f"{program!r} is not on PATH or in /usr/games (or --beside-workers 0)")
     return workers
 
 

@@ -223,8 +223,10 @@ class TrainConfig:
                                    "steers it; empty: off")
     supervised_records: str = setting("", "a folder that keisei-generate writes engine games "
                                       "into while this run trains (keisei-generate --output "
-                                      "DIR, started beside the learner): before every update "
-                                      "the games finished since are read, and their training "
+                                      "DIR, started beside the learner, or by keisei-learner "
+                                      "--beside-workers N): before every update the games "
+                                      "finished since are read (at most about 1 MB of each "
+                                      "file an update), and their training "
                                       "positions join those trained beside self-play, with "
                                       "train.supervised_data's if set (each minibatch's "
                                       "train.supervised_batch drawn from both in proportion "

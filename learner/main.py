@@ -16,7 +16,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
@@ -88,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "security note")
     parser.add_argument("--local-actors", type=int, default=0, metavar="N",
                         help="start N keisei-actor processes on this machine and reap them on exit")
+    parser.add_argument("--beside-workers", type=int, default=0, metavar="N",
+                        help="also make engine games on N keisei-generate processes beside the "
+                             "learner and train them beside self-play as they come "
+                             "(train.supervised_records: default RUN_DIR/records-beside); the "
+                             "learner takes the other cores (run.threads, unless set); stopped "
+                             "with the learner (default 0: none)")
+    parser.add_argument("--beside-engine", default="usi:fairy-stockfish", metavar="SPEC",
+                        help="their engine, as keisei-generate --engine (default "
+                             "usi:fairy-stockfish)")
+    parser.add_argument("--beside-depth", type=int, default=4, metavar="N",
+                        help="its search depth, for usi: engines (default 4)")
     parser.add_argument("--remote-actors", action="store_true",
                         help="collect from actors that connect to --bind (without local ones)")
     parser.add_argument("--curve-keys", default=os.environ.get("KEISEI_CURVE_KEYS"), metavar="DIR",
@@ -168,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("keisei-learner: --ranks under torchrun (WORLD_SIZE is set): leave --ranks out, "
                   "torchrun starts the ranks", file=sys.stderr)
             return ExitCode.USAGE
+        if args.ranks > 1 and args.beside_workers:
+            print("keisei-learner: --beside-workers with --ranks: start keisei-generate beside "
+                  "the learner and set train.supervised_records instead", file=sys.stderr)
+            return ExitCode.USAGE
         if args.ranks > 1:
             setup_logging()
             return launch(args.ranks, without_ranks(argv))
@@ -212,6 +228,8 @@ def train(args: argparse.Namespace, info: RankInfo | None) -> int:
         from learner.ranks import Alone, RankFailed, Ranks, World, check_divisible
 
         device, _ = resolve_device(config)
+        if args.beside_workers:
+            config, beside = engine_games_beside_learner(args, config, info)
         options = LearnerOptions(local_actors=args.local_actors, remote_actors=args.remote_actors,
                                  bind=args.bind, curve_keys=args.curve_keys, resume=resume,
                                  init_from=args.init_from, web=args.web)
@@ -229,7 +247,8 @@ def train(args: argparse.Namespace, info: RankInfo | None) -> int:
                 options = replace(options, resume=resume)
             check_divisible(config.train.steps_per_epoch, config.train.minibatch_size, world.size)
             with Learner(config, options, world=world) as learner, stop_on_signals(learner.stop):
-                outcome = learner.run()
+                with beside() if args.beside_workers else nullcontext():
+                    outcome = learner.run()
     except ConfigError as exc:
         print(f"keisei-learner: {prefix}{exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -240,6 +259,53 @@ def train(args: argparse.Namespace, info: RankInfo | None) -> int:
         logger.error("%s", exc)  # before training: cannot start; after: tearing down failed
         return ExitCode.USAGE if outcome is None else ExitCode.FAILURE
     return EXIT_CODES[outcome.value]
+
+
+def engine_games_beside_learner(args: argparse.Namespace, config: Config, info: RankInfo | None
+                                ) -> tuple[Config, Callable[[], AbstractContextManager[object]]]:
+    """``--beside-workers``: the configuration that reads the generator's games
+    (``train.supervised_records``, or ``RUN_DIR/records-beside`` where it is empty) on the
+    cores the generator leaves (``run.threads``, where it is 0), and the generator to run
+    while the learner trains, with a new seed at each start.
+
+    :raises ConfigError: for a negative count, a multi-rank learner or a missing engine.
+    """
+    from learner.pipeline import (
+        RECORDS_BESIDE,
+        beside_command,
+        generator_beside,
+        missing_program,
+        next_beside_seed,
+    )
+
+    problems = []
+    if args.beside_workers < 0:
+        problems.append(f"--beside-workers {args.beside_workers}: must be 0 or more")
+    if info is not None:
+        problems.append("--beside-workers with more than one rank: start keisei-generate "
+                        "beside the learner and set train.supervised_records instead")
+    if args.beside_depth < 1:
+        problems.append(f"--beside-depth {args.beside_depth}: must be 1 or more")
+    program = missing_program(args.beside_engine)
+    if program is not None:
+        problems.append(f"--beside-engine {args.beside_engine}: engine program {program!r} is "
+                        "not on PATH or in /usr/games (Debian: apt-get install fairy-stockfish)")
+    if problems:
+        raise ConfigError(problems)
+    folder = Path(config.train.supervised_records or Path(config.run.dir) / RECORDS_BESIDE)
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = config.run.threads or max(1, (os.cpu_count() or 1) - args.beside_workers)
+    config = replace(config, run=replace(config.run, threads=threads),
+                     train=replace(config.train, supervised_records=str(folder)))
+
+    def beside() -> AbstractContextManager[object]:
+        command = beside_command(args.beside_engine, args.beside_depth, args.beside_workers,
+                                 None, next_beside_seed(folder), folder)
+        logger.info("engine games beside the learner: %s (its output in %s)", " ".join(command),
+                    folder / "generate.log")
+        return generator_beside(command, folder)
+
+    return config, beside
 
 
 def leave_rank(code: int) -> NoReturn:

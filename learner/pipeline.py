@@ -51,7 +51,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -89,6 +90,7 @@ BESIDE = ("train.value_anchor_coef=0",)
 # docs/results/2026-12-07-engine-games-beside-self-play-a-second-run.md).
 RECORDS_BESIDE = "records-beside"
 BESIDE_SEED = 1000  # the beside games' seeds, apart from the generate phase's 0, 1, 2, ...
+UNTIL_STOPPED = 525_600  # keisei-generate --minutes for a generator stopped with its learner
 
 
 def engine_games_beside(start: str | Path) -> list[str]:
@@ -104,13 +106,43 @@ def engine_games_beside(start: str | Path) -> list[str]:
     return [f"train.supervised_data={data}", *BESIDE]
 
 
-def beside_command(engine: str, depth: int, workers: int, minutes: float, seed: int,
+def beside_command(engine: str, depth: int, workers: int, minutes: float | None, seed: int,
                    output: Path) -> list[str]:
-    """``keisei-generate`` making engine games into ``output`` beside self-play."""
+    """``keisei-generate`` making engine games into ``output`` beside self-play, for
+    ``minutes`` (None: until it is stopped)."""
     limit = ["--depth", str(depth)] if engine.startswith("usi:") else []
-    return [*command("generate"), "--engine", engine, *limit, "--minutes",
-            f"{max(minutes, 0.1):.3f}", "--workers", str(workers), "--seed", str(seed),
-            "--output", str(output), "--progress", "60"]
+    budget = f"{max(minutes, 0.1):.3f}" if minutes is not None else str(UNTIL_STOPPED)
+    return [*command("generate"), "--engine", engine, *limit, "--minutes", budget,
+            "--workers", str(workers), "--seed", str(seed), "--output", str(output),
+            "--progress", "60"]
+
+
+def next_beside_seed(output: Path) -> int:
+    """The seed for another start of the generator into ``output``: ``BESIDE_SEED`` plus
+    the starts so far, counted in ``output/beside.json``, so that games appended by a
+    restarted run are new games."""
+    path = output / "beside.json"
+    try:
+        starts = int(json.loads(path.read_text(encoding="utf-8"))["starts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        starts = 0
+    write_json_atomically(path, {"starts": starts + 1})
+    return BESIDE_SEED + starts + 1
+
+
+@contextmanager
+def generator_beside(command: list[str], output: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` (``beside_command``'s) for as long as the block runs, its output
+    appended to ``output/generate.log``; when the block ends, stop it as Ctrl-C would (its
+    whole process tree after 30 s)."""
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / "generate.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, preexec_fn=default_sigint)
+    try:
+        yield process
+    finally:
+        stop(process, patience=30.0)
 
 
 def records_beside(output: Path, workers: int) -> list[str]:
@@ -267,12 +299,20 @@ def missing_programs(plan: Plan, state: State) -> list[str]:
         specs += plan.opponents
     missing = []
     for spec in specs:
-        program = (spec[4:].split()[0] if spec.startswith("usi:") and spec[4:].strip()
-                   else "gnushogi" if spec.startswith("gnushogi:") else None)
-        if program is not None and shutil.which(program) is None \
-                and shutil.which(program, path="/usr/games") is None and program not in missing:
+        program = missing_program(spec)
+        if program is not None and program not in missing:
             missing.append(program)
     return missing
+
+
+def missing_program(spec: str) -> str | None:
+    """The program an engine ``spec`` runs where this machine lacks it (neither on PATH
+    nor in /usr/games), else None."""
+    program = (spec[4:].split()[0] if spec.startswith("usi:") and spec[4:].strip()
+               else "gnushogi" if spec.startswith("gnushogi:") else None)
+    if program is None or shutil.which(program) or shutil.which(program, path="/usr/games"):
+        return None
+    return program
 
 
 class State:

@@ -17,7 +17,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_beside_workers_default_follows_the_start_and_the_cores(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(learning, "resolve_command", lambda command: [command])
+    monkeypatch.setattr(learning, "missing_program", lambda spec: None)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert learning.beside_workers(_args()) == 1  # from random weights too
     assert learning.beside_workers(_args("--init-from", "start.pt")) == 1
@@ -35,7 +35,6 @@ def test_a_negative_count_is_refused() -> None:
 
 def test_a_missing_engine_is_named_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr("workers.engines.GAMES_DIRECTORIES", ("/nonexistent",))
     with pytest.raises(SystemExit, match=r"--beside-engine usi:no-such-engine: .*'no-such-engine'"):
         learning.beside_workers(_args("--beside-workers", "1", "--beside-engine",
                                       "usi:no-such-engine"))

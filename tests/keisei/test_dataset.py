@@ -220,3 +220,24 @@ def test_a_growing_record_folder_is_read_as_keisei_pretrain_would_split_it(tmp_p
     assert len(drawn) == 500 and set(map(bytes, drawn)) <= set(map(bytes, folder.samples))
     with pytest.raises(DatasetError, match="no such folder"):
         RecordFolder(tmp_path / "missing", val_fraction=0.05, max_duplicates=4)
+
+
+def test_a_record_folder_reads_a_bounded_share_of_a_file_at_each_poll(tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    games = [to_csa(play_random_game(seed=seed, max_plies=60)) for seed in range(12)]
+    (records / "games-00.csa").write_text("/\n".join(games))
+    longest = max(len(game.encode()) for game in games)
+    folder = RecordFolder(records, val_fraction=0.0, max_duplicates=0)
+    polls = [folder.poll(limit=3 * longest)]
+    while polls[-1]:
+        polls.append(folder.poll(limit=3 * longest))
+    assert len(polls) >= 4 + 1  # at most three games a poll, then nothing left
+    assert folder.games == 12  # every game once, none cut
+    whole = RecordFolder(records, val_fraction=0.0, max_duplicates=0)
+    whole.poll()
+    assert sorted(map(bytes, folder.samples)) == sorted(map(bytes, whole.samples))
+    # a game longer than the limit is still read, whole
+    one = RecordFolder(records, val_fraction=0.0, max_duplicates=0)
+    one.poll(limit=10)
+    assert one.games == 1

@@ -240,3 +240,56 @@ def test_an_anchor_penalty_without_a_start_network_is_named_as_off(
     assert main(arguments(tmp_path / "gated", "train.total_steps=128", "train.init_kl_coef=0.5",
                           "train.kl_anchor=gated")) == 0
     assert "no anchor" not in capfd.readouterr().err
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    import tomllib
+
+    with open(run_dir / "config.toml", "rb") as handle:
+        return tomllib.load(handle)
+
+
+def test_engine_games_beside_the_learner_start_with_it_stop_with_it_and_take_a_new_seed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    run_dir = tmp_path / "run"
+    beside = ["--beside-workers", "1", "--beside-engine", "greedy"]
+    assert main([*arguments(run_dir, "run.threads=0", "train.total_steps=256"), *beside]) == 0
+    folder = run_dir / "records-beside"
+    config = _config(run_dir)
+    assert config["train"]["supervised_records"] == str(folder)
+    assert config["run"]["threads"] == 2  # the cores the generator leaves
+    log = (folder / "generate.log").read_text()
+    assert "generating with greedy on 1 process(es)" in log
+    assert json.loads((folder / "summary.json").read_text())["games"] >= 0  # stopped cleanly
+    assert not psutil.Process().children(recursive=True)  # nothing left running
+    # resumed, with its own threads: another seed, so the games appended are new games
+    assert main(["--resume", "--set", f"run.dir={run_dir}", "--set", "train.total_steps=384",
+                 "--set", "run.threads=1", *beside]) == 0
+    assert json.loads((folder / "beside.json").read_text()) == {"starts": 2}
+    assert _config(run_dir)["run"]["threads"] == 1
+    assert not psutil.Process().children(recursive=True)
+
+
+def test_engine_games_beside_a_folder_of_the_users_choosing(tmp_path: Path) -> None:
+    folder = tmp_path / "games"
+    assert main([*arguments(tmp_path / "run", "train.total_steps=128",
+                            f"train.supervised_records={folder}"),
+                 "--beside-workers", "1", "--beside-engine", "greedy"]) == 0
+    assert (folder / "generate.log").is_file() and not (tmp_path / "run" / "records-beside").exists()
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    (["--beside-workers", "-1"], "--beside-workers -1: must be 0 or more"),
+    (["--beside-workers", "1", "--beside-engine", "usi:no-such-engine"],
+     "--beside-engine usi:no-such-engine: engine program 'no-such-engine' is not on PATH"),
+    (["--beside-workers", "1", "--beside-depth", "0"], "--beside-depth 0: must be 1 or more"),
+    (["--beside-workers", "1", "--ranks", "2"], "--beside-workers with --ranks"),
+])
+def test_engine_games_beside_the_learner_refuse_what_cannot_run(
+        extra: list[str], named: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert main([*arguments(tmp_path / "run"), *extra]) == 2
+    assert named in capfd.readouterr().err
+    assert not (tmp_path / "run").exists()
