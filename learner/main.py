@@ -289,11 +289,16 @@ def engine_games_beside_learner(args: argparse.Namespace, config: Config, info: 
     program = missing_program(args.beside_engine)
     if program is not None:
         problems.append(f"--beside-engine {args.beside_engine}: engine program {program!r} is "
-                        "not on PATH or in /usr/games (Debian: apt-get install fairy-stockfish)")
+                        f"not on PATH or in /usr/games (Debian: apt-get install {program})")
+    folder = Path(config.train.supervised_records or Path(config.run.dir) / RECORDS_BESIDE)
+    if not problems:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"--beside-workers: cannot make the games' folder {folder}: "
+                            f"{exc.strerror or exc}")
     if problems:
         raise ConfigError(problems)
-    folder = Path(config.train.supervised_records or Path(config.run.dir) / RECORDS_BESIDE)
-    folder.mkdir(parents=True, exist_ok=True)
     threads = config.run.threads or max(1, (os.cpu_count() or 1) - args.beside_workers)
     config = replace(config, run=replace(config.run, threads=threads),
                      train=replace(config.train, supervised_records=str(folder)))

@@ -249,10 +249,22 @@ def _config(run_dir: Path) -> dict[str, Any]:
         return tomllib.load(handle)
 
 
-def test_engine_games_beside_the_learner_start_with_it_stop_with_it_and_take_a_new_seed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _generators() -> list[Any]:
+    """This process's children that run keisei-generate."""
     import psutil
 
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "workers.generate" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:  # ended meanwhile
+            pass
+    return found
+
+
+def test_engine_games_beside_the_learner_start_with_it_stop_with_it_and_take_a_new_seed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 3)
     run_dir = tmp_path / "run"
     beside = ["--beside-workers", "1", "--beside-engine", "greedy"]
@@ -264,13 +276,13 @@ def test_engine_games_beside_the_learner_start_with_it_stop_with_it_and_take_a_n
     log = (folder / "generate.log").read_text()
     assert "generating with greedy on 1 process(es)" in log
     assert json.loads((folder / "summary.json").read_text())["games"] >= 0  # stopped cleanly
-    assert not psutil.Process().children(recursive=True)  # nothing left running
+    assert not _generators()  # nothing left running
     # resumed, with its own threads: another seed, so the games appended are new games
     assert main(["--resume", "--set", f"run.dir={run_dir}", "--set", "train.total_steps=384",
                  "--set", "run.threads=1", *beside]) == 0
     assert json.loads((folder / "beside.json").read_text()) == {"starts": 2}
     assert _config(run_dir)["run"]["threads"] == 1
-    assert not psutil.Process().children(recursive=True)
+    assert not _generators()
 
 
 def test_engine_games_beside_a_folder_of_the_users_choosing(tmp_path: Path) -> None:
@@ -287,6 +299,8 @@ def test_engine_games_beside_a_folder_of_the_users_choosing(tmp_path: Path) -> N
      "--beside-engine usi:no-such-engine: engine program 'no-such-engine' is not on PATH"),
     (["--beside-workers", "1", "--beside-depth", "0"], "--beside-depth 0: must be 1 or more"),
     (["--beside-workers", "1", "--ranks", "2"], "--beside-workers with --ranks"),
+    (["--beside-workers", "1", "--beside-engine", "greedy", "--set",
+      "train.supervised_records=/proc/no-such/games"], "cannot make the games' folder"),
 ])
 def test_engine_games_beside_the_learner_refuse_what_cannot_run(
         extra: list[str], named: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
