@@ -361,6 +361,11 @@ def endless_batches(directory: str | Path, batch_size: int,
     return EndlessBatches(shards, batch_size, rng)
 
 
+GENERATOR_STARTED = "generating with"
+"""The start of the line ``keisei-generate`` prints once SIGINT or SIGTERM stops it cleanly
+(finished games and ``summary.json`` kept); whoever started it waits for the line before
+stopping it, so that a stop while it is still importing leaves no traceback."""
+
 POLL_BYTES = 1 << 20
 """``RecordFolder.poll`` reads at most about this much of each file: some 90 000
 positions, about a second's parsing on one core, where one Fairy-Stockfish depth-4 worker

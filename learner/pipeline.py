@@ -60,6 +60,7 @@ from typing import Any
 
 from keisei.cli import ExitCode, HelpConfig, add_version
 from keisei.config import Config, ConfigError, load_config
+from keisei.dataset import GENERATOR_STARTED
 from keisei.files import write_json_atomically
 from keisei.processes import stop_process_tree
 from keisei.rundir import RunDir
@@ -134,15 +135,37 @@ def next_beside_seed(output: Path) -> int:
 def generator_beside(command: list[str], output: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` (``beside_command``'s) for as long as the block runs, its output
     appended to ``output/generate.log``; when the block ends, stop it as Ctrl-C would (its
-    whole process tree after 30 s)."""
+    whole process tree after 30 s), once it has started (up to ``START_SECONDS``), so that
+    even a block of a second stops it cleanly."""
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "generate.log", "ab") as log:
+        offset = log.tell()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=default_sigint)
     try:
         yield process
     finally:
+        wait_for_start(process, output / "generate.log", offset)
         stop(process, patience=30.0)
+
+
+START_SECONDS = 60.0  # the longest a generator is given to start before it is stopped
+
+
+def wait_for_start(process: subprocess.Popen[bytes], log: Path, offset: int) -> None:
+    """Wait until the generator writing ``log`` from ``offset`` on has printed
+    ``GENERATOR_STARTED`` (from then on a stop is clean), has exited, or ``START_SECONDS``
+    have passed."""
+    deadline = time.monotonic() + START_SECONDS
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(log, "rb") as file:
+                file.seek(offset)
+                if GENERATOR_STARTED.encode() in file.read():
+                    return
+        except OSError:
+            return
+        time.sleep(0.05)
 
 
 def records_beside(output: Path, workers: int) -> list[str]:
@@ -403,6 +426,7 @@ class Runner:
         if companion is not None:
             print(f"$ {' '.join(companion.command)} > {companion.log} (beside it)", flush=True)
             with open(companion.log, "ab") as log:
+                offset = log.tell()
                 self.companion = subprocess.Popen(companion.command, stdout=log,
                                                   stderr=subprocess.STDOUT,
                                                   start_new_session=True,
@@ -424,7 +448,8 @@ class Runner:
         finally:
             if self.child is not None:  # the pipeline itself failed: do not leave it behind
                 stop(self.child)
-            if self.companion is not None:
+            if self.companion is not None and companion is not None:
+                wait_for_start(self.companion, companion.log, offset)
                 stop(self.companion, patience=30.0)
                 print(f"keisei-pipeline: {name}: {companion.command[2] if companion else ''} "
                       f"beside it exited {self.companion.returncode}", flush=True)

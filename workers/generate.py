@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from keisei.cli import add_version
+from keisei.dataset import GENERATOR_STARTED
 from keisei.errors import IllegalMoveError, KeiseiError
 from keisei.evaluation import apply_decision, load_openings
 from keisei.files import write_json_atomically
@@ -185,9 +186,9 @@ def generate(tasks: Sequence[GenerateTask], progress_seconds: float) -> Totals:
     started = time.monotonic()
     last_print = started
     running = len(processes)
-    for process in processes:
-        process.start()
     try:
+        for process in processes:
+            process.start()
         while running:
             try:
                 item = progress.get(timeout=0.5)
@@ -207,6 +208,8 @@ def generate(tasks: Sequence[GenerateTask], progress_seconds: float) -> Totals:
         print("interrupted: stopping the workers (finished games are kept)", flush=True)
     finally:
         for process in processes:
+            if process.pid is None:  # stopped before it started
+                continue
             if process.is_alive():
                 process.terminate()
             process.join(timeout=10)
@@ -299,13 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = [GenerateTask(spec, worker, args.workers, args.games, deadline, openings,
                           args.random_plies, args.random_share, args.max_plies, args.seed,
                           str(output)) for worker in range(args.workers)]
-    print(f"generating with {spec.name} on {args.workers} process(es) into {output}", flush=True)
     started = time.monotonic()
     # Ctrl-C, or SIGINT or SIGTERM from a parent such as keisei-pipeline, stops it cleanly,
     # even where it was started with SIGINT ignored (a shell's background job)
     previous = {signum: signal.signal(signum, signal.default_int_handler)
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
+        print(f"{GENERATOR_STARTED} {spec.name} on {args.workers} process(es) into {output}",
+              flush=True)
         totals = generate(tasks, args.progress)
     except KeiseiError as exc:
         logger.error("%s", exc)

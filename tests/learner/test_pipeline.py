@@ -25,6 +25,7 @@ from learner.pipeline import (
     State,
     build_parser,
     engine_games_beside,
+    generator_beside,
     main,
     make_plan,
     selfplay,
@@ -178,14 +179,27 @@ def test_a_missing_beside_engine_is_named_before_self_play_starts(
 
 def test_the_companion_is_stopped_when_the_phase_command_ends(tmp_path: Path) -> None:
     runner = Runner(State(tmp_path / "pipeline.json"))
-    sleeper = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); "
-               "time.sleep(60)"]
+    sleeper = [sys.executable, "-c", "import os, time; print(os.getpid(), 'generating with', "
+               "flush=True); time.sleep(60)"]
     code = runner.run("selfplay", [sys.executable, "-c", "import time; time.sleep(1.5)"],
                       Companion(sleeper, tmp_path / "beside.log"))
     assert code == 0 and runner.companion is None and runner.child is None
     pid = int((tmp_path / "beside.log").read_text().split()[0])  # its output went to its log
     assert not psutil.pid_exists(pid)
     assert _phase(tmp_path, "selfplay")["seconds"] >= 1.5  # type: ignore[operator]
+
+
+def test_a_generator_stopped_as_soon_as_it_is_started_stops_cleanly(tmp_path: Path) -> None:
+    """Stopped while still importing, it would leave a traceback and no summary; it is
+    given the time to start first."""
+    command = [sys.executable, "-m", "workers.generate", "--engine", "greedy", "--workers", "1",
+               "--minutes", "10", "--output", str(tmp_path)]
+    with generator_beside(command, tmp_path) as process:
+        pass
+    assert process.returncode == 0
+    log = (tmp_path / "generate.log").read_text()
+    assert "generating with greedy" in log and "Traceback" not in log, log
+    assert json.loads((tmp_path / "summary.json").read_text())["engine"] == "greedy"
 
 
 def _pipeline(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
