@@ -193,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config or status:
             config, _ = resolve_config(args)
             if args.print_config:
+                if args.beside_workers:  # the settings the generator brings, as a run has them
+                    config, _ = engine_games_beside_learner(args, config, info, make_folder=False)
                 sys.stdout.write(config.to_toml())
                 return ExitCode.SUCCESS
             return print_status(Path(args.status or config.run.dir))
@@ -261,12 +263,14 @@ def train(args: argparse.Namespace, info: RankInfo | None) -> int:
     return EXIT_CODES[outcome.value]
 
 
-def engine_games_beside_learner(args: argparse.Namespace, config: Config, info: RankInfo | None
+def engine_games_beside_learner(args: argparse.Namespace, config: Config, info: RankInfo | None,
+                                make_folder: bool = True,
                                 ) -> tuple[Config, Callable[[], AbstractContextManager[object]]]:
     """``--beside-workers``: the configuration that reads the generator's games
     (``train.supervised_records``, or ``RUN_DIR/records-beside`` where it is empty) on the
     cores the generator leaves (``run.threads``, where it is 0), and the generator to run
-    while the learner trains, with a new seed at each start.
+    while the learner trains, with a new seed at each start. ``make_folder`` False
+    (``--print-config``): the configuration alone, nothing made on disk.
 
     :raises ConfigError: for a negative count, a multi-rank learner or a missing engine.
     """
@@ -291,7 +295,7 @@ def engine_games_beside_learner(args: argparse.Namespace, config: Config, info: 
         problems.append(f"--beside-engine {args.beside_engine}: engine program {program!r} is "
                         f"not on PATH or in /usr/games (Debian: apt-get install {program})")
     folder = Path(config.train.supervised_records or Path(config.run.dir) / RECORDS_BESIDE)
-    if not problems:
+    if not problems and make_folder:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -243,8 +244,6 @@ def test_an_anchor_penalty_without_a_start_network_is_named_as_off(
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
-    import tomllib
-
     with open(run_dir / "config.toml", "rb") as handle:
         return tomllib.load(handle)
 
@@ -284,6 +283,18 @@ def test_engine_games_beside_the_learner_start_with_it_stop_with_it_and_take_a_n
     assert json.loads((folder / "beside.json").read_text()) == {"starts": 2}
     assert _config(run_dir)["run"]["threads"] == 1
     assert not _generators()
+
+
+def test_print_config_shows_the_settings_engine_games_beside_bring(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    run_dir = tmp_path / "run"
+    assert main([*arguments(run_dir, "run.threads=0"), "--print-config", "--beside-workers", "1",
+                 "--beside-engine", "greedy"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["train"]["supervised_records"] == str(run_dir / "records-beside")
+    assert printed["run"]["threads"] == 3
+    assert not run_dir.exists()  # printed, nothing made
 
 
 def test_engine_games_beside_a_folder_of_the_users_choosing(tmp_path: Path) -> None:
