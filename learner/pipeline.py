@@ -451,7 +451,7 @@ class Runner:
             if self.companion is not None and companion is not None:
                 wait_for_start(self.companion, companion.log, offset)
                 stop(self.companion, patience=30.0)
-                print(f"keisei-pipeline: {name}: {companion.command[2] if companion else ''} "
+                print(f"keisei-pipeline: {name}: {companion.command[2]} "
                       f"beside it exited {self.companion.returncode}", flush=True)
             record["seconds"] += time.monotonic() - last
             self.state.save()
