@@ -18,12 +18,14 @@ Each worker process appends its games to ``DIR/games-WW.csa`` (CSA V2.2, games
 separated by ``/``), one whole game per write, so an interrupted run keeps every
 finished game. Progress is printed every ``--progress`` seconds; a summary (games,
 positions, result mix, plies/s) at the end, also as ``DIR/summary.json``.
-Exit codes: 0 done (also after Ctrl-C), 1 failed, 2 bad arguments or engine.
+Exit codes: 0 done (also after Ctrl-C once the workers have started), 1 failed, 2 bad
+arguments or engine, 130 interrupted before the workers had started (nothing written).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import multiprocessing
 import queue
@@ -32,9 +34,10 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from keisei.cli import add_version
@@ -113,6 +116,7 @@ def play_games(task: GenerateTask, progress: Any) -> None:
     """A worker: play games until the count or the deadline, append each as CSA."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # its terminate() ends a worker at once
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # held while it was started
     die_with_parent()  # and a parent killed outright takes its workers with it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s "
                         "%(levelname)s %(message)s", force=True)
@@ -176,19 +180,53 @@ class Totals:
                 "results": dict(self.results or {}), "reasons": dict(self.reasons or {})}
 
 
-def generate(tasks: Sequence[GenerateTask], progress_seconds: float) -> Totals:
-    """Run the workers, print progress, stop them cleanly on Ctrl-C; the totals."""
+STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block ends, then raise ``KeyboardInterrupt``
+    if one came: a stop while a worker is being started would leave it half-started
+    (a spawned child reading half its start-up data fails with a traceback). The signals
+    are also blocked in this thread, so a worker started here starts with them blocked
+    and ``play_games`` decides what they do before it unblocks them."""
+    received: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in STOPS}
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # a pending stop reaches hold()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+def generate(tasks: Sequence[GenerateTask], progress_seconds: float,
+             on_started: Callable[[], None] | None = None) -> Totals:
+    """Run the workers, print progress, stop them cleanly on Ctrl-C; the totals.
+    ``on_started`` runs once every worker has started: from then on a stop is clean."""
     context = multiprocessing.get_context("spawn")
-    progress = context.Queue()
-    processes = [context.Process(target=play_games, args=(task, progress), daemon=True)
-                 for task in tasks]
+    processes: list[multiprocessing.process.BaseProcess] = []
+    progress: Any = None
     totals = Totals()
     started = time.monotonic()
     last_print = started
-    running = len(processes)
+    running = len(tasks)
     try:
-        for process in processes:
-            process.start()
+        with stops_held():  # the queue may start multiprocessing's resource tracker too
+            progress = context.Queue()
+            processes = [context.Process(target=play_games, args=(task, progress), daemon=True)
+                         for task in tasks]
+            for process in processes:
+                process.start()
+        if on_started is not None:
+            on_started()
         while running:
             try:
                 item = progress.get(timeout=0.5)
@@ -216,7 +254,7 @@ def generate(tasks: Sequence[GenerateTask], progress_seconds: float) -> Totals:
             if process.is_alive():
                 process.kill()
                 process.join()
-        while True:  # games that finished while stopping
+        while progress is not None:  # games that finished while stopping
             try:
                 item = progress.get_nowait()
             except queue.Empty:
@@ -305,15 +343,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     # Ctrl-C, or SIGINT or SIGTERM from a parent such as keisei-pipeline, stops it cleanly,
     # even where it was started with SIGINT ignored (a shell's background job)
-    previous = {signum: signal.signal(signum, signal.default_int_handler)
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in STOPS}
+
+    def announce() -> None:
         print(f"{GENERATOR_STARTED} {spec.name} on {args.workers} process(es) into {output}",
               flush=True)
-        totals = generate(tasks, args.progress)
+
+    try:
+        totals = generate(tasks, args.progress, on_started=announce)
     except KeiseiError as exc:
         logger.error("%s", exc)
         return 1
+    except KeyboardInterrupt:  # before a worker was started: nothing was written
+        print("interrupted before the workers started", flush=True)
+        return 130
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

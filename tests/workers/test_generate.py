@@ -99,3 +99,30 @@ def test_a_signal_stops_it_cleanly_even_started_with_sigint_ignored(
     assert 0 < summary["games"] <= len(list(read_games([output])))
     assert not [worker for worker in workers if worker.is_running()
                 and worker.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_stop_while_a_worker_is_being_started_waits_until_it_has_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """The stop comes between a spawned worker's birth and its start-up data, the moment
+    that once left the worker reading half of it (a traceback, and a failed run)."""
+    import multiprocessing.util
+
+    spawn = multiprocessing.util.spawnv_passfds
+
+    def stopped_while_spawning(path: bytes, args: list[bytes], passfds: list[int]) -> int:
+        pid = spawn(path, args, passfds)
+        signal.raise_signal(signal.SIGINT)
+        return pid
+
+    monkeypatch.setattr(multiprocessing.util, "spawnv_passfds", stopped_while_spawning)
+    output = tmp_path / "games"
+    assert main(["--engine", "greedy", "--minutes", "1", "--workers", "1",
+                 "--output", str(output)]) == 0
+    out, err = capfd.readouterr()
+    assert "interrupted: stopping the workers" in out and "done: 0 games" in out
+    assert "generating with" not in out  # the start line means every worker has started
+    assert "Traceback" not in out + err, out + err
+    assert json.loads((output / "summary.json").read_text())["games"] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
