@@ -277,6 +277,7 @@ def engine_games_beside_learner(args: argparse.Namespace, config: Config, info: 
     from learner.pipeline import (
         RECORDS_BESIDE,
         beside_command,
+        cores_left,
         generator_beside,
         missing_program,
         next_beside_seed,
@@ -303,7 +304,7 @@ def engine_games_beside_learner(args: argparse.Namespace, config: Config, info: 
                             f"{exc.strerror or exc}")
     if problems:
         raise ConfigError(problems)
-    threads = config.run.threads or max(1, (os.cpu_count() or 1) - args.beside_workers)
+    threads = config.run.threads or cores_left(args.beside_workers)
     config = replace(config, run=replace(config.run, threads=threads),
                      train=replace(config.train, supervised_records=str(folder)))
 

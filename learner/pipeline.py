@@ -168,11 +168,16 @@ def wait_for_start(process: subprocess.Popen[bytes], log: Path, offset: int) -> 
         time.sleep(0.05)
 
 
+def cores_left(workers: int) -> int:
+    """The torch threads for a learner beside ``workers`` generator processes: the cores
+    they leave, at least one."""
+    return max(1, (os.cpu_count() or 1) - workers)
+
+
 def records_beside(output: Path, workers: int) -> list[str]:
     """The learner's settings for games made into ``output`` by ``workers`` processes
     beside it: read as they come, on the cores they leave."""
-    threads = max(1, (os.cpu_count() or 1) - workers)
-    return [f"train.supervised_records={output}", f"run.threads={threads}"]
+    return [f"train.supervised_records={output}", f"run.threads={cores_left(workers)}"]
 
 
 # the sections keisei-pretrain reads; model, run, checkpoint and display go to both trainers

@@ -112,8 +112,9 @@ def start_game(opening: Sequence[str], random_plies: int, random_share: float,
     return Game(prefix.sfen(), max_plies=max_plies)
 
 
-def play_games(task: GenerateTask, progress: Any) -> None:
-    """A worker: play games until the count or the deadline, append each as CSA."""
+def play_games(task: GenerateTask, progress: Any, stop: Any) -> None:
+    """A worker: play games until the count, the deadline or ``stop`` (an event the parent
+    sets; the game in play is then left unfinished and unwritten), append each as CSA."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # its terminate() ends a worker at once
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # held while it was started
@@ -126,7 +127,7 @@ def play_games(task: GenerateTask, progress: Any) -> None:
     try:
         with open(path, "a", encoding="utf-8") as handle:
             while task.games is None or index < task.games:
-                if task.deadline is not None and time.time() >= task.deadline:
+                if stop.is_set() or (task.deadline is not None and time.time() >= task.deadline):
                     break
                 rng = random.Random(task.seed * 1_000_003 + index)
                 opening = task.openings[index % len(task.openings)]
@@ -136,8 +137,10 @@ def play_games(task: GenerateTask, progress: Any) -> None:
 
                 game = start_game(opening, task.random_plies, task.random_share,
                                   task.max_plies, rng, choose)
-                while not game.is_over:
+                while not game.is_over and not stop.is_set():
                     apply_decision(game, choose(game))
+                if not game.is_over:
+                    break
                 handle.write(("/\n" if handle.tell() else "") + to_csa(game, (player.name,) * 2))
                 handle.flush()
                 outcome = game.outcome
@@ -181,7 +184,7 @@ class Totals:
 
 
 STOPS = {signal.SIGINT, signal.SIGTERM}
-
+STOP_SECONDS = 10.0  # how long stopped workers may take to finish their move and report
 
 @contextlib.contextmanager
 def stops_held() -> Iterator[None]:
@@ -214,6 +217,7 @@ def generate(tasks: Sequence[GenerateTask], progress_seconds: float,
     context = multiprocessing.get_context("spawn")
     processes: list[multiprocessing.process.BaseProcess] = []
     progress: Any = None
+    stop = context.Event()
     totals = Totals()
     started = time.monotonic()
     last_print = started
@@ -221,8 +225,8 @@ def generate(tasks: Sequence[GenerateTask], progress_seconds: float,
     try:
         with stops_held():  # the queue may start multiprocessing's resource tracker too
             progress = context.Queue()
-            processes = [context.Process(target=play_games, args=(task, progress), daemon=True)
-                         for task in tasks]
+            processes = [context.Process(target=play_games, args=(task, progress, stop),
+                                         daemon=True) for task in tasks]
             for process in processes:
                 process.start()
         if on_started is not None:
@@ -244,6 +248,19 @@ def generate(tasks: Sequence[GenerateTask], progress_seconds: float,
                 last_print = now
     except KeyboardInterrupt:
         print("interrupted: stopping the workers (finished games are kept)", flush=True)
+        # each finishes its move and reports every game it wrote; a second Ctrl-C aborts
+        stop.set()
+        deadline = time.monotonic() + STOP_SECONDS
+        while (progress is not None and running and time.monotonic() < deadline
+               and any(process.is_alive() for process in processes)):
+            try:
+                item = progress.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is None:
+                running -= 1
+            elif item:
+                totals.add(item)
     finally:
         for process in processes:
             if process.pid is None:  # stopped before it started
