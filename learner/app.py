@@ -87,6 +87,9 @@ class LearnerOptions:
     init_from: str | None = None
     """A checkpoint (``keisei-pretrain``'s or a learner's) whose network a new run starts from."""
     threads: int | None = None  # torch CPU threads; default run.threads, or all cores
+    threads_chosen: bool = False
+    """``run.threads`` was chosen for the user (the cores a generator beside the learner
+    leaves, ``--beside-workers``), not set by them: local actors may still share them."""
     publish_interval: float = 2.0  # seconds between repeats of the current weights
     web: str | None = None
     """``[HOST:]PORT`` to serve the web view of the run on (``learner.web``); None: no web view."""
@@ -305,7 +308,8 @@ class Learner:
                                        config.checkpoint)
         if options.distributed:
             self._open_distributed()
-            if (options.local_actors and options.threads is None and not config.run.threads
+            if (options.local_actors and options.threads is None
+                    and (not config.run.threads or options.threads_chosen)
                     and self.world.size == 1 and trainer.device.type == "cpu"):
                 trainer.threads = follow_actors(
                     torch.get_num_threads(), options.local_actors,

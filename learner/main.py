@@ -230,11 +230,17 @@ def train(args: argparse.Namespace, info: RankInfo | None) -> int:
         from learner.ranks import Alone, RankFailed, Ranks, World, check_divisible
 
         device, _ = resolve_device(config)
+        from learner.pipeline import cores_left
+
+        # the cores a generator beside leaves, chosen now or by the run being resumed
+        threads_chosen = (args.beside_workers > 0
+                          and config.run.threads in (0, cores_left(args.beside_workers)))
         if args.beside_workers:
             config, beside = engine_games_beside_learner(args, config, info)
         options = LearnerOptions(local_actors=args.local_actors, remote_actors=args.remote_actors,
                                  bind=args.bind, curve_keys=args.curve_keys, resume=resume,
-                                 init_from=args.init_from, web=args.web)
+                                 init_from=args.init_from, web=args.web,
+                                 threads_chosen=threads_chosen)
         options.check()
     except ConfigError as exc:
         print(f"keisei-learner: {prefix}{exc}", file=sys.stderr)

@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -137,6 +137,24 @@ def parse_options(pairs: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"--usi-option {pair!r}: expected NAME=VALUE")
         options[key.strip()] = value.strip()
     return options
+
+
+def with_search_settings(rungs: list[tuple[PlayerSpec, str | None]],
+                         settings: Sequence[str]) -> list[tuple[PlayerSpec, str | None]]:
+    """``--opponent-set``: ``settings`` for every searching checkpoint among ``rungs``, its
+    name saying so as the evaluated checkpoint's does.
+
+    :raises ValueError: where no opponent searches.
+    """
+    searching = [spec for spec, _ in rungs
+                 if spec.spec.startswith("checkpoint:") and (spec.visits or spec.movetime_ms)]
+    if not searching:
+        raise ValueError("--opponent-set applies to a searching opponent: give one as "
+                         "checkpoint:PATH@VISITS or checkpoint:PATH@MSms")
+    suffix = "".join(f", {setting.strip().removeprefix('search.')}" for setting in settings)
+    return [(replace(spec, search_settings=tuple(settings), name=spec.name.removesuffix(")")
+                     + suffix + ")") if spec in searching else spec, skipped)
+            for spec, skipped in rungs]
 
 
 def build_player(spec: PlayerSpec, device: str = "cpu") -> Player:
@@ -321,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
                         dest="search_settings",
                         help="one [search] setting for the checkpoint's search (repeatable; "
                              "with --visits or --movetime), e.g. search.c_puct=2")
+    parser.add_argument("--opponent-set", metavar="search.KEY=VALUE", action="append", default=[],
+                        dest="opponent_search_settings",
+                        help="one [search] setting for every searching checkpoint opponent "
+                             "(checkpoint:PATH@VISITS or @MSms; repeatable), e.g. "
+                             "search.policy_temperature=1.5")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sample the checkpoint's moves at this temperature (0: best move)")
     parser.add_argument("--mate-plies", type=int, default=ROOT_MATE_PLIES, metavar="N",
@@ -402,6 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_search_config(None, args.search_settings)
         except ConfigError as exc:
             problems.append(str(exc))
+    if args.opponent_search_settings:
+        try:
+            load_search_config(None, args.opponent_search_settings)
+        except ConfigError as exc:
+            problems.append(f"--opponent-set: {exc}")
     if problems:
         print("keisei-eval: " + "; ".join(problems), file=sys.stderr)
         return 2
@@ -426,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rungs = [(parse_spec(spec, **engine), None) for spec in args.opponent]
             for spec, _ in rungs:
                 check_player(spec, args.device)
+        if args.opponent_search_settings:
+            rungs = with_search_settings(rungs, args.opponent_search_settings)
         text = Path(args.openings).read_text(encoding="utf-8") if args.openings else None
         openings = load_openings(text)
     except (CheckpointError, EngineError, IllegalMoveError, ValueError, OSError) as exc:

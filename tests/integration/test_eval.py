@@ -274,6 +274,23 @@ def test_a_searching_checkpoint_names_its_budget_in_tables_and_records(checkpoin
     assert [opponent["movetime_ms"] for opponent in results["opponents"]] == [None, 50]
 
 
+def test_opponent_set_gives_a_searching_opponent_its_settings(checkpoints: list[Path],
+                                                              tmp_path: Path) -> None:
+    done = keisei_eval("--checkpoint", str(checkpoints[0]), "--opponent", "greedy",
+                       "--opponent", f"checkpoint:{checkpoints[1]}@8", "--games", "2",
+                       "--max-plies", "40", "--opponent-set", "search.policy_temperature=1.5",
+                       "--output", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    name = f"{checkpoints[1].stem} (8 visits, policy_temperature=1.5)"
+    assert name in done.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    greedy, searching = results["opponents"]
+    assert greedy["search_settings"] == [] and greedy["name"] == "greedy"
+    assert searching["name"] == name
+    assert searching["search_settings"] == ["search.policy_temperature=1.5"]
+    assert results["search"]["settings"] == []  # the evaluated checkpoint's own are apart
+
+
 def test_a_bad_search_budget_is_one_clear_line(checkpoints: list[Path], tmp_path: Path) -> None:
     for args, message in ((["--visits", "0"], "--visits must be at least 1"),
                           (["--opponent", f"checkpoint:{checkpoints[1]}@fast"], "search budget 'fast'"),
@@ -282,7 +299,10 @@ def test_a_bad_search_budget_is_one_clear_line(checkpoints: list[Path], tmp_path
                            "only search.KEY=VALUE settings apply to a search"),
                           (["--visits", "8", "--set", "search.policy_temperature=0"],
                            "search.policy_temperature = 0.0: out of range"),
-                          (["--visits", "8", "--set", "search.c_pucct=2"], "search.c_pucct: unknown key")):
+                          (["--visits", "8", "--set", "search.c_pucct=2"], "search.c_pucct: unknown key"),
+                          (["--opponent-set", "search.c_puct=2"], "applies to a searching opponent"),
+                          (["--opponent", f"checkpoint:{checkpoints[1]}@8", "--opponent-set",
+                            "search.c_pucct=2"], "search.c_pucct: unknown key")):
         extra = [] if "--opponent" in args else ["--opponent", "random"]
         done = keisei_eval("--checkpoint", str(checkpoints[0]), *args, *extra, "--output",
                            str(tmp_path))

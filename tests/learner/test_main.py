@@ -262,6 +262,21 @@ def _generators() -> list[Any]:
     return found
 
 
+def test_local_actors_beside_a_generator_share_the_cores_it_leaves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """The generator's core is not the actors' to share: the learner's threads follow the
+    actors within the cores the generator leaves, as they follow them without it."""
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    run_dir = tmp_path / "run"
+    assert main([*arguments(run_dir, "run.threads=0", "train.total_steps=256"),
+                 "--beside-workers", "1", "--beside-engine", "greedy", "--local-actors", "1",
+                 "--bind", f"tcp://127.0.0.1:{free_port_pair()}"]) == 0
+    assert _config(run_dir)["run"]["threads"] == 2
+    log = capfd.readouterr().err
+    assert "torch threads follow the 1 local actors: 1 while they play, 2 while they pause" in log
+    assert not _generators()
+
+
 def test_engine_games_beside_the_learner_start_with_it_stop_with_it_and_take_a_new_seed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 3)
