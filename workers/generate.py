@@ -186,6 +186,7 @@ class Totals:
 STOPS = {signal.SIGINT, signal.SIGTERM}
 STOP_SECONDS = 10.0  # how long stopped workers may take to finish their move and report
 
+
 @contextlib.contextmanager
 def stops_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back until the block ends, then raise ``KeyboardInterrupt``
@@ -217,13 +218,14 @@ def generate(tasks: Sequence[GenerateTask], progress_seconds: float,
     context = multiprocessing.get_context("spawn")
     processes: list[multiprocessing.process.BaseProcess] = []
     progress: Any = None
-    stop = context.Event()
+    stop: Any = None
     totals = Totals()
     started = time.monotonic()
     last_print = started
     running = len(tasks)
     try:
         with stops_held():  # the queue may start multiprocessing's resource tracker too
+            stop = context.Event()
             progress = context.Queue()
             processes = [context.Process(target=play_games, args=(task, progress, stop),
                                          daemon=True) for task in tasks]
@@ -249,7 +251,8 @@ def generate(tasks: Sequence[GenerateTask], progress_seconds: float,
     except KeyboardInterrupt:
         print("interrupted: stopping the workers (finished games are kept)", flush=True)
         # each finishes its move and reports every game it wrote; a second Ctrl-C aborts
-        stop.set()
+        if stop is not None:
+            stop.set()
         deadline = time.monotonic() + STOP_SECONDS
         while (progress is not None and running and time.monotonic() < deadline
                and any(process.is_alive() for process in processes)):
